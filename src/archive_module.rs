@@ -1,0 +1,233 @@
+//! The archive-module entry points, for both ABIs:
+//!
+//! - PG15: `void _PG_archive_module_init(ArchiveModuleCallbacks *cb)` fills in
+//!   `check_configured_cb`, `archive_file_cb`, `shutdown_cb` (no state).
+//! - PG16–18: `const ArchiveModuleCallbacks *_PG_archive_module_init(void)`
+//!   returns a static struct whose callbacks take an `ArchiveModuleState *`.
+//!
+//! Both call the same version-independent functions below. None of them may
+//! raise an ERROR (on PG15/16 that kills the archiver): failures are WARNINGs
+//! and a `false` return, so the archiver retries and stays up.
+
+use std::ffi::CStr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use pgrx::prelude::*;
+use walarch_core::{archive_file, temp_file, ArchiveOutcome, CopyOptions};
+
+use crate::guc;
+use crate::report;
+
+/// The directory this process last swept for crash leftovers: a sweep runs
+/// once per process and again whenever the setting points somewhere new.
+static SWEPT: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+fn sweep_once(dir: &Path) {
+    let mut swept = SWEPT.lock().unwrap_or_else(|p| p.into_inner());
+    if swept.as_deref() == Some(dir) {
+        return;
+    }
+    match temp_file::sweep(dir) {
+        Ok(r) => {
+            for name in &r.removed {
+                log!("walarch_ext: removed leftover temporary file \"{}/{}\"", dir.display(), name);
+            }
+            for (name, err) in &r.failed {
+                report::warning(
+                    PgSqlErrorCode::ERRCODE_IO_ERROR,
+                    &format!("could not remove leftover temporary file \"{}/{}\": {}", dir.display(), name, err),
+                    None,
+                    None,
+                );
+            }
+            *swept = Some(dir.to_path_buf());
+        }
+        // The directory may be missing right now; archiving reports that, and
+        // the sweep is tried again on the next call.
+        Err(_) => {}
+    }
+}
+
+/// Called when the archiver loads the module.
+fn startup() {
+    if let Some(dir) = guc::archive_directory() {
+        sweep_once(&dir);
+    }
+}
+
+fn check_configured() -> bool {
+    if guc::archive_directory().is_some() {
+        return true;
+    }
+    set_check_errdetail();
+    false
+}
+
+/// PG17+: the archiver prints `arch_module_check_errdetail_string` as the
+/// DETAIL of its "archiving is not configured" WARNING. Before 17 there is no
+/// such hook, so say it in a WARNING of our own.
+#[cfg(any(feature = "pg17", feature = "pg18"))]
+fn set_check_errdetail() {
+    unsafe extern "C" {
+        static mut arch_module_check_errdetail_string: *mut std::ffi::c_char;
+    }
+    static DETAIL: &CStr = c"walarch.archive_directory is not set.";
+    // SAFETY: the archiver reset it to NULL before calling us and only reads
+    // it; a static string needs no freeing.
+    unsafe { arch_module_check_errdetail_string = DETAIL.as_ptr().cast_mut() };
+}
+
+#[cfg(not(any(feature = "pg17", feature = "pg18")))]
+fn set_check_errdetail() {
+    report::warning(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "walarch.archive_directory is not set",
+        None,
+        Some("Set walarch.archive_directory to an existing directory and reload the configuration."),
+    );
+}
+
+/// Archives one file. `file` is the bare name, `path` its path relative to
+/// the data directory (the archiver's working directory).
+fn archive(file: &CStr, path: &CStr) -> bool {
+    let (Ok(file), Ok(path)) = (file.to_str(), path.to_str()) else {
+        report::warning(PgSqlErrorCode::ERRCODE_INVALID_NAME, "WAL file name is not valid UTF-8", None, None);
+        return false;
+    };
+    let Some(dir) = guc::archive_directory() else {
+        // check_configured already said so; the archiver will try again.
+        return false;
+    };
+    unsafe extern "C" {
+        /// common/file_perm.h: 0600, or 0640 with group access (initdb -g).
+        static pg_file_create_mode: std::ffi::c_int;
+    }
+    let opts = CopyOptions {
+        // SAFETY: a plain int the server set at start-up.
+        file_mode: unsafe { pg_file_create_mode } as u32,
+        ..CopyOptions::default()
+    };
+    // No PostgreSQL call happens inside: a panic here is a bug, but it must
+    // still not take the archiver down.
+    let result = std::panic::catch_unwind(|| {
+        sweep_once(&dir);
+        archive_file(Path::new(path), &dir, file, &opts)
+    });
+    match result {
+        Ok(Ok(outcome)) => {
+            match outcome {
+                ArchiveOutcome::Archived { bytes } => {
+                    debug1!("walarch_ext: archived \"{file}\" ({bytes} bytes)")
+                }
+                ArchiveOutcome::AlreadyArchived { .. } => {
+                    debug1!("walarch_ext: \"{file}\" was already archived with identical contents")
+                }
+            }
+            true
+        }
+        Ok(Err(e)) => {
+            report::warn(&e, &format!("While archiving \"{file}\" into \"{}\".", dir.display()));
+            false
+        }
+        Err(_) => {
+            report::warning(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                &format!("internal error while archiving \"{file}\""),
+                Some("The file was not archived; the archiver will retry it."),
+                None,
+            );
+            false
+        }
+    }
+}
+
+#[cfg(feature = "pg15")]
+mod abi {
+    //! PG15: `postmaster/pgarch.h`, callbacks without state.
+    use super::*;
+    use pgrx::pg_sys;
+    use std::ffi::c_char;
+
+    #[pg_guard]
+    unsafe extern "C-unwind" fn check_configured_cb() -> bool {
+        check_configured()
+    }
+
+    #[pg_guard]
+    unsafe extern "C-unwind" fn archive_file_cb(file: *const c_char, path: *const c_char) -> bool {
+        archive(CStr::from_ptr(file), CStr::from_ptr(path))
+    }
+
+    #[pg_guard]
+    unsafe extern "C-unwind" fn shutdown_cb() {}
+
+    #[pg_guard]
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C-unwind" fn _PG_archive_module_init(cb: *mut pg_sys::ArchiveModuleCallbacks) {
+        (*cb).check_configured_cb = Some(check_configured_cb);
+        (*cb).archive_file_cb = Some(archive_file_cb);
+        (*cb).shutdown_cb = Some(shutdown_cb);
+        startup();
+    }
+}
+
+#[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
+mod abi {
+    //! PG16–18: `archive/archive_module.h`, identical in 16, 17 and 18 (pgrx's
+    //! bindings do not include it, so it is declared here).
+    use super::*;
+    use std::ffi::{c_char, c_void};
+
+    #[repr(C)]
+    pub struct ArchiveModuleState {
+        pub private_data: *mut c_void,
+    }
+
+    #[repr(C)]
+    pub struct ArchiveModuleCallbacks {
+        pub startup_cb: Option<unsafe extern "C-unwind" fn(*mut ArchiveModuleState)>,
+        pub check_configured_cb: Option<unsafe extern "C-unwind" fn(*mut ArchiveModuleState) -> bool>,
+        pub archive_file_cb:
+            Option<unsafe extern "C-unwind" fn(*mut ArchiveModuleState, *const c_char, *const c_char) -> bool>,
+        pub shutdown_cb: Option<unsafe extern "C-unwind" fn(*mut ArchiveModuleState)>,
+    }
+
+    const _: () = assert!(std::mem::size_of::<ArchiveModuleState>() == 8);
+    const _: () = assert!(std::mem::size_of::<ArchiveModuleCallbacks>() == 32);
+
+    #[pg_guard]
+    unsafe extern "C-unwind" fn startup_cb(_state: *mut ArchiveModuleState) {
+        startup();
+    }
+
+    #[pg_guard]
+    unsafe extern "C-unwind" fn check_configured_cb(_state: *mut ArchiveModuleState) -> bool {
+        check_configured()
+    }
+
+    #[pg_guard]
+    unsafe extern "C-unwind" fn archive_file_cb(
+        _state: *mut ArchiveModuleState,
+        file: *const c_char,
+        path: *const c_char,
+    ) -> bool {
+        archive(CStr::from_ptr(file), CStr::from_ptr(path))
+    }
+
+    #[pg_guard]
+    unsafe extern "C-unwind" fn shutdown_cb(_state: *mut ArchiveModuleState) {}
+
+    static CALLBACKS: ArchiveModuleCallbacks = ArchiveModuleCallbacks {
+        startup_cb: Some(startup_cb),
+        check_configured_cb: Some(check_configured_cb),
+        archive_file_cb: Some(archive_file_cb),
+        shutdown_cb: Some(shutdown_cb),
+    };
+
+    #[pg_guard]
+    #[unsafe(no_mangle)]
+    pub extern "C-unwind" fn _PG_archive_module_init() -> *const ArchiveModuleCallbacks {
+        &CALLBACKS
+    }
+}

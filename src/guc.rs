@@ -1,0 +1,67 @@
+//! The module's settings. `walarch.archive_directory` is validated by a check
+//! hook so a bad value is refused when it is set (ALTER SYSTEM, reload,
+//! start-up) with a DETAIL saying why, instead of failing at archive time.
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::path::PathBuf;
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+pub static ARCHIVE_DIRECTORY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+pub fn define() {
+    // SAFETY: the check hook is guarded and never panics across FFI.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"walarch.archive_directory",
+            c"Directory into which WAL files are archived.",
+            c"An absolute path to an existing directory the server can write. Empty means archiving is not configured.",
+            &ARCHIVE_DIRECTORY,
+            GucContext::Sighup,
+            GucFlags::SUPERUSER_ONLY,
+            Some(check_archive_directory),
+            None,
+            None,
+        );
+        pg_sys::MarkGUCPrefixReserved(c"walarch".as_ptr());
+    }
+}
+
+/// The configured archive directory; `None` when unset or empty.
+pub fn archive_directory() -> Option<PathBuf> {
+    let v = ARCHIVE_DIRECTORY.get()?;
+    let s = v.to_str().ok()?;
+    if s.is_empty() {
+        None
+    } else {
+        Some(PathBuf::from(s))
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_archive_directory(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // Empty is the default and means "not configured"; check_configured stops
+    // archiving until it is set.
+    if newval.is_null() || (*newval).is_null() {
+        return true;
+    }
+    let value = CStr::from_ptr(*newval).to_string_lossy();
+    if value.is_empty() {
+        return true;
+    }
+    match walarch_core::archive_dir::validate(&value) {
+        Ok(()) => true,
+        Err(problem) => {
+            let detail = CString::new(problem.detail()).unwrap();
+            // GUC_check_errdetail(): the GUC machinery prints and frees it.
+            pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr());
+            false
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! walarch_ext: a PostgreSQL archive module that archives WAL durably.
+//!
+//! This crate is the PostgreSQL glue only: `_PG_init` and the GUCs, the
+//! archive-module callbacks for both ABIs (PG15, PG16+), and reporting. The
+//! archiving logic lives in the server-independent `walarch-core` crate.
+
+use pgrx::prelude::*;
+
+mod archive_module;
+mod guc;
+mod report;
+
+::pgrx::pg_module_magic!(name, version);
+
+/// Runs in every process that loads the library: the postmaster (when
+/// preloaded), the archiver (as `archive_library`) and backends.
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    guc::define();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+    use std::path::PathBuf;
+    use std::time::{Duration, Instant};
+
+    fn archive_dir() -> PathBuf {
+        crate::guc::archive_directory().expect("walarch.archive_directory is set for the tests")
+    }
+
+    /// Writes WAL, switches, and returns the name of the file just completed.
+    fn switch_wal() -> String {
+        Spi::run("CREATE TEMP TABLE IF NOT EXISTS walarch_t(x int); INSERT INTO walarch_t SELECT generate_series(1, 1000)")
+            .unwrap();
+        Spi::get_one::<String>("SELECT pg_walfile_name(pg_switch_wal())").unwrap().unwrap()
+    }
+
+    fn wait_archived(walfile: &str) -> PathBuf {
+        let target = archive_dir().join(walfile);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !target.exists() {
+            assert!(Instant::now() < deadline, "{walfile} was not archived within 60 s");
+            std::thread::sleep(Duration::from_millis(50));
+            pgrx::check_for_interrupts!();
+        }
+        target
+    }
+
+    #[pg_test]
+    fn module_is_the_archive_library() {
+        let lib = Spi::get_one::<String>("SHOW archive_library").unwrap().unwrap();
+        assert_eq!(lib, "walarch_ext");
+        let dir = Spi::get_one::<String>("SHOW walarch.archive_directory").unwrap().unwrap();
+        assert!(std::path::Path::new(&dir).is_dir(), "{dir} is not a directory");
+        assert_eq!(PathBuf::from(dir), archive_dir());
+    }
+
+    #[pg_test]
+    fn switched_segment_lands_in_archive_byte_identical() {
+        let walfile = switch_wal();
+        let archived = wait_archived(&walfile);
+        // The archived copy equals the segment PostgreSQL wrote (the backend's
+        // working directory is the data directory).
+        let source = std::fs::read(format!("pg_wal/{walfile}")).unwrap();
+        let copy = std::fs::read(&archived).unwrap();
+        assert_eq!(copy.len(), source.len());
+        assert!(copy == source, "archived {walfile} differs from pg_wal/{walfile}");
+        // No temporary file is left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(archive_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with(walarch_core::temp_file::TEMP_PREFIX))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    }
+
+    #[pg_test]
+    fn archiver_counts_the_segment_as_archived() {
+        let walfile = switch_wal();
+        wait_archived(&walfile);
+        // The archiver renames .ready to .done and bumps pg_stat_archiver only
+        // after our callback returned true.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            Spi::run("SELECT pg_stat_clear_snapshot()").unwrap();
+            let last = Spi::get_one::<String>("SELECT last_archived_wal FROM pg_stat_archiver").unwrap();
+            let done = std::path::Path::new(&format!("pg_wal/archive_status/{walfile}.done")).exists();
+            if last.as_deref() >= Some(walfile.as_str()) && done {
+                break;
+            }
+            assert!(Instant::now() < deadline, "archiver did not record {walfile}: last={last:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    use std::sync::Once;
+
+    /// A per-version archive directory, so clusters of different versions
+    /// never archive into each other's files.
+    pub fn archive_dir() -> String {
+        let base = std::env::var("WALARCH_PGTEST_ARCHIVE_BASE").unwrap_or_else(|_| "/tmp".into());
+        format!("{base}/walarch-pgtest-archive-{}", pgrx::pg_sys::PG_VERSION_NUM / 10000)
+    }
+
+    static PREPARE: Once = Once::new();
+
+    /// Runs in the test process (as root under `--runas`) before the cluster
+    /// starts: the archive directory must exist, empty, and belong to the
+    /// server's user, or the GUC check refuses it at start-up.
+    pub fn setup(_options: Vec<&str>) {
+        PREPARE.call_once(|| {
+            let dir = archive_dir();
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("create test archive directory");
+            if let Ok(user) = std::env::var("CARGO_PGRX_TEST_RUNAS") {
+                let ok = std::process::Command::new("chown")
+                    .arg(format!("{user}:"))
+                    .arg(&dir)
+                    .status()
+                    .expect("run chown");
+                assert!(ok.success(), "chown {user} {dir} failed");
+            }
+        });
+    }
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        let dir: &'static str = Box::leak(format!("walarch.archive_directory = '{}'", archive_dir()).into_boxed_str());
+        vec![
+            "shared_preload_libraries = 'walarch_ext'",
+            "wal_level = replica",
+            "archive_mode = on",
+            "archive_library = 'walarch_ext'",
+            dir,
+        ]
+    }
+}

@@ -1,0 +1,50 @@
+//! Turns a `walarch_core::ArchiveError` into a PostgreSQL WARNING.
+//!
+//! Inside `archive_file_cb` an ERROR would kill the archiver on PG15/16, so
+//! every failure is reported at WARNING level and the callback returns false.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use walarch_core::{ArchiveError, ErrorKind};
+
+fn sqlstate(e: &ArchiveError) -> PgSqlErrorCode {
+    match e.kind {
+        ErrorKind::Configuration => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        ErrorKind::InvalidName => PgSqlErrorCode::ERRCODE_INVALID_NAME,
+        ErrorKind::Conflict => PgSqlErrorCode::ERRCODE_DUPLICATE_FILE,
+        ErrorKind::DiskFull => PgSqlErrorCode::ERRCODE_DISK_FULL,
+        ErrorKind::Io => match e.os_error {
+            Some(libc::ENOENT) => PgSqlErrorCode::ERRCODE_UNDEFINED_FILE,
+            Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE
+            }
+            _ => PgSqlErrorCode::ERRCODE_IO_ERROR,
+        },
+    }
+}
+
+/// Reports `e` as a WARNING, with `context` (which file was being archived)
+/// prepended to the detail.
+pub fn warn(e: &ArchiveError, context: &str) {
+    let detail = match &e.detail {
+        Some(d) => format!("{context} {d}"),
+        None => context.to_string(),
+    };
+    let mut r = ErrorReport::new(sqlstate(e), e.message.clone(), function_name!()).set_detail(detail);
+    if let Some(h) = &e.hint {
+        r = r.set_hint(h.clone());
+    }
+    r.report(PgLogLevel::WARNING);
+}
+
+/// A WARNING with a message, an optional detail and hint.
+pub fn warning(code: PgSqlErrorCode, message: &str, detail: Option<&str>, hint: Option<&str>) {
+    let mut r = ErrorReport::new(code, message.to_string(), function_name!());
+    if let Some(d) = detail {
+        r = r.set_detail(d.to_string());
+    }
+    if let Some(h) = hint {
+        r = r.set_hint(h.to_string());
+    }
+    r.report(PgLogLevel::WARNING);
+}

@@ -1,0 +1,283 @@
+//! The archive write: a WAL file counts as archived only once it is durable
+//! under its final name.
+//!
+//! 1. If the final name exists: identical bytes → success (the normal case
+//!    after a crash between archiving and `.ready`→`.done`), after making sure
+//!    it is durable; different bytes → refuse, and never touch it.
+//! 2. Otherwise copy into an exclusively created temporary file in the archive
+//!    directory, fsync it, rename it to the final name without ever replacing
+//!    an existing file, and fsync the directory.
+//! 3. On any failure the temporary file is removed, so nothing partial is left
+//!    and nothing appears under the final name.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use crate::error::{ArchiveError, ErrorKind};
+use crate::fsutil::{fsync_dir, fsync_file, read_full, rename_noreplace, same_contents};
+use crate::temp_file::temp_path;
+use crate::walname::is_archivable_name;
+
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    /// Permission bits of archived files (PostgreSQL's `pg_file_create_mode`).
+    pub file_mode: u32,
+    /// Read/write buffer size.
+    pub buffer_size: usize,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions { file_mode: 0o600, buffer_size: 1 << 20 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveOutcome {
+    /// Copied now; `bytes` were written.
+    Archived { bytes: u64 },
+    /// Already in the archive with identical content.
+    AlreadyArchived { bytes: u64 },
+}
+
+impl ArchiveOutcome {
+    pub fn bytes(&self) -> u64 {
+        match *self {
+            ArchiveOutcome::Archived { bytes } | ArchiveOutcome::AlreadyArchived { bytes } => bytes,
+        }
+    }
+}
+
+/// Archives `source` as `archive_dir/name`. See the module docs.
+pub fn archive_file(
+    source: &Path,
+    archive_dir: &Path,
+    name: &str,
+    opts: &CopyOptions,
+) -> Result<ArchiveOutcome, ArchiveError> {
+    if !is_archivable_name(name) {
+        return Err(ArchiveError::new(
+            ErrorKind::InvalidName,
+            format!("\"{name}\" is not a WAL file name walarch_ext archives"),
+        )
+        .with_detail("Only WAL segments and .partial, .history and .backup files are archived."));
+    }
+    let dest = archive_dir.join(name);
+
+    match std::fs::symlink_metadata(&dest) {
+        Ok(_) => return existing_copy(source, &dest, archive_dir),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ArchiveError::io("stat file", &dest, &e)),
+    }
+
+    let temp = temp_path(archive_dir, name);
+    let bytes = match copy_to_new_file(source, &temp, opts) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
+    };
+
+    match rename_noreplace(&temp, &dest) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            // Someone archived the same file since our check: the same rule
+            // applies, judged on what we just wrote.
+            let r = existing_copy(&temp, &dest, archive_dir);
+            let _ = std::fs::remove_file(&temp);
+            return r;
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            return Err(ArchiveError::io("rename file", &temp, &e)
+                .with_detail(format!("The target was \"{}\".", dest.display())));
+        }
+    }
+
+    // Until the directory entry is durable the file is not archived; if this
+    // fails, the retry finds an identical file and fsyncs again.
+    fsync_dir(archive_dir).map_err(|e| ArchiveError::io("fsync directory", archive_dir, &e))?;
+    Ok(ArchiveOutcome::Archived { bytes })
+}
+
+/// The final name exists: success only if its bytes equal `source`'s, after
+/// making it and its directory entry durable.
+fn existing_copy(source: &Path, dest: &Path, dir: &Path) -> Result<ArchiveOutcome, ArchiveError> {
+    let same = same_contents(source, dest).map_err(|e| {
+        ArchiveError::io("compare with existing archive file", dest, &e)
+    })?;
+    if !same {
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len().to_string()).unwrap_or("?".into());
+        return Err(ArchiveError::new(
+            ErrorKind::Conflict,
+            format!("archive file \"{}\" already exists with different contents", dest.display()),
+        )
+        .with_detail(format!(
+            "The archived file has {} bytes, \"{}\" has {} bytes, and their contents differ.",
+            size(dest),
+            source.display(),
+            size(source)
+        ))
+        .with_hint(
+            "The archive may belong to another cluster or hold a damaged copy. \
+             Investigate before moving the archived file away; walarch_ext never overwrites it.",
+        ));
+    }
+    fsync_file(dest).map_err(|e| ArchiveError::io("fsync file", dest, &e))?;
+    fsync_dir(dir).map_err(|e| ArchiveError::io("fsync directory", dir, &e))?;
+    let bytes = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
+    Ok(ArchiveOutcome::AlreadyArchived { bytes })
+}
+
+/// Copies `source` into the new file `temp` (created exclusively) and fsyncs
+/// it. The caller removes `temp` on error.
+fn copy_to_new_file(source: &Path, temp: &Path, opts: &CopyOptions) -> Result<u64, ArchiveError> {
+    let mut src = File::open(source).map_err(|e| ArchiveError::io("open file", source, &e))?;
+    let mut dst = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(opts.file_mode)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(temp)
+        .map_err(|e| ArchiveError::io("create file", temp, &e))?;
+    let mut buf = vec![0u8; opts.buffer_size.max(8192)];
+    let mut total = 0u64;
+    loop {
+        let n = read_full(&mut src, &mut buf).map_err(|e| ArchiveError::io("read file", source, &e))?;
+        if n == 0 {
+            break;
+        }
+        dst.write_all(&buf[..n]).map_err(|e| ArchiveError::io("write file", temp, &e))?;
+        total += n as u64;
+    }
+    dst.sync_all().map_err(|e| ArchiveError::io("fsync file", temp, &e))?;
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::temp_file::TEMP_PREFIX;
+
+    const SEG: &str = "000000010000000000000001";
+
+    fn setup(content: &[u8]) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("pg_wal");
+        let arch = d.path().join("archive");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::create_dir(&arch).unwrap();
+        std::fs::write(src.join(SEG), content).unwrap();
+        (d, src, arch)
+    }
+
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn copies_byte_identical_with_no_leftovers() {
+        let data = pattern(3 * (1 << 20) + 123);
+        let (_d, src, arch) = setup(&data);
+        let out = archive_file(&src.join(SEG), &arch, SEG, &CopyOptions::default()).unwrap();
+        assert_eq!(out, ArchiveOutcome::Archived { bytes: data.len() as u64 });
+        assert_eq!(std::fs::read(arch.join(SEG)).unwrap(), data);
+        assert_eq!(listing(&arch), vec![SEG.to_string()]);
+    }
+
+    #[test]
+    fn identical_duplicate_is_success() {
+        let data = pattern(100_000);
+        let (_d, src, arch) = setup(&data);
+        std::fs::write(arch.join(SEG), &data).unwrap();
+        let out = archive_file(&src.join(SEG), &arch, SEG, &CopyOptions::default()).unwrap();
+        assert_eq!(out, ArchiveOutcome::AlreadyArchived { bytes: 100_000 });
+        assert_eq!(listing(&arch), vec![SEG.to_string()]);
+    }
+
+    #[test]
+    fn different_duplicate_is_refused_and_untouched() {
+        let (_d, src, arch) = setup(&pattern(100_000));
+        let mut other = pattern(100_000);
+        other[5000] ^= 1;
+        std::fs::write(arch.join(SEG), &other).unwrap();
+        let err = archive_file(&src.join(SEG), &arch, SEG, &CopyOptions::default()).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Conflict);
+        assert!(err.message.contains("already exists with different contents"), "{err}");
+        assert_eq!(std::fs::read(arch.join(SEG)).unwrap(), other);
+        assert_eq!(listing(&arch), vec![SEG.to_string()]);
+        // A shorter file under the final name (a torn copy by another tool)
+        // is a conflict too, never "completed".
+        std::fs::write(arch.join(SEG), &pattern(10)).unwrap();
+        let err = archive_file(&src.join(SEG), &arch, SEG, &CopyOptions::default()).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Conflict);
+    }
+
+    #[test]
+    fn missing_archive_directory_fails_cleanly() {
+        let (_d, src, arch) = setup(b"abc");
+        let gone = arch.join("gone");
+        let err = archive_file(&src.join(SEG), &gone, SEG, &CopyOptions::default()).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Io);
+        assert_eq!(err.os_error, Some(libc::ENOENT));
+        assert!(err.message.starts_with("could not create file"), "{err}");
+    }
+
+    #[test]
+    fn missing_source_leaves_nothing() {
+        let (_d, src, arch) = setup(b"abc");
+        let err = archive_file(&src.join("nope"), &arch, SEG, &CopyOptions::default()).unwrap_err();
+        assert!(err.message.starts_with("could not open file"), "{err}");
+        assert!(listing(&arch).is_empty());
+    }
+
+    #[test]
+    fn rejects_names_that_are_not_wal_files() {
+        let (_d, src, arch) = setup(b"abc");
+        for bad in ["../x", "postgresql.conf", "", "000000010000000000000001/.."] {
+            let err = archive_file(&src.join(SEG), &arch, bad, &CopyOptions::default()).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::InvalidName);
+        }
+        assert!(listing(&arch).is_empty());
+    }
+
+    #[test]
+    fn other_wal_file_kinds_are_archived() {
+        let (_d, src, arch) = setup(b"x");
+        for name in [
+            "00000002.history",
+            "000000010000000000000001.partial",
+            "000000010000000000000001.00000028.backup",
+        ] {
+            std::fs::write(src.join(name), name.as_bytes()).unwrap();
+            archive_file(&src.join(name), &arch, name, &CopyOptions::default()).unwrap();
+            assert_eq!(std::fs::read(arch.join(name)).unwrap(), name.as_bytes());
+        }
+    }
+
+    #[test]
+    fn temp_files_are_hidden_and_removed_on_failure() {
+        // Read-only archive directory (root bypasses permissions, so only
+        // assert the no-leftover part there).
+        let (_d, src, arch) = setup(&pattern(1000));
+        let mut perms = std::fs::metadata(&arch).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o500);
+        std::fs::set_permissions(&arch, perms).unwrap();
+        let r = archive_file(&src.join(SEG), &arch, SEG, &CopyOptions::default());
+        if unsafe { libc::geteuid() } != 0 {
+            let err = r.unwrap_err();
+            assert_eq!(err.os_error, Some(libc::EACCES));
+        }
+        assert!(listing(&arch).iter().all(|n| !n.starts_with(TEMP_PREFIX)));
+    }
+}

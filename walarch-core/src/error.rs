@@ -1,0 +1,124 @@
+//! The error a failed archive attempt reports: PostgreSQL-style message,
+//! detail and hint, plus a kind the caller can act on.
+
+use std::fmt;
+use std::io;
+use std::path::Path;
+
+/// What went wrong, coarsely: the extension maps it to a SQLSTATE and the
+/// tests assert on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The archive directory setting is unusable (unset, relative, too long).
+    Configuration,
+    /// The file name is not one PostgreSQL archives.
+    InvalidName,
+    /// The final name exists with different content: refused, never overwritten.
+    Conflict,
+    /// The archive device is full (ENOSPC / EDQUOT).
+    DiskFull,
+    /// Any other I/O failure (missing directory, permissions, EIO, ...).
+    Io,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveError {
+    pub kind: ErrorKind,
+    /// Lowercase, no trailing period, like PostgreSQL's errmsg.
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+    /// The raw OS error number, when there is one.
+    pub os_error: Option<i32>,
+}
+
+impl ArchiveError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ArchiveError { kind, message: message.into(), detail: None, hint: None, os_error: None }
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// An I/O failure on `path` while doing `action` ("open", "write", ...):
+    /// the message reads like PostgreSQL's `could not write file "...": %m`.
+    pub fn io(action: &str, path: &Path, err: &io::Error) -> Self {
+        let os = err.raw_os_error();
+        let disk_full = matches!(os, Some(libc::ENOSPC) | Some(libc::EDQUOT));
+        let kind = if disk_full { ErrorKind::DiskFull } else { ErrorKind::Io };
+        let mut e = ArchiveError::new(
+            kind,
+            format!("could not {action} \"{}\": {}", path.display(), os_message(err)),
+        );
+        e.os_error = os;
+        if disk_full {
+            e.hint = Some(
+                "The archive device is full. Free space there; archiving resumes by itself.".into(),
+            );
+        } else if matches!(os, Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS)) {
+            e.hint = Some(
+                "Check that the server's operating system user can write to walarch.archive_directory."
+                    .into(),
+            );
+        } else if os == Some(libc::ENOENT) {
+            e.hint = Some("Check that walarch.archive_directory exists.".into());
+        }
+        e
+    }
+}
+
+/// The OS error text without Rust's " (os error N)" suffix, like `%m`.
+pub fn os_message(err: &io::Error) -> String {
+    match err.raw_os_error() {
+        Some(code) => {
+            let s = io::Error::from_raw_os_error(code).to_string();
+            match s.find(" (os error") {
+                Some(i) => s[..i].to_string(),
+                None => s,
+            }
+        }
+        None => err.to_string(),
+    }
+}
+
+impl fmt::Display for ArchiveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.message)?;
+        if let Some(d) = &self.detail {
+            write!(f, "\nDETAIL: {d}")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, "\nHINT: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ArchiveError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_error_reads_like_postgres() {
+        let e = ArchiveError::io(
+            "write file",
+            Path::new("/a/b"),
+            &io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        assert_eq!(e.kind, ErrorKind::DiskFull);
+        assert_eq!(e.message, "could not write file \"/a/b\": No space left on device");
+        assert!(e.hint.unwrap().contains("full"));
+        let e = ArchiveError::io("open file", Path::new("/x"), &io::Error::from_raw_os_error(libc::EACCES));
+        assert_eq!(e.kind, ErrorKind::Io);
+        assert_eq!(e.message, "could not open file \"/x\": Permission denied");
+    }
+}

@@ -1,0 +1,136 @@
+//! Small durable-filesystem primitives: directory fsync, a rename that never
+//! replaces an existing file, and content comparison.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+fn cpath(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+/// fsyncs a directory so that a rename or unlink inside it is durable.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// fsyncs a file (opened read-only, which Linux allows).
+pub fn fsync_file(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+/// Renames `from` to `to`, failing with `AlreadyExists` (EEXIST) instead of
+/// replacing an existing `to`, atomically.
+///
+/// `renameat2(RENAME_NOREPLACE)` where the filesystem supports it; otherwise
+/// `link` + `unlink`, which is just as atomic about the target. Only on a
+/// filesystem with neither (no hard links) does it fall back to check-then-
+/// rename, the same window basic_archive accepts.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    let f = cpath(from)?;
+    let t = cpath(to)?;
+    // SAFETY: both are valid NUL-terminated paths; AT_FDCWD with absolute or
+    // relative paths is the documented use.
+    let rc = unsafe {
+        libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE)
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {}
+        _ => return Err(err),
+    }
+    // SAFETY: as above.
+    if unsafe { libc::link(f.as_ptr(), t.as_ptr()) } == 0 {
+        // The data is reachable under both names; dropping the temporary name
+        // can only fail in ways that leave a harmless leftover for the sweep.
+        let _ = std::fs::remove_file(from);
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EOPNOTSUPP) | Some(libc::EMLINK) => {}
+        _ => return Err(err),
+    }
+    if std::fs::symlink_metadata(to).is_ok() {
+        return Err(io::Error::from_raw_os_error(libc::EEXIST));
+    }
+    std::fs::rename(from, to)
+}
+
+/// True when the two files have the same length and bytes.
+pub fn same_contents(a: &Path, b: &Path) -> io::Result<bool> {
+    let mut fa = File::open(a)?;
+    let mut fb = File::open(b)?;
+    if fa.metadata()?.len() != fb.metadata()?.len() {
+        return Ok(false);
+    }
+    const CHUNK: usize = 256 * 1024;
+    let mut ba = vec![0u8; CHUNK];
+    let mut bb = vec![0u8; CHUNK];
+    loop {
+        let na = read_full(&mut fa, &mut ba)?;
+        let nb = read_full(&mut fb, &mut bb)?;
+        if na != nb || ba[..na] != bb[..nb] {
+            return Ok(false);
+        }
+        if na == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// Reads until `buf` is full or EOF; returns the byte count.
+pub fn read_full(f: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rename_noreplace_never_replaces() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        std::fs::write(&a, b"new").unwrap();
+        std::fs::write(&b, b"old").unwrap();
+        let err = rename_noreplace(&a, &b).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&b).unwrap(), b"old");
+        assert!(a.exists());
+        std::fs::remove_file(&b).unwrap();
+        rename_noreplace(&a, &b).unwrap();
+        assert_eq!(std::fs::read(&b).unwrap(), b"new");
+        assert!(!a.exists());
+    }
+
+    #[test]
+    fn compares_contents() {
+        let d = tempfile::tempdir().unwrap();
+        let p = |n: &str| d.path().join(n);
+        std::fs::write(p("a"), vec![7u8; 600_000]).unwrap();
+        std::fs::write(p("b"), vec![7u8; 600_000]).unwrap();
+        let mut c = vec![7u8; 600_000];
+        c[599_999] = 8;
+        std::fs::write(p("c"), &c).unwrap();
+        std::fs::write(p("d"), vec![7u8; 599_999]).unwrap();
+        assert!(same_contents(&p("a"), &p("b")).unwrap());
+        assert!(!same_contents(&p("a"), &p("c")).unwrap());
+        assert!(!same_contents(&p("a"), &p("d")).unwrap());
+    }
+}

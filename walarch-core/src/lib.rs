@@ -1,0 +1,16 @@
+//! Server-independent logic of walarch_ext.
+//!
+//! Everything here runs without PostgreSQL: the extension is a thin layer over
+//! it, and a command-line tool can reuse it without linking the server. Errors
+//! carry PostgreSQL-style text (lowercase message, detail, hint) so the
+//! extension can report them as they are.
+
+pub mod archive_dir;
+pub mod durable_copy;
+pub mod error;
+pub mod fsutil;
+pub mod temp_file;
+pub mod walname;
+
+pub use durable_copy::{archive_file, ArchiveOutcome, CopyOptions};
+pub use error::{ArchiveError, ErrorKind};
