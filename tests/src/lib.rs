@@ -307,3 +307,54 @@ fn run_ok(c: &mut Command, what: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+impl Cluster {
+    /// A streaming standby of `primary` (pg_basebackup -R), archiving into
+    /// its own directory with walarch_ext. Not started.
+    pub fn standby_of(primary: &Cluster, name: &str) -> Cluster {
+        // Reuse init() for the directories, port and settings, then replace
+        // its data directory with the base backup.
+        let c = Cluster::init(name, InitOptions::default());
+        let conf = fs::read_to_string(c.data.join("postgresql.conf")).unwrap();
+        let ours = conf.split("# walarch integration test\n").nth(1).unwrap().to_string();
+        fs::remove_dir_all(&c.data).unwrap();
+        let mut bb = as_server_user(bindir().join("pg_basebackup"));
+        // A slot keeps the primary's WAL until the standby has it.
+        bb.arg("-D").arg(&c.data).args(["-R", "-X", "stream", "-C", "-S", "walarch_standby", "--no-sync", "-U", "postgres", "-h"])
+            .arg(&primary.sockdir)
+            .args(["-p", &primary.port.to_string()]);
+        run_ok(&mut bb, "pg_basebackup");
+        // Later lines win: the standby's own port, socket and archive.
+        let mut text = fs::read_to_string(c.data.join("postgresql.conf")).unwrap();
+        text.push_str("\n# walarch integration test (standby)\n");
+        text.push_str(&ours);
+        fs::write(c.data.join("postgresql.conf"), text).unwrap();
+        c
+    }
+
+    pub fn promote(&self) {
+        let mut c = as_server_user(bindir().join("pg_ctl"));
+        c.arg("-D").arg(&self.data).args(["-w", "promote"]);
+        run_ok(&mut c, "pg_ctl promote");
+    }
+}
+
+/// A tmpfs mounted (as root) for the lifetime of the value.
+pub struct TmpfsMount {
+    pub path: PathBuf,
+}
+
+impl TmpfsMount {
+    pub fn new(path: &Path, size: &str) -> TmpfsMount {
+        assert!(is_root(), "mounting a tmpfs needs root");
+        sh(&format!("mount -t tmpfs -o size={size},mode=0700 walarch-test '{}'", path.display()));
+        chown_to_server(path);
+        TmpfsMount { path: path.to_path_buf() }
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
