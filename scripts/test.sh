@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every test of walarch_ext on a fresh or prepared machine (as root):
+#   1. unit tests of the server-independent crate (walarch-core);
+#   2. `cargo pgrx test` (#[pg_test]s inside a live server) on each version;
+#   3. the integration tests (tests/) on hand-started clusters, each version,
+#      against the regular (non-test) build of the module.
+# Versions: WALARCH_PG_VERSIONS (default "15 16 17 18").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/common.sh
+bash scripts/setup.sh
+
+VERSIONS=${WALARCH_PG_VERSIONS:-"15 16 17 18"}
+PGDATA_ROOT=${WALARCH_PGTEST_PGDATA:-/tmp/walarch-pgdata}
+install -d -o postgres -g postgres "$PGDATA_ROOT"
+start=$(date +%s)
+
+echo "==> unit tests (walarch-core)"
+cargo test -p walarch-core
+
+for v in $VERSIONS; do
+  echo "==> PostgreSQL $v: cargo pgrx test"
+  cargo pgrx test "pg$v" --runas postgres --pgdata "$PGDATA_ROOT"
+  echo "==> PostgreSQL $v: install the module, integration tests"
+  cargo pgrx install --pg-config "$(pg_bindir "$v")/pg_config" >/dev/null
+  # Most of a test's time is spent waiting on the server: 4 at a time.
+  WALARCH_TEST_PG=$v cargo test -p walarch-integration -- --test-threads 4
+done
+echo "==> all tests passed on PostgreSQL $VERSIONS in $(( $(date +%s) - start )) s"
