@@ -324,6 +324,22 @@ impl Cluster {
             .arg(&primary.sockdir)
             .args(["-p", &primary.port.to_string()]);
         run_ok(&mut bb, "pg_basebackup");
+        // A minimal primary_conninfo: the relocatable 16+ builds' pg_basebackup
+        // writes options (sslcertmode) that the walreceiver's libpq, Debian's
+        // libpq 15 found first on the library path, rejects.
+        let auto = c.data.join("postgresql.auto.conf");
+        let mut kept: String = fs::read_to_string(&auto)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("primary_conninfo"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        kept.push_str(&format!(
+            "primary_conninfo = 'host={} port={} user=postgres'\n",
+            primary.sockdir.display(),
+            primary.port
+        ));
+        fs::write(&auto, kept).unwrap();
         // Later lines win: the standby's own port, socket and archive.
         let mut text = fs::read_to_string(c.data.join("postgresql.conf")).unwrap();
         text.push_str("\n# walarch integration test (standby)\n");
