@@ -1,0 +1,67 @@
+//! What the archiver still has to do: the `.ready` files in
+//! `pg_wal/archive_status`, in the archiver's order.
+
+use std::io;
+use std::path::Path;
+
+use crate::walname::{archive_order, is_archivable_name};
+
+/// Names (without `.ready`) of the files waiting to be archived, `.history`
+/// first, then by name, as the archiver takes them.
+pub fn ready_files(pg_wal: &Path) -> io::Result<Vec<String>> {
+    let mut v = Vec::new();
+    for entry in std::fs::read_dir(pg_wal.join("archive_status"))? {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().into_string() else { continue };
+        if let Some(wal) = name.strip_suffix(".ready") {
+            if is_archivable_name(wal) {
+                v.push(wal.to_string());
+            }
+        }
+    }
+    v.sort_by(|a, b| archive_order(a, b));
+    Ok(v)
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PendingSummary {
+    pub count: i64,
+    /// Sum of the sizes of the waiting files in pg_wal.
+    pub bytes: i64,
+    /// The first file the archiver will take.
+    pub oldest: Option<String>,
+}
+
+pub fn summary(pg_wal: &Path) -> io::Result<PendingSummary> {
+    let files = ready_files(pg_wal)?;
+    let bytes = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(pg_wal.join(f)).ok())
+        .map(|m| m.len() as i64)
+        .sum();
+    Ok(PendingSummary { count: files.len() as i64, bytes, oldest: files.first().cloned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_ready_files_in_archiver_order() {
+        let d = tempfile::tempdir().unwrap();
+        let st = d.path().join("archive_status");
+        std::fs::create_dir(&st).unwrap();
+        for (n, size) in [("000000010000000000000003", 30), ("000000010000000000000002", 20), ("00000002.history", 5)] {
+            std::fs::write(d.path().join(n), vec![0u8; size]).unwrap();
+            std::fs::write(st.join(format!("{n}.ready")), b"").unwrap();
+        }
+        std::fs::write(st.join("000000010000000000000001.done"), b"").unwrap();
+        std::fs::write(st.join("garbage.ready"), b"").unwrap();
+        assert_eq!(
+            ready_files(d.path()).unwrap(),
+            vec!["00000002.history", "000000010000000000000002", "000000010000000000000003"]
+        );
+        let s = summary(d.path()).unwrap();
+        assert_eq!(s, PendingSummary { count: 3, bytes: 55, oldest: Some("00000002.history".into()) });
+    }
+}

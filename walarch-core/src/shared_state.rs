@@ -1,0 +1,337 @@
+//! The state the archiver's callback, the copy-ahead worker and SQL share:
+//! the archiver-style statistics and the table of files being (or already)
+//! copied ahead. Plain data with no pointers, so it can live in shared memory
+//! behind one lock; every rule about who copies what is here, testable
+//! without a server.
+//!
+//! Who copies a file:
+//! - the worker claims a `.ready` file nobody holds (`WorkerCopying`), copies
+//!   it, and marks it `WorkerArchived`;
+//! - the archiver's callback, asked for a file, finds either nothing (claims
+//!   it `ArchiverCopying` and copies inline), `WorkerArchived` (confirms it,
+//!   frees the slot), or `WorkerCopying` (waits, never copies in parallel),
+//!   unless the worker holding it is dead, in which case it takes over.
+
+use crate::fixed_str::FixedStr;
+use crate::time::NO_TIME;
+
+pub type WalName = FixedStr<64>;
+pub type ErrorText = FixedStr<512>;
+
+/// Slots in the copy-ahead table.
+pub const SLOTS: usize = 128;
+/// How many of them the worker may hold: how far ahead it may run. The rest
+/// stay free so the archiver's own claim is always recorded.
+pub const WORKER_SLOTS: usize = SLOTS - 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SlotState {
+    Free = 0,
+    WorkerCopying = 1,
+    WorkerArchived = 2,
+    ArchiverCopying = 3,
+}
+
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct Slot {
+    pub state: SlotState,
+    pub name: WalName,
+    pub bytes: u64,
+    pub pid: i32,
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot { state: SlotState::Free, name: WalName::default(), bytes: 0, pid: 0 }
+    }
+}
+
+/// The counters of `walarch_stats()`. The first seven mirror
+/// `pg_stat_archiver` and are counted the same way: one per `archive_file`
+/// call, success or failure.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+pub struct Stats {
+    pub archived_count: i64,
+    pub last_archived_wal: WalName,
+    pub last_archived_time: i64,
+    pub failed_count: i64,
+    pub last_failed_wal: WalName,
+    pub last_failed_time: i64,
+    pub stats_reset: i64,
+    pub archived_bytes: i64,
+    pub copied_ahead_count: i64,
+    pub copy_ahead_failures: i64,
+    pub last_error: ErrorText,
+}
+
+impl Stats {
+    pub fn new(now: i64) -> Stats {
+        Stats {
+            archived_count: 0,
+            last_archived_wal: WalName::default(),
+            last_archived_time: NO_TIME,
+            failed_count: 0,
+            last_failed_wal: WalName::default(),
+            last_failed_time: NO_TIME,
+            stats_reset: now,
+            archived_bytes: 0,
+            copied_ahead_count: 0,
+            copy_ahead_failures: 0,
+            last_error: ErrorText::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct ArchiveState {
+    pub stats: Stats,
+    pub slots: [Slot; SLOTS],
+    /// The copy-ahead worker's PID, 0 when none runs.
+    pub worker_pid: i32,
+    /// The worker's latch (`PGPROC.procLatch`, in shared memory, so valid in
+    /// every process), as an integer; 0 when none.
+    pub worker_latch: usize,
+}
+
+/// What the archiver's callback should do with the file it was asked for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ArchiverClaim {
+    /// The slot is ours: copy inline, then `end_archiver_copy`.
+    CopyInline,
+    /// The worker archived it (`bytes` long): confirm and count it.
+    CopiedAhead { bytes: u64 },
+    /// The worker (this PID) is copying it right now: wait and ask again.
+    WorkerBusy { pid: i32 },
+}
+
+impl ArchiveState {
+    pub fn new(now: i64) -> ArchiveState {
+        ArchiveState { stats: Stats::new(now), slots: [Slot::default(); SLOTS], worker_pid: 0, worker_latch: 0 }
+    }
+
+    fn find(&self, name: &str) -> Option<usize> {
+        self.slots.iter().position(|s| s.state != SlotState::Free && s.name.as_str() == name)
+    }
+
+    fn take_free(&mut self, name: &str, state: SlotState, pid: i32) -> bool {
+        match self.slots.iter().position(|s| s.state == SlotState::Free) {
+            Some(i) => {
+                self.slots[i] = Slot { state, name: WalName::new(name), bytes: 0, pid };
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn slot_state(&self, name: &str) -> SlotState {
+        self.find(name).map(|i| self.slots[i].state).unwrap_or(SlotState::Free)
+    }
+
+    pub fn free_slots(&self) -> usize {
+        self.slots.iter().filter(|s| s.state == SlotState::Free).count()
+    }
+
+    /// The worker wants to copy `name`: true when it now holds it.
+    pub fn begin_worker_copy(&mut self, name: &str, pid: i32) -> bool {
+        let held = self
+            .slots
+            .iter()
+            .filter(|s| matches!(s.state, SlotState::WorkerCopying | SlotState::WorkerArchived))
+            .count();
+        held < WORKER_SLOTS && self.find(name).is_none() && self.take_free(name, SlotState::WorkerCopying, pid)
+    }
+
+    /// The worker's copy of `name` ended: on success the file waits for the
+    /// archiver's confirmation; on failure the slot is freed (the archiver
+    /// will copy it inline) and the failure counted.
+    pub fn finish_worker_copy(&mut self, name: &str, result: Result<u64, &str>) {
+        let Some(i) = self.find(name) else { return };
+        if self.slots[i].state != SlotState::WorkerCopying {
+            return;
+        }
+        match result {
+            Ok(bytes) => {
+                self.slots[i].state = SlotState::WorkerArchived;
+                self.slots[i].bytes = bytes;
+            }
+            Err(e) => {
+                self.slots[i] = Slot::default();
+                self.stats.copy_ahead_failures += 1;
+                self.stats.last_error = ErrorText::new(e);
+            }
+        }
+    }
+
+    /// The archiver asks for `name`. `alive` tells whether a PID still runs.
+    pub fn begin_archiver_copy(&mut self, name: &str, pid: i32, alive: impl Fn(i32) -> bool) -> ArchiverClaim {
+        if let Some(i) = self.find(name) {
+            let slot = self.slots[i];
+            match slot.state {
+                SlotState::WorkerArchived => {
+                    self.slots[i] = Slot::default();
+                    return ArchiverClaim::CopiedAhead { bytes: slot.bytes };
+                }
+                SlotState::WorkerCopying if alive(slot.pid) => {
+                    return ArchiverClaim::WorkerBusy { pid: slot.pid };
+                }
+                // A dead worker's claim, or our own left over from an earlier
+                // archiver that died mid-copy: take it over.
+                _ => {
+                    self.slots[i] = Slot { state: SlotState::ArchiverCopying, name: slot.name, bytes: 0, pid };
+                    return ArchiverClaim::CopyInline;
+                }
+            }
+        }
+        // There is always room: the worker never holds more than WORKER_SLOTS.
+        let claimed = self.take_free(name, SlotState::ArchiverCopying, pid);
+        debug_assert!(claimed);
+        ArchiverClaim::CopyInline
+    }
+
+    pub fn end_archiver_copy(&mut self, name: &str) {
+        if let Some(i) = self.find(name) {
+            if self.slots[i].state == SlotState::ArchiverCopying {
+                self.slots[i] = Slot::default();
+            }
+        }
+    }
+
+    /// Frees the claims of processes that are gone (a worker killed mid-copy),
+    /// and the worker's confirmed copies of files no longer waiting (the
+    /// archiver archived them some other way). Returns how many were freed.
+    pub fn release_stale(&mut self, alive: impl Fn(i32) -> bool, still_ready: impl Fn(&str) -> bool) -> usize {
+        let mut n = 0;
+        for s in self.slots.iter_mut() {
+            let stale = match s.state {
+                SlotState::Free => false,
+                SlotState::WorkerCopying | SlotState::ArchiverCopying => !alive(s.pid),
+                SlotState::WorkerArchived => !still_ready(s.name.as_str()),
+            };
+            if stale {
+                *s = Slot::default();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// An `archive_file` call succeeded.
+    pub fn record_archived(&mut self, name: &str, bytes: u64, copied_ahead: bool, now: i64) {
+        let s = &mut self.stats;
+        s.archived_count += 1;
+        s.last_archived_wal = WalName::new(name);
+        s.last_archived_time = now;
+        s.archived_bytes += bytes as i64;
+        if copied_ahead {
+            s.copied_ahead_count += 1;
+        }
+    }
+
+    /// An `archive_file` call failed.
+    pub fn record_failed(&mut self, name: &str, error: &str, now: i64) {
+        let s = &mut self.stats;
+        s.failed_count += 1;
+        s.last_failed_wal = WalName::new(name);
+        s.last_failed_time = now;
+        s.last_error = ErrorText::new(error);
+    }
+
+    pub fn reset_stats(&mut self, now: i64) {
+        self.stats = Stats::new(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "000000010000000000000001";
+    const B: &str = "000000010000000000000002";
+
+    fn alive(_: i32) -> bool {
+        true
+    }
+
+    #[test]
+    fn worker_copy_is_confirmed_by_archiver() {
+        let mut s = ArchiveState::new(0);
+        assert!(s.begin_worker_copy(A, 10));
+        assert!(!s.begin_worker_copy(A, 10), "claimed twice");
+        assert_eq!(s.begin_archiver_copy(A, 20, alive), ArchiverClaim::WorkerBusy { pid: 10 });
+        s.finish_worker_copy(A, Ok(16));
+        assert_eq!(s.begin_archiver_copy(A, 20, alive), ArchiverClaim::CopiedAhead { bytes: 16 });
+        assert_eq!(s.slot_state(A), SlotState::Free);
+        s.record_archived(A, 16, true, 5);
+        assert_eq!((s.stats.archived_count, s.stats.copied_ahead_count, s.stats.archived_bytes), (1, 1, 16));
+        assert_eq!(s.stats.last_archived_wal.as_str(), A);
+    }
+
+    #[test]
+    fn archiver_copy_blocks_the_worker() {
+        let mut s = ArchiveState::new(0);
+        assert_eq!(s.begin_archiver_copy(B, 20, alive), ArchiverClaim::CopyInline);
+        assert!(!s.begin_worker_copy(B, 10));
+        s.end_archiver_copy(B);
+        assert!(s.begin_worker_copy(B, 10));
+    }
+
+    #[test]
+    fn failed_worker_copy_falls_back_to_archiver() {
+        let mut s = ArchiveState::new(0);
+        assert!(s.begin_worker_copy(A, 10));
+        s.finish_worker_copy(A, Err("could not write: disk full"));
+        assert_eq!(s.stats.copy_ahead_failures, 1);
+        assert_eq!(s.stats.last_error.as_str(), "could not write: disk full");
+        assert_eq!(s.stats.failed_count, 0, "worker failures are not archiver failures");
+        assert_eq!(s.begin_archiver_copy(A, 20, alive), ArchiverClaim::CopyInline);
+    }
+
+    #[test]
+    fn dead_workers_claims_are_taken_over() {
+        let mut s = ArchiveState::new(0);
+        assert!(s.begin_worker_copy(A, 10));
+        assert!(s.begin_worker_copy(B, 10));
+        assert_eq!(s.begin_archiver_copy(A, 20, |p| p != 10), ArchiverClaim::CopyInline);
+        assert_eq!(s.slot_state(A), SlotState::ArchiverCopying);
+        assert_eq!(s.release_stale(|p| p != 10, |_| true), 1);
+        assert_eq!(s.slot_state(B), SlotState::Free);
+        assert_eq!(s.slot_state(A), SlotState::ArchiverCopying);
+    }
+
+    #[test]
+    fn confirmed_copies_of_files_no_longer_ready_are_released() {
+        let mut s = ArchiveState::new(0);
+        s.begin_worker_copy(A, 10);
+        s.finish_worker_copy(A, Ok(1));
+        assert_eq!(s.release_stale(alive, |n| n != A), 1);
+        assert_eq!(s.free_slots(), SLOTS);
+    }
+
+    #[test]
+    fn full_table_stops_the_worker_not_the_archiver() {
+        let mut s = ArchiveState::new(0);
+        for i in 0..WORKER_SLOTS {
+            assert!(s.begin_worker_copy(&format!("{:024X}", i + 100), 10));
+        }
+        assert!(!s.begin_worker_copy(A, 10));
+        assert_eq!(s.begin_archiver_copy(A, 20, alive), ArchiverClaim::CopyInline);
+        assert_eq!(s.slot_state(A), SlotState::ArchiverCopying);
+        assert!(!s.begin_worker_copy(A, 10));
+    }
+
+    #[test]
+    fn failures_and_reset() {
+        let mut s = ArchiveState::new(1);
+        s.record_failed(A, "boom", 7);
+        s.record_failed(A, "boom again", 8);
+        assert_eq!(s.stats.failed_count, 2);
+        assert_eq!(s.stats.last_failed_time, 8);
+        assert_eq!(s.stats.last_error.as_str(), "boom again");
+        s.reset_stats(9);
+        assert_eq!(s.stats, Stats::new(9));
+    }
+}
