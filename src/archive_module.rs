@@ -12,12 +12,29 @@
 use std::ffi::CStr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
+use walarch_core::shared_state::ArchiverClaim;
+use walarch_core::temp_file::process_alive;
+use walarch_core::time::now_timestamptz;
 use walarch_core::{archive_file, temp_file, ArchiveOutcome, CopyOptions};
 
-use crate::guc;
-use crate::report;
+use crate::{guc, report, shmem, worker};
+
+/// How long the callback waits for the worker to finish a file it is
+/// copying before giving up on this attempt (the archiver retries).
+const WORKER_WAIT_LIMIT: Duration = Duration::from_secs(30);
+
+/// PostgreSQL's file creation mode (common/file_perm.h): 0600, or 0640 with
+/// group access (initdb -g).
+pub fn file_create_mode() -> u32 {
+    unsafe extern "C" {
+        static pg_file_create_mode: std::ffi::c_int;
+    }
+    // SAFETY: a plain int the server set at start-up.
+    unsafe { pg_file_create_mode as u32 }
+}
 
 /// The directory this process last swept for crash leftovers: a sweep runs
 /// once per process and again whenever the setting points somewhere new.
@@ -88,6 +105,61 @@ fn set_check_errdetail() {
     );
 }
 
+/// Called when the archiver exits (at a clean shutdown, after its last
+/// round): save the statistics for the next start.
+fn shutdown() {
+    shmem::save_stats();
+}
+
+/// What to do about `file` given the copy-ahead worker's claims.
+enum Coordination {
+    /// Not coordinated (no shared memory) or ours to copy inline.
+    CopyInline,
+    /// The worker archived it; it is in the archive with the right size.
+    CopiedAhead(u64),
+    /// The worker has held it for too long: fail this attempt.
+    WorkerStuck(i32),
+}
+
+/// The archiver asks for `file`: consult the worker's claims, waiting while
+/// the worker copies it (two processes never copy the same file at once).
+fn coordinate(file: &str, source: &Path, dir: &Path) -> Coordination {
+    let me = unsafe { pg_sys::MyProcPid };
+    let deadline = Instant::now() + WORKER_WAIT_LIMIT;
+    loop {
+        let Some(claim) = shmem::with(|s| s.begin_archiver_copy(file, me, process_alive)) else {
+            return Coordination::CopyInline;
+        };
+        match claim {
+            ArchiverClaim::CopyInline => return Coordination::CopyInline,
+            ArchiverClaim::CopiedAhead { bytes } => {
+                // Trust, but check the file is still there, whole.
+                let archived = std::fs::metadata(dir.join(file)).map(|m| m.len()).ok();
+                let wal = std::fs::metadata(source).map(|m| m.len()).ok();
+                if archived == Some(bytes) && wal == Some(bytes) {
+                    return Coordination::CopiedAhead(bytes);
+                }
+                // Gone or changed: the slot is free now; claim it next turn.
+            }
+            ArchiverClaim::WorkerBusy { pid } => {
+                if Instant::now() >= deadline {
+                    return Coordination::WorkerStuck(pid);
+                }
+                // The worker wakes us (PgArchWakeup) when a copy ends.
+                unsafe {
+                    pg_sys::WaitLatch(
+                        pg_sys::MyLatch,
+                        (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                        10,
+                        pg_sys::PG_WAIT_EXTENSION,
+                    );
+                    pg_sys::ResetLatch(pg_sys::MyLatch);
+                }
+            }
+        }
+    }
+}
+
 /// Archives one file. `file` is the bare name, `path` its path relative to
 /// the data directory (the archiver's working directory).
 fn archive(file: &CStr, path: &CStr) -> bool {
@@ -99,20 +171,44 @@ fn archive(file: &CStr, path: &CStr) -> bool {
         // check_configured already said so; the archiver will try again.
         return false;
     };
-    unsafe extern "C" {
-        /// common/file_perm.h: 0600, or 0640 with group access (initdb -g).
-        static pg_file_create_mode: std::ffi::c_int;
+    let opts = CopyOptions { file_mode: file_create_mode(), ..CopyOptions::default() };
+    match coordinate(file, Path::new(path), &dir) {
+        Coordination::CopyInline => {}
+        Coordination::CopiedAhead(bytes) => {
+            debug1!("walarch_ext: \"{file}\" was copied ahead by the worker");
+            shmem::with(|s| s.record_archived(file, bytes, true, now_timestamptz()));
+            worker::wake();
+            return true;
+        }
+        Coordination::WorkerStuck(pid) => {
+            let msg = format!("WAL file \"{file}\" is still being copied by the copy-ahead worker");
+            report::warning(
+                PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+                &msg,
+                Some(&format!("Worker PID {pid} has held it for {} s.", WORKER_WAIT_LIMIT.as_secs())),
+                Some("The archiver retries it; check the archive device if this repeats."),
+            );
+            shmem::with(|s| s.record_failed(file, &msg, now_timestamptz()));
+            return false;
+        }
     }
-    let opts = CopyOptions {
-        // SAFETY: a plain int the server set at start-up.
-        file_mode: unsafe { pg_file_create_mode } as u32,
-        ..CopyOptions::default()
-    };
+    // Let the worker start on the files after this one.
+    worker::wake();
+
     // No PostgreSQL call happens inside: a panic here is a bug, but it must
     // still not take the archiver down.
     let result = std::panic::catch_unwind(|| {
         sweep_once(&dir);
         archive_file(Path::new(path), &dir, file, &opts)
+    });
+    let now = now_timestamptz();
+    shmem::with(|s| {
+        s.end_archiver_copy(file);
+        match &result {
+            Ok(Ok(o)) => s.record_archived(file, o.bytes(), false, now),
+            Ok(Err(e)) => s.record_failed(file, &e.message, now),
+            Err(_) => s.record_failed(file, "internal error", now),
+        }
     });
     match result {
         Ok(Ok(outcome)) => {
@@ -160,7 +256,9 @@ mod abi {
     }
 
     #[pg_guard]
-    unsafe extern "C-unwind" fn shutdown_cb() {}
+    unsafe extern "C-unwind" fn shutdown_cb() {
+        shutdown();
+    }
 
     #[pg_guard]
     #[unsafe(no_mangle)]
@@ -216,7 +314,9 @@ mod abi {
     }
 
     #[pg_guard]
-    unsafe extern "C-unwind" fn shutdown_cb(_state: *mut ArchiveModuleState) {}
+    unsafe extern "C-unwind" fn shutdown_cb(_state: *mut ArchiveModuleState) {
+        shutdown();
+    }
 
     static CALLBACKS: ArchiveModuleCallbacks = ArchiveModuleCallbacks {
         startup_cb: Some(startup_cb),

@@ -25,8 +25,14 @@ pub fn define() {
             None,
             None,
         );
-        pg_sys::MarkGUCPrefixReserved(c"walarch".as_ptr());
     }
+}
+
+/// After every `walarch.*` setting is defined: from then on a misspelt one
+/// is an error, and placeholders for names we do not define are removed (so
+/// this must come last, or our own settings from postgresql.conf vanish).
+pub fn reserve_prefix() {
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"walarch".as_ptr()) };
 }
 
 /// The configured archive directory; `None` when unset or empty.
@@ -64,4 +70,30 @@ unsafe extern "C-unwind" fn check_archive_directory(
             false
         }
     }
+}
+
+pub static COPY_AHEAD: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static PARALLEL_COPIES: GucSetting<i32> = GucSetting::<i32>::new(4);
+
+/// The copy-ahead worker's settings (only meaningful when preloaded, but
+/// defined everywhere so that SHOW and ALTER SYSTEM work in any process).
+pub fn define_worker_settings() {
+    GucRegistry::define_bool_guc(
+        c"walarch.copy_ahead",
+        c"Copies ready WAL files into the archive ahead of the archiver.",
+        c"Needs walarch_ext in shared_preload_libraries. When off, the archiver's calls copy every file themselves.",
+        &COPY_AHEAD,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"walarch.parallel_copies",
+        c"How many WAL files the copy-ahead worker copies at once.",
+        c"",
+        &PARALLEL_COPIES,
+        1,
+        64,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
 }

@@ -9,6 +9,9 @@ use pgrx::prelude::*;
 mod archive_module;
 mod guc;
 mod report;
+mod shmem;
+mod sql;
+mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -17,6 +20,14 @@ mod report;
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::define();
+    guc::define_worker_settings();
+    guc::reserve_prefix();
+    // Shared memory and the worker only from the postmaster's preload: the
+    // archiver and backends inherit them.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        shmem::init_in_postmaster();
+        worker::register();
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -46,6 +57,81 @@ mod tests {
             pgrx::check_for_interrupts!();
         }
         target
+    }
+
+    fn stat_i64(col: &str) -> i64 {
+        Spi::get_one::<i64>(&format!("SELECT {col} FROM walarch_stats()")).unwrap().unwrap()
+    }
+
+    #[pg_test]
+    fn switch_wal_waits_until_archived_and_stats_count_it() {
+        let before = stat_i64("archived_count");
+        Spi::run("CREATE TEMP TABLE IF NOT EXISTS walarch_t(x int); INSERT INTO walarch_t VALUES (1)").unwrap();
+        let (lsn, walfile, archived) = Spi::get_three::<String, String, bool>(
+            "SELECT switch_lsn::text, walfile, archived FROM walarch_switch_wal(wait => true, timeout => '60s')",
+        )
+        .unwrap();
+        let (lsn, walfile) = (lsn.unwrap(), walfile.unwrap());
+        assert_eq!(archived, Some(true));
+        // The same file pg_walfile_name() names for that LSN.
+        let expect = Spi::get_one::<String>(&format!("SELECT pg_walfile_name('{lsn}'::pg_lsn)")).unwrap().unwrap();
+        assert_eq!(walfile, expect);
+        assert!(archive_dir().join(&walfile).exists());
+        // Counted once the archiver's call returned: at least this file.
+        assert!(stat_i64("archived_count") > before);
+        let last = Spi::get_one::<String>("SELECT last_archived_wal FROM walarch_stats()").unwrap().unwrap();
+        assert!(last >= walfile, "{last} < {walfile}");
+    }
+
+    #[pg_test]
+    fn switch_wal_without_new_wal_names_the_previous_file() {
+        // Background processes may write WAL between the two calls; retry
+        // until one pair shows the no-op case, checking the rule every time.
+        let seg = Spi::get_one::<i32>("SELECT setting::int FROM pg_settings WHERE name = 'wal_segment_size'")
+            .unwrap()
+            .unwrap() as i64;
+        let mut saw_noop = false;
+        for _ in 0..10 {
+            Spi::run("CREATE TEMP TABLE IF NOT EXISTS walarch_t(x int); INSERT INTO walarch_t VALUES (1)").unwrap();
+            let (_, first, _) = Spi::get_three::<String, String, bool>(
+                "SELECT switch_lsn::text, walfile, archived FROM walarch_switch_wal()",
+            )
+            .unwrap();
+            let (lsn, second, _) = Spi::get_three::<i64, String, bool>(
+                "SELECT (switch_lsn - '0/0'::pg_lsn)::bigint, walfile, archived FROM walarch_switch_wal()",
+            )
+            .unwrap();
+            if lsn.unwrap() % seg == 0 {
+                assert_eq!(first, second, "a no-op switch names the previously completed file");
+                saw_noop = true;
+                break;
+            }
+        }
+        assert!(saw_noop, "never saw a switch with nothing written since the previous one");
+    }
+
+    #[pg_test(error = "timeout must not be negative")]
+    fn switch_wal_refuses_negative_timeout() {
+        Spi::run("SELECT * FROM walarch_switch_wal(true, '-1s')").unwrap();
+    }
+
+    #[pg_test]
+    fn stats_row_has_pg_stat_archiver_columns_first() {
+        let cols = Spi::get_one::<String>(
+            "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum) \
+             FROM pg_attribute WHERE attrelid = 'walarch_stat_archiver'::regclass AND attnum <= 7",
+        )
+        .unwrap()
+        .unwrap();
+        let expect = Spi::get_one::<String>(
+            "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum) \
+             FROM pg_attribute WHERE attrelid = 'pg_stat_archiver'::regclass AND attnum > 0",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(cols, expect);
+        let worker = Spi::get_one::<i32>("SELECT worker_pid FROM walarch_stats()").unwrap();
+        assert!(worker.is_some(), "the copy-ahead worker is running");
     }
 
     #[pg_test]

@@ -374,3 +374,62 @@ impl Drop for TmpfsMount {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
+
+impl Cluster {
+    /// One column of `walarch_stats()`, as text ("" for NULL). The extension
+    /// must exist (`CREATE EXTENSION walarch_ext`).
+    pub fn stat(&self, col: &str) -> String {
+        self.query(&format!("SELECT {col} FROM walarch_stats()"))
+    }
+
+    pub fn stat_i64(&self, col: &str) -> i64 {
+        let v = self.stat(col);
+        v.parse().unwrap_or_else(|_| panic!("{col} = {v:?}"))
+    }
+
+    /// Writes some WAL and switches `n` times without waiting; returns the
+    /// completed files in order.
+    pub fn switch_many(&self, n: usize) -> Vec<String> {
+        (0..n).map(|_| self.switch_wal()).collect()
+    }
+
+    /// Waits until nothing is left to archive.
+    pub fn wait_drained(&self, timeout: Duration) {
+        let status = self.data.join("pg_wal/archive_status");
+        wait_until("no .ready file left", timeout, || {
+            fs::read_dir(&status).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".ready"))
+        });
+    }
+
+    /// Copies completed WAL files out of pg_wal, for comparisons after the
+    /// originals may have been recycled (crash recovery, checkpoints).
+    pub fn keep_reference_copies(&self, files: &[String]) -> PathBuf {
+        let dir = self.root.join("reference");
+        fs::create_dir_all(&dir).unwrap();
+        for f in files {
+            fs::copy(self.data.join("pg_wal").join(f), dir.join(f)).unwrap();
+        }
+        dir
+    }
+
+    /// Asserts `archive/walfile` equals `reference/walfile`.
+    pub fn assert_archived_equals(&self, walfile: &str, reference: &Path) {
+        let archived = fs::read(self.archive_dir().join(walfile))
+            .unwrap_or_else(|e| panic!("{walfile} is not in the archive: {e}"));
+        assert!(archived == fs::read(reference.join(walfile)).unwrap(), "{walfile}: archived bytes differ");
+    }
+
+    /// Sends a signal to a process (as root).
+    pub fn kill(&self, pid: i32, signal: &str) {
+        sh(&format!("kill -{signal} {pid}"));
+    }
+
+    pub fn postmaster_pid(&self) -> i32 {
+        fs::read_to_string(self.data.join("postmaster.pid")).unwrap().lines().next().unwrap().trim().parse().unwrap()
+    }
+
+    /// Waits until the server accepts queries again (after a crash restart).
+    pub fn wait_ready(&self, timeout: Duration) {
+        wait_until("server accepting queries", timeout, || self.psql("SELECT 1").is_ok());
+    }
+}

@@ -38,7 +38,8 @@ pub fn temp_owner_pid(name: &str) -> Option<i32> {
     Some(pid)
 }
 
-fn process_alive(pid: i32) -> bool {
+/// True when a process with this PID exists (signal 0).
+pub fn process_alive(pid: i32) -> bool {
     if pid <= 0 {
         return false;
     }

@@ -1,0 +1,107 @@
+//! The shared state (`walarch_core::shared_state::ArchiveState`) in
+//! PostgreSQL shared memory, behind one LWLock, and its persistence: written
+//! by the archiver when it exits, read once by the postmaster at start-up if
+//! the cluster was shut down cleanly, discarded after a crash (as PostgreSQL
+//! does with its own statistics).
+
+use std::path::Path;
+
+use pgrx::prelude::*;
+use pgrx::shmem::PGRXSharedMemory;
+use pgrx::{pg_shmem_init, PgLwLock};
+use walarch_core::shared_state::ArchiveState;
+use walarch_core::stats_file;
+use walarch_core::time::now_timestamptz;
+
+#[derive(Clone, Copy)]
+pub struct Shared(pub ArchiveState);
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared(ArchiveState::new(now_timestamptz()))
+    }
+}
+
+// SAFETY: plain data, no pointers (the latch is stored as an integer).
+unsafe impl PGRXSharedMemory for Shared {}
+
+static STATE: PgLwLock<Shared> = unsafe { PgLwLock::new(c"walarch_ext") };
+
+/// Set in the postmaster while preloading; forked children inherit it. False
+/// in a process that loaded the library any other way (no shared memory).
+static mut ATTACHED: bool = false;
+
+/// Relative to the data directory, beside PostgreSQL's own statistics.
+const STATS_FILE: &str = "pg_stat/walarch_ext.stat";
+
+static mut PREV_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
+
+/// Requests the shared memory; only in the postmaster while it preloads.
+pub fn init_in_postmaster() {
+    pg_shmem_init!(STATE);
+    // SAFETY: single-threaded postmaster start-up; chaining the hook that
+    // pg_shmem_init! just installed, so the state exists when ours runs.
+    unsafe {
+        PREV_SHMEM_STARTUP_HOOK = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(restore_stats);
+        ATTACHED = true;
+    }
+}
+
+pub fn attached() -> bool {
+    // SAFETY: written once before any child process exists.
+    unsafe { ATTACHED }
+}
+
+/// Runs `f` on the state under the exclusive lock; `None` without shared
+/// memory.
+pub fn with<R>(f: impl FnOnce(&mut ArchiveState) -> R) -> Option<R> {
+    if !attached() {
+        return None;
+    }
+    let mut g = STATE.exclusive();
+    Some(f(&mut g.0))
+}
+
+/// Runs `f` on the state under the shared lock.
+pub fn read<R>(f: impl FnOnce(&ArchiveState) -> R) -> Option<R> {
+    if !attached() {
+        return None;
+    }
+    let g = STATE.share();
+    Some(f(&g.0))
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn restore_stats() {
+    unsafe {
+        if let Some(prev) = PREV_SHMEM_STARTUP_HOOK {
+            prev();
+        }
+    }
+    // The postmaster's working directory is the data directory.
+    let file = Path::new(STATS_FILE);
+    match stats_file::shut_down_cleanly(Path::new(".")) {
+        Ok(true) => match stats_file::take(file) {
+            Ok(Some(stats)) => {
+                STATE.exclusive().0.stats = stats;
+                log!("walarch_ext: restored archive statistics from \"{STATS_FILE}\"");
+            }
+            Ok(None) => {}
+            Err(e) => warning!("walarch_ext: could not read \"{STATS_FILE}\": {e}"),
+        },
+        // After a crash the saved counts are stale: start from zero.
+        _ => {
+            let _ = stats_file::discard(file);
+        }
+    }
+}
+
+/// Saves the statistics for the next start. Called when the archiver exits:
+/// at a clean shutdown it is the last process that counts anything.
+pub fn save_stats() {
+    let Some(stats) = read(|s| s.stats) else { return };
+    if let Err(e) = stats_file::write(Path::new(STATS_FILE), &stats) {
+        warning!("walarch_ext: could not write \"{STATS_FILE}\": {e}");
+    }
+}

@@ -1,0 +1,207 @@
+//! The SQL API: `walarch_stats()` (and the `walarch_stat_archiver` view),
+//! `walarch_stats_reset()`, `walarch_switch_wal()`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use walarch_core::pending;
+use walarch_core::time::{now_timestamptz, to_option};
+use walarch_core::walname::segment_file_name;
+
+use crate::shmem;
+
+fn require_shared_memory() {
+    if !shmem::attached() {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "walarch_ext is not loaded through shared_preload_libraries",
+            "Add walarch_ext to shared_preload_libraries and restart the server."
+        );
+    }
+}
+
+fn ts(t: i64) -> Option<TimestampWithTimeZone> {
+    to_option(t).and_then(|t| TimestampWithTimeZone::try_from(t).ok())
+}
+
+
+/// One row: the columns of `pg_stat_archiver`, then what it lacks.
+#[pg_extern(volatile, parallel_safe)]
+fn walarch_stats() -> TableIterator<
+    'static,
+    (
+        name!(archived_count, i64),
+        name!(last_archived_wal, Option<String>),
+        name!(last_archived_time, Option<TimestampWithTimeZone>),
+        name!(failed_count, i64),
+        name!(last_failed_wal, Option<String>),
+        name!(last_failed_time, Option<TimestampWithTimeZone>),
+        name!(stats_reset, Option<TimestampWithTimeZone>),
+        name!(pending_count, i64),
+        name!(pending_bytes, i64),
+        name!(oldest_pending_wal, Option<String>),
+        name!(archived_bytes, i64),
+        name!(copied_ahead_count, i64),
+        name!(copy_ahead_failures, i64),
+        name!(last_error, Option<String>),
+        name!(worker_pid, Option<i32>),
+    ),
+> {
+    require_shared_memory();
+    let (stats, worker_pid) = shmem::read(|s| (s.stats, s.worker_pid)).unwrap();
+    // Read from pg_wal/archive_status (the backend's working directory is
+    // the data directory): the archiver's to-do list, not a counter.
+    let p = pending::summary(Path::new("pg_wal")).unwrap_or_default();
+    TableIterator::once((
+        stats.archived_count,
+        stats.last_archived_wal.to_option(),
+        ts(stats.last_archived_time),
+        stats.failed_count,
+        stats.last_failed_wal.to_option(),
+        ts(stats.last_failed_time),
+        ts(stats.stats_reset),
+        p.count,
+        p.bytes,
+        p.oldest,
+        stats.archived_bytes,
+        stats.copied_ahead_count,
+        stats.copy_ahead_failures,
+        stats.last_error.to_option(),
+        (worker_pid != 0).then_some(worker_pid),
+    ))
+}
+
+/// Zeroes the counters and sets `stats_reset`, like
+/// `pg_stat_reset_shared('archiver')`.
+#[pg_extern(volatile, parallel_unsafe)]
+fn walarch_stats_reset() {
+    require_shared_memory();
+    shmem::with(|s| s.reset_stats(now_timestamptz()));
+}
+
+/// True once the archiver is done with `walfile`: no `.ready` left, and a
+/// `.done` (or the segment already recycled, which needs it archived).
+fn is_archived(walfile: &str) -> bool {
+    let status = Path::new("pg_wal/archive_status");
+    !status.join(format!("{walfile}.ready")).exists()
+        && (status.join(format!("{walfile}.done")).exists() || !Path::new("pg_wal").join(walfile).exists())
+}
+
+fn interval_to_duration(i: &Interval) -> Option<Duration> {
+    // As PostgreSQL's interval arithmetic does for "now() + interval": a
+    // month counts 30 days.
+    let micros = i.micros() as i128 + i.days() as i128 * 86_400_000_000 + i.months() as i128 * 30 * 86_400_000_000;
+    (micros >= 0).then(|| Duration::from_micros(micros.min(u64::MAX as i128) as u64))
+}
+
+/// Switches to a new WAL file and names the one completed; with `wait`,
+/// blocks until it is archived or `timeout` passes.
+///
+/// When nothing was written since the last switch, PostgreSQL does not
+/// switch: `switch_lsn` is then the start of the current file and `walfile`
+/// the file the previous switch completed (what `pg_walfile_name()` gives).
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    sql = r#"
+CREATE FUNCTION "walarch_switch_wal"("wait" boolean DEFAULT false, "timeout" interval DEFAULT '60s')
+RETURNS TABLE ("switch_lsn" pg_lsn, "walfile" text, "archived" boolean)
+VOLATILE STRICT PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+"#
+)]
+fn walarch_switch_wal(
+    wait: bool,
+    timeout: Interval,
+) -> TableIterator<'static, (name!(switch_lsn, i64), name!(walfile, String), name!(archived, bool))> {
+    // Every check before the switch: bad input changes nothing.
+    let Some(limit) = interval_to_duration(&timeout) else {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "timeout must not be negative"
+        );
+    };
+    let archiving = unsafe { pg_sys::XLogArchiveMode } != pg_sys::ArchiveMode::ARCHIVE_MODE_OFF as i32;
+    if wait && !archiving {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "cannot wait for archiving: WAL archiving is not enabled",
+            function_name!(),
+        )
+        .set_hint("Set archive_mode and archive_library, then restart the server.")
+        .report(PgLogLevel::ERROR);
+    }
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "recovery is in progress",
+            function_name!(),
+        )
+        .set_hint("WAL control functions cannot be executed during recovery.")
+        .report(PgLogLevel::ERROR);
+    }
+
+    // What pg_switch_wal() does, without its privilege check: EXECUTE on
+    // this function is the privilege.
+    let lsn = unsafe { pg_sys::RequestXLogSwitch(false) };
+    let seg_size = unsafe { pg_sys::wal_segment_size } as u64;
+    let tli = unsafe { pg_sys::GetWALInsertionTimeLine() };
+    // XLByteToPrevSeg: the file that ends at (or contains) the LSN.
+    let walfile = segment_file_name(tli, (lsn.saturating_sub(1)) / seg_size, seg_size);
+
+    let mut archived = archiving && is_archived(&walfile);
+    if wait && !archived {
+        crate::worker::wake();
+        let deadline = Instant::now() + limit;
+        loop {
+            archived = is_archived(&walfile);
+            if archived || Instant::now() >= deadline {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
+            unsafe {
+                pg_sys::WaitLatch(
+                    pg_sys::MyLatch,
+                    (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                    left.as_millis().max(1) as std::ffi::c_long,
+                    pg_sys::PG_WAIT_EXTENSION,
+                );
+                pg_sys::ResetLatch(pg_sys::MyLatch);
+            }
+            // Query cancel and statement_timeout end the wait here.
+            pgrx::check_for_interrupts!();
+        }
+        if !archived {
+            ErrorReport::new(
+                PgSqlErrorCode::ERRCODE_WARNING,
+                format!("timed out waiting for WAL file \"{walfile}\" to be archived"),
+                function_name!(),
+            )
+            .set_detail(format!("Waited {} ms.", limit.as_millis()))
+            .set_hint("Check walarch_stats() and the server log for archiving failures.")
+            .report(PgLogLevel::WARNING);
+        }
+    }
+    TableIterator::once((lsn as i64, walfile, archived))
+}
+
+extension_sql!(
+    r#"
+CREATE VIEW walarch_stat_archiver AS SELECT * FROM walarch_stats();
+
+-- Reading statistics is for pg_monitor; resetting them and switching WAL
+-- are superuser-only unless granted.
+REVOKE ALL ON FUNCTION walarch_stats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION walarch_stats() TO pg_monitor;
+REVOKE ALL ON walarch_stat_archiver FROM PUBLIC;
+GRANT SELECT ON walarch_stat_archiver TO pg_monitor;
+REVOKE ALL ON FUNCTION walarch_stats_reset() FROM PUBLIC;
+REVOKE ALL ON FUNCTION walarch_switch_wal(boolean, interval) FROM PUBLIC;
+"#,
+    name = "view_and_privileges",
+    requires = [walarch_stats, walarch_stats_reset, walarch_switch_wal]
+);
