@@ -213,7 +213,7 @@ fn archive(file: &CStr, path: &CStr) -> bool {
     match result {
         Ok(Ok(outcome)) => {
             match outcome {
-                ArchiveOutcome::Archived { bytes } => {
+                ArchiveOutcome::Archived { bytes, .. } => {
                     debug1!("walarch_ext: archived \"{file}\" ({bytes} bytes)")
                 }
                 ArchiveOutcome::AlreadyArchived { .. } => {

@@ -100,9 +100,10 @@ fn interval_to_duration(i: &Interval) -> Option<Duration> {
 /// Switches to a new WAL file and names the one completed; with `wait`,
 /// blocks until it is archived or `timeout` passes.
 ///
-/// When nothing was written since the last switch, PostgreSQL does not
-/// switch: `switch_lsn` is then the start of the current file and `walfile`
-/// the file the previous switch completed (what `pg_walfile_name()` gives).
+/// `switch_lsn` is what `pg_switch_wal()` returns: the end of the completed
+/// file, which is where the next file starts. When nothing was written since
+/// the last switch, PostgreSQL does not switch: `switch_lsn` is then the same
+/// as the previous call's, and `walfile` the file that switch completed.
 #[pg_extern(
     volatile,
     parallel_unsafe,
@@ -189,6 +190,51 @@ fn walarch_switch_wal(
     TableIterator::once((lsn as i64, walfile, archived))
 }
 
+/// Verifies the configured archive from inside the server, as `walarch
+/// verify` does: one row per file checked (`ok`, `corrupt`,
+/// `missing_checksum`) and one per gap (`missing`).
+#[pg_extern(volatile, parallel_unsafe)]
+fn walarch_verify(
+    from_wal: default!(Option<String>, "NULL"),
+    to_wal: default!(Option<String>, "NULL"),
+) -> TableIterator<'static, (name!(walfile, String), name!(status, String), name!(detail, Option<String>))> {
+    let parse = |arg: &str, v: Option<String>| {
+        v.map(|v| match walarch_core::walname::WalFileName::parse(&v) {
+            Some(w) if w.kind == walarch_core::walname::WalFileKind::Segment => w,
+            _ => {
+                ErrorReport::new(
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!("invalid WAL file name for {arg}: \"{v}\""),
+                    function_name!(),
+                )
+                .set_hint("Give a WAL segment name of 24 hexadecimal digits, such as 000000010000000000000001.")
+                .report(PgLogLevel::ERROR);
+                unreachable!()
+            }
+        })
+    };
+    let from = parse("from_wal", from_wal);
+    let to = parse("to_wal", to_wal);
+    let Some(dir) = crate::guc::archive_directory() else {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "walarch.archive_directory is not set"
+        );
+    };
+    let report = walarch_core::verify::verify(&dir, from.as_ref(), to.as_ref()).unwrap_or_else(|e| {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            format!("could not verify archive \"{}\": {e}", dir.display())
+        );
+    });
+    TableIterator::new(report.findings.into_iter().map(|f| {
+        let detail = (!f.detail.is_empty()).then_some(f.detail);
+        (f.walfile, f.status.as_str().to_string(), detail)
+    }))
+}
+
 extension_sql!(
     r#"
 CREATE VIEW walarch_stat_archiver AS SELECT * FROM walarch_stats();
@@ -201,7 +247,8 @@ REVOKE ALL ON walarch_stat_archiver FROM PUBLIC;
 GRANT SELECT ON walarch_stat_archiver TO pg_monitor;
 REVOKE ALL ON FUNCTION walarch_stats_reset() FROM PUBLIC;
 REVOKE ALL ON FUNCTION walarch_switch_wal(boolean, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION walarch_verify(text, text) FROM PUBLIC;
 "#,
     name = "view_and_privileges",
-    requires = [walarch_stats, walarch_stats_reset, walarch_switch_wal]
+    requires = [walarch_stats, walarch_stats_reset, walarch_switch_wal, walarch_verify]
 );

@@ -433,3 +433,70 @@ impl Cluster {
         wait_until("server accepting queries", timeout, || self.psql("SELECT 1").is_ok());
     }
 }
+
+/// The `walarch` binary (scripts/test.sh installs it).
+pub fn walarch_bin() -> PathBuf {
+    PathBuf::from(std::env::var("WALARCH_BIN").unwrap_or_else(|_| "/usr/local/bin/walarch".into()))
+}
+
+/// Runs `walarch` as the server's OS user: (exit code, stdout, stderr).
+pub fn walarch(args: &[&str]) -> (i32, String, String) {
+    let out = as_server_user(walarch_bin()).args(args).output().expect("run walarch");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+impl Cluster {
+    /// A base backup without WAL (`-X none`): recovery needs the archive.
+    pub fn base_backup(&self, name: &str) -> PathBuf {
+        let dir = self.root.join(name);
+        let mut bb = as_server_user(bindir().join("pg_basebackup"));
+        bb.arg("-D").arg(&dir).args(["-X", "none", "--no-sync", "-c", "fast", "-U", "postgres", "-h"])
+            .arg(&self.sockdir)
+            .args(["-p", &self.port.to_string()]);
+        run_ok(&mut bb, "pg_basebackup");
+        dir
+    }
+
+    /// A cluster recovering from `backup` with `restore_command` = walarch
+    /// restore from `archive`, plus `recovery` settings; it archives (on its
+    /// new timeline) into `archive_into` (its own directory by default).
+    /// Not started.
+    pub fn from_backup(name: &str, backup: &Path, archive: &Path, recovery: &[&str], archive_into: Option<&Path>) -> Cluster {
+        let c = Cluster::init(name, InitOptions::default());
+        let conf = fs::read_to_string(c.data.join("postgresql.conf")).unwrap();
+        let ours = conf.split("# walarch integration test\n").nth(1).unwrap().to_string();
+        fs::remove_dir_all(&c.data).unwrap();
+        sh(&format!("cp -a '{}' '{}'", backup.display(), c.data.display()));
+        chown_to_server(&c.data);
+        let mut text = fs::read_to_string(c.data.join("postgresql.conf")).unwrap();
+        text.push_str("\n# walarch integration test (recovery)\n");
+        text.push_str(&ours);
+        if let Some(dir) = archive_into {
+            text.push_str(&format!("walarch.archive_directory = '{}'\n", dir.display()));
+        }
+        text.push_str(&format!(
+            "restore_command = '{} restore {} %f %p'\n",
+            walarch_bin().display(),
+            archive.display()
+        ));
+        for l in recovery {
+            text.push_str(l);
+            text.push('\n');
+        }
+        fs::write(c.data.join("postgresql.conf"), text).unwrap();
+        fs::write(c.data.join("recovery.signal"), "").unwrap();
+        chown_to_server(&c.data);
+        c
+    }
+
+    /// Starts a recovering cluster and waits until recovery has ended and it
+    /// accepts writes (promoted).
+    pub fn start_and_wait_promoted(&mut self, timeout: Duration) {
+        self.start();
+        wait_until("end of recovery", timeout, || self.psql("SELECT pg_is_in_recovery()").as_deref() == Ok("f"));
+    }
+}

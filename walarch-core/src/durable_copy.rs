@@ -9,12 +9,19 @@
 //!    an existing file, and fsync the directory.
 //! 3. On any failure the temporary file is removed, so nothing partial is left
 //!    and nothing appears under the final name.
+//! 4. The SHA-256 of the bytes written is computed while copying and recorded
+//!    in the sidecar `<walfile>.sha256` (same temp/fsync/rename protocol);
+//!    one directory fsync then covers both names. A file counts as archived
+//!    only once its checksum record is durable too: if a crash leaves the file
+//!    without its sidecar, the next attempt finds an identical file, and
+//!    writes the missing record from the bytes it compared.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use crate::checksum::{format_sidecar, read_recorded, sidecar_name, Hasher, Recorded, Sha256Digest};
 use crate::error::{ArchiveError, ErrorKind};
 use crate::fsutil::{fsync_dir, fsync_file, read_full, rename_noreplace, same_contents};
 use crate::temp_file::temp_path;
@@ -37,15 +44,20 @@ impl Default for CopyOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArchiveOutcome {
     /// Copied now; `bytes` were written.
-    Archived { bytes: u64 },
+    Archived { bytes: u64, sha256: Sha256Digest },
     /// Already in the archive with identical content.
-    AlreadyArchived { bytes: u64 },
+    AlreadyArchived { bytes: u64, sha256: Sha256Digest },
 }
 
 impl ArchiveOutcome {
     pub fn bytes(&self) -> u64 {
         match *self {
-            ArchiveOutcome::Archived { bytes } | ArchiveOutcome::AlreadyArchived { bytes } => bytes,
+            ArchiveOutcome::Archived { bytes, .. } | ArchiveOutcome::AlreadyArchived { bytes, .. } => bytes,
+        }
+    }
+    pub fn sha256(&self) -> Sha256Digest {
+        match *self {
+            ArchiveOutcome::Archived { sha256, .. } | ArchiveOutcome::AlreadyArchived { sha256, .. } => sha256,
         }
     }
 }
@@ -73,12 +85,27 @@ pub fn archive_file(
     }
 
     let temp = temp_path(archive_dir, name);
-    let bytes = match copy_to_new_file(source, &temp, opts) {
+    let (bytes, sha256) = match copy_to_new_file(source, &temp, opts) {
         Ok(b) => b,
         Err(e) => {
             let _ = std::fs::remove_file(&temp);
             return Err(e);
         }
+    };
+
+    // The checksum record is written (to its own temporary file) before the
+    // data is renamed: if that fails, e.g. on a full disk, nothing appears
+    // under the final name.
+    let side_temp = match prepare_sidecar(archive_dir, name, &sha256, opts) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
+    };
+    let discard = || {
+        let _ = std::fs::remove_file(&temp);
+        let _ = std::fs::remove_file(&side_temp);
     };
 
     match rename_noreplace(&temp, &dest) {
@@ -87,28 +114,84 @@ pub fn archive_file(
             // Someone archived the same file since our check: the same rule
             // applies, judged on what we just wrote.
             let r = existing_copy(&temp, &dest, archive_dir);
-            let _ = std::fs::remove_file(&temp);
+            discard();
             return r;
         }
         Err(e) => {
-            let _ = std::fs::remove_file(&temp);
+            discard();
             return Err(ArchiveError::io("rename file", &temp, &e)
                 .with_detail(format!("The target was \"{}\".", dest.display())));
         }
     }
-
-    // Until the directory entry is durable the file is not archived; if this
-    // fails, the retry finds an identical file and fsyncs again.
+    // The data is ours, new: a sidecar already under its name is a leftover
+    // of an attempt that died between the two renames, so it is replaced.
+    let side = archive_dir.join(sidecar_name(name));
+    if let Err(e) = std::fs::rename(&side_temp, &side) {
+        let _ = std::fs::remove_file(&side_temp);
+        // The data is in place without its record; the retry finds it
+        // identical and records the checksum then.
+        return Err(ArchiveError::io("rename file", &side_temp, &e));
+    }
+    // Until the directory entries are durable the file is not archived; if
+    // this fails, the retry finds an identical file and fsyncs again.
     fsync_dir(archive_dir).map_err(|e| ArchiveError::io("fsync directory", archive_dir, &e))?;
-    Ok(ArchiveOutcome::Archived { bytes })
+    Ok(ArchiveOutcome::Archived { bytes, sha256 })
 }
 
-/// The final name exists: success only if its bytes equal `source`'s, after
-/// making it and its directory entry durable.
+/// Writes the checksum record for `name` to a new temporary file, fsynced;
+/// returns its path for the caller to rename into place.
+fn prepare_sidecar(dir: &Path, name: &str, sha256: &Sha256Digest, opts: &CopyOptions) -> Result<PathBuf, ArchiveError> {
+    let temp = temp_path(dir, &sidecar_name(name));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(opts.file_mode)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&temp)
+            .map_err(|e| ArchiveError::io("create file", &temp, &e))?;
+        f.write_all(format_sidecar(sha256, name).as_bytes())
+            .map_err(|e| ArchiveError::io("write file", &temp, &e))?;
+        f.sync_all().map_err(|e| ArchiveError::io("fsync file", &temp, &e))
+    })();
+    match result {
+        Ok(()) => Ok(temp),
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            Err(e)
+        }
+    }
+}
+
+/// Writes `<name>.sha256` in place (temporary file, fsync, rename); the
+/// caller fsyncs the directory.
+fn write_sidecar(dir: &Path, name: &str, sha256: &Sha256Digest, opts: &CopyOptions) -> Result<(), ArchiveError> {
+    let temp = prepare_sidecar(dir, name, sha256, opts)?;
+    std::fs::rename(&temp, dir.join(sidecar_name(name))).map_err(|e| {
+        let _ = std::fs::remove_file(&temp);
+        ArchiveError::io("rename file", &temp, &e)
+    })
+}
+
+/// The final name exists: success only if its content equals `source`'s,
+/// judged by the recorded checksum when there is one (hashing the source), by
+/// the bytes otherwise (then recording the missing checksum), after making
+/// both durable.
 fn existing_copy(source: &Path, dest: &Path, dir: &Path) -> Result<ArchiveOutcome, ArchiveError> {
-    let same = same_contents(source, dest).map_err(|e| {
-        ArchiveError::io("compare with existing archive file", dest, &e)
-    })?;
+    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    let recorded = read_recorded(dir, &name).map_err(|e| ArchiveError::io("read file", &dir.join(sidecar_name(&name)), &e))?;
+    let (same, sha256, record_missing) = match recorded {
+        Recorded::Digest(d) => {
+            let (_, src) = crate::checksum::hash_file(source).map_err(|e| ArchiveError::io("read file", source, &e))?;
+            let size_ok = std::fs::metadata(source).map(|m| m.len()).ok() == std::fs::metadata(dest).map(|m| m.len()).ok();
+            (src == d && size_ok, src, false)
+        }
+        Recorded::Missing | Recorded::Malformed => {
+            let (same, d) = same_contents_hashed(source, dest)
+                .map_err(|e| ArchiveError::io("compare with existing archive file", dest, &e))?;
+            (same, d, true)
+        }
+    };
     if !same {
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len().to_string()).unwrap_or("?".into());
         return Err(ArchiveError::new(
@@ -127,14 +210,30 @@ fn existing_copy(source: &Path, dest: &Path, dir: &Path) -> Result<ArchiveOutcom
         ));
     }
     fsync_file(dest).map_err(|e| ArchiveError::io("fsync file", dest, &e))?;
+    if record_missing {
+        write_sidecar(dir, &name, &sha256, &CopyOptions::default())?;
+    } else {
+        let side = dir.join(sidecar_name(&name));
+        fsync_file(&side).map_err(|e| ArchiveError::io("fsync file", &side, &e))?;
+    }
     fsync_dir(dir).map_err(|e| ArchiveError::io("fsync directory", dir, &e))?;
     let bytes = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
-    Ok(ArchiveOutcome::AlreadyArchived { bytes })
+    Ok(ArchiveOutcome::AlreadyArchived { bytes, sha256 })
 }
 
-/// Copies `source` into the new file `temp` (created exclusively) and fsyncs
-/// it. The caller removes `temp` on error.
-fn copy_to_new_file(source: &Path, temp: &Path, opts: &CopyOptions) -> Result<u64, ArchiveError> {
+/// Compares two files byte for byte, hashing the first; the digest is only
+/// meaningful when they are the same.
+fn same_contents_hashed(a: &Path, b: &Path) -> std::io::Result<(bool, Sha256Digest)> {
+    if !same_contents(a, b)? {
+        return Ok((false, [0; 32]));
+    }
+    let (_, d) = crate::checksum::hash_file(a)?;
+    Ok((true, d))
+}
+
+/// Copies `source` into the new file `temp` (created exclusively), hashing
+/// the bytes, and fsyncs it. The caller removes `temp` on error.
+fn copy_to_new_file(source: &Path, temp: &Path, opts: &CopyOptions) -> Result<(u64, Sha256Digest), ArchiveError> {
     let mut src = File::open(source).map_err(|e| ArchiveError::io("open file", source, &e))?;
     let mut dst = OpenOptions::new()
         .write(true)
@@ -145,21 +244,24 @@ fn copy_to_new_file(source: &Path, temp: &Path, opts: &CopyOptions) -> Result<u6
         .map_err(|e| ArchiveError::io("create file", temp, &e))?;
     let mut buf = vec![0u8; opts.buffer_size.max(8192)];
     let mut total = 0u64;
+    let mut hasher = Hasher::new();
     loop {
         let n = read_full(&mut src, &mut buf).map_err(|e| ArchiveError::io("read file", source, &e))?;
         if n == 0 {
             break;
         }
         dst.write_all(&buf[..n]).map_err(|e| ArchiveError::io("write file", temp, &e))?;
+        hasher.update(&buf[..n]);
         total += n as u64;
     }
     dst.sync_all().map_err(|e| ArchiveError::io("fsync file", temp, &e))?;
-    Ok(total)
+    Ok((total, hasher.finish()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checksum::to_hex;
     use crate::temp_file::TEMP_PREFIX;
 
     const SEG: &str = "000000010000000000000001";
@@ -190,9 +292,14 @@ mod tests {
         let data = pattern(3 * (1 << 20) + 123);
         let (_d, src, arch) = setup(&data);
         let out = archive_file(&src.join(SEG), &arch, SEG, &CopyOptions::default()).unwrap();
-        assert_eq!(out, ArchiveOutcome::Archived { bytes: data.len() as u64 });
+        assert_eq!(out.bytes(), data.len() as u64);
+        assert!(matches!(out, ArchiveOutcome::Archived { .. }));
         assert_eq!(std::fs::read(arch.join(SEG)).unwrap(), data);
-        assert_eq!(listing(&arch), vec![SEG.to_string()]);
+        assert_eq!(listing(&arch), vec![SEG.to_string(), format!("{SEG}.sha256")]);
+        // The sidecar records the SHA-256 of exactly the bytes archived.
+        let (_, d) = crate::checksum::hash_file(&arch.join(SEG)).unwrap();
+        assert_eq!(out.sha256(), d);
+        assert_eq!(std::fs::read_to_string(arch.join(format!("{SEG}.sha256"))).unwrap(), format!("{}  {SEG}\n", to_hex(&d)));
     }
 
     #[test]
@@ -201,8 +308,44 @@ mod tests {
         let (_d, src, arch) = setup(&data);
         std::fs::write(arch.join(SEG), &data).unwrap();
         let out = archive_file(&src.join(SEG), &arch, SEG, &CopyOptions::default()).unwrap();
-        assert_eq!(out, ArchiveOutcome::AlreadyArchived { bytes: 100_000 });
-        assert_eq!(listing(&arch), vec![SEG.to_string()]);
+        assert!(matches!(out, ArchiveOutcome::AlreadyArchived { bytes: 100_000, .. }));
+        // A file without its checksum record gets one (a crash between the
+        // data rename and the sidecar's).
+        assert_eq!(listing(&arch), vec![SEG.to_string(), format!("{SEG}.sha256")]);
+        assert_eq!(
+            crate::checksum::read_recorded(&arch, SEG).map(|r| matches!(r, Recorded::Digest(d) if d == out.sha256())).unwrap(),
+            true
+        );
+    }
+
+    #[test]
+    fn duplicate_rule_uses_the_recorded_checksum() {
+        let data = pattern(100_000);
+        let (_d, src, arch) = setup(&data);
+        archive_file(&src.join(SEG), &arch, SEG, &CopyOptions::default()).unwrap();
+        // Same bytes again: accepted on the checksum.
+        let out = archive_file(&src.join(SEG), &arch, SEG, &CopyOptions::default()).unwrap();
+        assert!(matches!(out, ArchiveOutcome::AlreadyArchived { .. }));
+        // The source now differs from what the record says: refused, and
+        // neither the archived file nor its record is touched.
+        let before = std::fs::read(arch.join(format!("{SEG}.sha256"))).unwrap();
+        let mut other = data.clone();
+        other[10] ^= 0xff;
+        std::fs::write(src.join(SEG), &other).unwrap();
+        let err = archive_file(&src.join(SEG), &arch, SEG, &CopyOptions::default()).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Conflict);
+        assert_eq!(std::fs::read(arch.join(SEG)).unwrap(), data);
+        assert_eq!(std::fs::read(arch.join(format!("{SEG}.sha256"))).unwrap(), before);
+    }
+
+    #[test]
+    fn leftover_sidecar_without_data_is_replaced() {
+        let data = pattern(5000);
+        let (_d, src, arch) = setup(&data);
+        std::fs::write(arch.join(format!("{SEG}.sha256")), "0000  stale\n").unwrap();
+        let out = archive_file(&src.join(SEG), &arch, SEG, &CopyOptions::default()).unwrap();
+        assert!(matches!(out, ArchiveOutcome::Archived { .. }));
+        assert!(matches!(crate::checksum::read_recorded(&arch, SEG).unwrap(), Recorded::Digest(d) if d == out.sha256()));
     }
 
     #[test]
@@ -215,7 +358,7 @@ mod tests {
         assert_eq!(err.kind, ErrorKind::Conflict);
         assert!(err.message.contains("already exists with different contents"), "{err}");
         assert_eq!(std::fs::read(arch.join(SEG)).unwrap(), other);
-        assert_eq!(listing(&arch), vec![SEG.to_string()]);
+        assert_eq!(listing(&arch), vec![SEG.to_string()], "a refused file gets no checksum record");
         // A shorter file under the final name (a torn copy by another tool)
         // is a conflict too, never "completed".
         std::fs::write(arch.join(SEG), &pattern(10)).unwrap();
@@ -262,6 +405,7 @@ mod tests {
             std::fs::write(src.join(name), name.as_bytes()).unwrap();
             archive_file(&src.join(name), &arch, name, &CopyOptions::default()).unwrap();
             assert_eq!(std::fs::read(arch.join(name)).unwrap(), name.as_bytes());
+            assert!(arch.join(format!("{name}.sha256")).exists());
         }
     }
 

@@ -6,16 +6,19 @@
 //! extension can report them as they are.
 
 pub mod archive_dir;
+pub mod checksum;
 pub mod durable_copy;
 pub mod error;
 pub mod fixed_str;
 pub mod fsutil;
 pub mod parallel_copy;
 pub mod pending;
+pub mod restore;
 pub mod shared_state;
 pub mod stats_file;
 pub mod temp_file;
 pub mod time;
+pub mod verify;
 pub mod walname;
 
 pub use durable_copy::{archive_file, ArchiveOutcome, CopyOptions};
