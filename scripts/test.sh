@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of walarch_ext on a fresh or prepared machine (as root):
-#   1. unit tests of the server-independent crate (walarch-core);
+#   1. unit tests of the server-independent crate (walarch-core) and of the
+#      walarch command (walarch-cli), which is installed to /usr/local/bin;
 #   2. `cargo pgrx test` (#[pg_test]s inside a live server) on each version;
 #   3. the integration tests (tests/) on hand-started clusters, each version,
 #      against the regular (non-test) build of the module.
@@ -15,8 +16,11 @@ PGDATA_ROOT=${WALARCH_PGTEST_PGDATA:-/tmp/walarch-pgdata}
 install -d -o postgres -g postgres "$PGDATA_ROOT"
 start=$(date +%s)
 
-echo "==> unit tests (walarch-core)"
-cargo test -p walarch-core
+echo "==> unit tests (walarch-core) and the walarch command"
+cargo test -p walarch-core -p walarch-cli
+# restore_command in the integration tests runs it as the postgres user.
+cargo build --release -p walarch-cli
+install -m 0755 target/release/walarch /usr/local/bin/walarch
 
 for v in $VERSIONS; do
   echo "==> PostgreSQL $v: cargo pgrx test"

@@ -85,23 +85,22 @@ mod tests {
 
     #[pg_test]
     fn switch_wal_without_new_wal_names_the_previous_file() {
-        // A real switch and a no-op both return a segment boundary; the no-op
-        // returns the same one as the switch before it. Background processes
-        // may write WAL between two calls (then the second really switches),
-        // so retry until a pair shows the no-op case.
+        // A real switch always completes a new, later file; a call with
+        // nothing written since names the file the previous switch completed,
+        // and returns the start of the current file (a segment boundary).
+        // Background processes may write WAL between two calls (then the
+        // second really switches), so retry until a pair shows the no-op.
+        let seg = Spi::get_one::<i32>("SELECT setting::int FROM pg_settings WHERE name = 'wal_segment_size'")
+            .unwrap()
+            .unwrap() as i64;
+        let q = "SELECT (switch_lsn - '0/0'::pg_lsn)::bigint, walfile, archived FROM walarch_switch_wal()";
         let mut saw_noop = false;
         for _ in 0..10 {
             Spi::run("CREATE TEMP TABLE IF NOT EXISTS walarch_t(x int); INSERT INTO walarch_t VALUES (1)").unwrap();
-            let (lsn1, first, _) = Spi::get_three::<String, String, bool>(
-                "SELECT switch_lsn::text, walfile, archived FROM walarch_switch_wal()",
-            )
-            .unwrap();
-            let (lsn2, second, _) = Spi::get_three::<String, String, bool>(
-                "SELECT switch_lsn::text, walfile, archived FROM walarch_switch_wal()",
-            )
-            .unwrap();
-            if lsn1 == lsn2 {
-                assert_eq!(first, second, "a no-op switch names the previously completed file");
+            let (_, first, _) = Spi::get_three::<i64, String, bool>(q).unwrap();
+            let (lsn2, second, _) = Spi::get_three::<i64, String, bool>(q).unwrap();
+            if second == first {
+                assert_eq!(lsn2.unwrap() % seg, 0, "a no-op switch returns a segment boundary");
                 saw_noop = true;
                 break;
             }

@@ -100,10 +100,11 @@ fn interval_to_duration(i: &Interval) -> Option<Duration> {
 /// Switches to a new WAL file and names the one completed; with `wait`,
 /// blocks until it is archived or `timeout` passes.
 ///
-/// `switch_lsn` is what `pg_switch_wal()` returns: the end of the completed
-/// file, which is where the next file starts. When nothing was written since
-/// the last switch, PostgreSQL does not switch: `switch_lsn` is then the same
-/// as the previous call's, and `walfile` the file that switch completed.
+/// `switch_lsn` is what `pg_switch_wal()` returns and `walfile` what
+/// `pg_walfile_name()` makes of it. When nothing was written since the last
+/// switch, PostgreSQL does not switch: `switch_lsn` is then the start of the
+/// current file, and `walfile` names the file the previous switch completed
+/// (so `wait` waits for that one, usually already archived).
 #[pg_extern(
     volatile,
     parallel_unsafe,

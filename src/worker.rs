@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
@@ -27,6 +28,17 @@ pub const WORKER_NAME: &str = "walarch_ext copy-ahead";
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// The fallback timer; the archiver's callback sets our latch.
 const NAP: Duration = Duration::from_millis(500);
+
+/// Set once SIGTERM arrived. pgrx's `sigterm_received()` clears its flag
+/// when read, so every check goes through `stopping()`, which remembers.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+fn stopping() -> bool {
+    if BackgroundWorker::sigterm_received() {
+        STOPPING.store(true, Ordering::SeqCst);
+    }
+    STOPPING.load(Ordering::SeqCst)
+}
 
 pub fn register() {
     BackgroundWorkerBuilder::new(WORKER_NAME)
@@ -70,7 +82,11 @@ pub extern "C-unwind" fn walarch_copy_ahead_main(_arg: pg_sys::Datum) {
     let mut swept_dir = None;
     let mut retry_at: HashMap<String, Instant> = HashMap::new();
 
-    while BackgroundWorker::wait_latch(Some(NAP)) {
+    loop {
+        // wait_latch() reads (and clears) the SIGTERM flag itself.
+        if !BackgroundWorker::wait_latch(Some(NAP)) || stopping() {
+            break;
+        }
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
@@ -87,7 +103,7 @@ pub extern "C-unwind" fn walarch_copy_ahead_main(_arg: pg_sys::Datum) {
             }
         }
         // Copy rounds until nothing is left to copy ahead or we must stop.
-        while copy_round(&dir, me, &mut retry_at) && !BackgroundWorker::sigterm_received() {}
+        while !stopping() && copy_round(&dir, me, &mut retry_at) {}
     }
 
     shmem::with(|s| {
@@ -139,7 +155,7 @@ fn copy_round(dir: &Path, me: i32, retry_at: &mut HashMap<String, Instant>) -> b
                 }
             }
         },
-        BackgroundWorker::sigterm_received,
+        stopping,
     );
     set_title("idle");
     true

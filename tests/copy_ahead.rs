@@ -247,3 +247,20 @@ fn privileges_monitor_reads_only_superuser_acts() {
     c.query("GRANT EXECUTE ON FUNCTION walarch_switch_wal(boolean, interval) TO nobody");
     assert!(as_role("nobody", "SELECT * FROM walarch_switch_wal()").is_ok());
 }
+
+#[test]
+fn worker_shows_its_title_and_exits_promptly_at_shutdown_mid_drain() {
+    let mut c = cluster("shutdown", false, &[]);
+    let pid = c.stat("worker_pid");
+    let title = sh(&format!("ps -o cmd= -p {pid}"));
+    assert!(title.contains("walarch_ext copy-ahead"), "{title}");
+    c.switch_many(64);
+    configure_archive(&c);
+    // Stop while the worker is copying: pg_ctl waits at most 60 s.
+    wait_until("copying started", T, || c.archive_listing().len() >= 2);
+    c.stop();
+    assert!(c.log_text().contains("copy-ahead worker exiting"), "{}", c.log_text());
+    // And it comes back with the server.
+    c.start();
+    wait_until("worker back", T, || !c.stat("worker_pid").is_empty());
+}

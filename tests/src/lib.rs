@@ -283,8 +283,9 @@ impl Drop for Cluster {
             c.arg("-D").arg(&self.data).args(["-w", "-m", "immediate", "stop"]);
             let _ = c.output();
         }
-        // Keep the directory of a failed test for inspection.
-        if !std::thread::panicking() {
+        // Keep the directory of a failed test for inspection (or of every
+        // test with WALARCH_TEST_KEEP set).
+        if !std::thread::panicking() && std::env::var_os("WALARCH_TEST_KEEP").is_none() {
             let _ = fs::remove_dir_all(&self.root);
         } else {
             eprintln!("cluster {} kept at {} (log: {})", self.name, self.root.display(), self.log.display());
@@ -394,9 +395,20 @@ impl Cluster {
     }
 
     /// Waits until nothing is left to archive.
+    ///
+    /// After a crash restart the postmaster refuses to restart the archiver
+    /// within 10 s of its previous start (PgArchCanRestart) and retries only
+    /// on its next server-loop pass, up to 60 s later unless something wakes
+    /// it. A connection about once a second wakes it, as client traffic does
+    /// on a live server, so the wait is bounded by the 10 s rule.
     pub fn wait_drained(&self, timeout: Duration) {
         let status = self.data.join("pg_wal/archive_status");
+        let mut polls = 0u32;
         wait_until("no .ready file left", timeout, || {
+            polls += 1;
+            if polls % 10 == 0 {
+                let _ = self.psql("SELECT 1");
+            }
             fs::read_dir(&status).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".ready"))
         });
     }
