@@ -12,8 +12,10 @@ bash scripts/setup.sh
 V=${WALARCH_DEMO_PG:-15}
 case "$V" in 15|16|17|18) ;; *) echo "WALARCH_DEMO_PG must be 15, 16, 17 or 18" >&2; exit 2 ;; esac
 BIN=$(pg_bindir "$V")
-echo "==> building and installing walarch_ext (release) into PostgreSQL $V"
+echo "==> building and installing walarch_ext (release) into PostgreSQL $V, and the walarch command"
 cargo pgrx install --release --pg-config "$BIN/pg_config" >/dev/null
+cargo build --release -q -p walarch-cli
+install -m 0755 target/release/walarch /usr/local/bin/walarch
 
 DEMO=$(mktemp -d /tmp/walarch-demo.XXXXXX)
 PORT=5499
@@ -44,28 +46,37 @@ checkpoint_timeout = '1h'
 CONF
 as_pg "$BIN/pg_ctl" -D "$DEMO/data" -l "$DEMO/server.log" -w start >/dev/null
 sql -Atqc "SELECT 'PostgreSQL ' || current_setting('server_version') || ', archive_library = ' || current_setting('archive_library')"
+sql -qc "CREATE EXTENSION walarch_ext"
 
 echo "==> writing WAL: pgbench -i -s 10, then 10 s of pgbench"
 as_pg "$BIN/pgbench" -h "$DEMO/sock" -p $PORT -U postgres -i -s 10 -q postgres 2>&1 | tail -1
 as_pg "$BIN/pgbench" -h "$DEMO/sock" -p $PORT -U postgres -c 2 -T 10 postgres 2>/dev/null | grep -E '^tps'
-last=$(sql -Atqc "SELECT pg_walfile_name(pg_switch_wal())")
-echo "==> switched WAL; waiting until $last and everything before it is archived"
+echo "==> walarch_switch_wal(wait => true): switch, and wait until the file is archived"
+sql -c "SELECT * FROM walarch_switch_wal(wait => true, timeout => '120s')"
 for _ in $(seq 1 240); do
-  [ -f "$DEMO/data/pg_wal/archive_status/$last.done" ] && \
-    ! ls "$DEMO/data/pg_wal/archive_status/" | grep -q '\.ready$' && break
+  ls "$DEMO/data/pg_wal/archive_status/" | grep -q '\.ready$' || break
   sleep 0.5
 done
-[ -f "$DEMO/data/pg_wal/archive_status/$last.done" ] || { echo "archiving did not finish; server log:" >&2; tail -20 "$DEMO/server.log" >&2; exit 1; }
+if ls "$DEMO/data/pg_wal/archive_status/" | grep -q '\.ready$'; then
+  echo "archiving did not finish; server log:" >&2; tail -20 "$DEMO/server.log" >&2; exit 1
+fi
 
-echo "==> pg_stat_archiver"
+echo "==> walarch_stats(): pg_stat_archiver's columns, then what it lacks"
+sql -xc "SELECT * FROM walarch_stats()"
+echo "==> pg_stat_archiver, for comparison"
 sql -xc "SELECT * FROM pg_stat_archiver"
 echo "==> archive directory ($DEMO/archive)"
-ls -l "$DEMO/archive"
+ls -l "$DEMO/archive" | head -8; echo "   ... $(ls "$DEMO/archive" | wc -l) files in all"
+echo "==> walarch verify (checksums, gaps)"
+walarch verify "$DEMO/archive"
+echo "==> sha256sum -c, with standard tools"
+( cd "$DEMO/archive" && sha256sum -c --quiet ./*.sha256 && echo "all $(ls ./*.sha256 | wc -l) checksums OK" )
 
 echo "==> checking every archived file against pg_wal"
 n=0; bad=0
 for f in "$DEMO/archive"/*; do
   name=$(basename "$f")
+  case "$name" in *.sha256) continue ;; esac
   if cmp -s "$f" "$DEMO/data/pg_wal/$name"; then n=$((n + 1)); else echo "MISMATCH: $name"; bad=$((bad + 1)); fi
 done
 if [ "$bad" -ne 0 ] || [ "$n" -eq 0 ]; then echo "==> FAILED: $bad of $((n + bad)) archived files differ from pg_wal" >&2; exit 1; fi

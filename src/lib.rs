@@ -152,11 +152,14 @@ mod tests {
         let copy = std::fs::read(&archived).unwrap();
         assert_eq!(copy.len(), source.len());
         assert!(copy == source, "archived {walfile} differs from pg_wal/{walfile}");
-        // No temporary file is left behind.
+        // No temporary file of this segment is left behind. Other tests run
+        // concurrently and switch WAL too, so a later segment may legitimately
+        // be mid-copy: only this file's temporaries must be gone.
+        let ours = format!("{}{walfile}.", walarch_core::temp_file::TEMP_PREFIX);
         let leftovers: Vec<_> = std::fs::read_dir(archive_dir())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.starts_with(walarch_core::temp_file::TEMP_PREFIX))
+            .filter(|n| n.starts_with(&ours))
             .collect();
         assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     }

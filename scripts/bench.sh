@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The benchmark: walarch_ext against contrib basic_archive, a cp
+# archive_command, pgBackRest archive-push (sync and async) and the dd
+# floor. Writes $WALARCH_BENCH_OUT/benchmark.md and benchmark.png.
+#
+# Installs what it needs, idempotently: scripts/setup.sh, pgbackrest (apt),
+# matplotlib (a venv under /var/cache/walarch/bench-venv), and the release
+# build of walarch_ext and the walarch command.
+#
+# Settings (environment):
+#   WALARCH_BENCH_PG            PostgreSQL major version, 15-18 (default 15)
+#   WALARCH_BENCH_SEGMENTS      backlog size in segments for the drain (default 64)
+#   WALARCH_BENCH_REPS          repetitions of each drain (default 3)
+#   WALARCH_BENCH_LOAD_SECONDS  pgbench time per method under load (default 60; 0 skips it)
+#   WALARCH_BENCH_OUT           output directory (default docs/)
+#   WALARCH_BENCH_DIR           where the clusters and archives live (default /var/tmp)
+#   WALARCH_BENCH_METHODS       comma-separated subset of methods (default: all)
+#   WALARCH_BENCH_SKIP_INSTALL  1: skip setup.sh and the release build, and measure
+#                               the walarch_ext already installed
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/common.sh
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'bench.sh: %s\n' "$*" >&2; exit 2; }
+
+V=${WALARCH_BENCH_PG:-15}
+SEGMENTS=${WALARCH_BENCH_SEGMENTS:-64}
+REPS=${WALARCH_BENCH_REPS:-3}
+LOAD_SECONDS=${WALARCH_BENCH_LOAD_SECONDS:-60}
+OUT=${WALARCH_BENCH_OUT:-docs/}
+PARENT=${WALARCH_BENCH_DIR:-/var/tmp}
+case "$V" in 15|16|17|18) ;; *) die "WALARCH_BENCH_PG must be 15, 16, 17 or 18" ;; esac
+for var in SEGMENTS REPS LOAD_SECONDS; do
+  [[ ${!var} =~ ^[0-9]+$ ]] || die "WALARCH_BENCH_$var must be a whole number"
+done
+[ "$SEGMENTS" -ge 1 ] || die "WALARCH_BENCH_SEGMENTS must be at least 1"
+[ "$REPS" -ge 1 ] || die "WALARCH_BENCH_REPS must be at least 1"
+[ -d "$PARENT" ] || die "WALARCH_BENCH_DIR $PARENT is not a directory"
+[ "$(id -u)" = 0 ] || die "run as root (the clusters run as the postgres user)"
+
+# The exact command, for the report.
+CMDLINE=""
+for var in $(compgen -e | grep '^WALARCH_BENCH_' | sort || true); do
+  CMDLINE+="$var=$(printf '%q' "${!var}") "
+done
+CMDLINE+="bash scripts/bench.sh"
+
+VENV=$CACHE/bench-venv
+if [ "${WALARCH_BENCH_SKIP_INSTALL:-0}" = 1 ]; then
+  log "WALARCH_BENCH_SKIP_INSTALL=1: skipping setup.sh and the release build"
+else
+  bash scripts/setup.sh
+fi
+if ! command -v pgbackrest >/dev/null; then
+  log "apt: installing pgbackrest"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --no-upgrade pgbackrest >/dev/null
+fi
+if ! "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
+  log "pip: matplotlib into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q matplotlib
+fi
+
+BIN=$(pg_bindir "$V")
+[ -x "$BIN/pg_config" ] || die "PostgreSQL $V not found at $BIN (run scripts/setup.sh)"
+if [ "${WALARCH_BENCH_SKIP_INSTALL:-0}" != 1 ]; then
+  log "building and installing walarch_ext (release) into PostgreSQL $V, and the walarch command"
+  cargo pgrx install --release --pg-config "$BIN/pg_config" >/dev/null
+  cargo build --release -q -p walarch-cli
+fi
+LIBDIR=$("$BIN/pg_config" --pkglibdir)
+for lib in walarch_ext basic_archive; do
+  [ -f "$LIBDIR/$lib.so" ] || die "$LIBDIR/$lib.so is missing"
+done
+
+WORK=$(mktemp -d "$PARENT/walarch-bench.XXXXXX")
+chmod 755 "$WORK"
+cleanup() {
+  local pidf p
+  # clusters the harness may have left running (it stops them itself normally)
+  for pidf in "$WORK"/*/data/postmaster.pid; do
+    [ -f "$pidf" ] || continue
+    runuser -u postgres -- "$BIN/pg_ctl" -D "$(dirname "$pidf")" -m immediate -w stop >/dev/null 2>&1 || true
+  done
+  # pgBackRest async servers of this run: their command line names our config
+  for p in $(pgrep -f -- "--config=$WORK/" || true); do kill "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+log "benchmark: PostgreSQL $V, $SEGMENTS segments x $REPS reps, ${LOAD_SECONDS}s load, into $OUT (work dir $WORK)"
+"$VENV/bin/python" bench/walarch_bench.py \
+  --pg-bin "$BIN" --workdir "$WORK" --out "$OUT" \
+  --segments "$SEGMENTS" --reps "$REPS" --load-seconds "$LOAD_SECONDS" \
+  --port-base $((27500 + (V - 15) * 100)) \
+  --methods "${WALARCH_BENCH_METHODS:-}" --command "$CMDLINE"
