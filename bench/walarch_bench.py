@@ -782,6 +782,15 @@ def summarize(h, methods, results):
     return summary
 
 
+def failures(w, errors):
+    """The first lines of each method's error, under a "Failures" heading."""
+    if errors:
+        w("Failures:\n")
+        for k, msg in errors.items():
+            first = "\n".join(msg.splitlines()[:6])
+            w(f"- **{k}**:\n\n```\n{first}\n```\n")
+
+
 def markdown(h, methods, results, summary, mach, png_name):
     a = h.a
     out = []
@@ -841,11 +850,7 @@ def markdown(h, methods, results, summary, mach, png_name):
     caf = sum(r.get("copy_ahead_failures", 0) for rs in results["drain"].values() for r in rs)
     if caf:
         w(f"The copy-ahead worker reported {caf} failed copies in all (left to the archiver).\n")
-    if results["drain_errors"]:
-        w("Failures:\n")
-        for k, msg in results["drain_errors"].items():
-            first = "\n".join(msg.splitlines()[:6])
-            w(f"- **{k}**:\n\n```\n{first}\n```\n")
+    failures(w, results["drain_errors"])
 
     w("## B. Sustained load\n")
     if a.load_seconds == 0:
@@ -883,11 +888,7 @@ def markdown(h, methods, results, summary, mach, png_name):
         meths = {r["latency_method"] for r in results["load"].values()}
         if meths and meths != {"inotify"}:
             w(f"Latency timestamps were taken by: {', '.join(sorted(meths))}.\n")
-        if results["load_errors"]:
-            w("Failures:\n")
-            for k, msg in results["load_errors"].items():
-                first = "\n".join(msg.splitlines()[:6])
-                w(f"- **{k}**:\n\n```\n{first}\n```\n")
+        failures(w, results["load_errors"])
 
     w(f"![drain throughput and backlog under load]({png_name})\n")
 
