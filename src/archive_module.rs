@@ -48,12 +48,21 @@ fn sweep_once(dir: &Path) {
     match temp_file::sweep(dir) {
         Ok(r) => {
             for name in &r.removed {
-                log!("walarch_ext: removed leftover temporary file \"{}/{}\"", dir.display(), name);
+                log!(
+                    "walarch_ext: removed leftover temporary file \"{}/{}\"",
+                    dir.display(),
+                    name
+                );
             }
             for (name, err) in &r.failed {
                 report::warning(
                     PgSqlErrorCode::ERRCODE_IO_ERROR,
-                    &format!("could not remove leftover temporary file \"{}/{}\": {}", dir.display(), name, err),
+                    &format!(
+                        "could not remove leftover temporary file \"{}/{}\": {}",
+                        dir.display(),
+                        name,
+                        err
+                    ),
                     None,
                     None,
                 );
@@ -101,7 +110,9 @@ fn set_check_errdetail() {
         PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
         "walarch.archive_directory is not set",
         None,
-        Some("Set walarch.archive_directory to an existing directory and reload the configuration."),
+        Some(
+            "Set walarch.archive_directory to an existing directory and reload the configuration.",
+        ),
     );
 }
 
@@ -149,7 +160,8 @@ fn coordinate(file: &str, source: &Path, dir: &Path) -> Coordination {
                 unsafe {
                     pg_sys::WaitLatch(
                         pg_sys::MyLatch,
-                        (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                        (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH)
+                            as i32,
                         10,
                         pg_sys::PG_WAIT_EXTENSION,
                     );
@@ -164,14 +176,22 @@ fn coordinate(file: &str, source: &Path, dir: &Path) -> Coordination {
 /// the data directory (the archiver's working directory).
 fn archive(file: &CStr, path: &CStr) -> bool {
     let (Ok(file), Ok(path)) = (file.to_str(), path.to_str()) else {
-        report::warning(PgSqlErrorCode::ERRCODE_INVALID_NAME, "WAL file name is not valid UTF-8", None, None);
+        report::warning(
+            PgSqlErrorCode::ERRCODE_INVALID_NAME,
+            "WAL file name is not valid UTF-8",
+            None,
+            None,
+        );
         return false;
     };
     let Some(dir) = guc::archive_directory() else {
         // check_configured already said so; the archiver will try again.
         return false;
     };
-    let opts = CopyOptions { file_mode: file_create_mode(), ..CopyOptions::default() };
+    let opts = CopyOptions {
+        file_mode: file_create_mode(),
+        ..CopyOptions::default()
+    };
     match coordinate(file, Path::new(path), &dir) {
         Coordination::CopyInline => {}
         Coordination::CopiedAhead(bytes) => {
@@ -185,7 +205,10 @@ fn archive(file: &CStr, path: &CStr) -> bool {
             report::warning(
                 PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
                 &msg,
-                Some(&format!("Worker PID {pid} has held it for {} s.", WORKER_WAIT_LIMIT.as_secs())),
+                Some(&format!(
+                    "Worker PID {pid} has held it for {} s.",
+                    WORKER_WAIT_LIMIT.as_secs()
+                )),
                 Some("The archiver retries it; check the archive device if this repeats."),
             );
             shmem::with(|s| s.record_failed(file, &msg, now_timestamptz()));
@@ -223,7 +246,10 @@ fn archive(file: &CStr, path: &CStr) -> bool {
             true
         }
         Ok(Err(e)) => {
-            report::warn(&e, &format!("While archiving \"{file}\" into \"{}\".", dir.display()));
+            report::warn(
+                &e,
+                &format!("While archiving \"{file}\" into \"{}\".", dir.display()),
+            );
             false
         }
         Err(_) => {
@@ -262,7 +288,9 @@ mod abi {
 
     #[pg_guard]
     #[unsafe(no_mangle)]
-    pub unsafe extern "C-unwind" fn _PG_archive_module_init(cb: *mut pg_sys::ArchiveModuleCallbacks) {
+    pub unsafe extern "C-unwind" fn _PG_archive_module_init(
+        cb: *mut pg_sys::ArchiveModuleCallbacks,
+    ) {
         (*cb).check_configured_cb = Some(check_configured_cb);
         (*cb).archive_file_cb = Some(archive_file_cb);
         (*cb).shutdown_cb = Some(shutdown_cb);
@@ -285,9 +313,15 @@ mod abi {
     #[repr(C)]
     pub struct ArchiveModuleCallbacks {
         pub startup_cb: Option<unsafe extern "C-unwind" fn(*mut ArchiveModuleState)>,
-        pub check_configured_cb: Option<unsafe extern "C-unwind" fn(*mut ArchiveModuleState) -> bool>,
-        pub archive_file_cb:
-            Option<unsafe extern "C-unwind" fn(*mut ArchiveModuleState, *const c_char, *const c_char) -> bool>,
+        pub check_configured_cb:
+            Option<unsafe extern "C-unwind" fn(*mut ArchiveModuleState) -> bool>,
+        pub archive_file_cb: Option<
+            unsafe extern "C-unwind" fn(
+                *mut ArchiveModuleState,
+                *const c_char,
+                *const c_char,
+            ) -> bool,
+        >,
         pub shutdown_cb: Option<unsafe extern "C-unwind" fn(*mut ArchiveModuleState)>,
     }
 

@@ -9,7 +9,8 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-pub static ARCHIVE_DIRECTORY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static ARCHIVE_DIRECTORY: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
 
 pub fn define() {
     // SAFETY: the check hook is guarded and never panics across FFI.

@@ -45,14 +45,19 @@ mod tests {
     fn switch_wal() -> String {
         Spi::run("CREATE TEMP TABLE IF NOT EXISTS walarch_t(x int); INSERT INTO walarch_t SELECT generate_series(1, 1000)")
             .unwrap();
-        Spi::get_one::<String>("SELECT pg_walfile_name(pg_switch_wal())").unwrap().unwrap()
+        Spi::get_one::<String>("SELECT pg_walfile_name(pg_switch_wal())")
+            .unwrap()
+            .unwrap()
     }
 
     fn wait_archived(walfile: &str) -> PathBuf {
         let target = archive_dir().join(walfile);
         let deadline = Instant::now() + Duration::from_secs(60);
         while !target.exists() {
-            assert!(Instant::now() < deadline, "{walfile} was not archived within 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "{walfile} was not archived within 60 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
             pgrx::check_for_interrupts!();
         }
@@ -60,13 +65,18 @@ mod tests {
     }
 
     fn stat_i64(col: &str) -> i64 {
-        Spi::get_one::<i64>(&format!("SELECT {col} FROM walarch_stats()")).unwrap().unwrap()
+        Spi::get_one::<i64>(&format!("SELECT {col} FROM walarch_stats()"))
+            .unwrap()
+            .unwrap()
     }
 
     #[pg_test]
     fn switch_wal_waits_until_archived_and_stats_count_it() {
         let before = stat_i64("archived_count");
-        Spi::run("CREATE TEMP TABLE IF NOT EXISTS walarch_t(x int); INSERT INTO walarch_t VALUES (1)").unwrap();
+        Spi::run(
+            "CREATE TEMP TABLE IF NOT EXISTS walarch_t(x int); INSERT INTO walarch_t VALUES (1)",
+        )
+        .unwrap();
         let (lsn, walfile, archived) = Spi::get_three::<String, String, bool>(
             "SELECT switch_lsn::text, walfile, archived FROM walarch_switch_wal(wait => true, timeout => '60s')",
         )
@@ -74,12 +84,16 @@ mod tests {
         let (lsn, walfile) = (lsn.unwrap(), walfile.unwrap());
         assert_eq!(archived, Some(true));
         // The same file pg_walfile_name() names for that LSN.
-        let expect = Spi::get_one::<String>(&format!("SELECT pg_walfile_name('{lsn}'::pg_lsn)")).unwrap().unwrap();
+        let expect = Spi::get_one::<String>(&format!("SELECT pg_walfile_name('{lsn}'::pg_lsn)"))
+            .unwrap()
+            .unwrap();
         assert_eq!(walfile, expect);
         assert!(archive_dir().join(&walfile).exists());
         // Counted once the archiver's call returned: at least this file.
         assert!(stat_i64("archived_count") > before);
-        let last = Spi::get_one::<String>("SELECT last_archived_wal FROM walarch_stats()").unwrap().unwrap();
+        let last = Spi::get_one::<String>("SELECT last_archived_wal FROM walarch_stats()")
+            .unwrap()
+            .unwrap();
         assert!(last >= walfile, "{last} < {walfile}");
     }
 
@@ -90,9 +104,11 @@ mod tests {
         // and returns the start of the current file (a segment boundary).
         // Background processes may write WAL between two calls (then the
         // second really switches), so retry until a pair shows the no-op.
-        let seg = Spi::get_one::<i32>("SELECT setting::int FROM pg_settings WHERE name = 'wal_segment_size'")
-            .unwrap()
-            .unwrap() as i64;
+        let seg = Spi::get_one::<i32>(
+            "SELECT setting::int FROM pg_settings WHERE name = 'wal_segment_size'",
+        )
+        .unwrap()
+        .unwrap() as i64;
         let q = "SELECT (switch_lsn - '0/0'::pg_lsn)::bigint, walfile, archived FROM walarch_switch_wal()";
         let mut saw_noop = false;
         for _ in 0..10 {
@@ -100,13 +116,23 @@ mod tests {
             let (_, first, _) = Spi::get_three::<i64, String, bool>(q).unwrap();
             let (lsn2, second, _) = Spi::get_three::<i64, String, bool>(q).unwrap();
             if second == first {
-                assert_eq!(lsn2.unwrap() % seg, 0, "a no-op switch returns a segment boundary");
+                assert_eq!(
+                    lsn2.unwrap() % seg,
+                    0,
+                    "a no-op switch returns a segment boundary"
+                );
                 saw_noop = true;
                 break;
             }
-            assert!(second > first, "a real switch completes a later file: {first:?} then {second:?}");
+            assert!(
+                second > first,
+                "a real switch completes a later file: {first:?} then {second:?}"
+            );
         }
-        assert!(saw_noop, "never saw a switch with nothing written since the previous one");
+        assert!(
+            saw_noop,
+            "never saw a switch with nothing written since the previous one"
+        );
     }
 
     #[pg_test(error = "timeout must not be negative")]
@@ -135,10 +161,17 @@ mod tests {
 
     #[pg_test]
     fn module_is_the_archive_library() {
-        let lib = Spi::get_one::<String>("SHOW archive_library").unwrap().unwrap();
+        let lib = Spi::get_one::<String>("SHOW archive_library")
+            .unwrap()
+            .unwrap();
         assert_eq!(lib, "walarch_ext");
-        let dir = Spi::get_one::<String>("SHOW walarch.archive_directory").unwrap().unwrap();
-        assert!(std::path::Path::new(&dir).is_dir(), "{dir} is not a directory");
+        let dir = Spi::get_one::<String>("SHOW walarch.archive_directory")
+            .unwrap()
+            .unwrap();
+        assert!(
+            std::path::Path::new(&dir).is_dir(),
+            "{dir} is not a directory"
+        );
         assert_eq!(PathBuf::from(dir), archive_dir());
     }
 
@@ -151,7 +184,10 @@ mod tests {
         let source = std::fs::read(format!("pg_wal/{walfile}")).unwrap();
         let copy = std::fs::read(&archived).unwrap();
         assert_eq!(copy.len(), source.len());
-        assert!(copy == source, "archived {walfile} differs from pg_wal/{walfile}");
+        assert!(
+            copy == source,
+            "archived {walfile} differs from pg_wal/{walfile}"
+        );
         // No temporary file of this segment is left behind. Other tests run
         // concurrently and switch WAL too, so a later segment may legitimately
         // be mid-copy: only this file's temporaries must be gone.
@@ -173,12 +209,17 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             Spi::run("SELECT pg_stat_clear_snapshot()").unwrap();
-            let last = Spi::get_one::<String>("SELECT last_archived_wal FROM pg_stat_archiver").unwrap();
-            let done = std::path::Path::new(&format!("pg_wal/archive_status/{walfile}.done")).exists();
+            let last =
+                Spi::get_one::<String>("SELECT last_archived_wal FROM pg_stat_archiver").unwrap();
+            let done =
+                std::path::Path::new(&format!("pg_wal/archive_status/{walfile}.done")).exists();
             if last.as_deref() >= Some(walfile.as_str()) && done {
                 break;
             }
-            assert!(Instant::now() < deadline, "archiver did not record {walfile}: last={last:?}");
+            assert!(
+                Instant::now() < deadline,
+                "archiver did not record {walfile}: last={last:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -193,7 +234,10 @@ pub mod pg_test {
     /// never archive into each other's files.
     pub fn archive_dir() -> String {
         let base = std::env::var("WALARCH_PGTEST_ARCHIVE_BASE").unwrap_or_else(|_| "/tmp".into());
-        format!("{base}/walarch-pgtest-archive-{}", pgrx::pg_sys::PG_VERSION_NUM / 10000)
+        format!(
+            "{base}/walarch-pgtest-archive-{}",
+            pgrx::pg_sys::PG_VERSION_NUM / 10000
+        )
     }
 
     static PREPARE: Once = Once::new();
@@ -219,7 +263,8 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        let dir: &'static str = Box::leak(format!("walarch.archive_directory = '{}'", archive_dir()).into_boxed_str());
+        let dir: &'static str =
+            Box::leak(format!("walarch.archive_directory = '{}'", archive_dir()).into_boxed_str());
         vec![
             "shared_preload_libraries = 'walarch_ext'",
             "wal_level = replica",

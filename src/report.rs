@@ -30,7 +30,8 @@ pub fn warn(e: &ArchiveError, context: &str) {
         Some(d) => format!("{context} {d}"),
         None => context.to_string(),
     };
-    let mut r = ErrorReport::new(sqlstate(e), e.message.clone(), function_name!()).set_detail(detail);
+    let mut r =
+        ErrorReport::new(sqlstate(e), e.message.clone(), function_name!()).set_detail(detail);
     if let Some(h) = &e.hint {
         r = r.set_hint(h.clone());
     }

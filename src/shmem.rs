@@ -100,7 +100,9 @@ unsafe extern "C-unwind" fn restore_stats() {
 /// Saves the statistics for the next start. Called when the archiver exits:
 /// at a clean shutdown it is the last process that counts anything.
 pub fn save_stats() {
-    let Some(stats) = read(|s| s.stats) else { return };
+    let Some(stats) = read(|s| s.stats) else {
+        return;
+    };
     if let Err(e) = stats_file::write(Path::new(STATS_FILE), &stats) {
         warning!("walarch_ext: could not write \"{STATS_FILE}\": {e}");
     }

@@ -27,7 +27,6 @@ fn ts(t: i64) -> Option<TimestampWithTimeZone> {
     to_option(t).and_then(|t| TimestampWithTimeZone::try_from(t).ok())
 }
 
-
 /// One row: the columns of `pg_stat_archiver`, then what it lacks.
 #[pg_extern(volatile, parallel_safe)]
 fn walarch_stats() -> TableIterator<
@@ -87,13 +86,16 @@ fn walarch_stats_reset() {
 fn is_archived(walfile: &str) -> bool {
     let status = Path::new("pg_wal/archive_status");
     !status.join(format!("{walfile}.ready")).exists()
-        && (status.join(format!("{walfile}.done")).exists() || !Path::new("pg_wal").join(walfile).exists())
+        && (status.join(format!("{walfile}.done")).exists()
+            || !Path::new("pg_wal").join(walfile).exists())
 }
 
 fn interval_to_duration(i: &Interval) -> Option<Duration> {
     // As PostgreSQL's interval arithmetic does for "now() + interval": a
     // month counts 30 days.
-    let micros = i.micros() as i128 + i.days() as i128 * 86_400_000_000 + i.months() as i128 * 30 * 86_400_000_000;
+    let micros = i.micros() as i128
+        + i.days() as i128 * 86_400_000_000
+        + i.months() as i128 * 30 * 86_400_000_000;
     (micros >= 0).then(|| Duration::from_micros(micros.min(u64::MAX as i128) as u64))
 }
 
@@ -118,7 +120,14 @@ LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 fn walarch_switch_wal(
     wait: bool,
     timeout: Interval,
-) -> TableIterator<'static, (name!(switch_lsn, i64), name!(walfile, String), name!(archived, bool))> {
+) -> TableIterator<
+    'static,
+    (
+        name!(switch_lsn, i64),
+        name!(walfile, String),
+        name!(archived, bool),
+    ),
+> {
     // Every check before the switch: bad input changes nothing.
     let Some(limit) = interval_to_duration(&timeout) else {
         ereport!(
@@ -127,7 +136,8 @@ fn walarch_switch_wal(
             "timeout must not be negative"
         );
     };
-    let archiving = unsafe { pg_sys::XLogArchiveMode } != pg_sys::ArchiveMode::ARCHIVE_MODE_OFF as i32;
+    let archiving =
+        unsafe { pg_sys::XLogArchiveMode } != pg_sys::ArchiveMode::ARCHIVE_MODE_OFF as i32;
     if wait && !archiving {
         ErrorReport::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -164,11 +174,14 @@ fn walarch_switch_wal(
             if archived || Instant::now() >= deadline {
                 break;
             }
-            let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100));
             unsafe {
                 pg_sys::WaitLatch(
                     pg_sys::MyLatch,
-                    (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                    (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH)
+                        as i32,
                     left.as_millis().max(1) as std::ffi::c_long,
                     pg_sys::PG_WAIT_EXTENSION,
                 );
@@ -198,7 +211,14 @@ fn walarch_switch_wal(
 fn walarch_verify(
     from_wal: default!(Option<String>, "NULL"),
     to_wal: default!(Option<String>, "NULL"),
-) -> TableIterator<'static, (name!(walfile, String), name!(status, String), name!(detail, Option<String>))> {
+) -> TableIterator<
+    'static,
+    (
+        name!(walfile, String),
+        name!(status, String),
+        name!(detail, Option<String>),
+    ),
+> {
     let parse = |arg: &str, v: Option<String>| {
         v.map(|v| match walarch_core::walname::WalFileName::parse(&v) {
             Some(w) if w.kind == walarch_core::walname::WalFileKind::Segment => w,
@@ -223,13 +243,14 @@ fn walarch_verify(
             "walarch.archive_directory is not set"
         );
     };
-    let report = walarch_core::verify::verify(&dir, from.as_ref(), to.as_ref()).unwrap_or_else(|e| {
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_IO_ERROR,
-            format!("could not verify archive \"{}\": {e}", dir.display())
-        );
-    });
+    let report =
+        walarch_core::verify::verify(&dir, from.as_ref(), to.as_ref()).unwrap_or_else(|e| {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_IO_ERROR,
+                format!("could not verify archive \"{}\": {e}", dir.display())
+            );
+        });
     TableIterator::new(report.findings.into_iter().map(|f| {
         let detail = (!f.detail.is_empty()).then_some(f.detail);
         (f.walfile, f.status.as_str().to_string(), detail)
@@ -251,5 +272,10 @@ REVOKE ALL ON FUNCTION walarch_switch_wal(boolean, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION walarch_verify(text, text) FROM PUBLIC;
 "#,
     name = "view_and_privileges",
-    requires = [walarch_stats, walarch_stats_reset, walarch_switch_wal, walarch_verify]
+    requires = [
+        walarch_stats,
+        walarch_stats_reset,
+        walarch_switch_wal,
+        walarch_verify
+    ]
 );

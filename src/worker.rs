@@ -59,7 +59,9 @@ fn active() -> bool {
 fn archiving_through_us() -> bool {
     // SAFETY: reading settings in the main thread.
     unsafe {
-        if pg_sys::XLogArchiveMode == pg_sys::ArchiveMode::ARCHIVE_MODE_OFF as i32 || pg_sys::RecoveryInProgress() {
+        if pg_sys::XLogArchiveMode == pg_sys::ArchiveMode::ARCHIVE_MODE_OFF as i32
+            || pg_sys::RecoveryInProgress()
+        {
             return false;
         }
         let lib = pg_sys::GetConfigOption(c"archive_library".as_ptr(), true, false);
@@ -93,11 +95,17 @@ pub extern "C-unwind" fn walarch_copy_ahead_main(_arg: pg_sys::Datum) {
         if !active() {
             continue;
         }
-        let Some(dir) = guc::archive_directory() else { continue };
+        let Some(dir) = guc::archive_directory() else {
+            continue;
+        };
         if swept_dir.as_ref() != Some(&dir) {
             if let Ok(r) = temp_file::sweep(&dir) {
                 for n in r.removed {
-                    log!("walarch_ext: removed leftover temporary file \"{}/{}\"", dir.display(), n);
+                    log!(
+                        "walarch_ext: removed leftover temporary file \"{}/{}\"",
+                        dir.display(),
+                        n
+                    );
                 }
                 swept_dir = Some(dir.clone());
             }
@@ -116,7 +124,9 @@ pub extern "C-unwind" fn walarch_copy_ahead_main(_arg: pg_sys::Datum) {
 /// One round: claims the waiting files nobody holds, copies them in
 /// parallel, records the results. False when there was nothing to do.
 fn copy_round(dir: &Path, me: i32, retry_at: &mut HashMap<String, Instant>) -> bool {
-    let Ok(ready) = ready_files(Path::new("pg_wal")) else { return false };
+    let Ok(ready) = ready_files(Path::new("pg_wal")) else {
+        return false;
+    };
     let now = Instant::now();
     retry_at.retain(|_, t| *t > now);
     let jobs: Vec<CopyJob> = shmem::with(|s| {
@@ -126,7 +136,10 @@ fn copy_round(dir: &Path, me: i32, retry_at: &mut HashMap<String, Instant>) -> b
             .iter()
             .filter(|n| !retry_at.contains_key(*n))
             .filter(|n| s.begin_worker_copy(n, me))
-            .map(|n| CopyJob { name: n.clone(), source: Path::new("pg_wal").join(n) })
+            .map(|n| CopyJob {
+                name: n.clone(),
+                source: Path::new("pg_wal").join(n),
+            })
             .collect()
     })
     .unwrap_or_default();
@@ -135,7 +148,10 @@ fn copy_round(dir: &Path, me: i32, retry_at: &mut HashMap<String, Instant>) -> b
     }
     let n = jobs.len();
     set_title(&format!("copying {n} file(s) ahead"));
-    let opts = CopyOptions { file_mode: archive_module::file_create_mode(), ..CopyOptions::default() };
+    let opts = CopyOptions {
+        file_mode: archive_module::file_create_mode(),
+        ..CopyOptions::default()
+    };
     let parallel = guc::PARALLEL_COPIES.get().max(1) as usize;
     run_parallel(
         jobs,
@@ -144,13 +160,21 @@ fn copy_round(dir: &Path, me: i32, retry_at: &mut HashMap<String, Instant>) -> b
         parallel,
         Duration::from_millis(50),
         |r| {
-            let result = r.result.as_ref().map(|o| o.bytes()).map_err(|e| e.message.as_str());
+            let result = r
+                .result
+                .as_ref()
+                .map(|o| o.bytes())
+                .map_err(|e| e.message.as_str());
             shmem::with(|s| s.finish_worker_copy(&r.name, result));
             match &r.result {
                 // The archiver can come and confirm it now.
                 Ok(_) => unsafe { pg_sys::PgArchWakeup() },
                 Err(e) => {
-                    log!("walarch_ext: copy-ahead of \"{}\" failed, left to the archiver: {}", r.name, e.message);
+                    log!(
+                        "walarch_ext: copy-ahead of \"{}\" failed, left to the archiver: {}",
+                        r.name,
+                        e.message
+                    );
                     retry_at.insert(r.name.clone(), Instant::now() + RETRY_AFTER);
                 }
             }

@@ -20,13 +20,22 @@ fn started(name: &str) -> Cluster {
 }
 
 fn no_temp_files(c: &Cluster) {
-    let tmp: Vec<_> = c.archive_listing().into_iter().filter(|n| n.starts_with(TEMP_PREFIX)).collect();
-    assert!(tmp.is_empty(), "temporary files left in the archive: {tmp:?}");
+    let tmp: Vec<_> = c
+        .archive_listing()
+        .into_iter()
+        .filter(|n| n.starts_with(TEMP_PREFIX))
+        .collect();
+    assert!(
+        tmp.is_empty(),
+        "temporary files left in the archive: {tmp:?}"
+    );
 }
 
 /// Waits until the archiver has failed at least `n` more times than `base`.
 fn wait_failures(c: &Cluster, base: i64, n: i64) {
-    wait_until(&format!("{n} archive failures"), T, || c.failed_count() >= base + n);
+    wait_until(&format!("{n} archive failures"), T, || {
+        c.failed_count() >= base + n
+    });
 }
 
 #[test]
@@ -48,7 +57,13 @@ fn archives_segments_byte_identical() {
 
 #[test]
 fn unset_directory_warns_then_archives_after_reload() {
-    let mut c = Cluster::init("unset", InitOptions { conf: &["walarch.archive_directory = ''"], ..Default::default() });
+    let mut c = Cluster::init(
+        "unset",
+        InitOptions {
+            conf: &["walarch.archive_directory = ''"],
+            ..Default::default()
+        },
+    );
     c.start();
     let seg = c.switch_wal();
     // PG17+ quotes the setting name: "archive_mode" enabled, ...
@@ -59,10 +74,16 @@ fn unset_directory_warns_then_archives_after_reload() {
     } else {
         c.wait_log("WARNING:  walarch.archive_directory is not set", T);
     }
-    assert!(c.status_file(&seg, "ready").exists(), "{seg} should still be waiting");
+    assert!(
+        c.status_file(&seg, "ready").exists(),
+        "{seg} should still be waiting"
+    );
     assert!(c.archive_listing().is_empty());
 
-    c.query(&format!("ALTER SYSTEM SET walarch.archive_directory = '{}'", c.archive_dir().display()));
+    c.query(&format!(
+        "ALTER SYSTEM SET walarch.archive_directory = '{}'",
+        c.archive_dir().display()
+    ));
     c.query("SELECT pg_reload_conf()");
     c.wait_done(&seg, T);
     c.assert_archived_identical(&seg);
@@ -75,37 +96,64 @@ fn bad_directory_settings_are_refused_and_change_nothing() {
     fs::write(&file, b"x").unwrap();
     let long = format!("/{}", "d".repeat(990));
     let cases = [
-        ("relative/archive", "The archive directory must be an absolute path."),
-        ("/nonexistent/walarch/archive", "The specified archive directory does not exist."),
-        (file.to_str().unwrap(), "The specified archive directory is not a directory."),
+        (
+            "relative/archive",
+            "The archive directory must be an absolute path.",
+        ),
+        (
+            "/nonexistent/walarch/archive",
+            "The specified archive directory does not exist.",
+        ),
+        (
+            file.to_str().unwrap(),
+            "The specified archive directory is not a directory.",
+        ),
         (long.as_str(), "The archive directory path is too long"),
     ];
     let original = c.query("SHOW walarch.archive_directory");
     for (value, detail) in cases {
         let err = c
-            .psql(&format!("ALTER SYSTEM SET walarch.archive_directory = '{value}'"))
+            .psql(&format!(
+                "ALTER SYSTEM SET walarch.archive_directory = '{value}'"
+            ))
             .expect_err(value);
         assert!(
             err.contains("invalid value for parameter \"walarch.archive_directory\""),
             "{value}: {err}"
         );
-        assert!(err.contains(&format!("DETAIL:  {detail}")), "{value}: {err}");
+        assert!(
+            err.contains(&format!("DETAIL:  {detail}")),
+            "{value}: {err}"
+        );
     }
     assert_eq!(c.query("SHOW walarch.archive_directory"), original);
     let auto = fs::read_to_string(c.data.join("postgresql.auto.conf")).unwrap();
-    assert!(!auto.contains("walarch"), "ALTER SYSTEM wrote a refused value: {auto}");
+    assert!(
+        !auto.contains("walarch"),
+        "ALTER SYSTEM wrote a refused value: {auto}"
+    );
 
     // It is a reload-time setting, and the prefix is reserved.
-    let err = c.psql("SET walarch.archive_directory = '/tmp'").unwrap_err();
+    let err = c
+        .psql("SET walarch.archive_directory = '/tmp'")
+        .unwrap_err();
     assert!(err.contains("cannot be changed now"), "{err}");
     let err = c.psql("SET walarch.no_such_setting = 1").unwrap_err();
-    assert!(err.contains("invalid configuration parameter name \"walarch.no_such_setting\""), "{err}");
+    assert!(
+        err.contains("invalid configuration parameter name \"walarch.no_such_setting\""),
+        "{err}"
+    );
 }
 
 /// Breaks the archive directory, checks that archiving fails with `expect` in
 /// the WARNING while the archiver stays up, repairs it, and checks that
 /// archiving resumes with nothing lost.
-fn fails_then_resumes(name: &str, break_it: impl Fn(&Cluster), fix_it: impl Fn(&Cluster), expect: &str) {
+fn fails_then_resumes(
+    name: &str,
+    break_it: impl Fn(&Cluster),
+    fix_it: impl Fn(&Cluster),
+    expect: &str,
+) {
     let c = started(name);
     let first = c.switch_wal();
     c.wait_done(&first, T);
@@ -118,7 +166,11 @@ fn fails_then_resumes(name: &str, break_it: impl Fn(&Cluster), fix_it: impl Fn(&
     wait_failures(&c, failed, 3);
     c.wait_log(expect, T);
     assert!(c.status_file(&stuck, "ready").exists());
-    assert_eq!(c.archiver_pid(), Some(pid), "the archiver restarted: an ERROR escaped the callback");
+    assert_eq!(
+        c.archiver_pid(),
+        Some(pid),
+        "the archiver restarted: an ERROR escaped the callback"
+    );
     assert!(!c.log_text().contains("FATAL"), "{}", c.log_text());
 
     fix_it(&c);
@@ -164,8 +216,17 @@ fn different_file_under_final_name_is_refused_and_untouched() {
     let seg = c.switch_wal();
     assert_eq!(seg, next);
     wait_failures(&c, failed, 1);
-    c.wait_log(&format!("archive file \"{}\" already exists with different contents", foreign.display()), T);
-    assert_eq!(fs::read(&foreign).unwrap(), b"not the WAL you are looking for");
+    c.wait_log(
+        &format!(
+            "archive file \"{}\" already exists with different contents",
+            foreign.display()
+        ),
+        T,
+    );
+    assert_eq!(
+        fs::read(&foreign).unwrap(),
+        b"not the WAL you are looking for"
+    );
     assert!(c.status_file(&seg, "ready").exists());
     no_temp_files(&c);
 
@@ -193,7 +254,11 @@ fn identical_file_under_final_name_is_accepted_as_is() {
 
     c.switch_wal();
     c.wait_done(&seg, T);
-    assert_eq!(fs::metadata(&copy).unwrap().ino(), inode, "the existing file was replaced");
+    assert_eq!(
+        fs::metadata(&copy).unwrap().ino(),
+        inode,
+        "the existing file was replaced"
+    );
     c.assert_archived_identical(&seg);
     assert!(!c.log_text().contains("different contents"));
 }
@@ -201,7 +266,13 @@ fn identical_file_under_final_name_is_accepted_as_is() {
 #[test]
 fn disk_full_leaves_no_partial_file_and_resumes_by_itself() {
     // 1 MB segments (any wal_segment_size works) on a 2.5 MB tmpfs: two fit.
-    let mut c = Cluster::init("enospc", InitOptions { wal_segsize_mb: Some(1), ..Default::default() });
+    let mut c = Cluster::init(
+        "enospc",
+        InitOptions {
+            wal_segsize_mb: Some(1),
+            ..Default::default()
+        },
+    );
     let _mount = TmpfsMount::new(&c.archive_dir(), "2560k");
     c.start();
     let failed = c.failed_count();
@@ -219,7 +290,10 @@ fn disk_full_leaves_no_partial_file_and_resumes_by_itself() {
     };
     c.wait_log("No space left on device", T);
     c.wait_log("The archive device is full", T);
-    assert!(!c.archive_dir().join(&full).exists(), "{full} appeared under its final name");
+    assert!(
+        !c.archive_dir().join(&full).exists(),
+        "{full} appeared under its final name"
+    );
     no_temp_files(&c);
     for f in &archived {
         c.assert_archived_identical(f);
@@ -241,8 +315,12 @@ fn crash_leftover_temp_files_are_swept_at_start() {
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let dead = child.id();
     child.wait().unwrap();
-    let leftover = c.archive_dir().join(format!("{TEMP_PREFIX}000000010000000000000001.{dead}.1f"));
-    let live = c.archive_dir().join(format!("{TEMP_PREFIX}000000010000000000000002.1.2f"));
+    let leftover = c
+        .archive_dir()
+        .join(format!("{TEMP_PREFIX}000000010000000000000001.{dead}.1f"));
+    let live = c
+        .archive_dir()
+        .join(format!("{TEMP_PREFIX}000000010000000000000002.1.2f"));
     fs::write(&leftover, vec![0u8; 8192]).unwrap();
     fs::write(&live, vec![0u8; 8192]).unwrap();
     chown_to_server(&c.archive_dir());
@@ -259,10 +337,15 @@ fn crash_leftover_temp_files_are_swept_at_start() {
 #[test]
 fn backup_history_file_is_archived() {
     let c = started("backup");
-    let out = c.query("SELECT pg_backup_start('walarch test', true); SELECT lsn FROM pg_backup_stop(true)");
+    let out = c.query(
+        "SELECT pg_backup_start('walarch test', true); SELECT lsn FROM pg_backup_stop(true)",
+    );
     assert!(!out.is_empty());
     let listing = c.archive_listing();
-    let backup = listing.iter().find(|n| n.ends_with(".backup")).unwrap_or_else(|| panic!("{listing:?}"));
+    let backup = listing
+        .iter()
+        .find(|n| n.ends_with(".backup"))
+        .unwrap_or_else(|| panic!("{listing:?}"));
     let text = fs::read_to_string(c.archive_dir().join(backup)).unwrap();
     assert!(text.contains("LABEL: walarch test"), "{text}");
 }
@@ -274,15 +357,34 @@ fn promotion_archives_history_and_partial_files() {
     let mut standby = Cluster::standby_of(&primary, "tl-standby");
     standby.start();
     primary.query("CREATE TABLE before_promote AS SELECT generate_series(1, 1000) x");
-    wait_until("standby replay", T, || standby.psql("SELECT count(*) FROM before_promote").as_deref() == Ok("1000"));
+    wait_until("standby replay", T, || {
+        standby
+            .psql("SELECT count(*) FROM before_promote")
+            .as_deref()
+            == Ok("1000")
+    });
     // Promote mid-segment (the primary keeps running): the old timeline's last
     // segment becomes a .partial.
     standby.promote();
 
-    wait_until("00000002.history archived", T, || standby.archive_listing().iter().any(|n| n == "00000002.history"));
-    wait_until(".partial archived", T, || standby.archive_listing().iter().any(|n| n.ends_with(".partial")));
+    wait_until("00000002.history archived", T, || {
+        standby
+            .archive_listing()
+            .iter()
+            .any(|n| n == "00000002.history")
+    });
+    wait_until(".partial archived", T, || {
+        standby
+            .archive_listing()
+            .iter()
+            .any(|n| n.ends_with(".partial"))
+    });
     standby.assert_archived_identical("00000002.history");
-    let partial = standby.archive_listing().into_iter().find(|n| n.ends_with(".partial")).unwrap();
+    let partial = standby
+        .archive_listing()
+        .into_iter()
+        .find(|n| n.ends_with(".partial"))
+        .unwrap();
     standby.wait_done(&partial, T);
     // The .partial may already be recycled from pg_wal; when it is still
     // there it must match.

@@ -14,7 +14,10 @@ const T: Duration = Duration::from_secs(120);
 fn primary(name: &str) -> Cluster {
     let mut c = Cluster::init(
         name,
-        InitOptions { wal_segsize_mb: Some(1), conf: &["checkpoint_timeout = '1h'"] },
+        InitOptions {
+            wal_segsize_mb: Some(1),
+            conf: &["checkpoint_timeout = '1h'"],
+        },
     );
     c.start();
     c.query("CREATE EXTENSION walarch_ext");
@@ -24,8 +27,11 @@ fn primary(name: &str) -> Cluster {
 
 /// Inserts rows `from..=to` and switches WAL, waiting until archived.
 fn batch(c: &Cluster, from: i32, to: i32, note: &str) -> String {
-    c.query(&format!("INSERT INTO t SELECT g, '{note}' FROM generate_series({from}, {to}) g"));
-    let out = c.query("SELECT walfile, archived FROM walarch_switch_wal(wait => true, timeout => '60s')");
+    c.query(&format!(
+        "INSERT INTO t SELECT g, '{note}' FROM generate_series({from}, {to}) g"
+    ));
+    let out =
+        c.query("SELECT walfile, archived FROM walarch_switch_wal(wait => true, timeout => '60s')");
     let (walfile, archived) = out.split_once('|').unwrap();
     assert_eq!(archived, "t", "{walfile} not archived: {}", c.log_text());
     walfile.to_string()
@@ -46,7 +52,10 @@ fn pitr_to_named_target_to_end_and_across_timeline_switch() {
     let archive = p.archive_dir();
     verify_ok(&archive);
     // The SQL verifier agrees.
-    assert_eq!(p.query("SELECT count(*) FILTER (WHERE status <> 'ok') FROM walarch_verify()"), "0");
+    assert_eq!(
+        p.query("SELECT count(*) FILTER (WHERE status <> 'ok') FROM walarch_verify()"),
+        "0"
+    );
 
     // 1. To the named target: exactly the rows before it. This cluster
     //    promotes onto timeline 2 and keeps archiving into the same archive.
@@ -54,17 +63,31 @@ fn pitr_to_named_target_to_end_and_across_timeline_switch() {
         "pitr-target",
         &backup,
         &archive,
-        &["recovery_target_name = 'walarch_target'", "recovery_target_action = 'promote'"],
+        &[
+            "recovery_target_name = 'walarch_target'",
+            "recovery_target_action = 'promote'",
+        ],
         Some(&archive),
     );
     r1.start_and_wait_promoted(T);
     assert_eq!(r1.query("SELECT count(*), max(id) FROM t"), "100|100");
     assert_eq!(r1.query("SELECT count(*) FROM t WHERE note = 'after'"), "0");
-    assert!(r1.log_text().contains("recovery stopping at restore point \"walarch_target\""), "{}", r1.log_text());
+    assert!(
+        r1.log_text()
+            .contains("recovery stopping at restore point \"walarch_target\""),
+        "{}",
+        r1.log_text()
+    );
 
     // 2. To the end of the archive (on timeline 1's branch it must not
     //    follow: recovery_target_timeline = current).
-    let mut r2 = Cluster::from_backup("pitr-end", &backup, &archive, &["recovery_target_timeline = 'current'"], None);
+    let mut r2 = Cluster::from_backup(
+        "pitr-end",
+        &backup,
+        &archive,
+        &["recovery_target_timeline = 'current'"],
+        None,
+    );
     r2.start_and_wait_promoted(T);
     assert_eq!(r2.query("SELECT count(*), max(id) FROM t"), "200|200");
     drop(r2);
@@ -82,7 +105,13 @@ fn pitr_to_named_target_to_end_and_across_timeline_switch() {
     //    Recovering with the latest timeline follows the switch: the rows
     //    before the target and those of timeline 2, not timeline 1's later
     //    ones.
-    let mut r3 = Cluster::from_backup("pitr-latest", &backup, &archive, &["recovery_target_timeline = 'latest'"], None);
+    let mut r3 = Cluster::from_backup(
+        "pitr-latest",
+        &backup,
+        &archive,
+        &["recovery_target_timeline = 'latest'"],
+        None,
+    );
     r3.start_and_wait_promoted(T);
     assert_eq!(
         r3.query("SELECT note, count(*) FROM t GROUP BY note ORDER BY note"),
@@ -110,12 +139,23 @@ fn corruption_is_found_refused_and_stops_recovery() {
 
     let (code, out, _) = walarch(&["verify", archive.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(out.contains(&format!("{}: corrupt: SHA-256 mismatch", segs[3])), "{out}");
-    let sql = p.query(&format!("SELECT status FROM walarch_verify() WHERE walfile = '{}'", segs[3]));
+    assert!(
+        out.contains(&format!("{}: corrupt: SHA-256 mismatch", segs[3])),
+        "{out}"
+    );
+    let sql = p.query(&format!(
+        "SELECT status FROM walarch_verify() WHERE walfile = '{}'",
+        segs[3]
+    ));
     assert_eq!(sql, "corrupt");
 
     let dest = p.root.join("restored");
-    let (code, _, err) = walarch(&["restore", archive.to_str().unwrap(), &segs[3], dest.to_str().unwrap()]);
+    let (code, _, err) = walarch(&[
+        "restore",
+        archive.to_str().unwrap(),
+        &segs[3],
+        dest.to_str().unwrap(),
+    ]);
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("checksum mismatch"), "{err}");
     assert!(!dest.exists(), "a refused file was left at the destination");
@@ -125,7 +165,11 @@ fn corruption_is_found_refused_and_stops_recovery() {
     let mut r = Cluster::from_backup("corrupt-recovery", &backup, &archive, &[], None);
     r.start_and_wait_promoted(T);
     assert_eq!(r.query("SELECT count(*), max(id) FROM t"), "300|300");
-    assert!(r.log_text().contains("checksum mismatch"), "{}", r.log_text());
+    assert!(
+        r.log_text().contains("checksum mismatch"),
+        "{}",
+        r.log_text()
+    );
 
     // A deleted segment is a gap.
     fs::remove_file(archive.join(&segs[1])).unwrap();
@@ -141,7 +185,10 @@ fn corruption_is_found_refused_and_stops_recovery() {
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) % n
     }
 }
@@ -156,20 +203,31 @@ fn crash_loop_loses_nothing_and_pitr_still_works() {
     let seed = std::env::var("WALARCH_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
     eprintln!("crash loop seed: {seed} (WALARCH_CRASH_SEED to replay)");
     let mut rng = Lcg(seed);
     let mut rows = 0;
     let mut all = vec![];
     let mut kills = 0;
 
-    let rounds: usize = std::env::var("WALARCH_CRASH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(21);
+    let rounds: usize = std::env::var("WALARCH_CRASH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(21);
     for round in 0..rounds {
         // A backlog of a few segments, each kept as a reference copy as soon
         // as it is complete.
         for _ in 0..4 {
             rows += 50;
-            p.query(&format!("INSERT INTO t SELECT g, 'r{round}' FROM generate_series({}, {rows}) g", rows - 49));
+            p.query(&format!(
+                "INSERT INTO t SELECT g, 'r{round}' FROM generate_series({}, {rows}) g",
+                rows - 49
+            ));
             let f = p.query("SELECT pg_walfile_name(pg_switch_wal())");
             fs::copy(p.data.join("pg_wal").join(&f), reference.join(&f)).unwrap();
             all.push(f);
@@ -178,7 +236,10 @@ fn crash_loop_loses_nothing_and_pitr_still_works() {
         let victim = round % 3;
         let pid = match victim {
             0 => p.archiver_pid(),
-            1 => p.psql("SELECT worker_pid FROM walarch_stats()").ok().and_then(|s| s.parse().ok()),
+            1 => p
+                .psql("SELECT worker_pid FROM walarch_stats()")
+                .ok()
+                .and_then(|s| s.parse().ok()),
             _ => Some(p.postmaster_pid()),
         };
         let Some(pid) = pid else { continue };
@@ -188,11 +249,18 @@ fn crash_loop_loses_nothing_and_pitr_still_works() {
             // The postmaster is gone: its children notice and exit; then a
             // normal start runs crash recovery.
             wait_until("old server processes gone", T, || {
-                !sh(&format!("ps -o pid= --ppid {pid} || true")).trim().is_empty() == false
+                !sh(&format!("ps -o pid= --ppid {pid} || true"))
+                    .trim()
+                    .is_empty()
+                    == false
             });
             wait_until("restart after postmaster kill", T, || {
                 let mut c = as_server_user(bindir().join("pg_ctl"));
-                c.arg("-D").arg(&p.data).arg("-l").arg(&p.log).args(["-w", "-t", "30", "start"]);
+                c.arg("-D")
+                    .arg(&p.data)
+                    .arg("-l")
+                    .arg(&p.log)
+                    .args(["-w", "-t", "30", "start"]);
                 c.output().map(|o| o.status.success()).unwrap_or(false)
             });
         }
@@ -207,20 +275,33 @@ fn crash_loop_loses_nothing_and_pitr_still_works() {
             t0.elapsed()
         );
         verify_ok(&archive);
-        let tmp: Vec<String> =
-            p.archive_listing().into_iter().filter(|n| n.starts_with(".walarch-tmp.")).collect();
-        assert!(tmp.is_empty(), "round {round}: temporary files left: {tmp:?}");
+        let tmp: Vec<String> = p
+            .archive_listing()
+            .into_iter()
+            .filter(|n| n.starts_with(".walarch-tmp."))
+            .collect();
+        assert!(
+            tmp.is_empty(),
+            "round {round}: temporary files left: {tmp:?}"
+        );
     }
     assert!(kills >= rounds.min(20), "only {kills} kills");
 
     // Every archived segment is the WAL PostgreSQL produced.
     for f in &all {
-        let a = fs::read(archive.join(f)).unwrap_or_else(|e| panic!("{f} missing from the archive: {e}"));
-        assert!(a == fs::read(reference.join(f)).unwrap(), "{f} differs from the WAL produced");
+        let a = fs::read(archive.join(f))
+            .unwrap_or_else(|e| panic!("{f} missing from the archive: {e}"));
+        assert!(
+            a == fs::read(reference.join(f)).unwrap(),
+            "{f} differs from the WAL produced"
+        );
     }
     // And a final PITR to the end of the archive has every committed row.
     p.stop();
     let mut r = Cluster::from_backup("crashloop-pitr", &backup, &archive, &[], None);
     r.start_and_wait_promoted(T);
-    assert_eq!(r.query("SELECT count(*), max(id) FROM t"), format!("{rows}|{rows}"));
+    assert_eq!(
+        r.query("SELECT count(*), max(id) FROM t"),
+        format!("{rows}|{rows}")
+    );
 }

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 pub const SERVER_USER: &str = "postgres";
 
 pub fn pg_major() -> u32 {
-    std::env::var("WALARCH_TEST_PG").ok().and_then(|v| v.parse().ok()).unwrap_or(15)
+    std::env::var("WALARCH_TEST_PG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15)
 }
 
 pub fn bindir() -> PathBuf {
@@ -26,7 +29,8 @@ pub fn bindir() -> PathBuf {
     match pg_major() {
         15 => PathBuf::from("/usr/lib/postgresql/15/bin"),
         v => {
-            let cache = std::env::var("WALARCH_CACHE").unwrap_or_else(|_| "/var/cache/walarch".into());
+            let cache =
+                std::env::var("WALARCH_CACHE").unwrap_or_else(|_| "/var/cache/walarch".into());
             PathBuf::from(format!("{cache}/pg{v}/bin"))
         }
     }
@@ -51,8 +55,16 @@ pub fn as_server_user(program: impl AsRef<Path>) -> Command {
 
 /// Runs a command as root (the tests' own user), panicking on failure.
 pub fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("spawn sh");
-    assert!(out.status.success(), "`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("spawn sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -70,7 +82,10 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
         if cond() {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -116,7 +131,8 @@ impl Cluster {
         }
         chown_to_server(&root);
 
-        let port = 26000 + (pg_major() as u16 - 15) * 200 + NEXT_PORT.fetch_add(1, Ordering::SeqCst);
+        let port =
+            26000 + (pg_major() as u16 - 15) * 200 + NEXT_PORT.fetch_add(1, Ordering::SeqCst);
         let c = Cluster {
             name: name.into(),
             data: root.join("data"),
@@ -127,7 +143,15 @@ impl Cluster {
             running: false,
         };
         let mut initdb = as_server_user(bindir().join("initdb"));
-        initdb.args(["-D"]).arg(&c.data).args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"]);
+        initdb.args(["-D"]).arg(&c.data).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ]);
         if let Some(mb) = opts.wal_segsize_mb {
             initdb.arg(format!("--wal-segsize={mb}"));
         }
@@ -140,7 +164,10 @@ impl Cluster {
             "wal_level = replica".into(),
             "archive_mode = on".into(),
             "archive_library = 'walarch_ext'".into(),
-            format!("walarch.archive_directory = '{}'", c.archive_dir().display()),
+            format!(
+                "walarch.archive_directory = '{}'",
+                c.archive_dir().display()
+            ),
             "fsync = on".into(),
             "max_wal_size = '1GB'".into(),
             "log_line_prefix = '%m [%p] %b '".into(),
@@ -163,7 +190,11 @@ impl Cluster {
 
     pub fn start(&mut self) {
         let mut c = as_server_user(bindir().join("pg_ctl"));
-        c.arg("-D").arg(&self.data).arg("-l").arg(&self.log).args(["-w", "-t", "60", "start"]);
+        c.arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(&self.log)
+            .args(["-w", "-t", "60", "start"]);
         let out = c.output().unwrap();
         if !out.status.success() {
             panic!(
@@ -177,7 +208,9 @@ impl Cluster {
 
     pub fn stop(&mut self) {
         let mut c = as_server_user(bindir().join("pg_ctl"));
-        c.arg("-D").arg(&self.data).args(["-w", "-t", "60", "-m", "fast", "stop"]);
+        c.arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-t", "60", "-m", "fast", "stop"]);
         run_ok(&mut c, "pg_ctl stop");
         self.running = false;
     }
@@ -192,7 +225,16 @@ impl Cluster {
         let mut c = as_server_user(bindir().join("psql"));
         c.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.sockdir)
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres", "-c", sql]);
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ]);
         let out: Output = c.output().unwrap();
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -203,7 +245,8 @@ impl Cluster {
 
     /// Runs SQL that must succeed; returns its trimmed output.
     pub fn query(&self, sql: &str) -> String {
-        self.psql(sql).unwrap_or_else(|e| panic!("`{sql}` failed: {e}"))
+        self.psql(sql)
+            .unwrap_or_else(|e| panic!("`{sql}` failed: {e}"))
     }
 
     pub fn server_version_num(&self) -> u32 {
@@ -225,19 +268,26 @@ impl Cluster {
     }
 
     pub fn archiver_pid(&self) -> Option<i32> {
-        self.query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'archiver'").parse().ok()
+        self.query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'archiver'")
+            .parse()
+            .ok()
     }
 
     pub fn failed_count(&self) -> i64 {
-        self.query("SELECT failed_count FROM pg_stat_archiver").parse().unwrap()
+        self.query("SELECT failed_count FROM pg_stat_archiver")
+            .parse()
+            .unwrap()
     }
 
     pub fn archived_count(&self) -> i64 {
-        self.query("SELECT archived_count FROM pg_stat_archiver").parse().unwrap()
+        self.query("SELECT archived_count FROM pg_stat_archiver")
+            .parse()
+            .unwrap()
     }
 
     pub fn status_file(&self, walfile: &str, suffix: &str) -> PathBuf {
-        self.data.join(format!("pg_wal/archive_status/{walfile}.{suffix}"))
+        self.data
+            .join(format!("pg_wal/archive_status/{walfile}.{suffix}"))
     }
 
     /// Waits until the archiver has marked `walfile` done (our callback
@@ -247,13 +297,33 @@ impl Cluster {
         wait_until(&format!("{walfile}.done"), timeout, || done.exists());
     }
 
+    /// WAL files with a `.ready` status file, sorted by name: what the
+    /// archiver still has to archive, read straight from archive_status.
+    pub fn ready_files(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.data.join("pg_wal/archive_status"))
+            .unwrap()
+            .filter_map(|e| {
+                e.unwrap()
+                    .file_name()
+                    .into_string()
+                    .unwrap()
+                    .strip_suffix(".ready")
+                    .map(str::to_owned)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits until the server log contains `needle`.
     pub fn wait_log(&self, needle: &str, timeout: Duration) {
-        wait_until(&format!("log line {needle:?}"), timeout, || self.log_text().contains(needle));
+        wait_until(&format!("log line {needle:?}"), timeout, || {
+            self.log_text().contains(needle)
+        });
     }
 
     /// Names in the archive directory, sorted (temporary files included).
@@ -272,7 +342,10 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("{walfile} is not in the archive: {e}"));
         let source = fs::read(self.data.join("pg_wal").join(walfile)).unwrap();
         assert_eq!(archived.len(), source.len(), "{walfile}: size differs");
-        assert!(archived == source, "{walfile}: archived bytes differ from pg_wal");
+        assert!(
+            archived == source,
+            "{walfile}: archived bytes differ from pg_wal"
+        );
     }
 }
 
@@ -280,7 +353,9 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if self.running {
             let mut c = as_server_user(bindir().join("pg_ctl"));
-            c.arg("-D").arg(&self.data).args(["-w", "-m", "immediate", "stop"]);
+            c.arg("-D")
+                .arg(&self.data)
+                .args(["-w", "-m", "immediate", "stop"]);
             let _ = c.output();
         }
         // Keep the directory of a failed test for inspection (or of every
@@ -288,7 +363,12 @@ impl Drop for Cluster {
         if !std::thread::panicking() && std::env::var_os("WALARCH_TEST_KEEP").is_none() {
             let _ = fs::remove_dir_all(&self.root);
         } else {
-            eprintln!("cluster {} kept at {} (log: {})", self.name, self.root.display(), self.log.display());
+            eprintln!(
+                "cluster {} kept at {} (log: {})",
+                self.name,
+                self.root.display(),
+                self.log.display()
+            );
             eprintln!("--- last server log lines ---");
             let log = self.log_text();
             let lines: Vec<&str> = log.lines().collect();
@@ -317,11 +397,28 @@ impl Cluster {
         // its data directory with the base backup.
         let c = Cluster::init(name, InitOptions::default());
         let conf = fs::read_to_string(c.data.join("postgresql.conf")).unwrap();
-        let ours = conf.split("# walarch integration test\n").nth(1).unwrap().to_string();
+        let ours = conf
+            .split("# walarch integration test\n")
+            .nth(1)
+            .unwrap()
+            .to_string();
         fs::remove_dir_all(&c.data).unwrap();
         let mut bb = as_server_user(bindir().join("pg_basebackup"));
         // A slot keeps the primary's WAL until the standby has it.
-        bb.arg("-D").arg(&c.data).args(["-R", "-X", "stream", "-C", "-S", "walarch_standby", "--no-sync", "-U", "postgres", "-h"])
+        bb.arg("-D")
+            .arg(&c.data)
+            .args([
+                "-R",
+                "-X",
+                "stream",
+                "-C",
+                "-S",
+                "walarch_standby",
+                "--no-sync",
+                "-U",
+                "postgres",
+                "-h",
+            ])
             .arg(&primary.sockdir)
             .args(["-p", &primary.port.to_string()]);
         run_ok(&mut bb, "pg_basebackup");
@@ -364,9 +461,14 @@ pub struct TmpfsMount {
 impl TmpfsMount {
     pub fn new(path: &Path, size: &str) -> TmpfsMount {
         assert!(is_root(), "mounting a tmpfs needs root");
-        sh(&format!("mount -t tmpfs -o size={size},mode=0700 walarch-test '{}'", path.display()));
+        sh(&format!(
+            "mount -t tmpfs -o size={size},mode=0700 walarch-test '{}'",
+            path.display()
+        ));
         chown_to_server(path);
-        TmpfsMount { path: path.to_path_buf() }
+        TmpfsMount {
+            path: path.to_path_buf(),
+        }
     }
 }
 
@@ -409,7 +511,9 @@ impl Cluster {
             if polls % 10 == 0 {
                 let _ = self.psql("SELECT 1");
             }
-            fs::read_dir(&status).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".ready"))
+            fs::read_dir(&status)
+                .unwrap()
+                .all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".ready"))
         });
     }
 
@@ -428,7 +532,10 @@ impl Cluster {
     pub fn assert_archived_equals(&self, walfile: &str, reference: &Path) {
         let archived = fs::read(self.archive_dir().join(walfile))
             .unwrap_or_else(|e| panic!("{walfile} is not in the archive: {e}"));
-        assert!(archived == fs::read(reference.join(walfile)).unwrap(), "{walfile}: archived bytes differ");
+        assert!(
+            archived == fs::read(reference.join(walfile)).unwrap(),
+            "{walfile}: archived bytes differ"
+        );
     }
 
     /// Sends a signal to a process (as root).
@@ -437,12 +544,21 @@ impl Cluster {
     }
 
     pub fn postmaster_pid(&self) -> i32 {
-        fs::read_to_string(self.data.join("postmaster.pid")).unwrap().lines().next().unwrap().trim().parse().unwrap()
+        fs::read_to_string(self.data.join("postmaster.pid"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     }
 
     /// Waits until the server accepts queries again (after a crash restart).
     pub fn wait_ready(&self, timeout: Duration) {
-        wait_until("server accepting queries", timeout, || self.psql("SELECT 1").is_ok());
+        wait_until("server accepting queries", timeout, || {
+            self.psql("SELECT 1").is_ok()
+        });
     }
 }
 
@@ -453,7 +569,10 @@ pub fn walarch_bin() -> PathBuf {
 
 /// Runs `walarch` as the server's OS user: (exit code, stdout, stderr).
 pub fn walarch(args: &[&str]) -> (i32, String, String) {
-    let out = as_server_user(walarch_bin()).args(args).output().expect("run walarch");
+    let out = as_server_user(walarch_bin())
+        .args(args)
+        .output()
+        .expect("run walarch");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -466,7 +585,18 @@ impl Cluster {
     pub fn base_backup(&self, name: &str) -> PathBuf {
         let dir = self.root.join(name);
         let mut bb = as_server_user(bindir().join("pg_basebackup"));
-        bb.arg("-D").arg(&dir).args(["-X", "none", "--no-sync", "-c", "fast", "-U", "postgres", "-h"])
+        bb.arg("-D")
+            .arg(&dir)
+            .args([
+                "-X",
+                "none",
+                "--no-sync",
+                "-c",
+                "fast",
+                "-U",
+                "postgres",
+                "-h",
+            ])
             .arg(&self.sockdir)
             .args(["-p", &self.port.to_string()]);
         run_ok(&mut bb, "pg_basebackup");
@@ -477,18 +607,35 @@ impl Cluster {
     /// restore from `archive`, plus `recovery` settings; it archives (on its
     /// new timeline) into `archive_into` (its own directory by default).
     /// Not started.
-    pub fn from_backup(name: &str, backup: &Path, archive: &Path, recovery: &[&str], archive_into: Option<&Path>) -> Cluster {
+    pub fn from_backup(
+        name: &str,
+        backup: &Path,
+        archive: &Path,
+        recovery: &[&str],
+        archive_into: Option<&Path>,
+    ) -> Cluster {
         let c = Cluster::init(name, InitOptions::default());
         let conf = fs::read_to_string(c.data.join("postgresql.conf")).unwrap();
-        let ours = conf.split("# walarch integration test\n").nth(1).unwrap().to_string();
+        let ours = conf
+            .split("# walarch integration test\n")
+            .nth(1)
+            .unwrap()
+            .to_string();
         fs::remove_dir_all(&c.data).unwrap();
-        sh(&format!("cp -a '{}' '{}'", backup.display(), c.data.display()));
+        sh(&format!(
+            "cp -a '{}' '{}'",
+            backup.display(),
+            c.data.display()
+        ));
         chown_to_server(&c.data);
         let mut text = fs::read_to_string(c.data.join("postgresql.conf")).unwrap();
         text.push_str("\n# walarch integration test (recovery)\n");
         text.push_str(&ours);
         if let Some(dir) = archive_into {
-            text.push_str(&format!("walarch.archive_directory = '{}'\n", dir.display()));
+            text.push_str(&format!(
+                "walarch.archive_directory = '{}'\n",
+                dir.display()
+            ));
         }
         text.push_str(&format!(
             "restore_command = '{} restore {} %f %p'\n",
@@ -509,6 +656,8 @@ impl Cluster {
     /// accepts writes (promoted).
     pub fn start_and_wait_promoted(&mut self, timeout: Duration) {
         self.start();
-        wait_until("end of recovery", timeout, || self.psql("SELECT pg_is_in_recovery()").as_deref() == Ok("f"));
+        wait_until("end of recovery", timeout, || {
+            self.psql("SELECT pg_is_in_recovery()").as_deref() == Ok("f")
+        });
     }
 }

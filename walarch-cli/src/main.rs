@@ -81,19 +81,27 @@ fn cmd_verify(args: &[String]) -> ExitCode {
         match a.as_str() {
             "--json" => json = true,
             "--from" | "--to" => {
-                let Some(v) = it.next() else { return usage(&format!("{a} needs a WAL file name")) };
+                let Some(v) = it.next() else {
+                    return usage(&format!("{a} needs a WAL file name"));
+                };
                 let w = match WalFileName::parse(v) {
                     Some(w) if w.kind == WalFileKind::Segment => w,
                     _ => return usage(&format!("\"{v}\" is not a WAL segment name")),
                 };
-                if a == "--from" { from = Some(w) } else { to = Some(w) }
+                if a == "--from" {
+                    from = Some(w)
+                } else {
+                    to = Some(w)
+                }
             }
             s if s.starts_with('-') => return usage(&format!("unknown option \"{s}\"")),
             s if dir.is_none() => dir = Some(s.to_string()),
             s => return usage(&format!("unexpected argument \"{s}\"")),
         }
     }
-    let Some(dir) = dir else { return usage("verify takes ARCHIVE_DIR") };
+    let Some(dir) = dir else {
+        return usage("verify takes ARCHIVE_DIR");
+    };
     let dir = match archive_dir(&dir) {
         Ok(d) => d,
         Err(code) => return code,
@@ -101,7 +109,10 @@ fn cmd_verify(args: &[String]) -> ExitCode {
     let report = match verify(dir, from.as_ref(), to.as_ref()) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("walarch: error: could not read the archive \"{}\": {e}", dir.display());
+            eprintln!(
+                "walarch: error: could not read the archive \"{}\": {e}",
+                dir.display()
+            );
             return ExitCode::from(3);
         }
     };
@@ -110,7 +121,11 @@ fn cmd_verify(args: &[String]) -> ExitCode {
     } else {
         print_text(&report);
     }
-    if report.intact() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    if report.intact() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 fn to_json(dir: &Path, r: &Report) -> String {
@@ -135,11 +150,21 @@ fn print_text(r: &Report) {
     for f in r.problems() {
         println!("{}: {}: {}", f.walfile, f.status.as_str(), f.detail);
     }
-    let checked = r.findings.iter().filter(|f| f.status != walarch_core::verify::Status::Missing).count();
+    let checked = r
+        .findings
+        .iter()
+        .filter(|f| f.status != walarch_core::verify::Status::Missing)
+        .count();
     let problems = r.problems().count();
-    let size = r.segment_size.map(|s| format!("{} MB segments", s >> 20)).unwrap_or("no segments".into());
+    let size = r
+        .segment_size
+        .map(|s| format!("{} MB segments", s >> 20))
+        .unwrap_or("no segments".into());
     if problems == 0 {
-        println!("archive intact: {checked} files verified ({size}, timelines {:?})", r.timelines);
+        println!(
+            "archive intact: {checked} files verified ({size}, timelines {:?})",
+            r.timelines
+        );
     } else {
         println!("archive NOT intact: {problems} problem(s) among {checked} files ({size})");
     }

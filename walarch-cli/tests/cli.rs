@@ -5,7 +5,10 @@ use std::process::Command;
 use walarch_core::durable_copy::{archive_file, CopyOptions};
 
 fn walarch(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_walarch")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_walarch"))
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -44,8 +47,19 @@ fn usage_errors_never_panic() {
         vec!["verify", "/nonexistent/dir"],
         vec!["restore", &arch],
         vec!["restore", &arch, "../../etc/passwd", "/tmp/x"],
-        vec!["restore", "/nonexistent", "000000010000000000000001", "/tmp/x"],
-        vec!["restore", "--force", &arch, "000000010000000000000001", "/tmp/x"],
+        vec![
+            "restore",
+            "/nonexistent",
+            "000000010000000000000001",
+            "/tmp/x",
+        ],
+        vec![
+            "restore",
+            "--force",
+            &arch,
+            "000000010000000000000001",
+            "/tmp/x",
+        ],
     ] {
         let (code, _, err) = walarch(&args);
         assert_eq!(code, 2, "{args:?}: {err}");
@@ -59,7 +73,10 @@ fn verify_reports_and_exits_by_integrity() {
     let (_d, arch) = archive();
     let (code, out, _) = walarch(&["verify", &arch]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("archive intact: 3 files verified (1 MB segments"), "{out}");
+    assert!(
+        out.contains("archive intact: 3 files verified (1 MB segments"),
+        "{out}"
+    );
 
     std::fs::remove_file(format!("{arch}/000000010000000000000002")).unwrap();
     let (code, out, _) = walarch(&["verify", &arch, "--json"]);
@@ -67,7 +84,12 @@ fn verify_reports_and_exits_by_integrity() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["intact"], false);
     assert_eq!(v["segment_size"], 1 << 20);
-    let missing: Vec<_> = v["findings"].as_array().unwrap().iter().filter(|f| f["status"] == "missing").collect();
+    let missing: Vec<_> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["status"] == "missing")
+        .collect();
     assert_eq!(missing.len(), 1);
     assert_eq!(missing[0]["walfile"], "000000010000000000000002");
     // Outside the damaged range all is well.
@@ -83,7 +105,10 @@ fn restore_exit_codes() {
     let (code, _, err) = walarch(&["restore", &arch, "000000010000000000000001", dest]);
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = walarch(&["restore", &arch, "00000002.history", dest]);
-    assert_eq!((code, err.trim()), (1, "walarch: \"00000002.history\" is not in the archive"));
+    assert_eq!(
+        (code, err.trim()),
+        (1, "walarch: \"00000002.history\" is not in the archive")
+    );
     std::fs::remove_file(dest).unwrap();
     let f = format!("{arch}/000000010000000000000003");
     let mut b = std::fs::read(&f).unwrap();

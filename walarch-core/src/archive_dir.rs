@@ -22,7 +22,9 @@ impl DirProblem {
     pub fn detail(&self) -> &'static str {
         match self {
             DirProblem::Relative => "The archive directory must be an absolute path.",
-            DirProblem::TooLong => "The archive directory path is too long for a WAL file name to fit under it.",
+            DirProblem::TooLong => {
+                "The archive directory path is too long for a WAL file name to fit under it."
+            }
             DirProblem::Missing => "The specified archive directory does not exist.",
             DirProblem::NotADirectory => "The specified archive directory is not a directory.",
         }
@@ -59,7 +61,10 @@ mod tests {
         assert_eq!(validate(&format!("{dir}/nope")), Err(DirProblem::Missing));
         let f = d.path().join("file");
         std::fs::write(&f, b"x").unwrap();
-        assert_eq!(validate(f.to_str().unwrap()), Err(DirProblem::NotADirectory));
+        assert_eq!(
+            validate(f.to_str().unwrap()),
+            Err(DirProblem::NotADirectory)
+        );
         let long = format!("/{}", "a".repeat(1000));
         assert_eq!(validate(&long), Err(DirProblem::TooLong));
     }

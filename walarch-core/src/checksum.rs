@@ -68,7 +68,9 @@ pub enum Recorded {
 /// Reads the checksum recorded for `walfile` in `dir`.
 pub fn read_recorded(dir: &Path, walfile: &str) -> io::Result<Recorded> {
     match std::fs::read_to_string(sidecar_path(dir, walfile)) {
-        Ok(t) => Ok(parse_sidecar(&t, walfile).map(Recorded::Digest).unwrap_or(Recorded::Malformed)),
+        Ok(t) => Ok(parse_sidecar(&t, walfile)
+            .map(Recorded::Digest)
+            .unwrap_or(Recorded::Malformed)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Recorded::Missing),
         Err(e) if e.kind() == io::ErrorKind::InvalidData => Ok(Recorded::Malformed),
         Err(e) => Err(e),
@@ -134,17 +136,30 @@ mod tests {
     fn sidecar_round_trip_and_sha256sum_format() {
         let d = hash_reader(&mut &b"abc"[..]).unwrap();
         // FIPS 180-2 test vector.
-        assert_eq!(to_hex(&d), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            to_hex(&d),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         let text = format_sidecar(&d, "000000010000000000000001");
         assert_eq!(text, format!("{}  000000010000000000000001\n", to_hex(&d)));
         assert_eq!(parse_sidecar(&text, "000000010000000000000001"), Some(d));
         assert_eq!(parse_sidecar(&text, "000000010000000000000002"), None);
-        assert_eq!(parse_sidecar("xyz  000000010000000000000001\n", "000000010000000000000001"), None);
+        assert_eq!(
+            parse_sidecar(
+                "xyz  000000010000000000000001\n",
+                "000000010000000000000001"
+            ),
+            None
+        );
     }
 
     #[test]
     fn sha256sum_accepts_the_sidecar() {
-        if std::process::Command::new("sha256sum").arg("--version").output().is_err() {
+        if std::process::Command::new("sha256sum")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
             return; // coreutils missing: nothing to compare with
         }
         let dir = tempfile::tempdir().unwrap();
@@ -158,7 +173,11 @@ mod tests {
             .current_dir(dir.path())
             .output()
             .unwrap();
-        assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stdout));
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stdout)
+        );
         std::fs::write(dir.path().join(name), vec![6u8; 100_000]).unwrap();
         let bad = std::process::Command::new("sha256sum")
             .args(["-c", &sidecar_name(name)])

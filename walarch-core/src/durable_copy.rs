@@ -21,7 +21,9 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::checksum::{format_sidecar, read_recorded, sidecar_name, Hasher, Recorded, Sha256Digest};
+use crate::checksum::{
+    format_sidecar, read_recorded, sidecar_name, Hasher, Recorded, Sha256Digest,
+};
 use crate::error::{ArchiveError, ErrorKind};
 use crate::fsutil::{fsync_dir, fsync_file, read_full, rename_noreplace, same_contents};
 use crate::temp_file::temp_path;
@@ -37,7 +39,10 @@ pub struct CopyOptions {
 
 impl Default for CopyOptions {
     fn default() -> Self {
-        CopyOptions { file_mode: 0o600, buffer_size: 1 << 20 }
+        CopyOptions {
+            file_mode: 0o600,
+            buffer_size: 1 << 20,
+        }
     }
 }
 
@@ -52,12 +57,14 @@ pub enum ArchiveOutcome {
 impl ArchiveOutcome {
     pub fn bytes(&self) -> u64 {
         match *self {
-            ArchiveOutcome::Archived { bytes, .. } | ArchiveOutcome::AlreadyArchived { bytes, .. } => bytes,
+            ArchiveOutcome::Archived { bytes, .. }
+            | ArchiveOutcome::AlreadyArchived { bytes, .. } => bytes,
         }
     }
     pub fn sha256(&self) -> Sha256Digest {
         match *self {
-            ArchiveOutcome::Archived { sha256, .. } | ArchiveOutcome::AlreadyArchived { sha256, .. } => sha256,
+            ArchiveOutcome::Archived { sha256, .. }
+            | ArchiveOutcome::AlreadyArchived { sha256, .. } => sha256,
         }
     }
 }
@@ -140,7 +147,12 @@ pub fn archive_file(
 
 /// Writes the checksum record for `name` to a new temporary file, fsynced;
 /// returns its path for the caller to rename into place.
-fn prepare_sidecar(dir: &Path, name: &str, sha256: &Sha256Digest, opts: &CopyOptions) -> Result<PathBuf, ArchiveError> {
+fn prepare_sidecar(
+    dir: &Path,
+    name: &str,
+    sha256: &Sha256Digest,
+    opts: &CopyOptions,
+) -> Result<PathBuf, ArchiveError> {
     let temp = temp_path(dir, &sidecar_name(name));
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -152,7 +164,8 @@ fn prepare_sidecar(dir: &Path, name: &str, sha256: &Sha256Digest, opts: &CopyOpt
             .map_err(|e| ArchiveError::io("create file", &temp, &e))?;
         f.write_all(format_sidecar(sha256, name).as_bytes())
             .map_err(|e| ArchiveError::io("write file", &temp, &e))?;
-        f.sync_all().map_err(|e| ArchiveError::io("fsync file", &temp, &e))
+        f.sync_all()
+            .map_err(|e| ArchiveError::io("fsync file", &temp, &e))
     })();
     match result {
         Ok(()) => Ok(temp),
@@ -165,7 +178,12 @@ fn prepare_sidecar(dir: &Path, name: &str, sha256: &Sha256Digest, opts: &CopyOpt
 
 /// Writes `<name>.sha256` in place (temporary file, fsync, rename); the
 /// caller fsyncs the directory.
-fn write_sidecar(dir: &Path, name: &str, sha256: &Sha256Digest, opts: &CopyOptions) -> Result<(), ArchiveError> {
+fn write_sidecar(
+    dir: &Path,
+    name: &str,
+    sha256: &Sha256Digest,
+    opts: &CopyOptions,
+) -> Result<(), ArchiveError> {
     let temp = prepare_sidecar(dir, name, sha256, opts)?;
     std::fs::rename(&temp, dir.join(sidecar_name(name))).map_err(|e| {
         let _ = std::fs::remove_file(&temp);
@@ -178,12 +196,19 @@ fn write_sidecar(dir: &Path, name: &str, sha256: &Sha256Digest, opts: &CopyOptio
 /// the bytes otherwise (then recording the missing checksum), after making
 /// both durable.
 fn existing_copy(source: &Path, dest: &Path, dir: &Path) -> Result<ArchiveOutcome, ArchiveError> {
-    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-    let recorded = read_recorded(dir, &name).map_err(|e| ArchiveError::io("read file", &dir.join(sidecar_name(&name)), &e))?;
+    let name = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string();
+    let recorded = read_recorded(dir, &name)
+        .map_err(|e| ArchiveError::io("read file", &dir.join(sidecar_name(&name)), &e))?;
     let (same, sha256, record_missing) = match recorded {
         Recorded::Digest(d) => {
-            let (_, src) = crate::checksum::hash_file(source).map_err(|e| ArchiveError::io("read file", source, &e))?;
-            let size_ok = std::fs::metadata(source).map(|m| m.len()).ok() == std::fs::metadata(dest).map(|m| m.len()).ok();
+            let (_, src) = crate::checksum::hash_file(source)
+                .map_err(|e| ArchiveError::io("read file", source, &e))?;
+            let size_ok = std::fs::metadata(source).map(|m| m.len()).ok()
+                == std::fs::metadata(dest).map(|m| m.len()).ok();
             (src == d && size_ok, src, false)
         }
         Recorded::Missing | Recorded::Malformed => {
@@ -193,10 +218,17 @@ fn existing_copy(source: &Path, dest: &Path, dir: &Path) -> Result<ArchiveOutcom
         }
     };
     if !same {
-        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len().to_string()).unwrap_or("?".into());
+        let size = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| m.len().to_string())
+                .unwrap_or("?".into())
+        };
         return Err(ArchiveError::new(
             ErrorKind::Conflict,
-            format!("archive file \"{}\" already exists with different contents", dest.display()),
+            format!(
+                "archive file \"{}\" already exists with different contents",
+                dest.display()
+            ),
         )
         .with_detail(format!(
             "The archived file has {} bytes, \"{}\" has {} bytes, and their contents differ.",
@@ -233,7 +265,11 @@ fn same_contents_hashed(a: &Path, b: &Path) -> std::io::Result<(bool, Sha256Dige
 
 /// Copies `source` into the new file `temp` (created exclusively), hashing
 /// the bytes, and fsyncs it. The caller removes `temp` on error.
-fn copy_to_new_file(source: &Path, temp: &Path, opts: &CopyOptions) -> Result<(u64, Sha256Digest), ArchiveError> {
+fn copy_to_new_file(
+    source: &Path,
+    temp: &Path,
+    opts: &CopyOptions,
+) -> Result<(u64, Sha256Digest), ArchiveError> {
     let mut src = File::open(source).map_err(|e| ArchiveError::io("open file", source, &e))?;
     let mut dst = OpenOptions::new()
         .write(true)
@@ -246,15 +282,18 @@ fn copy_to_new_file(source: &Path, temp: &Path, opts: &CopyOptions) -> Result<(u
     let mut total = 0u64;
     let mut hasher = Hasher::new();
     loop {
-        let n = read_full(&mut src, &mut buf).map_err(|e| ArchiveError::io("read file", source, &e))?;
+        let n =
+            read_full(&mut src, &mut buf).map_err(|e| ArchiveError::io("read file", source, &e))?;
         if n == 0 {
             break;
         }
-        dst.write_all(&buf[..n]).map_err(|e| ArchiveError::io("write file", temp, &e))?;
+        dst.write_all(&buf[..n])
+            .map_err(|e| ArchiveError::io("write file", temp, &e))?;
         hasher.update(&buf[..n]);
         total += n as u64;
     }
-    dst.sync_all().map_err(|e| ArchiveError::io("fsync file", temp, &e))?;
+    dst.sync_all()
+        .map_err(|e| ArchiveError::io("fsync file", temp, &e))?;
     Ok((total, hasher.finish()))
 }
 
@@ -277,8 +316,10 @@ mod tests {
     }
 
     fn listing(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> =
-            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         v.sort();
         v
     }
@@ -295,11 +336,17 @@ mod tests {
         assert_eq!(out.bytes(), data.len() as u64);
         assert!(matches!(out, ArchiveOutcome::Archived { .. }));
         assert_eq!(std::fs::read(arch.join(SEG)).unwrap(), data);
-        assert_eq!(listing(&arch), vec![SEG.to_string(), format!("{SEG}.sha256")]);
+        assert_eq!(
+            listing(&arch),
+            vec![SEG.to_string(), format!("{SEG}.sha256")]
+        );
         // The sidecar records the SHA-256 of exactly the bytes archived.
         let (_, d) = crate::checksum::hash_file(&arch.join(SEG)).unwrap();
         assert_eq!(out.sha256(), d);
-        assert_eq!(std::fs::read_to_string(arch.join(format!("{SEG}.sha256"))).unwrap(), format!("{}  {SEG}\n", to_hex(&d)));
+        assert_eq!(
+            std::fs::read_to_string(arch.join(format!("{SEG}.sha256"))).unwrap(),
+            format!("{}  {SEG}\n", to_hex(&d))
+        );
     }
 
     #[test]
@@ -308,12 +355,20 @@ mod tests {
         let (_d, src, arch) = setup(&data);
         std::fs::write(arch.join(SEG), &data).unwrap();
         let out = archive_file(&src.join(SEG), &arch, SEG, &CopyOptions::default()).unwrap();
-        assert!(matches!(out, ArchiveOutcome::AlreadyArchived { bytes: 100_000, .. }));
+        assert!(matches!(
+            out,
+            ArchiveOutcome::AlreadyArchived { bytes: 100_000, .. }
+        ));
         // A file without its checksum record gets one (a crash between the
         // data rename and the sidecar's).
-        assert_eq!(listing(&arch), vec![SEG.to_string(), format!("{SEG}.sha256")]);
         assert_eq!(
-            crate::checksum::read_recorded(&arch, SEG).map(|r| matches!(r, Recorded::Digest(d) if d == out.sha256())).unwrap(),
+            listing(&arch),
+            vec![SEG.to_string(), format!("{SEG}.sha256")]
+        );
+        assert_eq!(
+            crate::checksum::read_recorded(&arch, SEG)
+                .map(|r| matches!(r, Recorded::Digest(d) if d == out.sha256()))
+                .unwrap(),
             true
         );
     }
@@ -335,7 +390,10 @@ mod tests {
         let err = archive_file(&src.join(SEG), &arch, SEG, &CopyOptions::default()).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Conflict);
         assert_eq!(std::fs::read(arch.join(SEG)).unwrap(), data);
-        assert_eq!(std::fs::read(arch.join(format!("{SEG}.sha256"))).unwrap(), before);
+        assert_eq!(
+            std::fs::read(arch.join(format!("{SEG}.sha256"))).unwrap(),
+            before
+        );
     }
 
     #[test]
@@ -345,7 +403,9 @@ mod tests {
         std::fs::write(arch.join(format!("{SEG}.sha256")), "0000  stale\n").unwrap();
         let out = archive_file(&src.join(SEG), &arch, SEG, &CopyOptions::default()).unwrap();
         assert!(matches!(out, ArchiveOutcome::Archived { .. }));
-        assert!(matches!(crate::checksum::read_recorded(&arch, SEG).unwrap(), Recorded::Digest(d) if d == out.sha256()));
+        assert!(
+            matches!(crate::checksum::read_recorded(&arch, SEG).unwrap(), Recorded::Digest(d) if d == out.sha256())
+        );
     }
 
     #[test]
@@ -356,9 +416,17 @@ mod tests {
         std::fs::write(arch.join(SEG), &other).unwrap();
         let err = archive_file(&src.join(SEG), &arch, SEG, &CopyOptions::default()).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Conflict);
-        assert!(err.message.contains("already exists with different contents"), "{err}");
+        assert!(
+            err.message
+                .contains("already exists with different contents"),
+            "{err}"
+        );
         assert_eq!(std::fs::read(arch.join(SEG)).unwrap(), other);
-        assert_eq!(listing(&arch), vec![SEG.to_string()], "a refused file gets no checksum record");
+        assert_eq!(
+            listing(&arch),
+            vec![SEG.to_string()],
+            "a refused file gets no checksum record"
+        );
         // A shorter file under the final name (a torn copy by another tool)
         // is a conflict too, never "completed".
         std::fs::write(arch.join(SEG), &pattern(10)).unwrap();
@@ -388,7 +456,8 @@ mod tests {
     fn rejects_names_that_are_not_wal_files() {
         let (_d, src, arch) = setup(b"abc");
         for bad in ["../x", "postgresql.conf", "", "000000010000000000000001/.."] {
-            let err = archive_file(&src.join(SEG), &arch, bad, &CopyOptions::default()).unwrap_err();
+            let err =
+                archive_file(&src.join(SEG), &arch, bad, &CopyOptions::default()).unwrap_err();
             assert_eq!(err.kind, ErrorKind::InvalidName);
         }
         assert!(listing(&arch).is_empty());

@@ -34,7 +34,13 @@ pub struct ArchiveError {
 
 impl ArchiveError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ArchiveError { kind, message: message.into(), detail: None, hint: None, os_error: None }
+        ArchiveError {
+            kind,
+            message: message.into(),
+            detail: None,
+            hint: None,
+            os_error: None,
+        }
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
@@ -52,17 +58,28 @@ impl ArchiveError {
     pub fn io(action: &str, path: &Path, err: &io::Error) -> Self {
         let os = err.raw_os_error();
         let disk_full = matches!(os, Some(libc::ENOSPC) | Some(libc::EDQUOT));
-        let kind = if disk_full { ErrorKind::DiskFull } else { ErrorKind::Io };
+        let kind = if disk_full {
+            ErrorKind::DiskFull
+        } else {
+            ErrorKind::Io
+        };
         let mut e = ArchiveError::new(
             kind,
-            format!("could not {action} \"{}\": {}", path.display(), os_message(err)),
+            format!(
+                "could not {action} \"{}\": {}",
+                path.display(),
+                os_message(err)
+            ),
         );
         e.os_error = os;
         if disk_full {
             e.hint = Some(
                 "The archive device is full. Free space there; archiving resumes by itself.".into(),
             );
-        } else if matches!(os, Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS)) {
+        } else if matches!(
+            os,
+            Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS)
+        ) {
             e.hint = Some(
                 "Check that the server's operating system user can write to walarch.archive_directory."
                     .into(),
@@ -115,9 +132,16 @@ mod tests {
             &io::Error::from_raw_os_error(libc::ENOSPC),
         );
         assert_eq!(e.kind, ErrorKind::DiskFull);
-        assert_eq!(e.message, "could not write file \"/a/b\": No space left on device");
+        assert_eq!(
+            e.message,
+            "could not write file \"/a/b\": No space left on device"
+        );
         assert!(e.hint.unwrap().contains("full"));
-        let e = ArchiveError::io("open file", Path::new("/x"), &io::Error::from_raw_os_error(libc::EACCES));
+        let e = ArchiveError::io(
+            "open file",
+            Path::new("/x"),
+            &io::Error::from_raw_os_error(libc::EACCES),
+        );
         assert_eq!(e.kind, ErrorKind::Io);
         assert_eq!(e.message, "could not open file \"/x\": Permission denied");
     }

@@ -10,7 +10,10 @@ pub struct FixedStr<const N: usize> {
 
 impl<const N: usize> Default for FixedStr<N> {
     fn default() -> Self {
-        FixedStr { len: 0, bytes: [0; N] }
+        FixedStr {
+            len: 0,
+            bytes: [0; N],
+        }
     }
 }
 

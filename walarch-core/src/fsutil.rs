@@ -35,7 +35,13 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     // SAFETY: both are valid NUL-terminated paths; AT_FDCWD with absolute or
     // relative paths is the documented use.
     let rc = unsafe {
-        libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE)
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
     };
     if rc == 0 {
         return Ok(());

@@ -45,19 +45,17 @@ pub fn run_parallel(
     let mut done = 0;
     std::thread::scope(|scope| {
         let (tx, rx) = mpsc::channel::<CopyResult>();
-        for _ in 0..threads {
-            let tx = tx.clone();
-            let (queue, stop) = (&queue, &stop);
-            scope.spawn(move || loop {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let Some(job) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else { break };
-                let result = archive_file(&job.source, dir, &job.name, opts);
-                if tx.send(CopyResult { name: job.name, result }).is_err() {
-                    break;
-                }
-            });
+        // No signal may land on a copy thread (see quiet_thread). If the mask
+        // cannot be set, copy on this thread alone rather than risk it.
+        let spawned = crate::quiet_thread::with_signals_blocked(|| {
+            for _ in 0..threads {
+                let tx = tx.clone();
+                let (queue, stop) = (&queue, &stop);
+                scope.spawn(move || copy_loop(queue, stop, dir, opts, &tx));
+            }
+        });
+        if spawned.is_err() {
+            copy_loop(&queue, &stop, dir, opts, &tx);
         }
         drop(tx);
         loop {
@@ -75,6 +73,35 @@ pub fn run_parallel(
         }
     });
     done
+}
+
+/// One copy thread: takes jobs in order until none is left, a stop is
+/// requested, or the receiver is gone.
+fn copy_loop(
+    queue: &Mutex<VecDeque<CopyJob>>,
+    stop: &AtomicBool,
+    dir: &Path,
+    opts: &CopyOptions,
+    tx: &mpsc::Sender<CopyResult>,
+) {
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let Some(job) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else {
+            break;
+        };
+        let result = archive_file(&job.source, dir, &job.name, opts);
+        if tx
+            .send(CopyResult {
+                name: job.name,
+                result,
+            })
+            .is_err()
+        {
+            break;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -110,16 +137,25 @@ mod tests {
             Duration::from_millis(10),
             |r| {
                 assert_eq!(std::thread::current().id(), me);
-                assert!(matches!(r.result, Ok(ArchiveOutcome::Archived { .. })), "{r:?}");
+                assert!(
+                    matches!(r.result, Ok(ArchiveOutcome::Archived { .. })),
+                    "{r:?}"
+                );
                 names.push(r.name);
             },
             || false,
         );
         assert_eq!(n, 12);
         names.sort();
-        assert_eq!(names, jobs.iter().map(|j| j.name.clone()).collect::<Vec<_>>());
+        assert_eq!(
+            names,
+            jobs.iter().map(|j| j.name.clone()).collect::<Vec<_>>()
+        );
         for j in &jobs {
-            assert_eq!(std::fs::read(d.path().join("arch").join(&j.name)).unwrap(), std::fs::read(&j.source).unwrap());
+            assert_eq!(
+                std::fs::read(d.path().join("arch").join(&j.name)).unwrap(),
+                std::fs::read(&j.source).unwrap()
+            );
         }
     }
 
@@ -140,7 +176,13 @@ mod tests {
         assert!(n < 50, "stop was ignored");
         let archived = std::fs::read_dir(d.path().join("arch"))
             .unwrap()
-            .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".sha256"))
+            .filter(|e| {
+                !e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".sha256")
+            })
             .count();
         assert_eq!(archived, n, "a copy ran but was not reported");
     }
@@ -150,11 +192,19 @@ mod tests {
         let (d, mut jobs) = setup(3);
         jobs[1].source = d.path().join("missing");
         let mut failed = vec![];
-        run_parallel(jobs, &d.path().join("arch"), &CopyOptions::default(), 3, Duration::from_millis(5), |r| {
-            if r.result.is_err() {
-                failed.push(r.name)
-            }
-        }, || false);
+        run_parallel(
+            jobs,
+            &d.path().join("arch"),
+            &CopyOptions::default(),
+            3,
+            Duration::from_millis(5),
+            |r| {
+                if r.result.is_err() {
+                    failed.push(r.name)
+                }
+            },
+            || false,
+        );
         assert_eq!(failed, vec![format!("{:024X}", 2)]);
     }
 }

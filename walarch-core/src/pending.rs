@@ -12,7 +12,9 @@ pub fn ready_files(pg_wal: &Path) -> io::Result<Vec<String>> {
     let mut v = Vec::new();
     for entry in std::fs::read_dir(pg_wal.join("archive_status"))? {
         let entry = entry?;
-        let Ok(name) = entry.file_name().into_string() else { continue };
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
         if let Some(wal) = name.strip_suffix(".ready") {
             if is_archivable_name(wal) {
                 v.push(wal.to_string());
@@ -39,7 +41,11 @@ pub fn summary(pg_wal: &Path) -> io::Result<PendingSummary> {
         .filter_map(|f| std::fs::metadata(pg_wal.join(f)).ok())
         .map(|m| m.len() as i64)
         .sum();
-    Ok(PendingSummary { count: files.len() as i64, bytes, oldest: files.first().cloned() })
+    Ok(PendingSummary {
+        count: files.len() as i64,
+        bytes,
+        oldest: files.first().cloned(),
+    })
 }
 
 #[cfg(test)]
@@ -51,7 +57,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let st = d.path().join("archive_status");
         std::fs::create_dir(&st).unwrap();
-        for (n, size) in [("000000010000000000000003", 30), ("000000010000000000000002", 20), ("00000002.history", 5)] {
+        for (n, size) in [
+            ("000000010000000000000003", 30),
+            ("000000010000000000000002", 20),
+            ("00000002.history", 5),
+        ] {
             std::fs::write(d.path().join(n), vec![0u8; size]).unwrap();
             std::fs::write(st.join(format!("{n}.ready")), b"").unwrap();
         }
@@ -59,9 +69,20 @@ mod tests {
         std::fs::write(st.join("garbage.ready"), b"").unwrap();
         assert_eq!(
             ready_files(d.path()).unwrap(),
-            vec!["00000002.history", "000000010000000000000002", "000000010000000000000003"]
+            vec![
+                "00000002.history",
+                "000000010000000000000002",
+                "000000010000000000000003"
+            ]
         );
         let s = summary(d.path()).unwrap();
-        assert_eq!(s, PendingSummary { count: 3, bytes: 55, oldest: Some("00000002.history".into()) });
+        assert_eq!(
+            s,
+            PendingSummary {
+                count: 3,
+                bytes: 55,
+                oldest: Some("00000002.history".into())
+            }
+        );
     }
 }

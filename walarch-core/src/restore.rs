@@ -26,27 +26,36 @@ pub enum RestoreError {
 impl std::fmt::Display for RestoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RestoreError::NotFound(s) | RestoreError::Integrity(s) | RestoreError::Usage(s) | RestoreError::Io(s) => {
-                f.write_str(s)
-            }
+            RestoreError::NotFound(s)
+            | RestoreError::Integrity(s)
+            | RestoreError::Usage(s)
+            | RestoreError::Io(s) => f.write_str(s),
         }
     }
 }
 
 fn io_err(action: &str, p: &Path, e: &io::Error) -> RestoreError {
-    RestoreError::Io(format!("could not {action} \"{}\": {}", p.display(), crate::error::os_message(e)))
+    RestoreError::Io(format!(
+        "could not {action} \"{}\": {}",
+        p.display(),
+        crate::error::os_message(e)
+    ))
 }
 
 /// Restores `walfile` from `archive_dir` to `dest`; returns the bytes copied.
 pub fn restore(archive_dir: &Path, walfile: &str, dest: &Path) -> Result<u64, RestoreError> {
     if !is_archivable_name(walfile) {
-        return Err(RestoreError::Usage(format!("\"{walfile}\" is not a WAL file name")));
+        return Err(RestoreError::Usage(format!(
+            "\"{walfile}\" is not a WAL file name"
+        )));
     }
     let source = archive_dir.join(walfile);
     let mut src = match File::open(&source) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(RestoreError::NotFound(format!("\"{walfile}\" is not in the archive")))
+            return Err(RestoreError::NotFound(format!(
+                "\"{walfile}\" is not in the archive"
+            )))
         }
         Err(e) => return Err(io_err("open file", &source, &e)),
     };
@@ -62,7 +71,10 @@ pub fn restore(archive_dir: &Path, walfile: &str, dest: &Path) -> Result<u64, Re
         }
     };
 
-    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let temp = dir.join(format!(".walarch-restore.{walfile}.{}", std::process::id()));
     let result = (|| {
         let mut out = OpenOptions::new()
@@ -82,7 +94,8 @@ pub fn restore(archive_dir: &Path, walfile: &str, dest: &Path) -> Result<u64, Re
                 break;
             }
             h.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(|e| io_err("write file", &temp, &e))?;
+            out.write_all(&buf[..n])
+                .map_err(|e| io_err("write file", &temp, &e))?;
             total += n as u64;
         }
         let actual = h.finish();
@@ -93,7 +106,8 @@ pub fn restore(archive_dir: &Path, walfile: &str, dest: &Path) -> Result<u64, Re
                 to_hex(&actual)
             )));
         }
-        out.sync_all().map_err(|e| io_err("fsync file", &temp, &e))?;
+        out.sync_all()
+            .map_err(|e| io_err("fsync file", &temp, &e))?;
         Ok(total)
     })();
     let total = match result {
@@ -123,7 +137,11 @@ mod tests {
         let (wal, arch) = (d.path().join("wal"), d.path().join("arch"));
         std::fs::create_dir(&wal).unwrap();
         std::fs::create_dir(&arch).unwrap();
-        std::fs::write(wal.join(SEG), (0..300_000u32).map(|i| i as u8).collect::<Vec<_>>()).unwrap();
+        std::fs::write(
+            wal.join(SEG),
+            (0..300_000u32).map(|i| i as u8).collect::<Vec<_>>(),
+        )
+        .unwrap();
         archive_file(&wal.join(SEG), &arch, SEG, &CopyOptions::default()).unwrap();
         (d, wal, arch)
     }
@@ -133,14 +151,20 @@ mod tests {
         let (d, wal, arch) = setup();
         let dest = d.path().join("RECOVERYXLOG");
         assert_eq!(restore(&arch, SEG, &dest).unwrap(), 300_000);
-        assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(wal.join(SEG)).unwrap());
+        assert_eq!(
+            std::fs::read(&dest).unwrap(),
+            std::fs::read(wal.join(SEG)).unwrap()
+        );
     }
 
     #[test]
     fn absent_file_is_not_found() {
         let (d, _wal, arch) = setup();
         let dest = d.path().join("RECOVERYXLOG");
-        assert!(matches!(restore(&arch, "00000005.history", &dest), Err(RestoreError::NotFound(_))));
+        assert!(matches!(
+            restore(&arch, "00000005.history", &dest),
+            Err(RestoreError::NotFound(_))
+        ));
         assert!(!dest.exists());
     }
 
@@ -155,15 +179,32 @@ mod tests {
         for bad in [flipped, good[..good.len() - 1].to_vec()] {
             std::fs::write(&f, &bad).unwrap();
             let e = restore(&arch, SEG, &dest).unwrap_err();
-            assert!(matches!(e, RestoreError::Integrity(ref m) if m.contains("checksum mismatch")), "{e}");
+            assert!(
+                matches!(e, RestoreError::Integrity(ref m) if m.contains("checksum mismatch")),
+                "{e}"
+            );
             assert!(!dest.exists());
         }
         std::fs::write(&f, &good).unwrap();
         std::fs::remove_file(arch.join(format!("{SEG}.sha256"))).unwrap();
-        assert!(matches!(restore(&arch, SEG, &dest), Err(RestoreError::Integrity(_))));
+        assert!(matches!(
+            restore(&arch, SEG, &dest),
+            Err(RestoreError::Integrity(_))
+        ));
         assert!(!dest.exists());
-        let leftovers: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert!(leftovers.iter().all(|n| !n.to_string_lossy().starts_with(".walarch-restore")), "{leftovers:?}");
-        assert!(matches!(restore(&arch, "../etc/passwd", &dest), Err(RestoreError::Usage(_))));
+        let leftovers: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            leftovers
+                .iter()
+                .all(|n| !n.to_string_lossy().starts_with(".walarch-restore")),
+            "{leftovers:?}"
+        );
+        assert!(matches!(
+            restore(&arch, "../etc/passwd", &dest),
+            Err(RestoreError::Usage(_))
+        ));
     }
 }

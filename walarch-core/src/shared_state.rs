@@ -44,7 +44,12 @@ pub struct Slot {
 
 impl Default for Slot {
     fn default() -> Self {
-        Slot { state: SlotState::Free, name: WalName::default(), bytes: 0, pid: 0 }
+        Slot {
+            state: SlotState::Free,
+            name: WalName::default(),
+            bytes: 0,
+            pid: 0,
+        }
     }
 }
 
@@ -110,17 +115,29 @@ pub enum ArchiverClaim {
 
 impl ArchiveState {
     pub fn new(now: i64) -> ArchiveState {
-        ArchiveState { stats: Stats::new(now), slots: [Slot::default(); SLOTS], worker_pid: 0, worker_latch: 0 }
+        ArchiveState {
+            stats: Stats::new(now),
+            slots: [Slot::default(); SLOTS],
+            worker_pid: 0,
+            worker_latch: 0,
+        }
     }
 
     fn find(&self, name: &str) -> Option<usize> {
-        self.slots.iter().position(|s| s.state != SlotState::Free && s.name.as_str() == name)
+        self.slots
+            .iter()
+            .position(|s| s.state != SlotState::Free && s.name.as_str() == name)
     }
 
     fn take_free(&mut self, name: &str, state: SlotState, pid: i32) -> bool {
         match self.slots.iter().position(|s| s.state == SlotState::Free) {
             Some(i) => {
-                self.slots[i] = Slot { state, name: WalName::new(name), bytes: 0, pid };
+                self.slots[i] = Slot {
+                    state,
+                    name: WalName::new(name),
+                    bytes: 0,
+                    pid,
+                };
                 true
             }
             None => false,
@@ -128,11 +145,16 @@ impl ArchiveState {
     }
 
     pub fn slot_state(&self, name: &str) -> SlotState {
-        self.find(name).map(|i| self.slots[i].state).unwrap_or(SlotState::Free)
+        self.find(name)
+            .map(|i| self.slots[i].state)
+            .unwrap_or(SlotState::Free)
     }
 
     pub fn free_slots(&self) -> usize {
-        self.slots.iter().filter(|s| s.state == SlotState::Free).count()
+        self.slots
+            .iter()
+            .filter(|s| s.state == SlotState::Free)
+            .count()
     }
 
     /// The worker wants to copy `name`: true when it now holds it.
@@ -140,9 +162,16 @@ impl ArchiveState {
         let held = self
             .slots
             .iter()
-            .filter(|s| matches!(s.state, SlotState::WorkerCopying | SlotState::WorkerArchived))
+            .filter(|s| {
+                matches!(
+                    s.state,
+                    SlotState::WorkerCopying | SlotState::WorkerArchived
+                )
+            })
             .count();
-        held < WORKER_SLOTS && self.find(name).is_none() && self.take_free(name, SlotState::WorkerCopying, pid)
+        held < WORKER_SLOTS
+            && self.find(name).is_none()
+            && self.take_free(name, SlotState::WorkerCopying, pid)
     }
 
     /// The worker's copy of `name` ended: on success the file waits for the
@@ -167,7 +196,12 @@ impl ArchiveState {
     }
 
     /// The archiver asks for `name`. `alive` tells whether a PID still runs.
-    pub fn begin_archiver_copy(&mut self, name: &str, pid: i32, alive: impl Fn(i32) -> bool) -> ArchiverClaim {
+    pub fn begin_archiver_copy(
+        &mut self,
+        name: &str,
+        pid: i32,
+        alive: impl Fn(i32) -> bool,
+    ) -> ArchiverClaim {
         if let Some(i) = self.find(name) {
             let slot = self.slots[i];
             match slot.state {
@@ -181,7 +215,12 @@ impl ArchiveState {
                 // A dead worker's claim, or our own left over from an earlier
                 // archiver that died mid-copy: take it over.
                 _ => {
-                    self.slots[i] = Slot { state: SlotState::ArchiverCopying, name: slot.name, bytes: 0, pid };
+                    self.slots[i] = Slot {
+                        state: SlotState::ArchiverCopying,
+                        name: slot.name,
+                        bytes: 0,
+                        pid,
+                    };
                     return ArchiverClaim::CopyInline;
                 }
             }
@@ -203,7 +242,11 @@ impl ArchiveState {
     /// Frees the claims of processes that are gone (a worker killed mid-copy),
     /// and the worker's confirmed copies of files no longer waiting (the
     /// archiver archived them some other way). Returns how many were freed.
-    pub fn release_stale(&mut self, alive: impl Fn(i32) -> bool, still_ready: impl Fn(&str) -> bool) -> usize {
+    pub fn release_stale(
+        &mut self,
+        alive: impl Fn(i32) -> bool,
+        still_ready: impl Fn(&str) -> bool,
+    ) -> usize {
         let mut n = 0;
         for s in self.slots.iter_mut() {
             let stale = match s.state {
@@ -261,19 +304,35 @@ mod tests {
         let mut s = ArchiveState::new(0);
         assert!(s.begin_worker_copy(A, 10));
         assert!(!s.begin_worker_copy(A, 10), "claimed twice");
-        assert_eq!(s.begin_archiver_copy(A, 20, alive), ArchiverClaim::WorkerBusy { pid: 10 });
+        assert_eq!(
+            s.begin_archiver_copy(A, 20, alive),
+            ArchiverClaim::WorkerBusy { pid: 10 }
+        );
         s.finish_worker_copy(A, Ok(16));
-        assert_eq!(s.begin_archiver_copy(A, 20, alive), ArchiverClaim::CopiedAhead { bytes: 16 });
+        assert_eq!(
+            s.begin_archiver_copy(A, 20, alive),
+            ArchiverClaim::CopiedAhead { bytes: 16 }
+        );
         assert_eq!(s.slot_state(A), SlotState::Free);
         s.record_archived(A, 16, true, 5);
-        assert_eq!((s.stats.archived_count, s.stats.copied_ahead_count, s.stats.archived_bytes), (1, 1, 16));
+        assert_eq!(
+            (
+                s.stats.archived_count,
+                s.stats.copied_ahead_count,
+                s.stats.archived_bytes
+            ),
+            (1, 1, 16)
+        );
         assert_eq!(s.stats.last_archived_wal.as_str(), A);
     }
 
     #[test]
     fn archiver_copy_blocks_the_worker() {
         let mut s = ArchiveState::new(0);
-        assert_eq!(s.begin_archiver_copy(B, 20, alive), ArchiverClaim::CopyInline);
+        assert_eq!(
+            s.begin_archiver_copy(B, 20, alive),
+            ArchiverClaim::CopyInline
+        );
         assert!(!s.begin_worker_copy(B, 10));
         s.end_archiver_copy(B);
         assert!(s.begin_worker_copy(B, 10));
@@ -286,8 +345,14 @@ mod tests {
         s.finish_worker_copy(A, Err("could not write: disk full"));
         assert_eq!(s.stats.copy_ahead_failures, 1);
         assert_eq!(s.stats.last_error.as_str(), "could not write: disk full");
-        assert_eq!(s.stats.failed_count, 0, "worker failures are not archiver failures");
-        assert_eq!(s.begin_archiver_copy(A, 20, alive), ArchiverClaim::CopyInline);
+        assert_eq!(
+            s.stats.failed_count, 0,
+            "worker failures are not archiver failures"
+        );
+        assert_eq!(
+            s.begin_archiver_copy(A, 20, alive),
+            ArchiverClaim::CopyInline
+        );
     }
 
     #[test]
@@ -295,7 +360,10 @@ mod tests {
         let mut s = ArchiveState::new(0);
         assert!(s.begin_worker_copy(A, 10));
         assert!(s.begin_worker_copy(B, 10));
-        assert_eq!(s.begin_archiver_copy(A, 20, |p| p != 10), ArchiverClaim::CopyInline);
+        assert_eq!(
+            s.begin_archiver_copy(A, 20, |p| p != 10),
+            ArchiverClaim::CopyInline
+        );
         assert_eq!(s.slot_state(A), SlotState::ArchiverCopying);
         assert_eq!(s.release_stale(|p| p != 10, |_| true), 1);
         assert_eq!(s.slot_state(B), SlotState::Free);
@@ -318,7 +386,10 @@ mod tests {
             assert!(s.begin_worker_copy(&format!("{:024X}", i + 100), 10));
         }
         assert!(!s.begin_worker_copy(A, 10));
-        assert_eq!(s.begin_archiver_copy(A, 20, alive), ArchiverClaim::CopyInline);
+        assert_eq!(
+            s.begin_archiver_copy(A, 20, alive),
+            ArchiverClaim::CopyInline
+        );
         assert_eq!(s.slot_state(A), SlotState::ArchiverCopying);
         assert!(!s.begin_worker_copy(A, 10));
     }

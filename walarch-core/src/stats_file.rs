@@ -141,7 +141,11 @@ mod tests {
     fn sample() -> Stats {
         let mut st = ArchiveState::new(42);
         st.record_archived("000000010000000000000001", 100, true, 50);
-        st.record_failed("000000010000000000000002", "could not \"x\":\nline two \\ back", 60);
+        st.record_failed(
+            "000000010000000000000002",
+            "could not \"x\":\nline two \\ back",
+            60,
+        );
         st.stats
     }
 
@@ -156,7 +160,10 @@ mod tests {
         let text = serialize(&sample());
         assert_eq!(parse(&text[..text.len() - 4]), None, "no end line");
         assert_eq!(parse(&text.replace("walarch_ext stats 1", "other 1")), None);
-        assert_eq!(parse(&text.replace("failed_count 1", "failed_count x")), None);
+        assert_eq!(
+            parse(&text.replace("failed_count 1", "failed_count x")),
+            None
+        );
         assert_eq!(parse(&text.replace("failed_count 1\n", "")), None);
     }
 

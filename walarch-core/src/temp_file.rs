@@ -23,9 +23,17 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A fresh temporary path for archiving `walfile` into `dir`.
 pub fn temp_path(dir: &Path, walfile: &str) -> PathBuf {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!("{TEMP_PREFIX}{walfile}.{}.{:x}{:x}", std::process::id(), nanos as u64, n))
+    dir.join(format!(
+        "{TEMP_PREFIX}{walfile}.{}.{:x}{:x}",
+        std::process::id(),
+        nanos as u64,
+        n
+    ))
 }
 
 /// The PID recorded in a temporary file name, if the name is one of ours.
@@ -68,7 +76,9 @@ pub fn sweep(dir: &Path) -> std::io::Result<SweepReport> {
             Ok(n) => n,
             Err(_) => continue,
         };
-        let Some(pid) = temp_owner_pid(&name) else { continue };
+        let Some(pid) = temp_owner_pid(&name) else {
+            continue;
+        };
         let stale = entry
             .metadata()
             .ok()
@@ -120,14 +130,22 @@ mod tests {
         let mine = temp_path(d.path(), "000000010000000000000002");
         // PID 1 is always alive: a copy in progress elsewhere must survive.
         let live_tmp = format!("{TEMP_PREFIX}000000010000000000000003.1.abc");
-        for n in [&dead_tmp, &live_tmp, "000000010000000000000001", "unrelated"] {
+        for n in [
+            &dead_tmp,
+            &live_tmp,
+            "000000010000000000000001",
+            "unrelated",
+        ] {
             std::fs::write(d.path().join(n), b"x").unwrap();
         }
         std::fs::write(&mine, b"x").unwrap();
 
         let mut r = sweep(d.path()).unwrap();
         r.removed.sort();
-        let mut expect = vec![dead_tmp.clone(), mine.file_name().unwrap().to_str().unwrap().to_string()];
+        let mut expect = vec![
+            dead_tmp.clone(),
+            mine.file_name().unwrap().to_str().unwrap().to_string(),
+        ];
         expect.sort();
         assert_eq!(r.removed, expect);
         assert!(d.path().join(&live_tmp).exists());

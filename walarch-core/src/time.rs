@@ -10,7 +10,9 @@ pub const NO_TIME: i64 = i64::MIN;
 
 /// Now, as a PostgreSQL `TimestampTz`.
 pub fn now_timestamptz() -> i64 {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     (d.as_secs() as i64 - PG_EPOCH_UNIX_SECS) * 1_000_000 + d.subsec_micros() as i64
 }
 

@@ -74,7 +74,11 @@ pub fn segment_size_of(path: &Path) -> io::Result<Option<u64>> {
     if info & XLP_LONG_HEADER == 0 {
         return Ok(None);
     }
-    let size = u32::from_le_bytes(head[XLP_SEG_SIZE_OFFSET..XLP_SEG_SIZE_OFFSET + 4].try_into().unwrap()) as u64;
+    let size = u32::from_le_bytes(
+        head[XLP_SEG_SIZE_OFFSET..XLP_SEG_SIZE_OFFSET + 4]
+            .try_into()
+            .unwrap(),
+    ) as u64;
     // PostgreSQL allows powers of two from 1 MB to 1 GB.
     Ok((size.is_power_of_two() && (1 << 20..=1 << 30).contains(&size)).then_some(size))
 }
@@ -88,10 +92,18 @@ pub fn parse_history(text: &str) -> Vec<(u32, u64)> {
             continue;
         }
         let mut parts = line.split_whitespace();
-        let (Some(tli), Some(lsn)) = (parts.next(), parts.next()) else { continue };
-        let Ok(tli) = tli.parse::<u32>() else { continue };
-        let Some((hi, lo)) = lsn.split_once('/') else { continue };
-        let (Ok(hi), Ok(lo)) = (u64::from_str_radix(hi, 16), u64::from_str_radix(lo, 16)) else { continue };
+        let (Some(tli), Some(lsn)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(tli) = tli.parse::<u32>() else {
+            continue;
+        };
+        let Some((hi, lo)) = lsn.split_once('/') else {
+            continue;
+        };
+        let (Ok(hi), Ok(lo)) = (u64::from_str_radix(hi, 16), u64::from_str_radix(lo, 16)) else {
+            continue;
+        };
         v.push((tli, (hi << 32) | lo));
     }
     v
@@ -99,10 +111,16 @@ pub fn parse_history(text: &str) -> Vec<(u32, u64)> {
 
 /// Verifies `dir`. `from`/`to` are segment names bounding the range checked
 /// (by segment number, inclusive); history files are always checked.
-pub fn verify(dir: &Path, from: Option<&WalFileName>, to: Option<&WalFileName>) -> io::Result<Report> {
+pub fn verify(
+    dir: &Path,
+    from: Option<&WalFileName>,
+    to: Option<&WalFileName>,
+) -> io::Result<Report> {
     let mut names: Vec<String> = Vec::new();
     for e in std::fs::read_dir(dir)? {
-        let Ok(n) = e?.file_name().into_string() else { continue };
+        let Ok(n) = e?.file_name().into_string() else {
+            continue;
+        };
         if WalFileName::parse(&n).is_some() {
             names.push(n);
         }
@@ -125,7 +143,9 @@ pub fn verify(dir: &Path, from: Option<&WalFileName>, to: Option<&WalFileName>) 
         if w.kind == WalFileKind::History {
             return true;
         }
-        let (Some(s), Some(size)) = (segno(w), seg_size) else { return true };
+        let (Some(s), Some(size)) = (segno(w), seg_size) else {
+            return true;
+        };
         from.is_none_or(|f| s >= f.segno(size)) && to.is_none_or(|t| s <= t.segno(size))
     };
 
@@ -149,13 +169,20 @@ pub fn verify(dir: &Path, from: Option<&WalFileName>, to: Option<&WalFileName>) 
             Recorded::Digest(d) => {
                 let (len, actual) = hash_file(&dir.join(n))?;
                 if actual == d {
-                    Finding { walfile: n.clone(), status: Status::Ok, detail: String::new() }
+                    Finding {
+                        walfile: n.clone(),
+                        status: Status::Ok,
+                        detail: String::new(),
+                    }
                 } else {
                     Finding {
                         walfile: n.clone(),
                         status: Status::Corrupt,
-                        detail: format!("SHA-256 mismatch ({len} bytes): recorded {}, found {}",
-                            crate::checksum::to_hex(&d), crate::checksum::to_hex(&actual)),
+                        detail: format!(
+                            "SHA-256 mismatch ({len} bytes): recorded {}, found {}",
+                            crate::checksum::to_hex(&d),
+                            crate::checksum::to_hex(&actual)
+                        ),
                     }
                 }
             }
@@ -164,7 +191,9 @@ pub fn verify(dir: &Path, from: Option<&WalFileName>, to: Option<&WalFileName>) 
     }
 
     // 2. Gaps, along the newest timeline's history.
-    let Some(size) = seg_size else { return Ok(report) };
+    let Some(size) = seg_size else {
+        return Ok(report);
+    };
     let segments: BTreeSet<(u32, u64)> = names
         .iter()
         .filter_map(|n| WalFileName::parse(n))
@@ -177,8 +206,14 @@ pub fn verify(dir: &Path, from: Option<&WalFileName>, to: Option<&WalFileName>) 
         .filter(|w| w.kind == WalFileKind::History)
         .map(|w| w.timeline)
         .collect();
-    let newest = segments.iter().map(|(t, _)| *t).chain(histories.iter().copied()).max();
-    let Some(newest) = newest else { return Ok(report) };
+    let newest = segments
+        .iter()
+        .map(|(t, _)| *t)
+        .chain(histories.iter().copied())
+        .max();
+    let Some(newest) = newest else {
+        return Ok(report);
+    };
 
     // Timeline -> first segment number on it.
     let mut begins: BTreeMap<u32, u64> = BTreeMap::new();
@@ -205,9 +240,22 @@ pub fn verify(dir: &Path, from: Option<&WalFileName>, to: Option<&WalFileName>) 
     report.timelines = begins.keys().copied().collect();
     // The timeline a segment number is read from during recovery: the newest
     // whose range has begun (the switch segment comes from the new timeline).
-    let timeline_of = |s: u64| begins.iter().rev().find(|(_, b)| **b <= s).map(|(t, _)| *t).unwrap_or(newest);
-    let chain: Vec<u64> = segments.iter().filter(|(t, s)| timeline_of(*s) == *t).map(|(_, s)| *s).collect();
-    let (Some(&first), Some(&last)) = (chain.first(), chain.last()) else { return Ok(report) };
+    let timeline_of = |s: u64| {
+        begins
+            .iter()
+            .rev()
+            .find(|(_, b)| **b <= s)
+            .map(|(t, _)| *t)
+            .unwrap_or(newest)
+    };
+    let chain: Vec<u64> = segments
+        .iter()
+        .filter(|(t, s)| timeline_of(*s) == *t)
+        .map(|(_, s)| *s)
+        .collect();
+    let (Some(&first), Some(&last)) = (chain.first(), chain.last()) else {
+        return Ok(report);
+    };
     let start = from.map(|f| f.segno(size)).unwrap_or(first);
     let end = to.map(|t| t.segno(size)).unwrap_or(last);
     let mut s = start;
@@ -233,7 +281,11 @@ pub fn verify(dir: &Path, from: Option<&WalFileName>, to: Option<&WalFileName>) 
                 segment_file_name(timeline_of(s - 1), s - 1, size)
             )
         };
-        report.findings.push(Finding { walfile: first_missing, status: Status::Missing, detail });
+        report.findings.push(Finding {
+            walfile: first_missing,
+            status: Status::Missing,
+            detail,
+        });
     }
     Ok(report)
 }
@@ -256,7 +308,11 @@ mod tests {
     }
 
     /// Archives the given (timeline, segno) segments and history files.
-    fn archive(segs: &[(u32, u64)], histories: &[(u32, &str)], size: u64) -> (tempfile::TempDir, std::path::PathBuf) {
+    fn archive(
+        segs: &[(u32, u64)],
+        histories: &[(u32, &str)],
+        size: u64,
+    ) -> (tempfile::TempDir, std::path::PathBuf) {
         let d = tempfile::tempdir().unwrap();
         let wal = d.path().join("wal");
         let arch = d.path().join("arch");
@@ -276,7 +332,9 @@ mod tests {
     }
 
     fn problems(r: &Report) -> Vec<(String, Status)> {
-        r.problems().map(|f| (f.walfile.clone(), f.status)).collect()
+        r.problems()
+            .map(|f| (f.walfile.clone(), f.status))
+            .collect()
     }
 
     #[test]
@@ -292,7 +350,11 @@ mod tests {
 
     #[test]
     fn finds_corruption_missing_checksums_and_gaps() {
-        let (_d, arch) = archive(&[(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 9)], &[], MB);
+        let (_d, arch) = archive(
+            &[(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 9)],
+            &[],
+            MB,
+        );
         let f2 = arch.join(segment_file_name(1, 2, MB));
         let mut bytes = std::fs::read(&f2).unwrap();
         bytes[1000] ^= 1;
@@ -309,7 +371,10 @@ mod tests {
                 (segment_file_name(1, 7, MB), Status::Missing),
             ]
         );
-        assert!(r.findings.iter().any(|f| f.detail.contains("2 files missing")));
+        assert!(r
+            .findings
+            .iter()
+            .any(|f| f.detail.contains("2 files missing")));
         // A range that avoids the damage is intact.
         let from = WalFileName::parse(&segment_file_name(1, 4, MB)).unwrap();
         let to = WalFileName::parse(&segment_file_name(1, 4, MB)).unwrap();
@@ -322,13 +387,20 @@ mod tests {
         // segments): segments 1-2 on TLI 1, 3-5 on TLI 2; TLI 1's own
         // segment 3 and later are not part of the chain.
         let hist = "1\t0/350000\tno recovery target specified\n";
-        let (_d, arch) = archive(&[(1, 1), (1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (2, 5)], &[(2, hist)], MB);
+        let (_d, arch) = archive(
+            &[(1, 1), (1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (2, 5)],
+            &[(2, hist)],
+            MB,
+        );
         let r = verify(&arch, None, None).unwrap();
         assert!(r.intact(), "{:?}", problems(&r));
         assert_eq!(r.timelines, vec![1, 2]);
         std::fs::remove_file(arch.join(segment_file_name(2, 4, MB))).unwrap();
         let r = verify(&arch, None, None).unwrap();
-        assert_eq!(problems(&r), vec![(segment_file_name(2, 4, MB), Status::Missing)]);
+        assert_eq!(
+            problems(&r),
+            vec![(segment_file_name(2, 4, MB), Status::Missing)]
+        );
         // Without the history file the chain cannot be followed: reported.
         std::fs::remove_file(arch.join("00000002.history")).unwrap();
         let r = verify(&arch, None, None).unwrap();

@@ -32,7 +32,10 @@ pub struct WalFileName {
 }
 
 fn hex8(s: &str) -> Option<u32> {
-    if s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase()) {
+    if s.len() == 8
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase())
+    {
         u32::from_str_radix(s, 16).ok()
     } else {
         None
@@ -51,11 +54,21 @@ impl WalFileName {
     pub fn parse(name: &str) -> Option<WalFileName> {
         if let Some(tli) = name.strip_suffix(".history") {
             let timeline = hex8(tli)?;
-            return Some(WalFileName { kind: WalFileKind::History, timeline, log: 0, seg: 0 });
+            return Some(WalFileName {
+                kind: WalFileKind::History,
+                timeline,
+                log: 0,
+                seg: 0,
+            });
         }
         if let Some(seg) = name.strip_suffix(".partial") {
             let (timeline, log, seg) = segment_parts(seg)?;
-            return Some(WalFileName { kind: WalFileKind::Partial, timeline, log, seg });
+            return Some(WalFileName {
+                kind: WalFileKind::Partial,
+                timeline,
+                log,
+                seg,
+            });
         }
         if let Some(rest) = name.strip_suffix(".backup") {
             // 24 hex segment, '.', 8 hex offset
@@ -63,10 +76,20 @@ impl WalFileName {
             let offset = offset.strip_prefix('.')?;
             hex8(offset)?;
             let (timeline, log, seg) = segment_parts(seg)?;
-            return Some(WalFileName { kind: WalFileKind::Backup, timeline, log, seg });
+            return Some(WalFileName {
+                kind: WalFileKind::Backup,
+                timeline,
+                log,
+                seg,
+            });
         }
         let (timeline, log, seg) = segment_parts(name)?;
-        Some(WalFileName { kind: WalFileKind::Segment, timeline, log, seg })
+        Some(WalFileName {
+            kind: WalFileKind::Segment,
+            timeline,
+            log,
+            seg,
+        })
     }
 
     /// The segment number for a given segment size (`XLogFromFileName`).
@@ -92,7 +115,12 @@ pub fn archive_order(a: &str, b: &str) -> Ordering {
 /// Builds a segment file name (`XLogFileName`).
 pub fn segment_file_name(timeline: u32, segno: u64, wal_segment_size: u64) -> String {
     let per_log = 0x1_0000_0000u64 / wal_segment_size;
-    format!("{:08X}{:08X}{:08X}", timeline, segno / per_log, segno % per_log)
+    format!(
+        "{:08X}{:08X}{:08X}",
+        timeline,
+        segno / per_log,
+        segno % per_log
+    )
 }
 
 #[cfg(test)]
@@ -102,7 +130,10 @@ mod tests {
     #[test]
     fn parses_every_kind() {
         let s = WalFileName::parse("0000000100000002000000AB").unwrap();
-        assert_eq!((s.kind, s.timeline, s.log, s.seg), (WalFileKind::Segment, 1, 2, 0xAB));
+        assert_eq!(
+            (s.kind, s.timeline, s.log, s.seg),
+            (WalFileKind::Segment, 1, 2, 0xAB)
+        );
         let p = WalFileName::parse("000000010000000000000003.partial").unwrap();
         assert_eq!(p.kind, WalFileKind::Partial);
         let h = WalFileName::parse("0000000A.history").unwrap();
@@ -162,9 +193,16 @@ mod tests {
             let size = size_mb << 20;
             for segno in [0u64, 1, 255, 4096, 123_456] {
                 let name = segment_file_name(1, segno, size);
-                assert_eq!(WalFileName::parse(&name).unwrap().segno(size), segno, "{name}");
+                assert_eq!(
+                    WalFileName::parse(&name).unwrap().segno(size),
+                    segno,
+                    "{name}"
+                );
             }
         }
-        assert_eq!(segment_file_name(1, 0x100, 16 << 20), "000000010000000100000000");
+        assert_eq!(
+            segment_file_name(1, 0x100, 16 << 20),
+            "000000010000000100000000"
+        );
     }
 }
