@@ -81,7 +81,7 @@ pub fn read_recorded(dir: &Path, walfile: &str) -> io::Result<Recorded> {
 pub fn hash_file(path: &Path) -> io::Result<(u64, Sha256Digest)> {
     let mut f = File::open(path)?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; crate::fsutil::IO_BUFFER];
     let mut total = 0u64;
     loop {
         let n = crate::fsutil::read_full(&mut f, &mut buf)?;
@@ -118,7 +118,7 @@ impl Default for Hasher {
 /// Reads `r` to its end, hashing it.
 pub fn hash_reader(r: &mut impl Read) -> io::Result<Sha256Digest> {
     let mut h = Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; crate::fsutil::IO_BUFFER];
     loop {
         let n = crate::fsutil::read_full(r, &mut buf)?;
         if n == 0 {

@@ -7,6 +7,12 @@ use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+/// Size of the buffers files are read and written with. 64 KiB, like
+/// PostgreSQL's copy_file: it stays in the CPU cache between the read, the
+/// write and the hash; 1 MiB buffers measured about half as fast for a
+/// 16 MiB copy (48 files, interleaved: ~1000 vs ~550 MiB/s).
+pub const IO_BUFFER: usize = 64 << 10;
+
 fn cpath(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
@@ -20,6 +26,25 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 /// fsyncs a file (opened read-only, which Linux allows).
 pub fn fsync_file(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
+}
+
+/// Asks the kernel to start writing `len` bytes at `offset` of `f` back to
+/// disk now, without waiting (Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)`,
+/// what PostgreSQL's own `copy_file` does every 1 MB through
+/// `pg_flush_data`). The disk then works while the copy goes on, and the
+/// final fsync has little left to wait for. Only a hint: durability still
+/// comes from the fsync, so errors (e.g. ENOSYS) are ignored.
+pub fn start_writeback(f: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor; the call only schedules I/O.
+    unsafe {
+        libc::sync_file_range(
+            f.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
 }
 
 /// Renames `from` to `to`, failing with `AlreadyExists` (EEXIST) instead of

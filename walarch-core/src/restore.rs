@@ -86,7 +86,7 @@ pub fn restore(archive_dir: &Path, walfile: &str, dest: &Path) -> Result<u64, Re
             .open(&temp)
             .map_err(|e| io_err("create file", &temp, &e))?;
         let mut h = Hasher::new();
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = vec![0u8; crate::fsutil::IO_BUFFER];
         let mut total = 0u64;
         loop {
             let n = read_full(&mut src, &mut buf).map_err(|e| io_err("read file", &source, &e))?;
