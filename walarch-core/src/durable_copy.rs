@@ -24,9 +24,10 @@ use std::path::{Path, PathBuf};
 use crate::checksum::{format_sidecar, read_recorded, sidecar_name, Recorded, Sha256Digest};
 use crate::error::{ArchiveError, ErrorKind};
 use crate::fsutil::{
-    fsync_dir, fsync_file, read_full, rename_noreplace, same_contents, start_writeback,
+    copy_range, copy_range_unsupported, fsync_dir, fsync_file, read_full, rename_noreplace,
+    same_contents, start_writeback,
 };
-use crate::pipelined_hash::PipelinedHasher;
+use crate::pipelined_hash::TrailingHasher;
 use crate::temp_file::temp_path;
 use crate::walname::is_archivable_name;
 
@@ -269,53 +270,88 @@ fn same_contents_hashed(a: &Path, b: &Path) -> std::io::Result<(bool, Sha256Dige
 const FLUSH_DISTANCE: u64 = 1 << 20;
 
 /// Copies `source` into the new file `temp` (created exclusively), hashing
-/// the bytes, and fsyncs it. The caller removes `temp` on error.
+/// the bytes written, and fsyncs it. The caller removes `temp` on error.
 fn copy_to_new_file(
     source: &Path,
     temp: &Path,
     opts: &CopyOptions,
 ) -> Result<(u64, Sha256Digest), ArchiveError> {
-    let mut src = File::open(source).map_err(|e| ArchiveError::io("open file", source, &e))?;
-    let mut dst = OpenOptions::new()
+    let src = File::open(source).map_err(|e| ArchiveError::io("open file", source, &e))?;
+    // Readable too: the hashing thread reads the written bytes back.
+    let dst = OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         .mode(opts.file_mode)
         .custom_flags(libc::O_CLOEXEC)
         .open(temp)
         .map_err(|e| ArchiveError::io("create file", temp, &e))?;
-    let mut hasher = PipelinedHasher::new(opts.buffer_size.max(8192));
-    let mut total = 0u64;
-    let mut flushed = 0u64;
-    loop {
-        let mut buf = hasher.buffer();
-        let n =
-            read_full(&mut src, &mut buf).map_err(|e| ArchiveError::io("read file", source, &e))?;
-        if n == 0 {
-            break;
-        }
-        dst.write_all(&buf[..n])
-            .map_err(|e| ArchiveError::io("write file", temp, &e))?;
-        total += n as u64;
-        // Writing back as we go overlaps the disk with the copy; without it
-        // the fsync below waits for the whole file and a single stream runs
-        // at about half the speed (measured: docs/benchmark.md).
-        if total - flushed >= FLUSH_DISTANCE {
-            start_writeback(&dst, flushed, total - flushed);
-            flushed = total;
-        }
-        // The bytes just written, hashed on the hashing thread.
-        hasher.submit(buf, n);
-    }
-    let digest = hasher.finish().ok_or_else(|| {
-        ArchiveError::new(
-            ErrorKind::Io,
-            format!("could not compute the checksum of \"{}\"", source.display()),
-        )
-        .with_detail("The hashing thread ended unexpectedly.")
+    let (total, digest) = std::thread::scope(|scope| {
+        let hasher = TrailingHasher::start(scope, &dst);
+        let total = copy_contents(&src, &dst, source, temp, opts.buffer_size, |n| {
+            hasher.written(n)
+        })?;
+        let digest = hasher
+            .finish(total)
+            .map_err(|e| ArchiveError::io("read back file", temp, &e))?;
+        Ok::<_, ArchiveError>((total, digest))
     })?;
     dst.sync_all()
         .map_err(|e| ArchiveError::io("fsync file", temp, &e))?;
     Ok((total, digest))
+}
+
+/// Copies all of `src` into `dst`, both at their start: in the kernel where
+/// it can (`copy_file_range`), else through a user-space buffer. Starts the
+/// writeback of every megabyte as it goes and reports the length written so
+/// far to `progress`. Returns the length copied.
+fn copy_contents(
+    src: &File,
+    dst: &File,
+    source: &Path,
+    temp: &Path,
+    buffer_size: usize,
+    mut progress: impl FnMut(u64),
+) -> Result<u64, ArchiveError> {
+    let write_err = |e: &io::Error| {
+        ArchiveError::io("write file", temp, e)
+            .with_detail(format!("Copying from \"{}\".", source.display()))
+    };
+    let mut total = 0u64;
+    let mut flushed = 0u64;
+    let mut kernel_copy = true;
+    let mut buf = Vec::new();
+    loop {
+        let n = if kernel_copy {
+            match copy_range(src, dst, FLUSH_DISTANCE as usize) {
+                Ok(n) => n,
+                Err(e) if total == 0 && copy_range_unsupported(&e) => {
+                    kernel_copy = false;
+                    continue;
+                }
+                Err(e) => return Err(write_err(&e)),
+            }
+        } else {
+            buf.resize(buffer_size.max(8192), 0);
+            let n = read_full(&mut &*src, &mut buf)
+                .map_err(|e| ArchiveError::io("read file", source, &e))?;
+            (&*dst).write_all(&buf[..n]).map_err(|e| write_err(&e))?;
+            n
+        };
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        // Writing back as we go overlaps the disk with the copy; without it
+        // the fsync waits for the whole file and a single stream runs at
+        // about half the speed (measured: docs/benchmark.md).
+        if total - flushed >= FLUSH_DISTANCE {
+            start_writeback(dst, flushed, total - flushed);
+            flushed = total;
+        }
+        progress(total);
+    }
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -513,5 +549,41 @@ mod tests {
             assert_eq!(err.os_error, Some(libc::EACCES));
         }
         assert!(listing(&arch).iter().all(|n| !n.starts_with(TEMP_PREFIX)));
+    }
+
+    /// Where the kernel cannot copy (here a pipe as the source: EINVAL), the
+    /// copy goes through user space, with the same bytes and digest.
+    #[test]
+    fn copies_through_user_space_where_the_kernel_cannot() {
+        use std::os::fd::FromRawFd;
+        let data = pattern(700_001);
+        let mut fds = [0; 2];
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let (rd, mut wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        assert!(crate::fsutil::copy_range_unsupported(
+            &copy_range(&rd, &tempfile::tempfile().unwrap(), 10).unwrap_err()
+        ));
+        let feeder = {
+            let data = data.clone();
+            std::thread::spawn(move || wr.write_all(&data).unwrap())
+        };
+        let d = tempfile::tempdir().unwrap();
+        let temp = d.path().join("t");
+        let dst = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .unwrap();
+        let mut reported = vec![];
+        let n = copy_contents(&rd, &dst, Path::new("pipe"), &temp, 4096, |n| {
+            reported.push(n)
+        })
+        .unwrap();
+        feeder.join().unwrap();
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(reported.last(), Some(&n));
+        assert!(reported.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(std::fs::read(&temp).unwrap(), data);
     }
 }
