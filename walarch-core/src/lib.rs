@@ -13,7 +13,7 @@ pub mod fixed_str;
 pub mod fsutil;
 pub mod parallel_copy;
 pub mod pending;
-pub mod pipelined_hash;
+pub mod trailing_hash;
 pub mod quiet_thread;
 pub mod restore;
 pub mod shared_state;
