@@ -8,10 +8,11 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
-use walarch_integration::{chown_to_server, sh, wait_until, Cluster, InitOptions, TmpfsMount};
+use walarch_integration::{
+    chown_to_server, sh, wait_until, Cluster, InitOptions, TmpfsMount, TEMP_PREFIX,
+};
 
 const T: Duration = Duration::from_secs(60);
-const TEMP_PREFIX: &str = ".walarch-tmp.";
 
 fn started(name: &str) -> Cluster {
     let mut c = Cluster::init(name, InitOptions::default());
@@ -20,11 +21,7 @@ fn started(name: &str) -> Cluster {
 }
 
 fn no_temp_files(c: &Cluster) {
-    let tmp: Vec<_> = c
-        .archive_listing()
-        .into_iter()
-        .filter(|n| n.starts_with(TEMP_PREFIX))
-        .collect();
+    let tmp = c.archive_temp_files();
     assert!(
         tmp.is_empty(),
         "temporary files left in the archive: {tmp:?}"

@@ -8,7 +8,6 @@ use std::time::Duration;
 use walarch_integration::{sh, wait_until, Cluster, InitOptions};
 
 const T: Duration = Duration::from_secs(90);
-const TEMP_PREFIX: &str = ".walarch-tmp.";
 
 /// A cluster with 1 MB segments (so backlogs are quick to build), the
 /// extension created, archiving not yet configured unless `configured`.
@@ -38,23 +37,11 @@ fn configure_archive(c: &Cluster) {
     c.query("SELECT pg_reload_conf()");
 }
 
-/// WAL files in the archive: neither checksum sidecars nor temporaries.
-fn archived_wal_files(c: &Cluster) -> Vec<String> {
-    c.archive_listing()
-        .into_iter()
-        .filter(|n| !n.starts_with(TEMP_PREFIX) && !n.ends_with(".sha256"))
-        .collect()
-}
-
 fn assert_archive_complete(c: &Cluster, files: &[String]) {
     for f in files {
         c.assert_archived_identical(f);
     }
-    let tmp: Vec<_> = c
-        .archive_listing()
-        .into_iter()
-        .filter(|n| n.starts_with(TEMP_PREFIX))
-        .collect();
+    let tmp = c.archive_temp_files();
     assert!(tmp.is_empty(), "temporary files left: {tmp:?}");
 }
 
@@ -236,7 +223,7 @@ fn stats_survive_clean_restart_not_crash_and_reset_works() {
     );
     // Ours counted every file, the shutdown round's included: one archive_file
     // success per WAL file in the archive (no duplicates, no failures here).
-    let in_archive = archived_wal_files(&c);
+    let in_archive = c.archived_wal_files();
     assert!(
         in_archive.contains(&last),
         "{last} not archived at shutdown: {in_archive:?}"

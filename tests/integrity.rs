@@ -278,7 +278,7 @@ fn crash_loop_loses_nothing_and_pitr_still_works() {
         let tmp: Vec<String> = p
             .archive_listing()
             .into_iter()
-            .filter(|n| n.starts_with(".walarch-tmp."))
+            .filter(|n| n.starts_with(walarch_integration::TEMP_PREFIX))
             .collect();
         assert!(
             tmp.is_empty(),

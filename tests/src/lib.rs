@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 pub const SERVER_USER: &str = "postgres";
 
+/// Prefix of walarch_ext's temporary files in the archive directory.
+pub const TEMP_PREFIX: &str = ".walarch-tmp.";
+
 pub fn pg_major() -> u32 {
     std::env::var("WALARCH_TEST_PG")
         .ok()
@@ -334,6 +337,22 @@ impl Cluster {
             .collect();
         v.sort();
         v
+    }
+
+    /// Temporary files in the archive directory.
+    pub fn archive_temp_files(&self) -> Vec<String> {
+        self.archive_listing()
+            .into_iter()
+            .filter(|n| n.starts_with(TEMP_PREFIX))
+            .collect()
+    }
+
+    /// WAL files in the archive: neither checksum sidecars nor temporaries.
+    pub fn archived_wal_files(&self) -> Vec<String> {
+        self.archive_listing()
+            .into_iter()
+            .filter(|n| !n.starts_with(TEMP_PREFIX) && !n.ends_with(".sha256"))
+            .collect()
     }
 
     /// Asserts `archive/walfile` equals `pg_wal/walfile` byte for byte.

@@ -79,19 +79,7 @@ pub fn read_recorded(dir: &Path, walfile: &str) -> io::Result<Recorded> {
 
 /// Length and SHA-256 of a file.
 pub fn hash_file(path: &Path) -> io::Result<(u64, Sha256Digest)> {
-    let mut f = File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; crate::fsutil::IO_BUFFER];
-    let mut total = 0u64;
-    loop {
-        let n = crate::fsutil::read_full(&mut f, &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((total, h.finalize().into()))
+    hash_reader(&mut File::open(path)?)
 }
 
 /// Hashes a stream while it passes through.
@@ -115,16 +103,18 @@ impl Default for Hasher {
     }
 }
 
-/// Reads `r` to its end, hashing it.
-pub fn hash_reader(r: &mut impl Read) -> io::Result<Sha256Digest> {
+/// Reads `r` to its end; returns its length and SHA-256.
+pub fn hash_reader(r: &mut impl Read) -> io::Result<(u64, Sha256Digest)> {
     let mut h = Hasher::new();
     let mut buf = vec![0u8; crate::fsutil::IO_BUFFER];
+    let mut total = 0u64;
     loop {
         let n = crate::fsutil::read_full(r, &mut buf)?;
         if n == 0 {
-            return Ok(h.finish());
+            return Ok((total, h.finish()));
         }
         h.update(&buf[..n]);
+        total += n as u64;
     }
 }
 
@@ -134,7 +124,8 @@ mod tests {
 
     #[test]
     fn sidecar_round_trip_and_sha256sum_format() {
-        let d = hash_reader(&mut &b"abc"[..]).unwrap();
+        let (len, d) = hash_reader(&mut &b"abc"[..]).unwrap();
+        assert_eq!(len, 3);
         // FIPS 180-2 test vector.
         assert_eq!(
             to_hex(&d),

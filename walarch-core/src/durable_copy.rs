@@ -27,8 +27,8 @@ use crate::fsutil::{
     copy_range, copy_range_unsupported, fsync_dir, fsync_file, read_full, rename_noreplace,
     same_contents, start_writeback,
 };
-use crate::trailing_hash::TrailingHasher;
 use crate::temp_file::temp_path;
+use crate::trailing_hash::TrailingHasher;
 use crate::walname::is_archivable_name;
 
 #[derive(Debug, Clone)]

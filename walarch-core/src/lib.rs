@@ -13,13 +13,13 @@ pub mod fixed_str;
 pub mod fsutil;
 pub mod parallel_copy;
 pub mod pending;
-pub mod trailing_hash;
 pub mod quiet_thread;
 pub mod restore;
 pub mod shared_state;
 pub mod stats_file;
 pub mod temp_file;
 pub mod time;
+pub mod trailing_hash;
 pub mod verify;
 pub mod walname;
 

@@ -15,7 +15,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Sender};
 use std::thread::{Scope, ScopedJoinHandle};
 
 use crate::checksum::{Hasher, Sha256Digest};
@@ -67,12 +67,7 @@ impl<'scope> TrailingHasher<'scope> {
                 h.join()
                     .map_err(|_| io::Error::other("the hashing thread panicked"))??
             }
-            None => {
-                let (tx, rx) = mpsc::channel();
-                let _ = tx.send(total);
-                drop(tx);
-                hash_as_written(file, rx)?
-            }
+            None => hash_as_written(file, [total])?,
         };
         if hashed != total {
             return Err(io::Error::other(format!(
@@ -83,9 +78,13 @@ impl<'scope> TrailingHasher<'scope> {
     }
 }
 
-/// Hashes `file` from offset 0 up to each reported length, until the sender
-/// is gone; returns the length hashed and the digest.
-fn hash_as_written(file: &File, written: Receiver<u64>) -> io::Result<(u64, Sha256Digest)> {
+/// Hashes `file` from offset 0 up to each reported length (from the copy's
+/// channel, or just the final length when hashing in line); returns the
+/// length hashed and the digest.
+fn hash_as_written(
+    file: &File,
+    written: impl IntoIterator<Item = u64>,
+) -> io::Result<(u64, Sha256Digest)> {
     let mut h = Hasher::new();
     let mut buf = vec![0u8; IO_BUFFER];
     let mut off = 0u64;
