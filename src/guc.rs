@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use walarch_core::local_directory::LocalDirectory;
 
 pub static ARCHIVE_DIRECTORY: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
@@ -34,6 +35,21 @@ pub fn define() {
 /// this must come last, or our own settings from postgresql.conf vanish).
 pub fn reserve_prefix() {
     unsafe { pg_sys::MarkGUCPrefixReserved(c"walarch".as_ptr()) };
+}
+
+/// The configured destination; `None` when archiving is not configured.
+pub fn destination() -> Option<LocalDirectory> {
+    archive_directory().map(|dir| LocalDirectory::new(dir, file_create_mode()))
+}
+
+/// PostgreSQL's file creation mode (common/file_perm.h): 0600, or 0640 with
+/// group access (initdb -g).
+fn file_create_mode() -> u32 {
+    unsafe extern "C" {
+        static pg_file_create_mode: std::ffi::c_int;
+    }
+    // SAFETY: a plain int the server set at start-up.
+    unsafe { pg_file_create_mode as u32 }
 }
 
 /// The configured archive directory; `None` when unset or empty.

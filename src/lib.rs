@@ -1,16 +1,18 @@
 //! walarch_ext: a PostgreSQL archive module that archives WAL durably.
 //!
 //! This crate is the PostgreSQL glue only: `_PG_init` and the GUCs, the
-//! archive-module callbacks for both ABIs (PG15, PG16+), and reporting. The
-//! archiving logic lives in the server-independent `walarch-core` crate.
+//! archive-module callbacks for both ABIs (PG15, PG16+), the background
+//! worker's process, shared memory, the SQL functions and reporting. Every
+//! archiving decision lives in the server-independent `walarch-core` crate.
 
 use pgrx::prelude::*;
 
 mod archive_module;
 mod guc;
-mod report;
+mod host;
 mod shmem;
 mod sql;
+mod warnings;
 mod worker;
 
 ::pgrx::pg_module_magic!(name, version);

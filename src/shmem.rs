@@ -10,10 +10,9 @@ use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 use pgrx::{pg_shmem_init, PgLwLock};
 use walarch_core::shared_state::ArchiveState;
-use walarch_core::stats_file;
+use walarch_core::stats_file::{self, Taken};
 use walarch_core::time::now_timestamptz;
 
-#[derive(Clone, Copy)]
 pub struct Shared(pub ArchiveState);
 
 impl Default for Shared {
@@ -37,6 +36,9 @@ const STATS_FILE: &str = "pg_stat/walarch_ext.stat";
 static mut PREV_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 
 /// Requests the shared memory; only in the postmaster while it preloads.
+// pgrx's macro tests the pg13/pg14 features, which this crate does not have
+// (archive modules need PostgreSQL 15).
+#[allow(unexpected_cfgs)]
 pub fn init_in_postmaster() {
     pg_shmem_init!(STATE);
     // SAFETY: single-threaded postmaster start-up; chaining the hook that
@@ -83,11 +85,15 @@ unsafe extern "C-unwind" fn restore_stats() {
     let file = Path::new(STATS_FILE);
     match stats_file::shut_down_cleanly(Path::new(".")) {
         Ok(true) => match stats_file::take(file) {
-            Ok(Some(stats)) => {
+            Ok(Taken::Stats(stats)) => {
                 STATE.exclusive().0.stats = stats;
                 log!("walarch_ext: restored archive statistics from \"{STATS_FILE}\"");
             }
-            Ok(None) => {}
+            Ok(Taken::Absent) => {}
+            // An older or foreign format is never half-read.
+            Ok(Taken::Unusable(why)) => {
+                log!("walarch_ext: discarded statistics file \"{STATS_FILE}\": {why}")
+            }
             Err(e) => warning!("walarch_ext: could not read \"{STATS_FILE}\": {e}"),
         },
         // After a crash the saved counts are stale: start from zero.
@@ -100,7 +106,7 @@ unsafe extern "C-unwind" fn restore_stats() {
 /// Saves the statistics for the next start. Called when the archiver exits:
 /// at a clean shutdown it is the last process that counts anything.
 pub fn save_stats() {
-    let Some(stats) = read(|s| s.stats) else {
+    let Some(stats) = read(|s| s.stats.clone()) else {
         return;
     };
     if let Err(e) = stats_file::write(Path::new(STATS_FILE), &stats) {

@@ -6,11 +6,14 @@ use std::time::{Duration, Instant};
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
-use walarch_core::pending;
+use walarch_core::archive_status;
+use walarch_core::host::Host;
+use walarch_core::shared_state::non_empty;
 use walarch_core::time::{now_timestamptz, to_option};
-use walarch_core::walname::segment_file_name;
+use walarch_core::walname::{segment_file_name, WalFileKind, WalFileName};
 
-use crate::shmem;
+use crate::host::PgHost;
+use crate::{guc, shmem};
 
 fn require_shared_memory() {
     if !shmem::attached() {
@@ -50,16 +53,16 @@ fn walarch_stats() -> TableIterator<
     ),
 > {
     require_shared_memory();
-    let (stats, worker_pid) = shmem::read(|s| (s.stats, s.worker_pid)).unwrap();
+    let (stats, worker_pid) = shmem::read(|s| (s.stats.clone(), s.worker_pid)).unwrap();
     // Read from pg_wal/archive_status (the backend's working directory is
     // the data directory): the archiver's to-do list, not a counter.
-    let p = pending::summary(Path::new("pg_wal")).unwrap_or_default();
+    let p = archive_status::summary(Path::new("pg_wal")).unwrap_or_default();
     TableIterator::once((
         stats.archived_count,
-        stats.last_archived_wal.to_option(),
+        non_empty(&stats.last_archived_wal),
         ts(stats.last_archived_time),
         stats.failed_count,
-        stats.last_failed_wal.to_option(),
+        non_empty(&stats.last_failed_wal),
         ts(stats.last_failed_time),
         ts(stats.stats_reset),
         p.count,
@@ -68,7 +71,7 @@ fn walarch_stats() -> TableIterator<
         stats.archived_bytes,
         stats.copied_ahead_count,
         stats.copy_ahead_failures,
-        stats.last_error.to_option(),
+        non_empty(&stats.last_error),
         (worker_pid != 0).then_some(worker_pid),
     ))
 }
@@ -81,13 +84,8 @@ fn walarch_stats_reset() {
     shmem::with(|s| s.reset_stats(now_timestamptz()));
 }
 
-/// True once the archiver is done with `walfile`: no `.ready` left, and a
-/// `.done` (or the segment already recycled, which needs it archived).
 fn is_archived(walfile: &str) -> bool {
-    let status = Path::new("pg_wal/archive_status");
-    !status.join(format!("{walfile}.ready")).exists()
-        && (status.join(format!("{walfile}.done")).exists()
-            || !Path::new("pg_wal").join(walfile).exists())
+    archive_status::is_archived(Path::new("pg_wal"), walfile)
 }
 
 fn interval_to_duration(i: &Interval) -> Option<Duration> {
@@ -107,16 +105,8 @@ fn interval_to_duration(i: &Interval) -> Option<Duration> {
 /// switch, PostgreSQL does not switch: `switch_lsn` is then the start of the
 /// current file, and `walfile` names the file the previous switch completed
 /// (so `wait` waits for that one, usually already archived).
-#[pg_extern(
-    volatile,
-    parallel_unsafe,
-    sql = r#"
-CREATE FUNCTION "walarch_switch_wal"("wait" boolean DEFAULT false, "timeout" interval DEFAULT '60s')
-RETURNS TABLE ("switch_lsn" pg_lsn, "walfile" text, "archived" boolean)
-VOLATILE STRICT PARALLEL UNSAFE
-LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
-"#
-)]
+/// Declared in `sql/walarch_switch_wal.sql`: pgrx has no `pg_lsn` type.
+#[pg_extern(sql = false)]
 fn walarch_switch_wal(
     wait: bool,
     timeout: Interval,
@@ -167,7 +157,7 @@ fn walarch_switch_wal(
 
     let mut archived = archiving && is_archived(&walfile);
     if wait && !archived {
-        crate::worker::wake();
+        PgHost.wake_worker();
         let deadline = Instant::now() + limit;
         loop {
             archived = is_archived(&walfile);
@@ -220,8 +210,8 @@ fn walarch_verify(
     ),
 > {
     let parse = |arg: &str, v: Option<String>| {
-        v.map(|v| match walarch_core::walname::WalFileName::parse(&v) {
-            Some(w) if w.kind == walarch_core::walname::WalFileKind::Segment => w,
+        v.map(|v| match WalFileName::parse(&v) {
+            Some(w) if w.kind == WalFileKind::Segment => w,
             _ => {
                 ErrorReport::new(
                     PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -236,7 +226,7 @@ fn walarch_verify(
     };
     let from = parse("from_wal", from_wal);
     let to = parse("to_wal", to_wal);
-    let Some(dir) = crate::guc::archive_directory() else {
+    let Some(dest) = guc::destination() else {
         ereport!(
             ERROR,
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -244,11 +234,11 @@ fn walarch_verify(
         );
     };
     let report =
-        walarch_core::verify::verify(&dir, from.as_ref(), to.as_ref()).unwrap_or_else(|e| {
+        walarch_core::verify::verify(&dest, from.as_ref(), to.as_ref()).unwrap_or_else(|e| {
             ereport!(
                 ERROR,
                 PgSqlErrorCode::ERRCODE_IO_ERROR,
-                format!("could not verify archive \"{}\": {e}", dir.display())
+                format!("could not verify archive \"{}\": {}", dest.path().display(), e.message)
             );
         });
     TableIterator::new(report.findings.into_iter().map(|f| {
@@ -257,25 +247,8 @@ fn walarch_verify(
     }))
 }
 
-extension_sql!(
-    r#"
-CREATE VIEW walarch_stat_archiver AS SELECT * FROM walarch_stats();
-
--- Reading statistics is for pg_monitor; resetting them and switching WAL
--- are superuser-only unless granted.
-REVOKE ALL ON FUNCTION walarch_stats() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION walarch_stats() TO pg_monitor;
-REVOKE ALL ON walarch_stat_archiver FROM PUBLIC;
-GRANT SELECT ON walarch_stat_archiver TO pg_monitor;
-REVOKE ALL ON FUNCTION walarch_stats_reset() FROM PUBLIC;
-REVOKE ALL ON FUNCTION walarch_switch_wal(boolean, interval) FROM PUBLIC;
-REVOKE ALL ON FUNCTION walarch_verify(text, text) FROM PUBLIC;
-"#,
-    name = "view_and_privileges",
-    requires = [
-        walarch_stats,
-        walarch_stats_reset,
-        walarch_switch_wal,
-        walarch_verify
-    ]
+extension_sql_file!(
+    "../sql/walarch_switch_wal.sql",
+    name = "walarch_switch_wal"
 );
+extension_sql_file!("../sql/privileges.sql", finalize);

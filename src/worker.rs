@@ -7,25 +7,22 @@
 //! Copies run on plain threads (walarch-core only); this process's main
 //! thread alone calls into PostgreSQL: shared memory, latches, logging.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
-use walarch_core::parallel_copy::{run_parallel, CopyJob};
-use walarch_core::pending::ready_files;
+use walarch_core::archive_protocol::ArchiveOutcome;
+use walarch_core::archiver::LeftoverSweep;
+use walarch_core::copy_ahead::CopyAhead;
 use walarch_core::temp_file::process_alive;
-use walarch_core::{temp_file, CopyOptions};
 
-use crate::{archive_module, guc, shmem};
+use crate::host::PgHost;
+use crate::{archive_module, guc, shmem, warnings};
 
 pub const WORKER_NAME: &str = "walarch_ext copy-ahead";
 
-/// How long a file whose copy failed is left to the archiver before the
-/// worker tries it again.
-const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// The fallback timer; the archiver's callback sets our latch.
 const NAP: Duration = Duration::from_millis(500);
 
@@ -53,7 +50,7 @@ pub fn register() {
 /// Whether copying ahead makes sense now: enabled, configured, archiving
 /// through this module, not in recovery.
 fn active() -> bool {
-    guc::COPY_AHEAD.get() && guc::archive_directory().is_some() && archiving_through_us()
+    guc::COPY_AHEAD.get() && archiving_through_us()
 }
 
 fn archiving_through_us() -> bool {
@@ -73,16 +70,13 @@ fn archiving_through_us() -> bool {
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn walarch_copy_ahead_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let me = unsafe { pg_sys::MyProcPid };
-    shmem::with(|s| {
-        s.worker_pid = me;
-        s.worker_latch = unsafe { pg_sys::MyLatch } as usize;
-        // Claims of a predecessor killed mid-copy.
-        s.release_stale(process_alive, |_| true);
-    });
+    // SAFETY: main thread; this process's own PID and latch.
+    let (me, latch) = unsafe { (pg_sys::MyProcPid, pg_sys::MyLatch as usize) };
+    shmem::with(|s| s.worker_started(me, latch, process_alive));
     log!("walarch_ext: copy-ahead worker started");
-    let mut swept_dir = None;
-    let mut retry_at: HashMap<String, Instant> = HashMap::new();
+    let mut sweep = LeftoverSweep::new();
+    let mut copy_ahead = CopyAhead::default();
+    let pg_wal = Path::new("pg_wal");
 
     loop {
         // wait_latch() reads (and clears) the SIGTERM flag itself.
@@ -90,112 +84,57 @@ pub extern "C-unwind" fn walarch_copy_ahead_main(_arg: pg_sys::Datum) {
             break;
         }
         if BackgroundWorker::sighup_received() {
+            // SAFETY: main thread, outside any transaction, as the GUC
+            // machinery expects on SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         if !active() {
             continue;
         }
-        let Some(dir) = guc::archive_directory() else {
+        let Some(dest) = guc::destination() else {
             continue;
         };
-        if swept_dir.as_ref() != Some(&dir) {
-            if let Ok(r) = temp_file::sweep(&dir) {
-                for n in r.removed {
-                    log!(
-                        "walarch_ext: removed leftover temporary file \"{}/{}\"",
-                        dir.display(),
-                        n
-                    );
-                }
-                swept_dir = Some(dir.clone());
-            }
+        if let Some(r) = sweep.run_once(&dest) {
+            warnings::leftovers_removed(&dest, &r);
         }
-        // Copy rounds until nothing is left to copy ahead or we must stop.
-        while !stopping() && copy_round(&dir, me, &mut retry_at) {}
-    }
-
-    shmem::with(|s| {
-        s.worker_pid = 0;
-        s.worker_latch = 0;
-    });
-    log!("walarch_ext: copy-ahead worker exiting");
-}
-
-/// One round: claims the waiting files nobody holds, copies them in
-/// parallel, records the results. False when there was nothing to do.
-fn copy_round(dir: &Path, me: i32, retry_at: &mut HashMap<String, Instant>) -> bool {
-    let Ok(ready) = ready_files(Path::new("pg_wal")) else {
-        return false;
-    };
-    let now = Instant::now();
-    retry_at.retain(|_, t| *t > now);
-    let jobs: Vec<CopyJob> = shmem::with(|s| {
-        // Forget confirmations for files the archiver no longer waits on.
-        s.release_stale(process_alive, |n| ready.iter().any(|r| r == n));
-        ready
-            .iter()
-            .filter(|n| !retry_at.contains_key(*n))
-            .filter(|n| s.begin_worker_copy(n, me))
-            .map(|n| CopyJob {
-                name: n.clone(),
-                source: Path::new("pg_wal").join(n),
-            })
-            .collect()
-    })
-    .unwrap_or_default();
-    if jobs.is_empty() {
-        return false;
-    }
-    let n = jobs.len();
-    set_title(&format!("copying {n} file(s) ahead"));
-    let opts = CopyOptions {
-        file_mode: archive_module::file_create_mode(),
-        ..CopyOptions::default()
-    };
-    let parallel = guc::PARALLEL_COPIES.get().max(1) as usize;
-    run_parallel(
-        jobs,
-        dir,
-        &opts,
-        parallel,
-        Duration::from_millis(50),
-        |r| {
-            let result = r
-                .result
-                .as_ref()
-                .map(|o| o.bytes())
-                .map_err(|e| e.message.as_str());
-            shmem::with(|s| s.finish_worker_copy(&r.name, result));
-            match &r.result {
-                // The archiver can come and confirm it now.
-                Ok(_) => unsafe { pg_sys::PgArchWakeup() },
-                Err(e) => {
-                    log!(
-                        "walarch_ext: copy-ahead of \"{}\" failed, left to the archiver: {}",
-                        r.name,
-                        e.message
-                    );
-                    retry_at.insert(r.name.clone(), Instant::now() + RETRY_AFTER);
-                }
+        // Rounds until nothing is left to copy ahead or we must stop.
+        while !stopping() {
+            let files = copy_ahead.plan(&PgHost, pg_wal);
+            if files.is_empty() {
+                break;
             }
-        },
-        stopping,
-    );
-    set_title("idle");
-    true
+            set_title(&format!("copying {} file(s) ahead", files.len()));
+            let parallel = guc::PARALLEL_COPIES.get().max(1) as usize;
+            copy_ahead.copy(
+                &PgHost,
+                &dest,
+                pg_wal,
+                files,
+                parallel,
+                |name, result| match result {
+                    Err(e) => log!(
+                        "walarch_ext: copy-ahead of \"{name}\" failed, left to the archiver: {}",
+                        e.message
+                    ),
+                    Ok(ArchiveOutcome::AlreadyArchived {
+                        repaired_record: Some(w),
+                        ..
+                    }) => warnings::warn(w, &archive_module::archiving(name, &dest)),
+                    Ok(_) => {}
+                },
+                stopping,
+            );
+            set_title("idle");
+        }
+    }
+
+    shmem::with(|s| s.worker_stopped());
+    log!("walarch_ext: copy-ahead worker exiting");
 }
 
 fn set_title(s: &str) {
     if let Ok(c) = std::ffi::CString::new(s) {
+        // SAFETY: main thread; PostgreSQL copies the string.
         unsafe { pg_sys::set_ps_display(c.as_ptr()) };
-    }
-}
-
-/// Wakes the worker (from the archiver's callback) if one runs.
-pub fn wake() {
-    if let Some(latch) = shmem::read(|s| s.worker_latch).filter(|l| *l != 0) {
-        // SAFETY: the latch lives in shared memory (PGPROC); SetLatch on a
-        // latch whose owner has gone is a no-op.
-        unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
     }
 }

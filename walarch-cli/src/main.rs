@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use walarch_core::local_directory::LocalDirectory;
 use walarch_core::restore::{restore, RestoreError};
 use walarch_core::verify::{verify, Report};
 use walarch_core::walname::{WalFileKind, WalFileName};
@@ -37,10 +38,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn archive_dir(arg: &str) -> Result<&Path, ExitCode> {
+/// The archive named on the command line. Files are only read here, so the
+/// mode for new files does not matter.
+fn archive(arg: &str) -> Result<LocalDirectory, ExitCode> {
     let p = Path::new(arg);
     if p.is_dir() {
-        Ok(p)
+        Ok(LocalDirectory::new(p, 0o600))
     } else {
         Err(usage(&format!("\"{arg}\" is not a directory")))
     }
@@ -53,11 +56,11 @@ fn cmd_restore(args: &[String]) -> ExitCode {
     let [dir, walfile, dest] = args else {
         return usage("restore takes ARCHIVE_DIR WALFILE DEST");
     };
-    let dir = match archive_dir(dir) {
+    let archive = match archive(dir) {
         Ok(d) => d,
         Err(code) => return code,
     };
-    match restore(dir, walfile, Path::new(dest)) {
+    match restore(&archive, walfile, Path::new(dest)) {
         Ok(_) => ExitCode::SUCCESS,
         // PostgreSQL probes for files that may not exist (the next timeline's
         // history, the end of the archive): say so briefly.
@@ -102,22 +105,22 @@ fn cmd_verify(args: &[String]) -> ExitCode {
     let Some(dir) = dir else {
         return usage("verify takes ARCHIVE_DIR");
     };
-    let dir = match archive_dir(&dir) {
+    let archive = match archive(&dir) {
         Ok(d) => d,
         Err(code) => return code,
     };
-    let report = match verify(dir, from.as_ref(), to.as_ref()) {
+    let report = match verify(&archive, from.as_ref(), to.as_ref()) {
         Ok(r) => r,
         Err(e) => {
             eprintln!(
-                "walarch: error: could not read the archive \"{}\": {e}",
-                dir.display()
+                "walarch: error: could not read the archive \"{dir}\": {}",
+                e.message
             );
             return ExitCode::from(3);
         }
     };
     if json {
-        println!("{}", to_json(dir, &report));
+        println!("{}", to_json(&dir, &report));
     } else {
         print_text(&report);
     }
@@ -128,14 +131,14 @@ fn cmd_verify(args: &[String]) -> ExitCode {
     }
 }
 
-fn to_json(dir: &Path, r: &Report) -> String {
+fn to_json(dir: &str, r: &Report) -> String {
     let findings: Vec<serde_json::Value> = r
         .findings
         .iter()
         .map(|f| serde_json::json!({"walfile": f.walfile, "status": f.status.as_str(), "detail": f.detail}))
         .collect();
     serde_json::json!({
-        "archive": dir.display().to_string(),
+        "archive": dir,
         "intact": r.intact(),
         "segment_size": r.segment_size,
         "timelines": r.timelines,

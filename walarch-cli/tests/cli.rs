@@ -2,7 +2,8 @@
 
 use std::process::Command;
 
-use walarch_core::durable_copy::{archive_file, CopyOptions};
+use walarch_core::archive_protocol::archive_file;
+use walarch_core::local_directory::LocalDirectory;
 
 fn walarch(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_walarch"))
@@ -28,7 +29,7 @@ fn archive() -> (tempfile::TempDir, String) {
         v[2..4].copy_from_slice(&2u16.to_le_bytes());
         v[32..36].copy_from_slice(&(1u32 << 20).to_le_bytes());
         std::fs::write(wal.join(&name), v).unwrap();
-        archive_file(&wal.join(&name), &arch, &name, &CopyOptions::default()).unwrap();
+        archive_file(&LocalDirectory::new(&arch, 0o600), &name, &wal.join(&name)).unwrap();
     }
     let a = arch.to_str().unwrap().to_string();
     (d, a)

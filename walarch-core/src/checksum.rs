@@ -56,27 +56,6 @@ pub fn parse_sidecar(text: &str, walfile: &str) -> Option<Sha256Digest> {
     from_hex(hex)
 }
 
-#[derive(Debug)]
-pub enum Recorded {
-    Digest(Sha256Digest),
-    /// No sidecar.
-    Missing,
-    /// A sidecar that cannot be read as one for this file.
-    Malformed,
-}
-
-/// Reads the checksum recorded for `walfile` in `dir`.
-pub fn read_recorded(dir: &Path, walfile: &str) -> io::Result<Recorded> {
-    match std::fs::read_to_string(sidecar_path(dir, walfile)) {
-        Ok(t) => Ok(parse_sidecar(&t, walfile)
-            .map(Recorded::Digest)
-            .unwrap_or(Recorded::Malformed)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Recorded::Missing),
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => Ok(Recorded::Malformed),
-        Err(e) => Err(e),
-    }
-}
-
 /// Length and SHA-256 of a file.
 pub fn hash_file(path: &Path) -> io::Result<(u64, Sha256Digest)> {
     hash_reader(&mut File::open(path)?)

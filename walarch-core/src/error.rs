@@ -17,6 +17,12 @@ pub enum ErrorKind {
     Conflict,
     /// The archive device is full (ENOSPC / EDQUOT).
     DiskFull,
+    /// Another process holds the file (the copy-ahead worker copying it).
+    Busy,
+    /// A checksum record was wrong and has been rewritten (a warning).
+    DamagedRecord,
+    /// A bug caught before it could take the process down.
+    Internal,
     /// Any other I/O failure (missing directory, permissions, EIO, ...).
     Io,
 }

@@ -1,5 +1,5 @@
-//! Small durable-filesystem primitives: directory fsync, a rename that never
-//! replaces an existing file, and content comparison.
+//! Small durable-filesystem primitives: fsync of files and directories, a
+//! rename that never replaces an existing file, the kernel copy.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -133,28 +133,6 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     std::fs::rename(from, to)
 }
 
-/// True when the two files have the same length and bytes.
-pub fn same_contents(a: &Path, b: &Path) -> io::Result<bool> {
-    let mut fa = File::open(a)?;
-    let mut fb = File::open(b)?;
-    if fa.metadata()?.len() != fb.metadata()?.len() {
-        return Ok(false);
-    }
-    const CHUNK: usize = 256 * 1024;
-    let mut ba = vec![0u8; CHUNK];
-    let mut bb = vec![0u8; CHUNK];
-    loop {
-        let na = read_full(&mut fa, &mut ba)?;
-        let nb = read_full(&mut fb, &mut bb)?;
-        if na != nb || ba[..na] != bb[..nb] {
-            return Ok(false);
-        }
-        if na == 0 {
-            return Ok(true);
-        }
-    }
-}
-
 /// Reads until `buf` is full or EOF; returns the byte count.
 pub fn read_full(f: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
@@ -187,20 +165,5 @@ mod tests {
         rename_noreplace(&a, &b).unwrap();
         assert_eq!(std::fs::read(&b).unwrap(), b"new");
         assert!(!a.exists());
-    }
-
-    #[test]
-    fn compares_contents() {
-        let d = tempfile::tempdir().unwrap();
-        let p = |n: &str| d.path().join(n);
-        std::fs::write(p("a"), vec![7u8; 600_000]).unwrap();
-        std::fs::write(p("b"), vec![7u8; 600_000]).unwrap();
-        let mut c = vec![7u8; 600_000];
-        c[599_999] = 8;
-        std::fs::write(p("c"), &c).unwrap();
-        std::fs::write(p("d"), vec![7u8; 599_999]).unwrap();
-        assert!(same_contents(&p("a"), &p("b")).unwrap());
-        assert!(!same_contents(&p("a"), &p("c")).unwrap());
-        assert!(!same_contents(&p("a"), &p("d")).unwrap());
     }
 }

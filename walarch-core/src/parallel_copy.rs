@@ -1,16 +1,17 @@
 //! Copies several WAL files at once on plain threads.
 //!
-//! The threads only run `archive_file`; results come back to the calling
-//! thread, which alone may talk to PostgreSQL (the worker updates shared
-//! memory and checks for signals in `on_result` and `should_stop`).
+//! The threads only run the archive protocol; results come back to the
+//! calling thread, which alone may talk to PostgreSQL (the worker updates
+//! shared memory and checks for signals in `on_result` and `should_stop`).
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
-use crate::durable_copy::{archive_file, ArchiveOutcome, CopyOptions};
+use crate::archive_protocol::{archive_file, ArchiveOutcome};
+use crate::destination::Destination;
 use crate::error::ArchiveError;
 
 #[derive(Debug, Clone)]
@@ -25,15 +26,14 @@ pub struct CopyResult {
     pub result: Result<ArchiveOutcome, ArchiveError>,
 }
 
-/// Archives `jobs` into `dir` on up to `parallel` threads, in order of the
+/// Archives `jobs` into `dest` on up to `parallel` threads, in order of the
 /// list (the archiver's order). `on_result` runs on the calling thread as
 /// each copy ends; `should_stop` is polled there every `poll`, and once it
 /// says so no further copy starts (running ones finish and are reported).
 /// Returns the number of copies that ran.
 pub fn run_parallel(
     jobs: Vec<CopyJob>,
-    dir: &Path,
-    opts: &CopyOptions,
+    dest: &dyn Destination,
     parallel: usize,
     poll: Duration,
     mut on_result: impl FnMut(CopyResult),
@@ -45,17 +45,17 @@ pub fn run_parallel(
     let mut done = 0;
     std::thread::scope(|scope| {
         let (tx, rx) = mpsc::channel::<CopyResult>();
-        // No signal may land on a copy thread (see quiet_thread). If the mask
+        // No signal may land on a copy thread (see blocked_signals). If the mask
         // cannot be set, copy on this thread alone rather than risk it.
-        let spawned = crate::quiet_thread::with_signals_blocked(|| {
+        let spawned = crate::blocked_signals::with_signals_blocked(|| {
             for _ in 0..threads {
                 let tx = tx.clone();
                 let (queue, stop) = (&queue, &stop);
-                scope.spawn(move || copy_loop(queue, stop, dir, opts, &tx));
+                scope.spawn(move || copy_loop(queue, stop, dest, &tx));
             }
         });
         if spawned.is_err() {
-            copy_loop(&queue, &stop, dir, opts, &tx);
+            copy_loop(&queue, &stop, dest, &tx);
         }
         drop(tx);
         loop {
@@ -80,8 +80,7 @@ pub fn run_parallel(
 fn copy_loop(
     queue: &Mutex<VecDeque<CopyJob>>,
     stop: &AtomicBool,
-    dir: &Path,
-    opts: &CopyOptions,
+    dest: &dyn Destination,
     tx: &mpsc::Sender<CopyResult>,
 ) {
     loop {
@@ -91,7 +90,7 @@ fn copy_loop(
         let Some(job) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else {
             break;
         };
-        let result = archive_file(&job.source, dir, &job.name, opts);
+        let result = archive_file(dest, &job.name, &job.source);
         if tx
             .send(CopyResult {
                 name: job.name,
@@ -107,6 +106,7 @@ fn copy_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::local_directory::LocalDirectory;
     use std::cell::Cell;
 
     fn setup(n: usize) -> (tempfile::TempDir, Vec<CopyJob>) {
@@ -131,8 +131,7 @@ mod tests {
         let mut names = vec![];
         let n = run_parallel(
             jobs.clone(),
-            &d.path().join("arch"),
-            &CopyOptions::default(),
+            &LocalDirectory::new(d.path().join("arch"), 0o600),
             4,
             Duration::from_millis(10),
             |r| {
@@ -165,8 +164,7 @@ mod tests {
         let seen = Cell::new(0);
         let n = run_parallel(
             jobs,
-            &d.path().join("arch"),
-            &CopyOptions::default(),
+            &LocalDirectory::new(d.path().join("arch"), 0o600),
             2,
             Duration::from_millis(1),
             |_| seen.set(seen.get() + 1),
@@ -194,8 +192,7 @@ mod tests {
         let mut failed = vec![];
         run_parallel(
             jobs,
-            &d.path().join("arch"),
-            &CopyOptions::default(),
+            &LocalDirectory::new(d.path().join("arch"), 0o600),
             3,
             Duration::from_millis(5),
             |r| {

@@ -1,14 +1,17 @@
-//! The restore side, for `restore_command`: copies an archived file into
-//! place, verifying its SHA-256 while copying, so that PostgreSQL is never
+//! The restore side, for `restore_command`: copies an archived file from any
+//! destination into place, verifying its SHA-256 while copying, so that PostgreSQL is never
 //! handed a corrupt or truncated file. Nothing is left at the destination
 //! unless the file verified.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use crate::checksum::{read_recorded, to_hex, Hasher, Recorded, SIDECAR_SUFFIX};
+use crate::archive_protocol::read_error;
+use crate::checksum::{to_hex, Hasher};
+use crate::destination::{Destination, Recorded};
+use crate::error::ArchiveError;
 use crate::fsutil::{fsync_dir, read_full};
 use crate::walname::is_archivable_name;
 
@@ -42,28 +45,31 @@ fn io_err(action: &str, p: &Path, e: &io::Error) -> RestoreError {
     ))
 }
 
-/// Restores `walfile` from `archive_dir` to `dest`; returns the bytes copied.
-pub fn restore(archive_dir: &Path, walfile: &str, dest: &Path) -> Result<u64, RestoreError> {
+fn store_err(e: ArchiveError) -> RestoreError {
+    RestoreError::Io(e.message)
+}
+
+/// Restores `walfile` from `archive` to `dest`; returns the bytes copied.
+pub fn restore(
+    archive: &dyn Destination,
+    walfile: &str,
+    dest: &Path,
+) -> Result<u64, RestoreError> {
     if !is_archivable_name(walfile) {
         return Err(RestoreError::Usage(format!(
             "\"{walfile}\" is not a WAL file name"
         )));
     }
-    let source = archive_dir.join(walfile);
-    let mut src = match File::open(&source) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(RestoreError::NotFound(format!(
-                "\"{walfile}\" is not in the archive"
-            )))
-        }
-        Err(e) => return Err(io_err("open file", &source, &e)),
+    let Some(mut src) = archive.open(walfile).map_err(store_err)? else {
+        return Err(RestoreError::NotFound(format!(
+            "\"{walfile}\" is not in the archive"
+        )));
     };
-    let expected = match read_recorded(archive_dir, walfile).map_err(|e| io_err("read checksum of", &source, &e))? {
+    let expected = match archive.recorded(walfile).map_err(store_err)? {
         Recorded::Digest(d) => d,
         Recorded::Missing => {
             return Err(RestoreError::Integrity(format!(
-                "no checksum recorded for \"{walfile}\" ({walfile}{SIDECAR_SUFFIX} is missing): refusing to restore an unverifiable file"
+                "no checksum recorded for \"{walfile}\": refusing to restore an unverifiable file"
             )))
         }
         Recorded::Malformed => {
@@ -89,7 +95,8 @@ pub fn restore(archive_dir: &Path, walfile: &str, dest: &Path) -> Result<u64, Re
         let mut buf = vec![0u8; crate::fsutil::IO_BUFFER];
         let mut total = 0u64;
         loop {
-            let n = read_full(&mut src, &mut buf).map_err(|e| io_err("read file", &source, &e))?;
+            let n = read_full(&mut src, &mut buf)
+                .map_err(|e| store_err(read_error(archive, walfile, &e)))?;
             if n == 0 {
                 break;
             }
@@ -128,7 +135,8 @@ pub fn restore(archive_dir: &Path, walfile: &str, dest: &Path) -> Result<u64, Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::durable_copy::{archive_file, CopyOptions};
+    use crate::archive_protocol::archive_file;
+    use crate::local_directory::LocalDirectory;
 
     const SEG: &str = "000000010000000000000007";
 
@@ -142,7 +150,7 @@ mod tests {
             (0..300_000u32).map(|i| i as u8).collect::<Vec<_>>(),
         )
         .unwrap();
-        archive_file(&wal.join(SEG), &arch, SEG, &CopyOptions::default()).unwrap();
+        archive_file(&LocalDirectory::new(&arch, 0o600), SEG, &wal.join(SEG)).unwrap();
         (d, wal, arch)
     }
 
@@ -150,7 +158,7 @@ mod tests {
     fn restores_verified_bytes() {
         let (d, wal, arch) = setup();
         let dest = d.path().join("RECOVERYXLOG");
-        assert_eq!(restore(&arch, SEG, &dest).unwrap(), 300_000);
+        assert_eq!(restore(&LocalDirectory::new(&arch, 0o600), SEG, &dest).unwrap(), 300_000);
         assert_eq!(
             std::fs::read(&dest).unwrap(),
             std::fs::read(wal.join(SEG)).unwrap()
@@ -162,7 +170,7 @@ mod tests {
         let (d, _wal, arch) = setup();
         let dest = d.path().join("RECOVERYXLOG");
         assert!(matches!(
-            restore(&arch, "00000005.history", &dest),
+            restore(&LocalDirectory::new(&arch, 0o600), "00000005.history", &dest),
             Err(RestoreError::NotFound(_))
         ));
         assert!(!dest.exists());
@@ -178,7 +186,7 @@ mod tests {
         flipped[12345] ^= 0x40;
         for bad in [flipped, good[..good.len() - 1].to_vec()] {
             std::fs::write(&f, &bad).unwrap();
-            let e = restore(&arch, SEG, &dest).unwrap_err();
+            let e = restore(&LocalDirectory::new(&arch, 0o600), SEG, &dest).unwrap_err();
             assert!(
                 matches!(e, RestoreError::Integrity(ref m) if m.contains("checksum mismatch")),
                 "{e}"
@@ -188,7 +196,7 @@ mod tests {
         std::fs::write(&f, &good).unwrap();
         std::fs::remove_file(arch.join(format!("{SEG}.sha256"))).unwrap();
         assert!(matches!(
-            restore(&arch, SEG, &dest),
+            restore(&LocalDirectory::new(&arch, 0o600), SEG, &dest),
             Err(RestoreError::Integrity(_))
         ));
         assert!(!dest.exists());
@@ -203,7 +211,7 @@ mod tests {
             "{leftovers:?}"
         );
         assert!(matches!(
-            restore(&arch, "../etc/passwd", &dest),
+            restore(&LocalDirectory::new(&arch, 0o600), "../etc/passwd", &dest),
             Err(RestoreError::Usage(_))
         ));
     }

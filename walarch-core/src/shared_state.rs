@@ -12,11 +12,28 @@
 //!   frees the slot), or `WorkerCopying` (waits, never copies in parallel),
 //!   unless the worker holding it is dead, in which case it takes over.
 
-use crate::fixed_str::FixedStr;
 use crate::time::NO_TIME;
 
-pub type WalName = FixedStr<64>;
-pub type ErrorText = FixedStr<512>;
+/// Strings in shared memory are inline, fixed-capacity (no pointers).
+pub type WalName = heapless::String<64>;
+pub type ErrorText = heapless::String<512>;
+
+/// `s`, cut at a character boundary if it does not fit.
+pub fn bounded<const N: usize>(s: &str) -> heapless::String<N> {
+    let mut end = s.len().min(N);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = heapless::String::new();
+    // Cannot fail: `end` is at most the capacity.
+    let _ = out.push_str(&s[..end]);
+    out
+}
+
+/// `None` when empty, as SQL NULL.
+pub fn non_empty<const N: usize>(s: &heapless::String<N>) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
 
 /// Slots in the copy-ahead table.
 pub const SLOTS: usize = 128;
@@ -33,8 +50,7 @@ pub enum SlotState {
     ArchiverCopying = 3,
 }
 
-#[derive(Clone, Copy, Debug)]
-#[repr(C)]
+#[derive(Clone, Debug)]
 pub struct Slot {
     pub state: SlotState,
     pub name: WalName,
@@ -56,8 +72,7 @@ impl Default for Slot {
 /// The counters of `walarch_stats()`. The first seven mirror
 /// `pg_stat_archiver` and are counted the same way: one per `archive_file`
 /// call, success or failure.
-#[derive(Clone, Copy, Debug, PartialEq)]
-#[repr(C)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Stats {
     pub archived_count: i64,
     pub last_archived_wal: WalName,
@@ -90,8 +105,7 @@ impl Stats {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-#[repr(C)]
+#[derive(Clone, Debug)]
 pub struct ArchiveState {
     pub stats: Stats,
     pub slots: [Slot; SLOTS],
@@ -117,7 +131,7 @@ impl ArchiveState {
     pub fn new(now: i64) -> ArchiveState {
         ArchiveState {
             stats: Stats::new(now),
-            slots: [Slot::default(); SLOTS],
+            slots: std::array::from_fn(|_| Slot::default()),
             worker_pid: 0,
             worker_latch: 0,
         }
@@ -134,7 +148,7 @@ impl ArchiveState {
             Some(i) => {
                 self.slots[i] = Slot {
                     state,
-                    name: WalName::new(name),
+                    name: bounded(name),
                     bytes: 0,
                     pid,
                 };
@@ -190,7 +204,7 @@ impl ArchiveState {
             Err(e) => {
                 self.slots[i] = Slot::default();
                 self.stats.copy_ahead_failures += 1;
-                self.stats.last_error = ErrorText::new(e);
+                self.stats.last_error = bounded(e);
             }
         }
     }
@@ -203,7 +217,7 @@ impl ArchiveState {
         alive: impl Fn(i32) -> bool,
     ) -> ArchiverClaim {
         if let Some(i) = self.find(name) {
-            let slot = self.slots[i];
+            let slot = self.slots[i].clone();
             match slot.state {
                 SlotState::WorkerArchived => {
                     self.slots[i] = Slot::default();
@@ -262,11 +276,24 @@ impl ArchiveState {
         n
     }
 
+    /// A copy-ahead worker starts: it is the one to wake from now on, and
+    /// the claims of a predecessor killed mid-copy are released.
+    pub fn worker_started(&mut self, pid: i32, latch: usize, alive: impl Fn(i32) -> bool) {
+        self.worker_pid = pid;
+        self.worker_latch = latch;
+        self.release_stale(alive, |_| true);
+    }
+
+    pub fn worker_stopped(&mut self) {
+        self.worker_pid = 0;
+        self.worker_latch = 0;
+    }
+
     /// An `archive_file` call succeeded.
     pub fn record_archived(&mut self, name: &str, bytes: u64, copied_ahead: bool, now: i64) {
         let s = &mut self.stats;
         s.archived_count += 1;
-        s.last_archived_wal = WalName::new(name);
+        s.last_archived_wal = bounded(name);
         s.last_archived_time = now;
         s.archived_bytes += bytes as i64;
         if copied_ahead {
@@ -278,9 +305,9 @@ impl ArchiveState {
     pub fn record_failed(&mut self, name: &str, error: &str, now: i64) {
         let s = &mut self.stats;
         s.failed_count += 1;
-        s.last_failed_wal = WalName::new(name);
+        s.last_failed_wal = bounded(name);
         s.last_failed_time = now;
-        s.last_error = ErrorText::new(error);
+        s.last_error = bounded(error);
     }
 
     pub fn reset_stats(&mut self, now: i64) {

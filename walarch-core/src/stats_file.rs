@@ -6,8 +6,7 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-use crate::fixed_str::FixedStr;
-use crate::shared_state::Stats;
+use crate::shared_state::{bounded, Stats};
 
 const HEADER: &str = "walarch_ext stats 1";
 
@@ -67,16 +66,16 @@ pub fn parse(text: &str) -> Option<Stats> {
         let int = || v.parse::<i64>().ok();
         match k {
             "archived_count" => s.archived_count = int()?,
-            "last_archived_wal" => s.last_archived_wal = FixedStr::new(&unescape(v)),
+            "last_archived_wal" => s.last_archived_wal = bounded(&unescape(v)),
             "last_archived_time" => s.last_archived_time = int()?,
             "failed_count" => s.failed_count = int()?,
-            "last_failed_wal" => s.last_failed_wal = FixedStr::new(&unescape(v)),
+            "last_failed_wal" => s.last_failed_wal = bounded(&unescape(v)),
             "last_failed_time" => s.last_failed_time = int()?,
             "stats_reset" => s.stats_reset = int()?,
             "archived_bytes" => s.archived_bytes = int()?,
             "copied_ahead_count" => s.copied_ahead_count = int()?,
             "copy_ahead_failures" => s.copy_ahead_failures = int()?,
-            "last_error" => s.last_error = FixedStr::new(&unescape(v)),
+            "last_error" => s.last_error = bounded(&unescape(v)),
             _ => return None,
         }
         seen += 1;
@@ -96,15 +95,35 @@ pub fn write(path: &Path, s: &Stats) -> io::Result<()> {
     crate::fsutil::fsync_dir(dir)
 }
 
-/// Reads and removes the file; `Ok(None)` when absent or not valid.
-pub fn take(path: &Path) -> io::Result<Option<Stats>> {
-    let text = match std::fs::read_to_string(path) {
+/// What `take` found.
+#[derive(Debug, PartialEq)]
+pub enum Taken {
+    Stats(Stats),
+    Absent,
+    /// A file that is not one this version reads, and why; discarded.
+    Unusable(String),
+}
+
+/// Reads and removes the file.
+pub fn take(path: &Path) -> io::Result<Taken> {
+    let text = match std::fs::read(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Taken::Absent),
         Err(e) => return Err(e),
     };
     std::fs::remove_file(path)?;
-    Ok(parse(&text))
+    let text = String::from_utf8_lossy(&text);
+    let first = text.lines().next().unwrap_or("");
+    if first != HEADER {
+        return Ok(Taken::Unusable(format!(
+            "its format \"{}\" is not \"{HEADER}\"",
+            first.chars().take(40).collect::<String>()
+        )));
+    }
+    Ok(parse(&text).map_or_else(
+        || Taken::Unusable("it is incomplete or damaged".into()),
+        Taken::Stats,
+    ))
 }
 
 /// Removes the file if present (after a crash its counts are not trusted).
@@ -172,8 +191,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("walarch_ext.stat");
         write(&p, &sample()).unwrap();
-        assert_eq!(take(&p).unwrap(), Some(sample()));
-        assert_eq!(take(&p).unwrap(), None, "the file is consumed");
+        assert_eq!(take(&p).unwrap(), Taken::Stats(sample()));
+        assert_eq!(take(&p).unwrap(), Taken::Absent, "the file is consumed");
+        // An older format is discarded, saying so, never misread.
+        std::fs::write(&p, serialize(&sample()).replace(HEADER, "walarch_ext stats 0")).unwrap();
+        assert!(matches!(take(&p).unwrap(), Taken::Unusable(w) if w.contains("stats 0")));
+        assert!(!p.exists());
+        std::fs::write(&p, &serialize(&sample())[..30]).unwrap();
+        assert!(matches!(take(&p).unwrap(), Taken::Unusable(w) if w.contains("incomplete")));
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! leftover (its process is gone) from a copy in progress in a live process.
 
 use std::path::{Path, PathBuf};
+
+use crate::destination::Leftovers;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -56,20 +58,12 @@ pub fn process_alive(pid: i32) -> bool {
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// What a sweep did.
-#[derive(Debug, Default)]
-pub struct SweepReport {
-    pub removed: Vec<String>,
-    /// Files it could not remove, with the error text.
-    pub failed: Vec<(String, String)>,
-}
-
 /// Removes temporary files whose creating process is gone (or is this very
 /// process, which at start-up has no copy in progress), or that are older
 /// than [`STALE_AFTER`]. Makes the removals durable with a directory fsync.
-pub fn sweep(dir: &Path) -> std::io::Result<SweepReport> {
+pub fn sweep(dir: &Path) -> std::io::Result<Leftovers> {
     let me = std::process::id() as i32;
-    let mut report = SweepReport::default();
+    let mut report = Leftovers::default();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = match entry.file_name().into_string() {

@@ -1,13 +1,15 @@
-//! Verification of an archive directory: every WAL file against its recorded
-//! SHA-256, and the segment sequence for gaps, following timeline history
+//! Verification of an archive, on any destination: every WAL file against
+//! its recorded SHA-256, and the segment sequence for gaps, following timeline history
 //! files across switches. The segment size is read from the files (the long
 //! page header of a segment), never assumed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io;
-use std::path::Path;
+use std::io::Read;
 
-use crate::checksum::{hash_file, read_recorded, Recorded, SIDECAR_SUFFIX};
+use crate::archive_protocol::read_error;
+use crate::checksum::{hash_reader, to_hex};
+use crate::destination::{Destination, Recorded};
+use crate::error::ArchiveError;
 use crate::walname::{archive_order, segment_file_name, WalFileKind, WalFileName};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,10 +66,13 @@ const XLP_SEG_SIZE_OFFSET: usize = 32;
 const XLP_LONG_HEADER: u16 = 0x0002;
 
 /// The segment size a segment file declares in its first page header.
-pub fn segment_size_of(path: &Path) -> io::Result<Option<u64>> {
+fn segment_size_of(dest: &dyn Destination, name: &str) -> Result<Option<u64>, ArchiveError> {
     let mut head = [0u8; 40];
-    let mut f = std::fs::File::open(path)?;
-    if crate::fsutil::read_full(&mut f, &mut head)? < head.len() {
+    let Some(mut f) = dest.open(name)? else {
+        return Ok(None);
+    };
+    let n = crate::fsutil::read_full(&mut f, &mut head).map_err(|e| read_error(dest, name, &e))?;
+    if n < head.len() {
         return Ok(None);
     }
     let info = u16::from_le_bytes([head[2], head[3]]);
@@ -109,29 +114,22 @@ pub fn parse_history(text: &str) -> Vec<(u32, u64)> {
     v
 }
 
-/// Verifies `dir`. `from`/`to` are segment names bounding the range checked
-/// (by segment number, inclusive); history files are always checked.
+/// Verifies the archive in `dest`. `from`/`to` are segment names bounding
+/// the range checked (by segment number, inclusive); history files are
+/// always checked.
 pub fn verify(
-    dir: &Path,
+    dest: &dyn Destination,
     from: Option<&WalFileName>,
     to: Option<&WalFileName>,
-) -> io::Result<Report> {
-    let mut names: Vec<String> = Vec::new();
-    for e in std::fs::read_dir(dir)? {
-        let Ok(n) = e?.file_name().into_string() else {
-            continue;
-        };
-        if WalFileName::parse(&n).is_some() {
-            names.push(n);
-        }
-    }
+) -> Result<Report, ArchiveError> {
+    let mut names = dest.list()?;
     names.sort_by(|a, b| archive_order(a, b));
 
     let mut report = Report::default();
     // Segment size from the first readable full segment.
     for n in &names {
         if WalFileName::parse(n).is_some_and(|w| w.kind == WalFileKind::Segment) {
-            if let Some(s) = segment_size_of(&dir.join(n))? {
+            if let Some(s) = segment_size_of(dest, n)? {
                 report.segment_size = Some(s);
                 break;
             }
@@ -155,19 +153,23 @@ pub fn verify(
         if !in_range(&w) {
             continue;
         }
-        let finding = match read_recorded(dir, n)? {
+        let finding = match dest.recorded(n)? {
             Recorded::Missing => Finding {
                 walfile: n.clone(),
                 status: Status::MissingChecksum,
-                detail: format!("no {n}{SIDECAR_SUFFIX} in the archive"),
+                detail: "no checksum recorded in the archive".to_string(),
             },
             Recorded::Malformed => Finding {
                 walfile: n.clone(),
                 status: Status::Corrupt,
-                detail: format!("{n}{SIDECAR_SUFFIX} is not a checksum record for this file"),
+                detail: "the checksum record is not one for this file".to_string(),
             },
             Recorded::Digest(d) => {
-                let (len, actual) = hash_file(&dir.join(n))?;
+                let Some(mut r) = dest.open(n)? else {
+                    // Removed since it was listed (an expiry running).
+                    continue;
+                };
+                let (len, actual) = hash_reader(&mut r).map_err(|e| read_error(dest, n, &e))?;
                 if actual == d {
                     Finding {
                         walfile: n.clone(),
@@ -180,8 +182,8 @@ pub fn verify(
                         status: Status::Corrupt,
                         detail: format!(
                             "SHA-256 mismatch ({len} bytes): recorded {}, found {}",
-                            crate::checksum::to_hex(&d),
-                            crate::checksum::to_hex(&actual)
+                            to_hex(&d),
+                            to_hex(&actual)
                         ),
                     }
                 }
@@ -220,8 +222,8 @@ pub fn verify(
     begins.insert(newest, 0);
     if newest > 1 {
         let hist_name = format!("{newest:08X}.history");
-        match std::fs::read_to_string(dir.join(&hist_name)) {
-            Ok(text) => {
+        match read_text(dest, &hist_name)? {
+            Some(text) => {
                 let entries = parse_history(&text);
                 let mut begin = 0;
                 for (tli, switch_lsn) in &entries {
@@ -230,7 +232,7 @@ pub fn verify(
                 }
                 begins.insert(newest, begin);
             }
-            Err(_) => report.findings.push(Finding {
+            None => report.findings.push(Finding {
                 walfile: hist_name,
                 status: Status::Missing,
                 detail: format!("timeline {newest} has no history file in the archive: its ancestry cannot be followed"),
@@ -290,10 +292,24 @@ pub fn verify(
     Ok(report)
 }
 
+/// A small stored file as text; `None` when absent or not text.
+fn read_text(dest: &dyn Destination, name: &str) -> Result<Option<String>, ArchiveError> {
+    let Some(mut r) = dest.open(name)? else {
+        return Ok(None);
+    };
+    let mut text = String::new();
+    match r.read_to_string(&mut text) {
+        Ok(_) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Ok(None),
+        Err(e) => Err(read_error(dest, name, &e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::durable_copy::{archive_file, CopyOptions};
+    use crate::archive_protocol::archive_file;
+    use crate::local_directory::LocalDirectory;
 
     const MB: u64 = 1 << 20;
 
@@ -321,12 +337,12 @@ mod tests {
         for (t, s) in segs {
             let name = segment_file_name(*t, *s, size);
             std::fs::write(wal.join(&name), segment(*t, size, *s as u8)).unwrap();
-            archive_file(&wal.join(&name), &arch, &name, &CopyOptions::default()).unwrap();
+            archive_file(&LocalDirectory::new(&arch, 0o600), &name, &wal.join(&name)).unwrap();
         }
         for (t, text) in histories {
             let name = format!("{t:08X}.history");
             std::fs::write(wal.join(&name), text).unwrap();
-            archive_file(&wal.join(&name), &arch, &name, &CopyOptions::default()).unwrap();
+            archive_file(&LocalDirectory::new(&arch, 0o600), &name, &wal.join(&name)).unwrap();
         }
         (d, arch)
     }
@@ -341,7 +357,7 @@ mod tests {
     fn complete_archive_is_intact_and_segment_size_is_read_from_files() {
         for size in [MB, 16 * MB, 64 * MB] {
             let (_d, arch) = archive(&[(1, 1), (1, 2), (1, 3)], &[], size);
-            let r = verify(&arch, None, None).unwrap();
+            let r = verify(&LocalDirectory::new(&arch, 0o600), None, None).unwrap();
             assert!(r.intact(), "{:?}", r.findings);
             assert_eq!(r.segment_size, Some(size));
             assert_eq!(r.findings.len(), 3);
@@ -361,7 +377,7 @@ mod tests {
         std::fs::write(&f2, bytes).unwrap();
         std::fs::remove_file(arch.join(format!("{}.sha256", segment_file_name(1, 3, MB)))).unwrap();
         std::fs::remove_file(arch.join(segment_file_name(1, 5, MB))).unwrap();
-        let r = verify(&arch, None, None).unwrap();
+        let r = verify(&LocalDirectory::new(&arch, 0o600), None, None).unwrap();
         assert_eq!(
             problems(&r),
             vec![
@@ -378,7 +394,7 @@ mod tests {
         // A range that avoids the damage is intact.
         let from = WalFileName::parse(&segment_file_name(1, 4, MB)).unwrap();
         let to = WalFileName::parse(&segment_file_name(1, 4, MB)).unwrap();
-        assert!(verify(&arch, Some(&from), Some(&to)).unwrap().intact());
+        assert!(verify(&LocalDirectory::new(&arch, 0o600), Some(&from), Some(&to)).unwrap().intact());
     }
 
     #[test]
@@ -392,18 +408,18 @@ mod tests {
             &[(2, hist)],
             MB,
         );
-        let r = verify(&arch, None, None).unwrap();
+        let r = verify(&LocalDirectory::new(&arch, 0o600), None, None).unwrap();
         assert!(r.intact(), "{:?}", problems(&r));
         assert_eq!(r.timelines, vec![1, 2]);
         std::fs::remove_file(arch.join(segment_file_name(2, 4, MB))).unwrap();
-        let r = verify(&arch, None, None).unwrap();
+        let r = verify(&LocalDirectory::new(&arch, 0o600), None, None).unwrap();
         assert_eq!(
             problems(&r),
             vec![(segment_file_name(2, 4, MB), Status::Missing)]
         );
         // Without the history file the chain cannot be followed: reported.
         std::fs::remove_file(arch.join("00000002.history")).unwrap();
-        let r = verify(&arch, None, None).unwrap();
+        let r = verify(&LocalDirectory::new(&arch, 0o600), None, None).unwrap();
         assert!(problems(&r).contains(&("00000002.history".to_string(), Status::Missing)));
     }
 

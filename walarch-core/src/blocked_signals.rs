@@ -34,7 +34,8 @@ pub fn with_signals_blocked<R>(spawn: impl FnOnce() -> R) -> io::Result<R> {
 }
 
 /// Whether `sig` is blocked on the calling thread.
-pub fn is_blocked(sig: libc::c_int) -> bool {
+#[cfg(test)]
+fn is_blocked(sig: libc::c_int) -> bool {
     // SAFETY: reads the calling thread's mask into a local sigset_t.
     unsafe {
         let mut cur: libc::sigset_t = std::mem::zeroed();

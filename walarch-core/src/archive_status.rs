@@ -1,5 +1,11 @@
-//! What the archiver still has to do: the `.ready` files in
-//! `pg_wal/archive_status`, in the archiver's order.
+//! PostgreSQL's own record of archiving, `pg_wal/archive_status`: one
+//! place that answers "what is pending?", "is it archived?" and "what
+//! next?" for the copy-ahead worker, `walarch_stats()` and
+//! `walarch_switch_wal()`.
+//!
+//! A completed WAL file gets `<file>.ready`; the archiver renames it to
+//! `<file>.done` once the archive module reported it archived. A file with
+//! neither and gone from `pg_wal` was archived and then recycled or removed.
 
 use std::io;
 use std::path::Path;
@@ -23,6 +29,14 @@ pub fn ready_files(pg_wal: &Path) -> io::Result<Vec<String>> {
     }
     v.sort_by(|a, b| archive_order(a, b));
     Ok(v)
+}
+
+/// True once the archiver is done with `walfile`: no `.ready` left, and a
+/// `.done` (or the file already recycled, which needs it archived).
+pub fn is_archived(pg_wal: &Path, walfile: &str) -> bool {
+    let status = pg_wal.join("archive_status");
+    !status.join(format!("{walfile}.ready")).exists()
+        && (status.join(format!("{walfile}.done")).exists() || !pg_wal.join(walfile).exists())
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -75,6 +89,13 @@ mod tests {
                 "000000010000000000000003"
             ]
         );
+        assert!(!is_archived(d.path(), "000000010000000000000002"));
+        assert!(is_archived(d.path(), "000000010000000000000001"));
+        // No status and no file: archived, then recycled.
+        assert!(is_archived(d.path(), "000000010000000000000009"));
+        // No status but the file is there: not (yet) archived.
+        std::fs::write(d.path().join("000000010000000000000004"), b"").unwrap();
+        assert!(!is_archived(d.path(), "000000010000000000000004"));
         let s = summary(d.path()).unwrap();
         assert_eq!(
             s,

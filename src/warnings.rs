@@ -1,10 +1,11 @@
-//! Turns a `walarch_core::ArchiveError` into a PostgreSQL WARNING.
+//! Reports from the archive path as PostgreSQL WARNINGs and LOG lines.
 //!
 //! Inside `archive_file_cb` an ERROR would kill the archiver on PG15/16, so
 //! every failure is reported at WARNING level and the callback returns false.
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
+use walarch_core::destination::{Destination, Leftovers};
 use walarch_core::{ArchiveError, ErrorKind};
 
 fn sqlstate(e: &ArchiveError) -> PgSqlErrorCode {
@@ -13,6 +14,9 @@ fn sqlstate(e: &ArchiveError) -> PgSqlErrorCode {
         ErrorKind::InvalidName => PgSqlErrorCode::ERRCODE_INVALID_NAME,
         ErrorKind::Conflict => PgSqlErrorCode::ERRCODE_DUPLICATE_FILE,
         ErrorKind::DiskFull => PgSqlErrorCode::ERRCODE_DISK_FULL,
+        ErrorKind::Busy => PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+        ErrorKind::DamagedRecord => PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+        ErrorKind::Internal => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         ErrorKind::Io => match e.os_error {
             Some(libc::ENOENT) => PgSqlErrorCode::ERRCODE_UNDEFINED_FILE,
             Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
@@ -48,4 +52,26 @@ pub fn warning(code: PgSqlErrorCode, message: &str, detail: Option<&str>, hint: 
         r = r.set_hint(h.to_string());
     }
     r.report(PgLogLevel::WARNING);
+}
+
+/// What cleaning up crash leftovers did: a LOG line per file removed, a
+/// WARNING per file that could not be.
+pub fn leftovers_removed(dest: &dyn Destination, r: &Leftovers) {
+    for name in &r.removed {
+        log!(
+            "walarch_ext: removed leftover temporary file \"{}\"",
+            dest.location(name)
+        );
+    }
+    for (name, err) in &r.failed {
+        warning(
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            &format!(
+                "could not remove leftover temporary file \"{}\": {err}",
+                dest.location(name)
+            ),
+            None,
+            None,
+        );
+    }
 }

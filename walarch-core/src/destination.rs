@@ -1,0 +1,86 @@
+//! Where archived WAL files are kept: the operations the archive protocol
+//! needs from a store, and nothing of the protocol itself.
+//!
+//! A destination stores a file create-only together with a record of its
+//! SHA-256, reads that record back, fetches, lists and removes. What every
+//! destination must guarantee is stated on each method; the rules built on
+//! top (name check, duplicate rule, when a file counts as archived) live once
+//! in `archive_protocol`.
+
+use std::io::Read;
+use std::path::Path;
+
+use crate::checksum::Sha256Digest;
+use crate::error::ArchiveError;
+
+/// What `store_new` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored now, with its checksum record: `sha256` is of the bytes stored.
+    Created { bytes: u64, sha256: Sha256Digest },
+    /// Something is already stored under the name; nothing was changed.
+    Exists,
+}
+
+/// The checksum a destination holds for a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    Digest(Sha256Digest),
+    /// No record.
+    Missing,
+    /// A record that cannot be read as one for this file.
+    Malformed,
+}
+
+/// What cleaning up after interrupted stores did.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    pub removed: Vec<String>,
+    /// Names it could not remove, with the error text.
+    pub failed: Vec<(String, String)>,
+}
+
+pub trait Destination: Sync {
+    /// The destination itself, for messages: the directory or the URL.
+    fn describe(&self) -> String;
+
+    /// Where `name` is (or would be) stored, for messages: a path or a URL.
+    fn location(&self, name: &str) -> String;
+
+    /// Stores the bytes of `source` as `name`, with the SHA-256 of the bytes
+    /// stored, never replacing anything already under `name`. Returns
+    /// `Created` only once the file and its record are durable (or
+    /// acknowledged by the store with the checksum verified); on an error,
+    /// nothing is visible under `name` that was not there before.
+    fn store_new(&self, name: &str, source: &Path) -> Result<Stored, ArchiveError>;
+
+    /// The checksum recorded for a stored `name`.
+    fn recorded(&self, name: &str) -> Result<Recorded, ArchiveError>;
+
+    /// Replaces the checksum record of a stored `name`, durably.
+    fn write_record(&self, name: &str, sha256: &Sha256Digest) -> Result<(), ArchiveError>;
+
+    /// Makes a stored `name` and its record durable, whoever stored them
+    /// (an earlier attempt may have died before doing so).
+    fn make_durable(&self, name: &str) -> Result<(), ArchiveError>;
+
+    /// The length of a stored `name`; `None` when nothing is stored there.
+    fn size(&self, name: &str) -> Result<Option<u64>, ArchiveError>;
+
+    /// Reads a stored `name`; `None` when nothing is stored there.
+    fn open(&self, name: &str) -> Result<Option<Box<dyn Read + Send + '_>>, ArchiveError>;
+
+    /// Names of the WAL files stored (neither records nor temporaries), in
+    /// no particular order.
+    fn list(&self) -> Result<Vec<String>, ArchiveError>;
+
+    /// Removes a stored `name` and its record, the record last: a crash in
+    /// between leaves a record without its file, which `verify` ignores,
+    /// never a file without its record, which it would report.
+    fn remove(&self, name: &str) -> Result<(), ArchiveError>;
+
+    /// Removes what interrupted stores left behind (crash leftovers).
+    fn clean_leftovers(&self) -> Result<Leftovers, ArchiveError> {
+        Ok(Leftovers::default())
+    }
+}

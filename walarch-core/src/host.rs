@@ -1,0 +1,29 @@
+//! What the coordination between the archiver's callback and the copy-ahead
+//! worker needs from the process it runs in. The extension implements it
+//! with PostgreSQL shared memory, latches and `MyProcPid`; the unit tests
+//! with a fake that runs a virtual clock.
+
+use std::time::{Duration, Instant};
+
+use crate::shared_state::ArchiveState;
+
+pub trait Host {
+    /// Runs `f` on the shared state under its lock; `None` when this process
+    /// has none (the library was not preloaded): nothing to coordinate with.
+    fn with_state<R>(&self, f: impl FnOnce(&mut ArchiveState) -> R) -> Option<R>;
+    /// Sleeps until woken or `timeout` passes; returns at once when the
+    /// process must exit soon (shutdown, postmaster death) is the caller's
+    /// business through its own checks.
+    fn wait(&self, timeout: Duration);
+    /// Tells the copy-ahead worker there may be work.
+    fn wake_worker(&self);
+    /// Tells the archiver a file it may ask for is ready.
+    fn wake_archiver(&self);
+    /// This process's PID, as recorded in claims.
+    fn pid(&self) -> i32;
+    /// Whether the process with this PID still runs.
+    fn alive(&self, pid: i32) -> bool;
+    fn now(&self) -> Instant;
+    /// Now as a PostgreSQL `TimestampTz`, for the statistics.
+    fn timestamp(&self) -> i64;
+}

@@ -1,0 +1,231 @@
+//! Test doubles: a destination in memory and a host with a virtual clock.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::checksum::{hash_reader, Sha256Digest};
+use crate::destination::{Destination, Recorded, Stored};
+use crate::error::ArchiveError;
+use crate::host::Host;
+use crate::local_directory::LocalDirectory;
+use crate::shared_state::ArchiveState;
+
+/// Bytes that differ from one offset to the next.
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+/// A destination whose record can be lost, as a crash between storing a file
+/// and its record would leave it.
+pub trait DamageRecord: Destination {
+    fn drop_record(&self, name: &str);
+}
+
+impl DamageRecord for LocalDirectory {
+    fn drop_record(&self, name: &str) {
+        std::fs::remove_file(self.path().join(crate::checksum::sidecar_name(name))).unwrap();
+    }
+}
+
+/// Files and their records in memory: the least a destination can be.
+#[derive(Default)]
+pub struct MemoryDestination {
+    files: Mutex<BTreeMap<String, (Vec<u8>, Recorded)>>,
+}
+
+impl DamageRecord for MemoryDestination {
+    fn drop_record(&self, name: &str) {
+        self.files.lock().unwrap().get_mut(name).unwrap().1 = Recorded::Missing;
+    }
+}
+
+impl Destination for MemoryDestination {
+    fn describe(&self) -> String {
+        "memory".to_string()
+    }
+
+    fn location(&self, name: &str) -> String {
+        format!("memory:{name}")
+    }
+
+    fn store_new(&self, name: &str, source: &Path) -> Result<Stored, ArchiveError> {
+        let mut files = self.files.lock().unwrap();
+        if files.contains_key(name) {
+            return Ok(Stored::Exists);
+        }
+        let data = std::fs::read(source).map_err(|e| ArchiveError::io("open file", source, &e))?;
+        let (bytes, sha256) = hash_reader(&mut &data[..]).unwrap();
+        files.insert(name.to_string(), (data, Recorded::Digest(sha256)));
+        Ok(Stored::Created { bytes, sha256 })
+    }
+
+    fn recorded(&self, name: &str) -> Result<Recorded, ArchiveError> {
+        Ok(self.files.lock().unwrap().get(name).map_or(Recorded::Missing, |f| f.1))
+    }
+
+    fn write_record(&self, name: &str, sha256: &Sha256Digest) -> Result<(), ArchiveError> {
+        if let Some(f) = self.files.lock().unwrap().get_mut(name) {
+            f.1 = Recorded::Digest(*sha256);
+        }
+        Ok(())
+    }
+
+    fn make_durable(&self, _name: &str) -> Result<(), ArchiveError> {
+        Ok(())
+    }
+
+    fn size(&self, name: &str) -> Result<Option<u64>, ArchiveError> {
+        Ok(self.files.lock().unwrap().get(name).map(|f| f.0.len() as u64))
+    }
+
+    fn open(&self, name: &str) -> Result<Option<Box<dyn Read + Send + '_>>, ArchiveError> {
+        let data = self.files.lock().unwrap().get(name).map(|f| f.0.clone());
+        Ok(data.map(|d| Box::new(std::io::Cursor::new(d)) as Box<dyn Read + Send>))
+    }
+
+    fn list(&self) -> Result<Vec<String>, ArchiveError> {
+        Ok(self.files.lock().unwrap().keys().cloned().collect())
+    }
+
+    fn remove(&self, name: &str) -> Result<(), ArchiveError> {
+        self.files.lock().unwrap().remove(name);
+        Ok(())
+    }
+}
+
+type OnWait<'a> = Box<dyn FnMut(&mut ArchiveState, u32) + 'a>;
+
+struct Shared<'a> {
+    /// `None`: a process without shared memory.
+    state: RefCell<Option<ArchiveState>>,
+    dead: RefCell<HashSet<i32>>,
+    start: Instant,
+    elapsed: Cell<Duration>,
+    waits: Cell<u32>,
+    worker_wakes: Cell<u32>,
+    archiver_wakes: Cell<u32>,
+    on_wait: RefCell<Option<OnWait<'a>>>,
+}
+
+/// A host whose clock moves only when it waits (or is advanced), so that
+/// timeouts are tested without sleeping. Views made with `as_pid` share the
+/// state, as processes share memory.
+pub struct FakeHost<'a> {
+    shared: Rc<Shared<'a>>,
+    pid: i32,
+}
+
+impl Default for FakeHost<'_> {
+    fn default() -> Self {
+        Self::with_state(Some(ArchiveState::new(0)))
+    }
+}
+
+impl<'a> FakeHost<'a> {
+    fn with_state(state: Option<ArchiveState>) -> Self {
+        FakeHost {
+            shared: Rc::new(Shared {
+                state: RefCell::new(state),
+                dead: RefCell::default(),
+                start: Instant::now(),
+                elapsed: Cell::default(),
+                waits: Cell::default(),
+                worker_wakes: Cell::default(),
+                archiver_wakes: Cell::default(),
+                on_wait: RefCell::default(),
+            }),
+            pid: 1000,
+        }
+    }
+
+    pub fn detached() -> Self {
+        Self::with_state(None)
+    }
+
+    /// Another process on the same shared state.
+    pub fn as_pid(&self, pid: i32) -> Self {
+        FakeHost {
+            shared: Rc::clone(&self.shared),
+            pid,
+        }
+    }
+
+    pub fn state(&self) -> ArchiveState {
+        self.shared.state.borrow().clone().expect("no shared state")
+    }
+
+    /// Runs `f` at each wait with the wait's number (from 1).
+    pub fn on_wait(&self, f: impl FnMut(&mut ArchiveState, u32) + 'a) {
+        *self.shared.on_wait.borrow_mut() = Some(Box::new(f));
+    }
+
+    pub fn kill(&self, pid: i32) {
+        self.shared.dead.borrow_mut().insert(pid);
+    }
+
+    pub fn advance(&self, d: Duration) {
+        self.shared.elapsed.set(self.shared.elapsed.get() + d);
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.shared.elapsed.get()
+    }
+
+    pub fn waits(&self) -> u32 {
+        self.shared.waits.get()
+    }
+
+    pub fn worker_wakes(&self) -> u32 {
+        self.shared.worker_wakes.get()
+    }
+
+    pub fn archiver_wakes(&self) -> u32 {
+        self.shared.archiver_wakes.get()
+    }
+}
+
+impl Host for FakeHost<'_> {
+    fn with_state<R>(&self, f: impl FnOnce(&mut ArchiveState) -> R) -> Option<R> {
+        self.shared.state.borrow_mut().as_mut().map(f)
+    }
+
+    fn wait(&self, timeout: Duration) {
+        let n = self.shared.waits.get() + 1;
+        self.shared.waits.set(n);
+        if let Some(f) = self.shared.on_wait.borrow_mut().as_mut() {
+            if let Some(s) = self.shared.state.borrow_mut().as_mut() {
+                f(s, n);
+            }
+        }
+        self.advance(timeout);
+    }
+
+    fn wake_worker(&self) {
+        self.shared.worker_wakes.set(self.shared.worker_wakes.get() + 1);
+    }
+
+    fn wake_archiver(&self) {
+        self.shared.archiver_wakes.set(self.shared.archiver_wakes.get() + 1);
+    }
+
+    fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn alive(&self, pid: i32) -> bool {
+        !self.shared.dead.borrow().contains(&pid)
+    }
+
+    fn now(&self) -> Instant {
+        self.shared.start + self.shared.elapsed.get()
+    }
+
+    fn timestamp(&self) -> i64 {
+        self.shared.elapsed.get().as_micros() as i64
+    }
+}
