@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of walarch_ext on a fresh or prepared machine (as root):
+#   0. lint: rustfmt and clippy (warnings are errors);
 #   1. unit tests of the server-independent crate (walarch-core) and of the
 #      walarch command (walarch-cli), which is installed to /usr/local/bin;
 #   2. `cargo pgrx test` (#[pg_test]s inside a live server) on each version;
@@ -15,6 +16,10 @@ VERSIONS=${WALARCH_PG_VERSIONS:-"15 16 17 18"}
 PGDATA_ROOT=${WALARCH_PGTEST_PGDATA:-/tmp/walarch-pgdata}
 install -d -o postgres -g postgres "$PGDATA_ROOT"
 start=$(date +%s)
+
+echo "==> lint: cargo fmt --check, cargo clippy -D warnings"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
 
 echo "==> unit tests (walarch-core) and the walarch command"
 cargo test -p walarch-core -p walarch-cli

@@ -18,8 +18,8 @@ use walarch_core::archive_protocol::ArchiveOutcome;
 use walarch_core::archiver::{archive_one, Archived, LeftoverSweep};
 use walarch_core::destination::Destination;
 
-use crate::host::PgHost;
-use crate::{guc, shmem, warnings};
+use crate::shmem::{self, PgHost};
+use crate::{guc, warnings};
 
 /// Crash leftovers are cleaned once per destination in this process.
 static SWEEP: Mutex<LeftoverSweep> = Mutex::new(LeftoverSweep::new());

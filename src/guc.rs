@@ -34,6 +34,7 @@ pub fn define() {
 /// is an error, and placeholders for names we do not define are removed (so
 /// this must come last, or our own settings from postgresql.conf vanish).
 pub fn reserve_prefix() {
+    // SAFETY: called from _PG_init with a static C string.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"walarch".as_ptr()) };
 }
 

@@ -9,7 +9,6 @@ use pgrx::prelude::*;
 
 mod archive_module;
 mod guc;
-mod host;
 mod shmem;
 mod sql;
 mod warnings;
@@ -26,6 +25,8 @@ pub extern "C-unwind" fn _PG_init() {
     guc::reserve_prefix();
     // Shared memory and the worker only from the postmaster's preload: the
     // archiver and backends inherit them.
+    // SAFETY: a flag PostgreSQL sets while it preloads, read on the main
+    // thread.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         shmem::init_in_postmaster();
         worker::register();
@@ -193,7 +194,7 @@ mod tests {
         // No temporary file of this segment is left behind. Other tests run
         // concurrently and switch WAL too, so a later segment may legitimately
         // be mid-copy: only this file's temporaries must be gone.
-        let ours = format!("{}{walfile}.", walarch_core::temp_file::TEMP_PREFIX);
+        let ours = format!("{}{walfile}.", walarch_core::local_directory::TEMP_PREFIX);
         let leftovers: Vec<_> = std::fs::read_dir(archive_dir())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())

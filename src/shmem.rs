@@ -2,13 +2,17 @@
 //! PostgreSQL shared memory, behind one LWLock, and its persistence: written
 //! by the archiver when it exits, read once by the postmaster at start-up if
 //! the cluster was shut down cleanly, discarded after a crash (as PostgreSQL
-//! does with its own statistics).
+//! does with its own statistics). `PgHost` is what the core's coordination
+//! runs on: this state, this process's latch, and the latches of the worker
+//! and the archiver.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 use pgrx::{pg_shmem_init, PgLwLock};
+use walarch_core::host::{process_alive, Host};
 use walarch_core::shared_state::ArchiveState;
 use walarch_core::stats_file::{self, Taken};
 use walarch_core::time::now_timestamptz;
@@ -24,6 +28,8 @@ impl Default for Shared {
 // SAFETY: plain data, no pointers (the latch is stored as an integer).
 unsafe impl PGRXSharedMemory for Shared {}
 
+// SAFETY: the name is unique to this extension and the lock is initialised
+// by pg_shmem_init! in the postmaster before any process uses it.
 static STATE: PgLwLock<Shared> = unsafe { PgLwLock::new(c"walarch_ext") };
 
 /// Set in the postmaster while preloading; forked children inherit it. False
@@ -76,6 +82,8 @@ pub fn read<R>(f: impl FnOnce(&ArchiveState) -> R) -> Option<R> {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn restore_stats() {
+    // SAFETY: chaining the hook that was installed before ours, in the
+    // postmaster's single-threaded start-up.
     unsafe {
         if let Some(prev) = PREV_SHMEM_STARTUP_HOOK {
             prev();
@@ -86,7 +94,7 @@ unsafe extern "C-unwind" fn restore_stats() {
     match stats_file::shut_down_cleanly(Path::new(".")) {
         Ok(true) => match stats_file::take(file) {
             Ok(Taken::Stats(stats)) => {
-                STATE.exclusive().0.stats = stats;
+                STATE.exclusive().0.stats = *stats;
                 log!("walarch_ext: restored archive statistics from \"{STATS_FILE}\"");
             }
             Ok(Taken::Absent) => {}
@@ -111,5 +119,58 @@ pub fn save_stats() {
     };
     if let Err(e) = stats_file::write(Path::new(STATS_FILE), &stats) {
         warning!("walarch_ext: could not write \"{STATS_FILE}\": {e}");
+    }
+}
+
+pub struct PgHost;
+
+impl Host for PgHost {
+    fn with_state<R>(&self, f: impl FnOnce(&mut ArchiveState) -> R) -> Option<R> {
+        with(f)
+    }
+
+    fn wait(&self, timeout: Duration) {
+        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as std::ffi::c_long;
+        // SAFETY: main thread; MyLatch is this process's own latch.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                ms,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+    }
+
+    fn wake_worker(&self) {
+        if let Some(latch) = read(|s| s.worker_latch).filter(|l| *l != 0) {
+            // SAFETY: the latch lives in shared memory (PGPROC); SetLatch on
+            // a latch whose owner has gone is a no-op.
+            unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+        }
+    }
+
+    fn wake_archiver(&self) {
+        // SAFETY: reads the archiver's PGPROC from shared memory and sets
+        // its latch; safe from any process attached to shared memory.
+        unsafe { pg_sys::PgArchWakeup() };
+    }
+
+    fn pid(&self) -> i32 {
+        // SAFETY: set once at process start.
+        unsafe { pg_sys::MyProcPid }
+    }
+
+    fn alive(&self, pid: i32) -> bool {
+        process_alive(pid)
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn timestamp(&self) -> i64 {
+        now_timestamptz()
     }
 }

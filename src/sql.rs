@@ -12,8 +12,8 @@ use walarch_core::shared_state::non_empty;
 use walarch_core::time::{now_timestamptz, to_option};
 use walarch_core::walname::{segment_file_name, WalFileKind, WalFileName};
 
-use crate::host::PgHost;
-use crate::{guc, shmem};
+use crate::guc;
+use crate::shmem::{self, PgHost};
 
 fn require_shared_memory() {
     if !shmem::attached() {
@@ -31,6 +31,8 @@ fn ts(t: i64) -> Option<TimestampWithTimeZone> {
 }
 
 /// One row: the columns of `pg_stat_archiver`, then what it lacks.
+// pgrx takes the column names from this signature: no type alias.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn walarch_stats() -> TableIterator<
     'static,
@@ -126,6 +128,7 @@ fn walarch_switch_wal(
             "timeout must not be negative"
         );
     };
+    // SAFETY: a setting fixed at server start, read on the main thread.
     let archiving =
         unsafe { pg_sys::XLogArchiveMode } != pg_sys::ArchiveMode::ARCHIVE_MODE_OFF as i32;
     if wait && !archiving {
@@ -137,6 +140,7 @@ fn walarch_switch_wal(
         .set_hint("Set archive_mode and archive_library, then restart the server.")
         .report(PgLogLevel::ERROR);
     }
+    // SAFETY: reads shared state under PostgreSQL's own locking.
     if unsafe { pg_sys::RecoveryInProgress() } {
         ErrorReport::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -149,9 +153,15 @@ fn walarch_switch_wal(
 
     // What pg_switch_wal() does, without its privilege check: EXECUTE on
     // this function is the privilege.
-    let lsn = unsafe { pg_sys::RequestXLogSwitch(false) };
-    let seg_size = unsafe { pg_sys::wal_segment_size } as u64;
-    let tli = unsafe { pg_sys::GetWALInsertionTimeLine() };
+    // SAFETY: what pg_switch_wal() calls, in a backend, not in recovery
+    // (checked above); the segment size and timeline are plain reads.
+    let (lsn, seg_size, tli) = unsafe {
+        (
+            pg_sys::RequestXLogSwitch(false),
+            pg_sys::wal_segment_size as u64,
+            pg_sys::GetWALInsertionTimeLine(),
+        )
+    };
     // XLByteToPrevSeg: the file that ends at (or contains) the LSN.
     let walfile = segment_file_name(tli, (lsn.saturating_sub(1)) / seg_size, seg_size);
 
@@ -167,16 +177,7 @@ fn walarch_switch_wal(
             let left = deadline
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(100));
-            unsafe {
-                pg_sys::WaitLatch(
-                    pg_sys::MyLatch,
-                    (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH)
-                        as i32,
-                    left.as_millis().max(1) as std::ffi::c_long,
-                    pg_sys::PG_WAIT_EXTENSION,
-                );
-                pg_sys::ResetLatch(pg_sys::MyLatch);
-            }
+            PgHost.wait(left);
             // Query cancel and statement_timeout end the wait here.
             pgrx::check_for_interrupts!();
         }
@@ -238,7 +239,11 @@ fn walarch_verify(
             ereport!(
                 ERROR,
                 PgSqlErrorCode::ERRCODE_IO_ERROR,
-                format!("could not verify archive \"{}\": {}", dest.path().display(), e.message)
+                format!(
+                    "could not verify archive \"{}\": {}",
+                    dest.path().display(),
+                    e.message
+                )
             );
         });
     TableIterator::new(report.findings.into_iter().map(|f| {
@@ -247,8 +252,5 @@ fn walarch_verify(
     }))
 }
 
-extension_sql_file!(
-    "../sql/walarch_switch_wal.sql",
-    name = "walarch_switch_wal"
-);
+extension_sql_file!("../sql/walarch_switch_wal.sql", name = "walarch_switch_wal");
 extension_sql_file!("../sql/privileges.sql", finalize);

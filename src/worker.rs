@@ -7,7 +7,6 @@
 //! Copies run on plain threads (walarch-core only); this process's main
 //! thread alone calls into PostgreSQL: shared memory, latches, logging.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -16,10 +15,10 @@ use pgrx::prelude::*;
 use walarch_core::archive_protocol::ArchiveOutcome;
 use walarch_core::archiver::LeftoverSweep;
 use walarch_core::copy_ahead::CopyAhead;
-use walarch_core::temp_file::process_alive;
+use walarch_core::host::process_alive;
 
-use crate::host::PgHost;
-use crate::{archive_module, guc, shmem, warnings};
+use crate::shmem::{self, PgHost};
+use crate::{archive_module, guc, warnings};
 
 pub const WORKER_NAME: &str = "walarch_ext copy-ahead";
 
@@ -75,8 +74,7 @@ pub extern "C-unwind" fn walarch_copy_ahead_main(_arg: pg_sys::Datum) {
     shmem::with(|s| s.worker_started(me, latch, process_alive));
     log!("walarch_ext: copy-ahead worker started");
     let mut sweep = LeftoverSweep::new();
-    let mut copy_ahead = CopyAhead::default();
-    let pg_wal = Path::new("pg_wal");
+    let mut copy_ahead = CopyAhead::new("pg_wal");
 
     loop {
         // wait_latch() reads (and clears) the SIGTERM flag itself.
@@ -99,7 +97,7 @@ pub extern "C-unwind" fn walarch_copy_ahead_main(_arg: pg_sys::Datum) {
         }
         // Rounds until nothing is left to copy ahead or we must stop.
         while !stopping() {
-            let files = copy_ahead.plan(&PgHost, pg_wal);
+            let files = copy_ahead.plan(&PgHost);
             if files.is_empty() {
                 break;
             }
@@ -108,7 +106,6 @@ pub extern "C-unwind" fn walarch_copy_ahead_main(_arg: pg_sys::Datum) {
             copy_ahead.copy(
                 &PgHost,
                 &dest,
-                pg_wal,
                 files,
                 parallel,
                 |name, result| match result {

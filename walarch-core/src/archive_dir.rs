@@ -38,7 +38,8 @@ pub fn validate(value: &str) -> Result<(), DirProblem> {
         return Err(DirProblem::Relative);
     }
     // Room for "/", the longest WAL name, and the temporary-file decoration.
-    if value.len() + 1 + MAX_WAL_NAME_LEN + crate::temp_file::MAX_DECORATION_LEN >= MAXPGPATH {
+    if value.len() + 1 + MAX_WAL_NAME_LEN + crate::local_directory::MAX_DECORATION_LEN >= MAXPGPATH
+    {
         return Err(DirProblem::TooLong);
     }
     match std::fs::metadata(Path::new(value)) {

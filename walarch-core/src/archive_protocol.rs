@@ -32,7 +32,7 @@ pub enum ArchiveOutcome {
     AlreadyArchived {
         bytes: u64,
         sha256: Sha256Digest,
-        repaired_record: Option<ArchiveError>,
+        repaired_record: Option<Box<ArchiveError>>,
     },
 }
 
@@ -70,8 +70,7 @@ fn judge_existing(
     name: &str,
     source: &Path,
 ) -> Result<ArchiveOutcome, ArchiveError> {
-    let (len, sha256) =
-        hash_file(source).map_err(|e| ArchiveError::io("read file", source, &e))?;
+    let (len, sha256) = hash_file(source).map_err(|e| ArchiveError::io("read file", source, &e))?;
     let recorded = dest.recorded(name)?;
     let stored_len = dest.size(name)?;
     // The record is trusted only together with the length; anything else is
@@ -85,7 +84,7 @@ fn judge_existing(
         }
         dest.write_record(name, &sha256)?;
         if let Recorded::Digest(_) | Recorded::Malformed = recorded {
-            repaired_record = Some(record_repaired(dest, name, recorded, &sha256));
+            repaired_record = Some(Box::new(record_repaired(dest, name, recorded, &sha256)));
         }
     }
     dest.make_durable(name)?;
@@ -104,13 +103,9 @@ fn stored_digest(
     let Some(mut r) = dest.open(name)? else {
         return Ok(None);
     };
-    hash_reader(&mut r).map(Some).map_err(|e| {
-        ArchiveError::io(
-            "read archive file",
-            Path::new(&dest.location(name)),
-            &e,
-        )
-    })
+    hash_reader(&mut r)
+        .map(Some)
+        .map_err(|e| ArchiveError::io("read archive file", Path::new(&dest.location(name)), &e))
 }
 
 fn conflict(
@@ -233,7 +228,8 @@ mod tests {
             let err = archive_file(dest, SEG, &changed).unwrap_err();
             assert_eq!(err.kind, ErrorKind::Conflict);
             assert!(
-                err.message.contains("already exists with different contents"),
+                err.message
+                    .contains("already exists with different contents"),
                 "{err}"
             );
             assert!(err.message.contains(&dest.location(SEG)), "{err}");
@@ -329,5 +325,4 @@ mod tests {
             assert!(dest.list().unwrap().is_empty());
         });
     }
-
 }

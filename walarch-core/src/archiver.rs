@@ -157,7 +157,10 @@ mod tests {
         let host = FakeHost::detached();
         let dest = MemoryDestination::default();
         let r = archive_one(&host, &dest, A, &src).unwrap();
-        assert!(matches!(r, Archived::Inline(ArchiveOutcome::Archived { bytes: 1000, .. })));
+        assert!(matches!(
+            r,
+            Archived::Inline(ArchiveOutcome::Archived { bytes: 1000, .. })
+        ));
         assert_eq!(dest.size(A).unwrap(), Some(1000));
     }
 
@@ -172,7 +175,10 @@ mod tests {
         let r = archive_one(&host, &dest, A, &src).unwrap();
         assert_eq!(r, Archived::CopiedAhead { bytes: 1000 });
         let st = host.state();
-        assert_eq!((st.stats.archived_count, st.stats.copied_ahead_count), (1, 1));
+        assert_eq!(
+            (st.stats.archived_count, st.stats.copied_ahead_count),
+            (1, 1)
+        );
         assert_eq!(st.stats.archived_bytes, 1000);
         assert_eq!(st.slot_state(A), SlotState::Free);
         assert_eq!(host.waits(), 0);
@@ -207,14 +213,25 @@ mod tests {
         host.with_state(|s| assert!(s.begin_worker_copy(A, WORKER)));
         let e = archive_one(&host, &dest, A, &src).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Busy);
-        assert!(e.detail.as_deref().unwrap().contains("Worker PID 10"), "{e}");
+        assert!(
+            e.detail.as_deref().unwrap().contains("Worker PID 10"),
+            "{e}"
+        );
         assert!(host.elapsed() >= WORKER_WAIT_LIMIT);
         assert!(host.elapsed() < WORKER_WAIT_LIMIT + Duration::from_secs(1));
-        assert_eq!(dest.size(A).unwrap(), None, "copied in parallel with the worker");
+        assert_eq!(
+            dest.size(A).unwrap(),
+            None,
+            "copied in parallel with the worker"
+        );
         let st = host.state();
         assert_eq!(st.stats.failed_count, 1);
         assert_eq!(st.stats.last_failed_wal.as_str(), A);
-        assert_eq!(st.slot_state(A), SlotState::WorkerCopying, "the worker's claim stays");
+        assert_eq!(
+            st.slot_state(A),
+            SlotState::WorkerCopying,
+            "the worker's claim stays"
+        );
     }
 
     #[test]
@@ -228,10 +245,16 @@ mod tests {
         });
         // Nothing in the destination (removed by hand since).
         let r = archive_one(&host, &dest, A, &src).unwrap();
-        assert!(matches!(r, Archived::Inline(ArchiveOutcome::Archived { .. })));
+        assert!(matches!(
+            r,
+            Archived::Inline(ArchiveOutcome::Archived { .. })
+        ));
         assert_eq!(dest.size(A).unwrap(), Some(500));
         let st = host.state();
-        assert_eq!((st.stats.archived_count, st.stats.copied_ahead_count), (1, 0));
+        assert_eq!(
+            (st.stats.archived_count, st.stats.copied_ahead_count),
+            (1, 0)
+        );
     }
 
     #[test]
@@ -245,7 +268,10 @@ mod tests {
             s.finish_worker_copy(A, Ok(499));
         });
         let r = archive_one(&host, &dest, A, &src).unwrap();
-        assert!(matches!(r, Archived::Inline(ArchiveOutcome::AlreadyArchived { .. })));
+        assert!(matches!(
+            r,
+            Archived::Inline(ArchiveOutcome::AlreadyArchived { .. })
+        ));
     }
 
     #[test]
@@ -286,6 +312,9 @@ mod tests {
         assert!(sweep.run_once(&two).is_some());
         let gone = crate::local_directory::LocalDirectory::new(d1.path().join("x"), 0o600);
         assert!(sweep.run_once(&gone).is_none());
-        assert!(sweep.run_once(&one).is_some(), "a new destination is swept again");
+        assert!(
+            sweep.run_once(&one).is_some(),
+            "a new destination is swept again"
+        );
     }
 }

@@ -7,7 +7,7 @@
 //! archiver to confirm, and the archiver is woken; a failure frees the claim.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::archive_protocol::ArchiveOutcome;
@@ -23,16 +23,24 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// How often the calling thread checks for a stop while copies run.
 const POLL: Duration = Duration::from_millis(50);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CopyAhead {
+    pg_wal: PathBuf,
     retry_at: HashMap<String, Instant>,
 }
 
 impl CopyAhead {
+    pub fn new(pg_wal: impl Into<PathBuf>) -> Self {
+        CopyAhead {
+            pg_wal: pg_wal.into(),
+            retry_at: HashMap::new(),
+        }
+    }
+
     /// Claims this round's files from `pg_wal/archive_status`; empty when
     /// there is nothing to copy ahead.
-    pub fn plan<H: Host>(&mut self, host: &H, pg_wal: &Path) -> Vec<String> {
-        let Ok(ready) = ready_files(pg_wal) else {
+    pub fn plan<H: Host>(&mut self, host: &H) -> Vec<String> {
+        let Ok(ready) = ready_files(&self.pg_wal) else {
             return Vec::new();
         };
         let now = host.now();
@@ -59,7 +67,6 @@ impl CopyAhead {
         &mut self,
         host: &H,
         dest: &dyn Destination,
-        pg_wal: &Path,
         files: Vec<String>,
         parallel: usize,
         mut on_result: impl FnMut(&str, &Result<ArchiveOutcome, ArchiveError>),
@@ -68,7 +75,7 @@ impl CopyAhead {
         let jobs = files
             .into_iter()
             .map(|name| CopyJob {
-                source: pg_wal.join(&name),
+                source: self.pg_wal.join(&name),
                 name,
             })
             .collect();
@@ -125,11 +132,17 @@ mod tests {
         ca: &mut CopyAhead,
         host: &FakeHost,
         dest: &MemoryDestination,
-        wal: &Path,
     ) -> Vec<(String, bool)> {
-        let files = ca.plan(host, wal);
+        let files = ca.plan(host);
         let mut results = vec![];
-        ca.copy(host, dest, wal, files, 2, |n, r| results.push((n.to_string(), r.is_ok())), || false);
+        ca.copy(
+            host,
+            dest,
+            files,
+            2,
+            |n, r| results.push((n.to_string(), r.is_ok())),
+            || false,
+        );
         results.sort();
         results
     }
@@ -139,10 +152,10 @@ mod tests {
         let wal = pg_wal(&[F2, F1, F3, H2]);
         let host = FakeHost::default();
         host.with_state(|s| s.begin_archiver_copy(F1, 99, |_| true));
-        let mut ca = CopyAhead::default();
-        assert_eq!(ca.plan(&host, wal.path()), vec![H2, F2, F3]);
+        let mut ca = CopyAhead::new(wal.path());
+        assert_eq!(ca.plan(&host), vec![H2, F2, F3]);
         // Claimed now: a second plan finds nothing new.
-        assert!(ca.plan(&host, wal.path()).is_empty());
+        assert!(ca.plan(&host).is_empty());
     }
 
     #[test]
@@ -150,8 +163,8 @@ mod tests {
         let wal = pg_wal(&[F1, F2]);
         let host = FakeHost::default();
         let dest = MemoryDestination::default();
-        let mut ca = CopyAhead::default();
-        let r = copy_all(&mut ca, &host, &dest, wal.path());
+        let mut ca = CopyAhead::new(wal.path());
+        let r = copy_all(&mut ca, &host, &dest);
         assert_eq!(r, vec![(F1.into(), true), (F2.into(), true)]);
         assert_eq!(host.archiver_wakes(), 2);
         assert_eq!(host.state().slot_state(F1), SlotState::WorkerArchived);
@@ -167,19 +180,19 @@ mod tests {
         std::fs::remove_file(wal.path().join(F1)).unwrap();
         let host = FakeHost::default();
         let dest = MemoryDestination::default();
-        let mut ca = CopyAhead::default();
-        let r = copy_all(&mut ca, &host, &dest, wal.path());
+        let mut ca = CopyAhead::new(wal.path());
+        let r = copy_all(&mut ca, &host, &dest);
         assert_eq!(r, vec![(F1.into(), false), (F2.into(), true)]);
         let st = host.state();
         assert_eq!(st.stats.copy_ahead_failures, 1);
         assert_eq!(st.slot_state(F1), SlotState::Free);
         // Not tried again until RETRY_AFTER has passed.
         std::fs::write(wal.path().join(F1), b"back").unwrap();
-        assert!(ca.plan(&host, wal.path()).is_empty());
+        assert!(ca.plan(&host).is_empty());
         host.advance(RETRY_AFTER - Duration::from_millis(1));
-        assert!(ca.plan(&host, wal.path()).is_empty());
+        assert!(ca.plan(&host).is_empty());
         host.advance(Duration::from_millis(2));
-        assert_eq!(ca.plan(&host, wal.path()), vec![F1]);
+        assert_eq!(ca.plan(&host), vec![F1]);
     }
 
     #[test]
@@ -192,9 +205,9 @@ mod tests {
             s.finish_worker_copy(F3, Ok(1));
         });
         host.kill(7);
-        let mut ca = CopyAhead::default();
+        let mut ca = CopyAhead::new(wal.path());
         // F1 was held by a dead worker; F3 is no longer waiting.
-        assert_eq!(ca.plan(&host, wal.path()), vec![F1, F2]);
+        assert_eq!(ca.plan(&host), vec![F1, F2]);
         assert_eq!(host.state().slot_state(F3), SlotState::Free);
     }
 }

@@ -46,9 +46,7 @@ pub(crate) fn copy_to_new_file(
         .map_err(|e| ArchiveError::io("create file", temp, &e))?;
     let (total, digest) = std::thread::scope(|scope| {
         let hasher = TrailingHasher::start(scope, &dst);
-        let total = copy_contents(&src, &dst, source, temp, |n| {
-            hasher.written(n)
-        })?;
+        let total = copy_contents(&src, &dst, source, temp, |n| hasher.written(n))?;
         let digest = hasher
             .finish(total)
             .map_err(|e| ArchiveError::io("read back file", temp, &e))?;
@@ -266,7 +264,9 @@ mod tests {
         use std::os::fd::FromRawFd;
         let data = pattern(700_001);
         let mut fds = [0; 2];
+        // SAFETY: fds has room for the two descriptors pipe() writes.
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: two fresh descriptors, each owned by one File only.
         let (rd, mut wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
         assert!(copy_range_unsupported(
             &copy_range(&rd, &tempfile::tempfile().unwrap(), 10).unwrap_err()
@@ -284,10 +284,7 @@ mod tests {
             .open(&temp)
             .unwrap();
         let mut reported = vec![];
-        let n = copy_contents(&rd, &dst, Path::new("pipe"), &temp, |n| {
-            reported.push(n)
-        })
-        .unwrap();
+        let n = copy_contents(&rd, &dst, Path::new("pipe"), &temp, |n| reported.push(n)).unwrap();
         feeder.join().unwrap();
         assert_eq!(n, data.len() as u64);
         assert_eq!(reported.last(), Some(&n));

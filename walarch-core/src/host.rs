@@ -27,3 +27,13 @@ pub trait Host {
     /// Now as a PostgreSQL `TimestampTz`, for the statistics.
     fn timestamp(&self) -> i64;
 }
+
+/// True when a process with this PID exists (signal 0).
+pub fn process_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}

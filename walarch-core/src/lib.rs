@@ -24,7 +24,6 @@ pub mod local_directory;
 pub mod restore;
 pub mod shared_state;
 pub mod stats_file;
-pub mod temp_file;
 pub mod time;
 pub mod verify;
 pub mod walname;

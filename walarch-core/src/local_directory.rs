@@ -7,19 +7,121 @@
 //! existing file, the sidecar only after it. One directory fsync then makes
 //! both names durable. The sidecar is written before the data is renamed, so
 //! a failure there (a full disk) leaves nothing under the final name.
+//!
+//! A temporary name is `.walarch-tmp.<name>.<pid>.<unique>`: hidden from a
+//! plain `ls`, never a valid WAL name (so nothing restores it by mistake),
+//! and carrying the creating process's PID so that a sweep can tell a crash
+//! leftover (its process is gone) from a copy in progress in a live process.
+//!
+//! A sidecar per file rather than one manifest: each is written with the same
+//! temp-file, fsync, rename protocol as its WAL file, by whichever process
+//! archived it, with no shared file to lock or append to from parallel
+//! copies, and nothing to rewrite when old files are pruned.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::checksum::{format_sidecar, parse_sidecar, sidecar_name, Sha256Digest};
+use crate::checksum::{from_hex, to_hex, Sha256Digest};
 use crate::destination::{Destination, Leftovers, Recorded, Stored};
 use crate::error::ArchiveError;
 use crate::fsutil::{fsync_dir, fsync_file, rename_noreplace};
 use crate::hashed_copy::copy_to_new_file;
-use crate::temp_file::temp_path;
 use crate::walname::WalFileName;
+
+pub const SIDECAR_SUFFIX: &str = ".sha256";
+
+pub fn sidecar_name(walfile: &str) -> String {
+    format!("{walfile}{SIDECAR_SUFFIX}")
+}
+
+/// The sidecar's text for `walfile`.
+fn format_sidecar(digest: &Sha256Digest, walfile: &str) -> String {
+    format!("{}  {walfile}\n", to_hex(digest))
+}
+
+/// The digest a sidecar records for `walfile`; `None` if it is malformed or
+/// names another file.
+fn parse_sidecar(text: &str, walfile: &str) -> Option<Sha256Digest> {
+    let line = text.strip_suffix('\n').unwrap_or(text);
+    let (hex, name) = line.split_once("  ")?;
+    (name == walfile).then_some(())?;
+    from_hex(hex)
+}
+
+pub const TEMP_PREFIX: &str = ".walarch-tmp.";
+
+/// Upper bound of what a temporary name adds to the WAL file name.
+pub const MAX_DECORATION_LEN: usize = 64;
+
+/// A leftover whose PID is alive (PID reuse after a crash) is still removed
+/// once it is this old: no real copy of one WAL file takes a day.
+const STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh temporary path for archiving `walfile` into `dir`.
+fn temp_path(dir: &Path, walfile: &str) -> PathBuf {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!(
+        "{TEMP_PREFIX}{walfile}.{}.{:x}{:x}",
+        std::process::id(),
+        nanos as u64,
+        n
+    ))
+}
+
+/// The PID recorded in a temporary file name, if the name is one of ours.
+fn temp_owner_pid(name: &str) -> Option<i32> {
+    let rest = name.strip_prefix(TEMP_PREFIX)?;
+    let mut parts = rest.rsplitn(3, '.');
+    let _unique = parts.next()?;
+    let pid = parts.next()?.parse().ok()?;
+    let _walfile = parts.next()?;
+    Some(pid)
+}
+
+/// Removes temporary files whose creating process is gone (or is this very
+/// process, which at start-up has no copy in progress), or that are older
+/// than [`STALE_AFTER`]. Makes the removals durable with a directory fsync.
+fn sweep(dir: &Path) -> std::io::Result<Leftovers> {
+    let me = std::process::id() as i32;
+    let mut report = Leftovers::default();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = match entry.file_name().into_string() {
+            Ok(n) => n,
+            Err(_) => continue,
+        };
+        let Some(pid) = temp_owner_pid(&name) else {
+            continue;
+        };
+        let stale = entry
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_AFTER);
+        if pid == me || !crate::host::process_alive(pid) || stale {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => report.removed.push(name),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => report.failed.push((name, crate::error::os_message(&e))),
+            }
+        }
+    }
+    if !report.removed.is_empty() {
+        crate::fsutil::fsync_dir(dir)?;
+    }
+    Ok(report)
+}
 
 #[derive(Debug, Clone)]
 pub struct LocalDirectory {
@@ -213,7 +315,7 @@ impl Destination for LocalDirectory {
     }
 
     fn clean_leftovers(&self) -> Result<Leftovers, ArchiveError> {
-        crate::temp_file::sweep(&self.dir).map_err(|e| self.io("clean directory", &self.dir, &e))
+        sweep(&self.dir).map_err(|e| self.io("clean directory", &self.dir, &e))
     }
 }
 
@@ -223,7 +325,6 @@ mod tests {
     use crate::archive_protocol::archive_file;
     use crate::checksum::{hash_file, to_hex};
     use crate::error::ErrorKind;
-    use crate::temp_file::TEMP_PREFIX;
     use crate::testing::pattern;
     use std::os::unix::fs::PermissionsExt;
 
@@ -267,7 +368,10 @@ mod tests {
             }
         );
         assert_eq!(std::fs::read(arch.join(SEG)).unwrap(), data);
-        assert_eq!(listing(&arch), vec![SEG.to_string(), format!("{SEG}.sha256")]);
+        assert_eq!(
+            listing(&arch),
+            vec![SEG.to_string(), format!("{SEG}.sha256")]
+        );
         assert_eq!(
             std::fs::read_to_string(arch.join(format!("{SEG}.sha256"))).unwrap(),
             format!("{}  {SEG}\n", to_hex(&sha))
@@ -322,6 +426,7 @@ mod tests {
         let (_d, src, arch) = setup(&pattern(1000));
         std::fs::set_permissions(&arch, std::fs::Permissions::from_mode(0o500)).unwrap();
         let r = LocalDirectory::new(&arch, 0o600).store_new(SEG, &src.join(SEG));
+        // SAFETY: geteuid cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             assert_eq!(r.unwrap_err().os_error, Some(libc::EACCES));
         }
@@ -340,5 +445,109 @@ mod tests {
         assert!(dest.list().unwrap().is_empty());
         assert_eq!(dest.recorded(SEG).unwrap(), Recorded::Missing);
         assert!(dest.open(SEG).unwrap().is_none());
+    }
+
+    #[test]
+    fn sidecar_round_trip_and_sha256sum_format() {
+        let (_, d) = crate::checksum::hash_reader(&mut &b"abc"[..]).unwrap();
+        let text = format_sidecar(&d, "000000010000000000000001");
+        assert_eq!(text, format!("{}  000000010000000000000001\n", to_hex(&d)));
+        assert_eq!(parse_sidecar(&text, "000000010000000000000001"), Some(d));
+        assert_eq!(parse_sidecar(&text, "000000010000000000000002"), None);
+        assert_eq!(
+            parse_sidecar(
+                "xyz  000000010000000000000001\n",
+                "000000010000000000000001"
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn sha256sum_accepts_the_sidecar() {
+        if std::process::Command::new("sha256sum")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            return; // coreutils missing: nothing to compare with
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let name = "000000010000000000000001";
+        std::fs::write(dir.path().join(name), vec![5u8; 100_000]).unwrap();
+        let (len, d) = hash_file(&dir.path().join(name)).unwrap();
+        assert_eq!(len, 100_000);
+        std::fs::write(
+            dir.path().join(sidecar_name(name)),
+            format_sidecar(&d, name),
+        )
+        .unwrap();
+        let ok = std::process::Command::new("sha256sum")
+            .args(["-c", &sidecar_name(name)])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stdout)
+        );
+        std::fs::write(dir.path().join(name), vec![6u8; 100_000]).unwrap();
+        let bad = std::process::Command::new("sha256sum")
+            .args(["-c", &sidecar_name(name)])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(!bad.status.success());
+    }
+
+    #[test]
+    fn temp_names_are_recognised_and_never_wal_names() {
+        let d = Path::new("/arch");
+        let a = temp_path(d, "000000010000000000000001");
+        let b = temp_path(d, "000000010000000000000001");
+        assert_ne!(a, b);
+        let name = a.file_name().unwrap().to_str().unwrap();
+        assert!(name.starts_with(TEMP_PREFIX));
+        assert_eq!(temp_owner_pid(name), Some(std::process::id() as i32));
+        assert!(!crate::walname::is_archivable_name(name));
+        assert!(name.len() - "000000010000000000000001".len() <= MAX_DECORATION_LEN);
+        assert_eq!(temp_owner_pid("000000010000000000000001"), None);
+        assert_eq!(temp_owner_pid(".walarch-tmp.x.notapid.1"), None);
+    }
+
+    #[test]
+    fn sweep_removes_leftovers_of_dead_processes_only() {
+        let d = tempfile::tempdir().unwrap();
+        // A process that has exited: its PID is free (reuse within the test is
+        // practically impossible).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let dead_tmp = format!("{TEMP_PREFIX}000000010000000000000001.{dead}.abc");
+        let mine = temp_path(d.path(), "000000010000000000000002");
+        // PID 1 is always alive: a copy in progress elsewhere must survive.
+        let live_tmp = format!("{TEMP_PREFIX}000000010000000000000003.1.abc");
+        for n in [
+            &dead_tmp,
+            &live_tmp,
+            "000000010000000000000001",
+            "unrelated",
+        ] {
+            std::fs::write(d.path().join(n), b"x").unwrap();
+        }
+        std::fs::write(&mine, b"x").unwrap();
+
+        let mut r = sweep(d.path()).unwrap();
+        r.removed.sort();
+        let mut expect = vec![
+            dead_tmp.clone(),
+            mine.file_name().unwrap().to_str().unwrap().to_string(),
+        ];
+        expect.sort();
+        assert_eq!(r.removed, expect);
+        assert!(d.path().join(&live_tmp).exists());
+        assert!(d.path().join("000000010000000000000001").exists());
+        assert!(d.path().join("unrelated").exists());
     }
 }

@@ -50,11 +50,7 @@ fn store_err(e: ArchiveError) -> RestoreError {
 }
 
 /// Restores `walfile` from `archive` to `dest`; returns the bytes copied.
-pub fn restore(
-    archive: &dyn Destination,
-    walfile: &str,
-    dest: &Path,
-) -> Result<u64, RestoreError> {
+pub fn restore(archive: &dyn Destination, walfile: &str, dest: &Path) -> Result<u64, RestoreError> {
     if !is_archivable_name(walfile) {
         return Err(RestoreError::Usage(format!(
             "\"{walfile}\" is not a WAL file name"
@@ -73,7 +69,9 @@ pub fn restore(
             )))
         }
         Recorded::Malformed => {
-            return Err(RestoreError::Integrity(format!("the checksum record of \"{walfile}\" is malformed")))
+            return Err(RestoreError::Integrity(format!(
+                "the checksum record of \"{walfile}\" is malformed"
+            )))
         }
     };
 
@@ -158,7 +156,10 @@ mod tests {
     fn restores_verified_bytes() {
         let (d, wal, arch) = setup();
         let dest = d.path().join("RECOVERYXLOG");
-        assert_eq!(restore(&LocalDirectory::new(&arch, 0o600), SEG, &dest).unwrap(), 300_000);
+        assert_eq!(
+            restore(&LocalDirectory::new(&arch, 0o600), SEG, &dest).unwrap(),
+            300_000
+        );
         assert_eq!(
             std::fs::read(&dest).unwrap(),
             std::fs::read(wal.join(SEG)).unwrap()
@@ -170,7 +171,11 @@ mod tests {
         let (d, _wal, arch) = setup();
         let dest = d.path().join("RECOVERYXLOG");
         assert!(matches!(
-            restore(&LocalDirectory::new(&arch, 0o600), "00000005.history", &dest),
+            restore(
+                &LocalDirectory::new(&arch, 0o600),
+                "00000005.history",
+                &dest
+            ),
             Err(RestoreError::NotFound(_))
         ));
         assert!(!dest.exists());

@@ -98,7 +98,7 @@ pub fn write(path: &Path, s: &Stats) -> io::Result<()> {
 /// What `take` found.
 #[derive(Debug, PartialEq)]
 pub enum Taken {
-    Stats(Stats),
+    Stats(Box<Stats>),
     Absent,
     /// A file that is not one this version reads, and why; discarded.
     Unusable(String),
@@ -122,7 +122,7 @@ pub fn take(path: &Path) -> io::Result<Taken> {
     }
     Ok(parse(&text).map_or_else(
         || Taken::Unusable("it is incomplete or damaged".into()),
-        Taken::Stats,
+        |s| Taken::Stats(Box::new(s)),
     ))
 }
 
@@ -191,10 +191,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("walarch_ext.stat");
         write(&p, &sample()).unwrap();
-        assert_eq!(take(&p).unwrap(), Taken::Stats(sample()));
+        assert_eq!(take(&p).unwrap(), Taken::Stats(Box::new(sample())));
         assert_eq!(take(&p).unwrap(), Taken::Absent, "the file is consumed");
         // An older format is discarded, saying so, never misread.
-        std::fs::write(&p, serialize(&sample()).replace(HEADER, "walarch_ext stats 0")).unwrap();
+        std::fs::write(
+            &p,
+            serialize(&sample()).replace(HEADER, "walarch_ext stats 0"),
+        )
+        .unwrap();
         assert!(matches!(take(&p).unwrap(), Taken::Unusable(w) if w.contains("stats 0")));
         assert!(!p.exists());
         std::fs::write(&p, &serialize(&sample())[..30]).unwrap();

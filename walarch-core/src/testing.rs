@@ -28,7 +28,7 @@ pub trait DamageRecord: Destination {
 
 impl DamageRecord for LocalDirectory {
     fn drop_record(&self, name: &str) {
-        std::fs::remove_file(self.path().join(crate::checksum::sidecar_name(name))).unwrap();
+        std::fs::remove_file(self.path().join(crate::local_directory::sidecar_name(name))).unwrap();
     }
 }
 
@@ -65,7 +65,12 @@ impl Destination for MemoryDestination {
     }
 
     fn recorded(&self, name: &str) -> Result<Recorded, ArchiveError> {
-        Ok(self.files.lock().unwrap().get(name).map_or(Recorded::Missing, |f| f.1))
+        Ok(self
+            .files
+            .lock()
+            .unwrap()
+            .get(name)
+            .map_or(Recorded::Missing, |f| f.1))
     }
 
     fn write_record(&self, name: &str, sha256: &Sha256Digest) -> Result<(), ArchiveError> {
@@ -80,7 +85,12 @@ impl Destination for MemoryDestination {
     }
 
     fn size(&self, name: &str) -> Result<Option<u64>, ArchiveError> {
-        Ok(self.files.lock().unwrap().get(name).map(|f| f.0.len() as u64))
+        Ok(self
+            .files
+            .lock()
+            .unwrap()
+            .get(name)
+            .map(|f| f.0.len() as u64))
     }
 
     fn open(&self, name: &str) -> Result<Option<Box<dyn Read + Send + '_>>, ArchiveError> {
@@ -206,11 +216,15 @@ impl Host for FakeHost<'_> {
     }
 
     fn wake_worker(&self) {
-        self.shared.worker_wakes.set(self.shared.worker_wakes.get() + 1);
+        self.shared
+            .worker_wakes
+            .set(self.shared.worker_wakes.get() + 1);
     }
 
     fn wake_archiver(&self) {
-        self.shared.archiver_wakes.set(self.shared.archiver_wakes.get() + 1);
+        self.shared
+            .archiver_wakes
+            .set(self.shared.archiver_wakes.get() + 1);
     }
 
     fn pid(&self) -> i32 {

@@ -394,7 +394,11 @@ mod tests {
         // A range that avoids the damage is intact.
         let from = WalFileName::parse(&segment_file_name(1, 4, MB)).unwrap();
         let to = WalFileName::parse(&segment_file_name(1, 4, MB)).unwrap();
-        assert!(verify(&LocalDirectory::new(&arch, 0o600), Some(&from), Some(&to)).unwrap().intact());
+        assert!(
+            verify(&LocalDirectory::new(&arch, 0o600), Some(&from), Some(&to))
+                .unwrap()
+                .intact()
+        );
     }
 
     #[test]

@@ -1,0 +1,104 @@
+//! Extension upgrades: the schema of 0.1.0 (as that release generated it,
+//! kept in tests/fixtures), updated with `ALTER EXTENSION ... UPDATE`, must
+//! equal a fresh install of the current version: functions, the view, and
+//! privileges.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use walarch_integration::setups::started_with_walarch;
+use walarch_integration::{bindir, sh};
+
+/// Every object of the extension, one line each, with what matters to a
+/// user: signature, result, volatility, parallel safety, strictness, the C
+/// symbol, the view's definition, and the privileges.
+const CATALOG: &str = r#"
+SELECT string_agg(x, E'\n' ORDER BY x) FROM (
+  SELECT format('function %s returns %s [%s%s strict=%s] symbol=%s acl=%s',
+                p.oid::regprocedure, pg_get_function_result(p.oid),
+                p.provolatile, p.proparallel, p.proisstrict, p.prosrc,
+                coalesce(p.proacl::text, 'default'))
+  FROM pg_proc p
+  JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+  JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'walarch_ext'
+  UNION ALL
+  SELECT format('function %s defaults %s', p.oid::regprocedure, pg_get_function_arguments(p.oid))
+  FROM pg_proc p
+  JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+  JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'walarch_ext'
+  UNION ALL
+  SELECT format('relation %s kind=%s def=%s acl=%s', c.relname, c.relkind,
+                pg_get_viewdef(c.oid), coalesce(c.relacl::text, 'default'))
+  FROM pg_class c
+  JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e'
+  JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'walarch_ext'
+) objects(x)
+"#;
+
+fn extension_dir() -> PathBuf {
+    let out = Command::new(bindir().join("pg_config"))
+        .arg("--sharedir")
+        .output()
+        .expect("run pg_config");
+    assert!(out.status.success());
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("extension")
+}
+
+#[test]
+fn update_from_0_1_0_equals_a_fresh_install() {
+    // The base script of 0.1.0 is not installed by the current build.
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/walarch_ext--0.1.0.sql");
+    sh(&format!(
+        "install -m 0644 '{}' '{}'",
+        fixture.display(),
+        extension_dir().display()
+    ));
+    let c = started_with_walarch("upgrade");
+    let current =
+        c.query("SELECT default_version FROM pg_available_extensions WHERE name = 'walarch_ext'");
+    assert_ne!(current, "0.1.0");
+    assert_eq!(
+        c.query(&format!(
+            "SELECT path FROM pg_extension_update_paths('walarch_ext') \
+             WHERE source = '0.1.0' AND target = '{current}'"
+        )),
+        format!("0.1.0--{current}"),
+        "a direct upgrade script from 0.1.0"
+    );
+
+    c.query("CREATE EXTENSION walarch_ext VERSION '0.1.0'");
+    let old = c.query(CATALOG);
+    c.query("ALTER EXTENSION walarch_ext UPDATE");
+    assert_eq!(
+        c.query("SELECT extversion FROM pg_extension WHERE extname = 'walarch_ext'"),
+        current
+    );
+    let upgraded = c.query(CATALOG);
+    // The upgraded objects work against the new library.
+    c.query("SELECT archived_count FROM walarch_stats()");
+    c.query("SELECT count(*) FROM walarch_stat_archiver");
+
+    c.query("DROP EXTENSION walarch_ext");
+    c.query("CREATE EXTENSION walarch_ext");
+    let fresh = c.query(CATALOG);
+
+    assert_eq!(
+        upgraded, fresh,
+        "0.1.0 updated to {current} differs from a fresh {current}"
+    );
+    // Not vacuous: the functions, the view and its privileges are there.
+    for needle in [
+        "function walarch_stats()",
+        "function walarch_stats_reset()",
+        "function walarch_switch_wal(boolean,interval) returns TABLE(switch_lsn pg_lsn",
+        "function walarch_verify(text,text)",
+        "relation walarch_stat_archiver kind=v",
+        "pg_monitor=X/postgres",
+        "pg_monitor=r/postgres",
+    ] {
+        assert!(fresh.contains(needle), "{needle:?} not in:\n{fresh}");
+    }
+    let count = |kind: &str| fresh.lines().filter(|l| l.starts_with(kind)).count();
+    assert_eq!((count("function "), count("relation ")), (8, 1), "{fresh}");
+    eprintln!("0.1.0 catalog:\n{old}");
+}
