@@ -58,18 +58,37 @@ pub fn archive_file(
         )
         .with_detail("Only WAL segments and .partial, .history and .backup files are archived."));
     }
-    match dest.store_new(name, source)? {
-        Stored::Created { bytes, sha256 } => Ok(ArchiveOutcome::Archived { bytes, sha256 }),
-        Stored::Exists => judge_existing(dest, name, source),
+    // A file that vanishes while it is judged (removed by hand) is stored
+    // again, once.
+    for _ in 0..2 {
+        match dest.store_new(name, source)? {
+            Stored::Created { bytes, sha256 } => {
+                return Ok(ArchiveOutcome::Archived { bytes, sha256 })
+            }
+            Stored::Exists => {
+                if let Some(outcome) = judge_existing(dest, name, source)? {
+                    return Ok(outcome);
+                }
+            }
+        }
     }
+    Err(ArchiveError::new(
+        ErrorKind::Io,
+        format!(
+            "archive file \"{}\" appeared and vanished while being archived",
+            dest.location(name)
+        ),
+    )
+    .with_hint("Something else is writing to the archive; the archiver will retry."))
 }
 
-/// `name` is taken: success only if what is stored there is the WAL file.
+/// `name` is taken: success only if what is stored there is the WAL file;
+/// `None` if it vanished meanwhile.
 fn judge_existing(
     dest: &dyn Destination,
     name: &str,
     source: &Path,
-) -> Result<ArchiveOutcome, ArchiveError> {
+) -> Result<Option<ArchiveOutcome>, ArchiveError> {
     let (len, sha256) = hash_file(source).map_err(|e| ArchiveError::io("read file", source, &e))?;
     let recorded = dest.recorded(name)?;
     let stored_len = dest.size(name)?;
@@ -78,8 +97,10 @@ fn judge_existing(
     let trusted = recorded == Recorded::Digest(sha256) && stored_len == Some(len);
     let mut repaired_record = None;
     if !trusted {
-        let stored = stored_digest(dest, name)?;
-        if stored != Some((len, sha256)) {
+        let Some(stored) = stored_digest(dest, name)? else {
+            return Ok(None);
+        };
+        if stored != (len, sha256) {
             return Err(conflict(dest, name, source, stored_len, len));
         }
         dest.write_record(name, &sha256)?;
@@ -88,11 +109,11 @@ fn judge_existing(
         }
     }
     dest.make_durable(name)?;
-    Ok(ArchiveOutcome::AlreadyArchived {
+    Ok(Some(ArchiveOutcome::AlreadyArchived {
         bytes: len,
         sha256,
         repaired_record,
-    })
+    }))
 }
 
 /// Length and SHA-256 of what is stored under `name`; `None` if it vanished.

@@ -11,9 +11,9 @@ pub trait Host {
     /// Runs `f` on the shared state under its lock; `None` when this process
     /// has none (the library was not preloaded): nothing to coordinate with.
     fn with_state<R>(&self, f: impl FnOnce(&mut ArchiveState) -> R) -> Option<R>;
-    /// Sleeps until woken or `timeout` passes; returns at once when the
-    /// process must exit soon (shutdown, postmaster death) is the caller's
-    /// business through its own checks.
+    /// Sleeps until woken or `timeout` passes. Keep `timeout` short: the
+    /// host ends the process on postmaster death, but a pending shutdown is
+    /// noticed only between waits.
     fn wait(&self, timeout: Duration);
     /// Tells the copy-ahead worker there may be work.
     fn wake_worker(&self);
