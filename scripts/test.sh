@@ -23,6 +23,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 echo "==> unit tests (walarch-core) and the walarch command"
 cargo test -p walarch-core -p walarch-cli
+echo "==> the S3 destination against a real SeaweedFS store"
+cargo test -p walarch-s3
 # restore_command in the integration tests runs it as the postgres user.
 cargo build --release -p walarch-cli
 install -m 0755 target/release/walarch /usr/local/bin/walarch

@@ -25,6 +25,11 @@ pub fn from_hex(s: &str) -> Option<Sha256Digest> {
     Some(out)
 }
 
+/// SHA-256 of bytes in memory.
+pub fn sha256(b: &[u8]) -> Sha256Digest {
+    Sha256::digest(b).into()
+}
+
 /// Length and SHA-256 of a file.
 pub fn hash_file(path: &Path) -> io::Result<(u64, Sha256Digest)> {
     hash_reader(&mut File::open(path)?)

@@ -100,14 +100,16 @@ impl ArchiveError {
 /// The OS error text without Rust's " (os error N)" suffix, like `%m`.
 pub fn os_message(err: &io::Error) -> String {
     match err.raw_os_error() {
-        Some(code) => {
-            let s = io::Error::from_raw_os_error(code).to_string();
-            match s.find(" (os error") {
-                Some(i) => s[..i].to_string(),
-                None => s,
-            }
-        }
+        Some(code) => strip_os_error(&io::Error::from_raw_os_error(code).to_string()),
         None => err.to_string(),
+    }
+}
+
+/// `s` without Rust's " (os error N)" suffix.
+pub fn strip_os_error(s: &str) -> String {
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s.to_string(),
     }
 }
 

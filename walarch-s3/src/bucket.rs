@@ -1,0 +1,865 @@
+//! An S3 bucket (and prefix) as a `Destination`, through object_store.
+//!
+//! Layout: `PREFIX/NAME` holds the WAL file, with its SHA-256 (hex) in the
+//! user metadata `x-amz-meta-sha256`, set by the create-only PUT that
+//! stores it. `PREFIX/NAME.sha256` exists only once `write_record` has
+//! replaced a record: `sha256sum` format (`HEX  NAME\n`), with the ETag of
+//! the object it describes in `x-amz-meta-object-etag`. S3 metadata cannot
+//! be edited in place, and object_store 0.14's `copy`/`copy_opts` cannot
+//! replace it (`CopyOptions` has only a mode; the copy request sends no
+//! `x-amz-metadata-directive`), so the record is replaced by that sidecar
+//! instead of a self-copy (which would also rewrite up to 1 GiB server-side
+//! and change the object's ETag and date). `recorded` trusts the sidecar
+//! when its ETag is the object's current one, else the metadata.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder, Checksum};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path as ObjPath;
+use object_store::signer::{SignedUrlOptions, Signer};
+use object_store::{
+    Attribute, Attributes, BackoffConfig, Certificate, ClientOptions, GetOptions, ObjectStore,
+    ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
+};
+use reqwest::header::{HeaderValue, IF_NONE_MATCH};
+
+use walarch_core::checksum::{from_hex, sha256, to_hex, Hasher, Sha256Digest};
+use walarch_core::destination::{Destination, Recorded, Stored};
+use walarch_core::error::{ArchiveError, ErrorKind};
+use walarch_core::walname::is_archivable_name;
+
+use crate::errors::{
+    self as s3_error, classify, classify_reqwest, classify_status, Context, Failure,
+};
+use crate::runtime;
+
+/// User metadata key of the digest: `x-amz-meta-sha256`.
+pub const META_SHA256: &str = "sha256";
+/// User metadata key, on a sidecar, of the ETag of the object it records.
+pub const META_OBJECT_ETAG: &str = "object-etag";
+pub const SIDECAR_SUFFIX: &str = ".sha256";
+
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    /// `http(s)://host:port`; `None` for AWS itself (from the region).
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub bucket: String,
+    /// Key prefix without leading or trailing slash; may be empty.
+    pub prefix: String,
+    /// When `None`, object_store's AWS credential chain (instance metadata,
+    /// web identity) is used.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// `https://BUCKET.host/key` instead of `https://host/BUCKET/key`. With
+    /// an endpoint, the endpoint must then include the bucket.
+    pub virtual_hosted_style: bool,
+    /// PEM file of the CA(s) that sign the endpoint's certificate, trusted
+    /// in addition to the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Trust only `ca_file`, not the system's CAs.
+    pub ca_only: bool,
+    pub connect_timeout: Duration,
+    /// Limit of each HTTP request (client timeout) and of each call.
+    pub timeout: Duration,
+    /// Files larger than this are uploaded in parts.
+    pub multipart_threshold: u64,
+    /// Part size of multipart uploads (S3: at least 5 MiB but the last).
+    pub part_size: usize,
+    /// object_store retries of a failed request (connect errors, 5xx, and,
+    /// for idempotent requests, timeouts), within `timeout`.
+    pub max_retries: usize,
+    /// HEAD before storing, for stores that ignore `If-None-Match` (off
+    /// only to test that the store itself refuses).
+    pub head_before_put: bool,
+}
+
+impl S3Settings {
+    pub fn new(bucket: impl Into<String>) -> Self {
+        S3Settings {
+            endpoint: None,
+            region: "us-east-1".into(),
+            bucket: bucket.into(),
+            prefix: String::new(),
+            access_key_id: None,
+            secret_access_key: None,
+            virtual_hosted_style: false,
+            ca_file: None,
+            ca_only: false,
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(60),
+            multipart_threshold: 16 << 20,
+            part_size: 16 << 20,
+            max_retries: 3,
+            head_before_put: true,
+        }
+    }
+}
+
+pub struct S3Destination {
+    store: Arc<AmazonS3>,
+    /// For the one request object_store cannot send (create-only
+    /// CompleteMultipartUpload): same TLS roots and timeouts.
+    http: reqwest::Client,
+    settings: S3Settings,
+    endpoint_text: String,
+}
+
+fn config_error(message: String) -> ArchiveError {
+    ArchiveError::new(ErrorKind::Configuration, message)
+}
+
+impl S3Destination {
+    /// Builds the client; makes no request.
+    pub fn new(mut settings: S3Settings) -> Result<Self, ArchiveError> {
+        settings.prefix = settings.prefix.trim_matches('/').to_string();
+        if settings.bucket.is_empty() {
+            return Err(config_error("walarch.s3_bucket is not set".into()));
+        }
+        if settings.part_size < 5 << 20 {
+            return Err(config_error(
+                "multipart part size must be at least 5 MiB".into(),
+            ));
+        }
+        let endpoint_text = settings
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", settings.region));
+        let allow_http = endpoint_text.starts_with("http://");
+
+        let mut options = ClientOptions::new()
+            .with_allow_http(allow_http)
+            .with_timeout(settings.timeout)
+            .with_connect_timeout(settings.connect_timeout);
+        let mut http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.connect_timeout)
+            .https_only(!allow_http)
+            .no_proxy();
+        if let Some(ca) = &settings.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| ArchiveError::io("read CA certificate file", ca, &e))?;
+            let certs = Certificate::from_pem_bundle(&pem).map_err(|e| {
+                config_error(format!(
+                    "could not parse CA certificate file \"{}\": {}",
+                    ca.display(),
+                    e
+                ))
+            })?;
+            let rcerts = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                config_error(format!(
+                    "could not parse CA certificate file \"{}\": {}",
+                    ca.display(),
+                    e.without_url()
+                ))
+            })?;
+            if certs.is_empty() {
+                return Err(config_error(format!(
+                    "CA certificate file \"{}\" holds no certificate",
+                    ca.display()
+                )));
+            }
+            for c in certs {
+                options = options.with_root_certificate(c);
+            }
+            options = options.with_no_system_certificates(settings.ca_only);
+            http = if settings.ca_only {
+                http.tls_certs_only(rcerts)
+            } else {
+                http.tls_certs_merge(rcerts)
+            };
+        }
+
+        let mut b = AmazonS3Builder::new()
+            .with_region(&settings.region)
+            .with_bucket_name(&settings.bucket)
+            .with_virtual_hosted_style_request(settings.virtual_hosted_style)
+            .with_checksum_algorithm(Checksum::SHA256)
+            // One plain DELETE per object: DeleteObjects (POST ?delete) is
+            // missing from some S3-compatible stores.
+            .with_disable_bulk_delete(true)
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(100),
+                    max_backoff: Duration::from_secs(2),
+                    base: 2.0,
+                },
+                max_retries: settings.max_retries,
+                retry_timeout: settings.timeout,
+            })
+            .with_client_options(options);
+        if let Some(ep) = &settings.endpoint {
+            b = b.with_endpoint(ep);
+        }
+        if let (Some(k), Some(s)) = (&settings.access_key_id, &settings.secret_access_key) {
+            b = b.with_access_key_id(k).with_secret_access_key(s);
+        }
+        let store = b.build().map_err(|e| {
+            // Builder errors name settings, never their secret values.
+            config_error(format!("invalid S3 settings: {e}"))
+        })?;
+        let http = http.build().map_err(|e| {
+            config_error(format!(
+                "could not build the HTTP client: {}",
+                e.without_url()
+            ))
+        })?;
+        Ok(S3Destination {
+            store: Arc::new(store),
+            http,
+            settings,
+            endpoint_text,
+        })
+    }
+
+    pub fn settings(&self) -> &S3Settings {
+        &self.settings
+    }
+
+    fn key(&self, name: &str) -> ObjPath {
+        if self.settings.prefix.is_empty() {
+            ObjPath::from(name)
+        } else {
+            ObjPath::from(format!("{}/{}", self.settings.prefix, name))
+        }
+    }
+
+    fn cx<'a>(&'a self, action: &'a str, location: &'a str) -> Context<'a> {
+        Context {
+            action,
+            location,
+            endpoint: &self.endpoint_text,
+            bucket: &self.settings.bucket,
+            timeout: self.settings.timeout,
+        }
+    }
+
+    fn fail(&self, action: &str, name: Option<&str>, f: Failure) -> ArchiveError {
+        let loc = match name {
+            Some(n) => self.location(n),
+            None => self.describe(),
+        };
+        s3_error::to_archive_error(f, &self.cx(action, &loc))
+    }
+
+    /// Runs `fut` with the call deadline; maps every failure.
+    fn call<T, F>(&self, action: &str, name: Option<&str>, fut: F) -> Result<T, ArchiveError>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, Failure>> + Send + 'static,
+    {
+        self.call_within(self.settings.timeout, action, name, fut)
+    }
+
+    fn call_within<T, F>(
+        &self,
+        deadline: Duration,
+        action: &str,
+        name: Option<&str>,
+        fut: F,
+    ) -> Result<T, ArchiveError>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, Failure>> + Send + 'static,
+    {
+        match runtime::run(deadline, fut) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(f)) => Err(self.fail(action, name, f)),
+            Err(e) => {
+                let loc = match name {
+                    Some(n) => self.location(n),
+                    None => self.describe(),
+                };
+                Err(s3_error::run_error(e, &self.cx(action, &loc)))
+            }
+        }
+    }
+
+    fn store_single(&self, name: &str, source: &Path) -> Result<Stored, ArchiveError> {
+        // One pass over the file: read it whole (it is sent from memory
+        // anyway: object_store's PutPayload) and hash it.
+        let mut data = Vec::new();
+        File::open(source)
+            .and_then(|mut f| f.read_to_end(&mut data))
+            .map_err(|e| ArchiveError::io("read file", source, &e))?;
+        let digest = sha256(&data);
+        let bytes = data.len() as u64;
+        let store = Arc::clone(&self.store);
+        let path = self.key(name);
+        let head_first = self.settings.head_before_put;
+        self.call("store", Some(name), async move {
+            // Some stores ignore If-None-Match: look first. The window left
+            // on such a store is between this HEAD and the PUT.
+            if head_first && exists(&store, &path).await? {
+                return Ok(Stored::Exists);
+            }
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                attributes: digest_attributes(&digest),
+                ..Default::default()
+            };
+            let payload = PutPayload::from(Bytes::from(data));
+            match store.put_opts(&path, payload, opts).await {
+                Ok(_) => Ok(Stored::Created {
+                    bytes,
+                    sha256: digest,
+                }),
+                Err(object_store::Error::AlreadyExists { .. }) => Ok(Stored::Exists),
+                Err(e) => Err(classify(&e)),
+            }
+        })
+    }
+
+    /// Multipart: hash the file (first pass), create the upload with the
+    /// digest in its metadata, upload the parts (second pass, each part's
+    /// SHA-256 sent and verified by the store, the whole hashed again and
+    /// compared), then complete create-only.
+    fn store_multipart(&self, name: &str, source: &Path) -> Result<Stored, ArchiveError> {
+        let rd = |e: io::Error| ArchiveError::io("read file", source, &e);
+        let (bytes, digest) = {
+            let mut f = File::open(source).map_err(rd)?;
+            let mut h = Hasher::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut n = 0u64;
+            loop {
+                let k = f.read(&mut buf).map_err(rd)?;
+                if k == 0 {
+                    break;
+                }
+                h.update(&buf[..k]);
+                n += k as u64;
+            }
+            (n, h.finish())
+        };
+
+        let store = Arc::clone(&self.store);
+        let path = self.key(name);
+        let upload_id = {
+            let (store, path) = (Arc::clone(&store), path.clone());
+            let head_first = self.settings.head_before_put;
+            let created = self.call("store", Some(name), async move {
+                if head_first && exists(&store, &path).await? {
+                    return Ok(None);
+                }
+                let opts = PutMultipartOptions {
+                    attributes: digest_attributes(&digest),
+                    ..Default::default()
+                };
+                store
+                    .create_multipart_opts(&path, opts)
+                    .await
+                    .map(Some)
+                    .map_err(|e| classify(&e))
+            })?;
+            match created {
+                None => return Ok(Stored::Exists),
+                Some(id) => id,
+            }
+        };
+
+        let result =
+            self.upload_parts_and_complete(name, source, &path, &upload_id, bytes, &digest);
+        if !matches!(result, Ok(Stored::Created { .. })) {
+            // Best effort; a crash here leaves an incomplete upload (not
+            // visible as an object) for a lifecycle rule to expire.
+            let (store, path, id) = (Arc::clone(&store), path.clone(), upload_id.clone());
+            let _ = runtime::run(self.settings.timeout, async move {
+                store.abort_multipart(&path, &id).await
+            });
+        }
+        result
+    }
+
+    fn upload_parts_and_complete(
+        &self,
+        name: &str,
+        source: &Path,
+        path: &ObjPath,
+        upload_id: &str,
+        expected_len: u64,
+        expected: &Sha256Digest,
+    ) -> Result<Stored, ArchiveError> {
+        let rd = |e: io::Error| ArchiveError::io("read file", source, &e);
+        let mut f = File::open(source).map_err(rd)?;
+        let mut h = Hasher::new();
+        let mut total = 0u64;
+        let mut parts: Vec<PartId> = Vec::new();
+        // One part uploading while the next is read.
+        let mut pending: Option<runtime::Pending<Result<PartId, Failure>>> = None;
+        let mut idx = 0usize;
+        loop {
+            let mut buf = vec![0u8; self.settings.part_size];
+            let mut filled = 0;
+            while filled < buf.len() {
+                let k = f.read(&mut buf[filled..]).map_err(rd)?;
+                if k == 0 {
+                    break;
+                }
+                filled += k;
+            }
+            buf.truncate(filled);
+            if let Some(p) = pending.take() {
+                parts.push(self.wait_part(name, p)?);
+            }
+            if filled == 0 && idx > 0 {
+                break;
+            }
+            h.update(&buf);
+            total += filled as u64;
+            let (store, path, id) = (Arc::clone(&self.store), path.clone(), upload_id.to_string());
+            let i = idx;
+            let payload = PutPayload::from(Bytes::from(buf));
+            pending = Some(
+                runtime::spawn(self.settings.timeout, async move {
+                    store
+                        .put_part(&path, &id, i, payload)
+                        .await
+                        .map_err(|e| classify(&e))
+                })
+                .map_err(|e| {
+                    let loc = self.location(name);
+                    s3_error::run_error(e, &self.cx("store", &loc))
+                })?,
+            );
+            idx += 1;
+            if filled < self.settings.part_size {
+                // Short read: the end (the next read would give 0).
+                if let Some(p) = pending.take() {
+                    parts.push(self.wait_part(name, p)?);
+                }
+                break;
+            }
+        }
+        if total != expected_len || h.finish() != *expected {
+            return Err(ArchiveError::new(
+                ErrorKind::Io,
+                format!(
+                    "could not store \"{}\": file \"{}\" changed while being archived",
+                    self.location(name),
+                    source.display()
+                ),
+            ));
+        }
+        self.complete_create_only(name, path, upload_id, parts, total, *expected)
+    }
+
+    fn wait_part(
+        &self,
+        name: &str,
+        p: runtime::Pending<Result<PartId, Failure>>,
+    ) -> Result<PartId, ArchiveError> {
+        match p.wait() {
+            Ok(Ok(part)) => Ok(part),
+            Ok(Err(f)) => Err(self.fail("store", Some(name), f)),
+            Err(e) => {
+                let loc = self.location(name);
+                Err(s3_error::run_error(e, &self.cx("store", &loc)))
+            }
+        }
+    }
+
+    /// CompleteMultipartUpload with `If-None-Match: *`. object_store 0.14
+    /// completes uploads only with overwrite (`MultipartUpload::complete`,
+    /// `MultipartStore::complete_multipart` both pass
+    /// `CompleteMultipartMode::Overwrite`), so the request is presigned by
+    /// object_store's `Signer` (the header signed too) and sent here.
+    fn complete_create_only(
+        &self,
+        name: &str,
+        path: &ObjPath,
+        upload_id: &str,
+        parts: Vec<PartId>,
+        bytes: u64,
+        digest: Sha256Digest,
+    ) -> Result<Stored, ArchiveError> {
+        let body = complete_body(&parts);
+        let store = Arc::clone(&self.store);
+        let http = self.http.clone();
+        let (path, id) = (path.clone(), upload_id.to_string());
+        let expires = self.settings.timeout + Duration::from_secs(60);
+        self.call("store", Some(name), async move {
+            let opts = SignedUrlOptions::new()
+                .with_query([("uploadId", id.as_str())])
+                .with_signed_header(IF_NONE_MATCH, HeaderValue::from_static("*"));
+            let url = store
+                .signed_url_opts(reqwest::Method::POST, &path, expires, &opts)
+                .await
+                .map_err(|e| classify(&e))?;
+            let resp = http
+                .post(url)
+                .header(IF_NONE_MATCH, "*")
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| classify_reqwest(&e))?;
+            let status = resp.status().as_u16();
+            let text = resp.text().await.map_err(|e| classify_reqwest(&e))?;
+            match status {
+                // S3 may answer 200 with an <Error> body.
+                200 if !text.contains("<Error>") => Ok(Stored::Created {
+                    bytes,
+                    sha256: digest,
+                }),
+                412 => Ok(Stored::Exists),
+                _ => Err(classify_status(status, Some(&text))),
+            }
+        })
+    }
+}
+
+/// Whether `path` exists (HEAD).
+async fn exists(store: &AmazonS3, path: &ObjPath) -> Result<bool, Failure> {
+    match store.head(path).await {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(classify(&e)),
+    }
+}
+
+fn digest_attributes(d: &Sha256Digest) -> Attributes {
+    let mut a = Attributes::new();
+    a.insert(Attribute::Metadata(META_SHA256.into()), to_hex(d).into());
+    a
+}
+
+/// The part's ETag and checksum from object_store's `PartId`: with a
+/// checksum algorithm configured its `content_id` is the XML
+/// `<PartMetadata><e_tag>..</e_tag><checksum_sha256>..</checksum_sha256>`
+/// (object_store's private `PartMetadata`), else the bare ETag.
+fn part_fields(p: &PartId) -> (String, Option<String>) {
+    let c = &p.content_id;
+    if c.starts_with('<') {
+        let etag = s3_error::xml_element(c, "e_tag").unwrap_or_default();
+        let sum = s3_error::xml_element(c, "checksum_sha256");
+        (etag, sum)
+    } else {
+        (c.clone(), None)
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn complete_body(parts: &[PartId]) -> String {
+    let mut b = String::from("<CompleteMultipartUpload>");
+    for (i, p) in parts.iter().enumerate() {
+        let (etag, sum) = part_fields(p);
+        b.push_str(&format!(
+            "<Part><PartNumber>{}</PartNumber><ETag>{}</ETag>",
+            i + 1,
+            xml_escape(&etag)
+        ));
+        if let Some(s) = sum {
+            b.push_str(&format!(
+                "<ChecksumSHA256>{}</ChecksumSHA256>",
+                xml_escape(&s)
+            ));
+        }
+        b.push_str("</Part>");
+    }
+    b.push_str("</CompleteMultipartUpload>");
+    b
+}
+
+/// `HEX  NAME` (sha256sum's format), one line.
+fn parse_sidecar(text: &str, name: &str) -> Option<Sha256Digest> {
+    let line = text.strip_suffix('\n').unwrap_or(text);
+    if line.contains('\n') {
+        return None;
+    }
+    let (hex, rest) = line.split_at_checked(64)?;
+    let file = rest
+        .strip_prefix("  ")
+        .or_else(|| rest.strip_prefix(" *"))?;
+    if file != name {
+        return None;
+    }
+    from_hex(hex)
+}
+
+/// Streaming read: a task pulls the GET body and hands chunks over a
+/// bounded channel (4 chunks: object_store yields hyper's frames, some KiB
+/// to 1 MiB); each chunk must come within the timeout.
+struct StreamReader {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, io::Error>>,
+    cur: Bytes,
+}
+
+impl Read for StreamReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        let _ = self.cur.split_to(n);
+        Ok(n)
+    }
+}
+
+impl Destination for S3Destination {
+    fn describe(&self) -> String {
+        if self.settings.prefix.is_empty() {
+            format!("s3://{}", self.settings.bucket)
+        } else {
+            format!("s3://{}/{}", self.settings.bucket, self.settings.prefix)
+        }
+    }
+
+    fn location(&self, name: &str) -> String {
+        format!("{}/{}", self.describe(), name)
+    }
+
+    fn store_new(&self, name: &str, source: &Path) -> Result<Stored, ArchiveError> {
+        let len = std::fs::metadata(source)
+            .map_err(|e| ArchiveError::io("stat file", source, &e))?
+            .len();
+        if len <= self.settings.multipart_threshold {
+            self.store_single(name, source)
+        } else {
+            self.store_multipart(name, source)
+        }
+    }
+
+    fn recorded(&self, name: &str) -> Result<Recorded, ArchiveError> {
+        let store = Arc::clone(&self.store);
+        let path = self.key(name);
+        let side = self.key(&format!("{name}{SIDECAR_SUFFIX}"));
+        let name_owned = name.to_string();
+        self.call("read the checksum record of", Some(name), async move {
+            let head = store.get_opts(&path, GetOptions::new().with_head(true));
+            let sidecar = async {
+                match store.get(&side).await {
+                    Ok(r) => {
+                        let etag = r
+                            .attributes
+                            .get(&Attribute::Metadata(META_OBJECT_ETAG.into()))
+                            .map(|v| v.to_string());
+                        let body = r.bytes().await?;
+                        Ok(Some((etag, body)))
+                    }
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            };
+            let (head, sidecar) = futures_util::join!(head, sidecar);
+            let head = match head {
+                Ok(h) => h,
+                Err(object_store::Error::NotFound { .. }) => return Ok(Recorded::Missing),
+                Err(e) => return Err(classify(&e)),
+            };
+            let sidecar = sidecar.map_err(|e| classify(&e))?;
+            if let Some((etag, body)) = sidecar {
+                if etag.is_some() && etag == head.meta.e_tag {
+                    return Ok(
+                        match std::str::from_utf8(&body)
+                            .ok()
+                            .and_then(|t| parse_sidecar(t, &name_owned))
+                        {
+                            Some(d) => Recorded::Digest(d),
+                            None => Recorded::Malformed,
+                        },
+                    );
+                }
+            }
+            Ok(
+                match head
+                    .attributes
+                    .get(&Attribute::Metadata(META_SHA256.into()))
+                {
+                    None => Recorded::Missing,
+                    Some(v) => match from_hex(v.as_ref()) {
+                        Some(d) => Recorded::Digest(d),
+                        None => Recorded::Malformed,
+                    },
+                },
+            )
+        })
+    }
+
+    fn write_record(&self, name: &str, sha256: &Sha256Digest) -> Result<(), ArchiveError> {
+        let store = Arc::clone(&self.store);
+        let path = self.key(name);
+        let side = self.key(&format!("{name}{SIDECAR_SUFFIX}"));
+        let text = format!("{}  {}\n", to_hex(sha256), name);
+        self.call("write the checksum record of", Some(name), async move {
+            let head = store.head(&path).await.map_err(|e| match e {
+                object_store::Error::NotFound { .. } => Failure::Other("no such object".into()),
+                e => classify(&e),
+            })?;
+            let mut attributes = Attributes::new();
+            if let Some(etag) = head.e_tag {
+                attributes.insert(Attribute::Metadata(META_OBJECT_ETAG.into()), etag.into());
+            }
+            let opts = PutOptions {
+                mode: PutMode::Overwrite,
+                attributes,
+                ..Default::default()
+            };
+            store
+                .put_opts(&side, PutPayload::from(text), opts)
+                .await
+                .map(|_| ())
+                .map_err(|e| classify(&e))
+        })
+    }
+
+    fn make_durable(&self, _name: &str) -> Result<(), ArchiveError> {
+        // An acknowledged PUT is durable in S3.
+        Ok(())
+    }
+
+    fn size(&self, name: &str) -> Result<Option<u64>, ArchiveError> {
+        let store = Arc::clone(&self.store);
+        let path = self.key(name);
+        self.call("stat", Some(name), async move {
+            match store.head(&path).await {
+                Ok(m) => Ok(Some(m.size)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(classify(&e)),
+            }
+        })
+    }
+
+    fn open(&self, name: &str) -> Result<Option<Box<dyn Read + Send + '_>>, ArchiveError> {
+        let store = Arc::clone(&self.store);
+        let path = self.key(name);
+        let idle = self.settings.timeout;
+        let rx = self.call("read", Some(name), async move {
+            let r = match store.get(&path).await {
+                Ok(r) => r,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(classify(&e)),
+            };
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tokio::spawn(async move {
+                let mut s = r.into_stream();
+                loop {
+                    let item = match tokio::time::timeout(idle, s.next()).await {
+                        Ok(None) => break,
+                        Ok(Some(Ok(b))) => Ok(b),
+                        Ok(Some(Err(e))) => Err(io::Error::other(format!(
+                            "S3 read failed: {}",
+                            describe_failure(&classify(&e))
+                        ))),
+                        Err(_) => Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("S3 read stalled for {}", s3_error::fmt_duration(idle)),
+                        )),
+                    };
+                    let stop = item.is_err();
+                    if tx.send(item).await.is_err() || stop {
+                        break; // reader dropped, or error delivered
+                    }
+                }
+            });
+            Ok(Some(rx))
+        })?;
+        Ok(rx.map(|rx| {
+            Box::new(StreamReader {
+                rx,
+                cur: Bytes::new(),
+            }) as Box<dyn Read + Send + '_>
+        }))
+    }
+
+    fn list(&self) -> Result<Vec<String>, ArchiveError> {
+        let store = Arc::clone(&self.store);
+        let prefix =
+            (!self.settings.prefix.is_empty()).then(|| ObjPath::from(self.settings.prefix.clone()));
+        // Listing many thousands of names takes several requests: allow
+        // one timeout per 1000 (a page) on top.
+        self.call_within(self.settings.timeout * 4, "list", None, async move {
+            let r = store
+                .list_with_delimiter(prefix.as_ref())
+                .await
+                .map_err(|e| classify(&e))?;
+            Ok(r.objects
+                .into_iter()
+                .filter_map(|o| o.location.filename().map(str::to_string))
+                .filter(|n| is_archivable_name(n))
+                .collect())
+        })
+    }
+
+    fn remove(&self, name: &str) -> Result<(), ArchiveError> {
+        let store = Arc::clone(&self.store);
+        let path = self.key(name);
+        let side = self.key(&format!("{name}{SIDECAR_SUFFIX}"));
+        self.call("remove", Some(name), async move {
+            // The record last.
+            store.delete(&path).await.map_err(|e| classify(&e))?;
+            match store.delete(&side).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(classify(&e)),
+            }
+        })
+    }
+}
+
+/// Short text of a failure for io::Error payloads.
+fn describe_failure(f: &Failure) -> String {
+    match f {
+        Failure::Unreachable(c) => format!("endpoint unreachable: {c}"),
+        Failure::Tls(c) => format!("TLS failure: {c}"),
+        Failure::TimedOut(_) => "timed out".into(),
+        Failure::Credentials { code, .. } => format!("credentials refused {code}"),
+        Failure::NoSuchBucket => "no such bucket".into(),
+        Failure::Checksum { code, .. } => format!("checksum rejected {code}"),
+        Failure::Status { status, code, .. } => format!("HTTP {status} {code}"),
+        Failure::Other(c) => c.clone(),
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_sync() {
+    fn s<T: Sync + Send>() {}
+    s::<S3Destination>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sidecar_format() {
+        let d = [0xabu8; 32];
+        let t = format!("{}  000000010000000000000001\n", to_hex(&d));
+        assert_eq!(parse_sidecar(&t, "000000010000000000000001"), Some(d));
+        assert_eq!(parse_sidecar(&t, "000000010000000000000002"), None);
+        assert_eq!(parse_sidecar("zz  x\n", "x"), None);
+    }
+
+    #[test]
+    fn complete_body_from_part_ids() {
+        let parts = vec![
+            PartId {
+                content_id: "<PartMetadata><e_tag>&quot;abc&quot;</e_tag><checksum_sha256>AAA=</checksum_sha256></PartMetadata>".into(),
+            },
+            PartId {
+                content_id: "\"def\"".into(),
+            },
+        ];
+        assert_eq!(
+            complete_body(&parts),
+            "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>&quot;abc&quot;</ETag>\
+             <ChecksumSHA256>AAA=</ChecksumSHA256></Part><Part><PartNumber>2</PartNumber>\
+             <ETag>&quot;def&quot;</ETag></Part></CompleteMultipartUpload>"
+        );
+    }
+}

@@ -1,0 +1,393 @@
+//! object_store errors turned into PostgreSQL-style messages that say which
+//! failure it was.
+//!
+//! Where the information is: `object_store::Error::{Generic, NotFound,
+//! PermissionDenied, Unauthenticated, Precondition, ...}` carry a boxed
+//! `source` chain that holds, for every HTTP request, object_store's
+//! `RetryError`. It has `status()` and `body()` (the S3 error XML with
+//! `<Code>` and `<Message>`; HEAD answers have no body), but in 0.14 it is
+//! declared in the private module `client::retry`, so it cannot be
+//! downcast to from outside: status and body are parsed from its Display,
+//! which embeds both. Below it, for failures without an HTTP answer, is the
+//! public `object_store::client::HttpError`, whose `kind()` says Connect /
+//! Timeout / Request / Interrupted / Decode / Unknown, with the reqwest ->
+//! hyper -> io / rustls error as its `source()` chain.
+//!
+//! Secrets: messages are built from the setting names, the endpoint URL, the
+//! S3 code and message and the innermost transport error, never from the
+//! top-level Display of an object_store or reqwest error (they include the
+//! request URL, which for a presigned request carries a signature).
+
+use std::error::Error as StdError;
+use std::time::Duration;
+
+use object_store::client::{HttpError, HttpErrorKind};
+
+use crate::runtime::RunError;
+use walarch_core::error::{os_message, strip_os_error, ArchiveError, ErrorKind};
+
+/// What went wrong, classified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// No connection: refused, DNS, connect timeout, network unreachable.
+    Unreachable(String),
+    /// The TLS handshake failed (certificate not trusted, wrong name, ...).
+    Tls(String),
+    /// The deadline of the call, or the client's request timeout, passed.
+    TimedOut(Option<Duration>),
+    /// 401/403, or an S3 code about the credentials.
+    Credentials {
+        code: String,
+        message: String,
+    },
+    NoSuchBucket,
+    /// The store rejected the upload's checksum.
+    Checksum {
+        code: String,
+        message: String,
+    },
+    /// Any other answer of the store.
+    Status {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    Other(String),
+}
+
+/// The text of a simple XML element, e.g. `<Code>` of an S3 error body.
+pub fn xml_element(body: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let start = body.find(&open)? + open.len();
+    let end = start + body[start..].find(&close)?;
+    Some(
+        body[start..end]
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&"),
+    )
+}
+
+const CREDENTIAL_CODES: &[&str] = &[
+    "AccessDenied",
+    "SignatureDoesNotMatch",
+    "InvalidAccessKeyId",
+    "InvalidToken",
+    "ExpiredToken",
+    "TokenRefreshRequired",
+    "AuthorizationHeaderMalformed",
+    "RequestTimeTooSkewed",
+];
+
+const CHECKSUM_CODES: &[&str] = &[
+    "BadDigest",
+    "XAmzContentChecksumMismatch",
+    "XAmzContentSHA256Mismatch",
+    "InvalidDigest",
+    "InvalidChecksum",
+];
+
+/// Classifies an HTTP status and S3 error body.
+pub fn classify_status(status: u16, body: Option<&str>) -> Failure {
+    let code = body
+        .and_then(|b| xml_element(b, "Code"))
+        .unwrap_or_default();
+    let message = body
+        .and_then(|b| xml_element(b, "Message"))
+        .unwrap_or_default();
+    if code == "NoSuchBucket" {
+        return Failure::NoSuchBucket;
+    }
+    if CREDENTIAL_CODES.contains(&code.as_str())
+        || (code.is_empty() && (status == 401 || status == 403))
+    {
+        return Failure::Credentials { code, message };
+    }
+    let lower = message.to_ascii_lowercase();
+    if CHECKSUM_CODES.contains(&code.as_str())
+        || (code == "InvalidRequest" && (lower.contains("checksum") || lower.contains("digest")))
+    {
+        return Failure::Checksum { code, message };
+    }
+    if status == 408 || code == "RequestTimeout" {
+        return Failure::TimedOut(None);
+    }
+    Failure::Status {
+        status,
+        code,
+        message,
+    }
+}
+
+/// The chain of `source()`s below `e`, outermost first.
+fn chain<'a>(e: &'a (dyn StdError + 'static)) -> Vec<&'a (dyn StdError + 'static)> {
+    let mut v = vec![e];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        v.push(s);
+        cur = s.source();
+    }
+    v
+}
+
+/// The innermost error's text (the root cause), without " (os error N)".
+fn root_cause(e: &(dyn StdError + 'static)) -> String {
+    let c = chain(e);
+    let last = c.last().unwrap();
+    // An io::Error wrapping a rustls error prints the rustls text; that is
+    // what we want. A hyper "connection error" wrapping nothing prints
+    // itself.
+    strip_os_error(&last.to_string())
+}
+
+fn looks_like_tls(e: &(dyn StdError + 'static)) -> bool {
+    chain(e).iter().any(|s| {
+        let t = s.to_string().to_ascii_lowercase();
+        t.contains("certificate")
+            || t.contains("invalid peer")
+            || t.contains("tls handshake")
+            || t.contains("received corrupt message")
+            || t.contains("invalidcontenttype")
+            || t.contains("alert")
+    })
+}
+
+/// Classifies a transport error (no HTTP answer).
+pub fn classify_transport(kind: Option<HttpErrorKind>, e: &(dyn StdError + 'static)) -> Failure {
+    if looks_like_tls(e) {
+        return Failure::Tls(root_cause(e));
+    }
+    let is_timeout = chain(e).iter().any(|s| {
+        s.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || s.downcast_ref::<reqwest::Error>()
+                .is_some_and(|r| r.is_timeout())
+    });
+    match kind {
+        Some(HttpErrorKind::Timeout) => Failure::TimedOut(None),
+        Some(HttpErrorKind::Connect) if is_timeout => {
+            Failure::Unreachable("connection timed out".into())
+        }
+        Some(HttpErrorKind::Connect) => Failure::Unreachable(root_cause(e)),
+        _ if is_timeout => Failure::TimedOut(None),
+        _ => Failure::Other(root_cause(e)),
+    }
+}
+
+const STATUS_MARK: &str = "Server returned non-2xx status code: ";
+const BODY_ERROR_MARK: &str = "Server returned error response: ";
+
+/// Classifies any object_store error.
+pub fn classify(e: &object_store::Error) -> Failure {
+    let c = chain(e);
+    // No HTTP answer: the transport error, public as `HttpError`.
+    for s in &c {
+        if let Some(h) = s.downcast_ref::<HttpError>() {
+            return classify_transport(Some(h.kind()), *s);
+        }
+    }
+    // An HTTP answer: `RetryError` holds status and body but is not
+    // nameable outside object_store (pub struct in a pub(crate) module), so
+    // they are read from its Display: "... - Server returned non-2xx status
+    // code: 403 Forbidden: <?xml ...><Error><Code>..." .
+    for s in &c {
+        let t = s.to_string();
+        if let Some(i) = t.find(STATUS_MARK) {
+            let rest = &t[i + STATUS_MARK.len()..];
+            if let Ok(status) = rest.get(..3).unwrap_or("").parse::<u16>() {
+                return classify_status(status, Some(rest));
+            }
+        }
+        if let Some(i) = t.find(BODY_ERROR_MARK) {
+            return classify_status(200, Some(&t[i..]));
+        }
+    }
+    match e {
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => Failure::Credentials {
+            code: String::new(),
+            message: String::new(),
+        },
+        _ => Failure::Other(root_cause(e)),
+    }
+}
+
+/// Classifies a reqwest error of our own presigned requests.
+pub fn classify_reqwest(e: &reqwest::Error) -> Failure {
+    let kind = if e.is_timeout() {
+        Some(HttpErrorKind::Timeout)
+    } else if e.is_connect() {
+        Some(HttpErrorKind::Connect)
+    } else {
+        None
+    };
+    classify_transport(kind, e)
+}
+
+/// What the message needs to know about the destination.
+pub struct Context<'a> {
+    /// "store", "read", "list", ...
+    pub action: &'a str,
+    /// s3://bucket/prefix/NAME or s3://bucket/prefix
+    pub location: &'a str,
+    pub endpoint: &'a str,
+    pub bucket: &'a str,
+    pub timeout: Duration,
+}
+
+fn code_suffix(code: &str) -> String {
+    if code.is_empty() {
+        String::new()
+    } else {
+        format!(" ({code})")
+    }
+}
+
+/// The message for a classified failure.
+pub fn to_archive_error(f: Failure, cx: &Context<'_>) -> ArchiveError {
+    let head = format!("could not {} \"{}\"", cx.action, cx.location);
+    match f {
+        Failure::Unreachable(cause) => ArchiveError::new(
+            ErrorKind::Io,
+            format!("{head}: S3 endpoint \"{}\" is unreachable", cx.endpoint),
+        )
+        .with_detail(cause)
+        .with_hint("Check walarch.s3_endpoint and that the store is running and reachable."),
+        Failure::Tls(cause) => ArchiveError::new(
+            ErrorKind::Configuration,
+            format!(
+                "{head}: TLS connection to S3 endpoint \"{}\" failed",
+                cx.endpoint
+            ),
+        )
+        .with_detail(cause)
+        .with_hint(
+            "Check that the endpoint's certificate is signed by a CA in walarch.s3_ca_file \
+             (or the system's) and names the endpoint's host.",
+        ),
+        Failure::TimedOut(d) => ArchiveError::new(
+            ErrorKind::Io,
+            format!(
+                "{head}: S3 endpoint \"{}\" did not answer within {}",
+                cx.endpoint,
+                fmt_duration(d.unwrap_or(cx.timeout))
+            ),
+        )
+        .with_hint("The store is slow or hung; the archiver will retry. See walarch.s3_timeout."),
+        Failure::Credentials { code, message } => ArchiveError::new(
+            ErrorKind::Configuration,
+            format!("{head}: S3 store refused the credentials{}", code_suffix(&code)),
+        )
+        .with_detail(if message.is_empty() {
+            "403 Forbidden".to_string()
+        } else {
+            message
+        })
+        .with_hint(
+            "Check walarch.s3_access_key_id and walarch.s3_secret_access_key, and that they \
+             may read and write the bucket.",
+        ),
+        Failure::NoSuchBucket => ArchiveError::new(
+            ErrorKind::Configuration,
+            format!("{head}: bucket \"{}\" does not exist", cx.bucket),
+        )
+        .with_hint("Create the bucket or correct walarch.s3_bucket."),
+        Failure::Checksum { code, message } => ArchiveError::new(
+            ErrorKind::Io,
+            format!(
+                "{head}: S3 store rejected the upload's checksum{}",
+                code_suffix(&code)
+            ),
+        )
+        .with_detail(message)
+        .with_hint("The bytes changed on the way to the store; nothing was stored. The archiver will retry."),
+        Failure::Status {
+            status,
+            code,
+            message,
+        } => {
+            let mut e = ArchiveError::new(
+                ErrorKind::Io,
+                format!(
+                    "{head}: S3 store answered HTTP {status}{}",
+                    code_suffix(&code)
+                ),
+            );
+            if !message.is_empty() {
+                e = e.with_detail(message);
+            }
+            e
+        }
+        Failure::Other(cause) => {
+            ArchiveError::new(ErrorKind::Io, format!("{head}: S3 request failed")).with_detail(cause)
+        }
+    }
+}
+
+pub fn run_error(e: RunError, cx: &Context<'_>) -> ArchiveError {
+    match e {
+        RunError::TimedOut(d) => to_archive_error(Failure::TimedOut(Some(d)), cx),
+        RunError::Runtime(io) => ArchiveError::new(
+            ErrorKind::Internal,
+            format!(
+                "could not {} \"{}\": could not start the S3 client's threads: {}",
+                cx.action,
+                cx.location,
+                os_message(&io)
+            ),
+        ),
+        RunError::Lost => ArchiveError::new(
+            ErrorKind::Internal,
+            format!(
+                "could not {} \"{}\": the S3 request was lost (task panicked)",
+                cx.action, cx.location
+            ),
+        ),
+    }
+}
+
+pub fn fmt_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_codes() {
+        let body = "<?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code>\
+                    <Message>The request signature we calculated does not match</Message></Error>";
+        assert!(matches!(
+            classify_status(403, Some(body)),
+            Failure::Credentials { code, .. } if code == "SignatureDoesNotMatch"
+        ));
+        assert_eq!(
+            classify_status(404, Some("<Error><Code>NoSuchBucket</Code></Error>")),
+            Failure::NoSuchBucket
+        );
+        assert!(matches!(
+            classify_status(400, Some("<Error><Code>BadDigest</Code></Error>")),
+            Failure::Checksum { .. }
+        ));
+        assert!(matches!(
+            classify_status(400, Some("<Error><Code>InvalidRequest</Code><Message>Value for x-amz-checksum-sha256 header is invalid.</Message></Error>")),
+            Failure::Checksum { .. }
+        ));
+        assert!(matches!(
+            classify_status(403, None),
+            Failure::Credentials { .. }
+        ));
+        assert!(matches!(
+            classify_status(500, Some("<Error><Code>InternalError</Code></Error>")),
+            Failure::Status { status: 500, .. }
+        ));
+    }
+}

@@ -1,0 +1,12 @@
+//! An S3-compatible bucket (and key prefix) as a walarch_ext destination,
+//! through the `object_store` crate, on a tokio runtime of its own whose
+//! threads never receive signals (see `runtime`).
+//!
+//! Kept out of walarch-core so that the core stays small and quick to test;
+//! the extension and the `walarch` command link it.
+
+mod bucket;
+mod errors;
+pub mod runtime;
+
+pub use bucket::{S3Destination, S3Settings, META_SHA256, SIDECAR_SUFFIX};
