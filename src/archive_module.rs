@@ -33,41 +33,51 @@ fn sweep(dest: &dyn Destination) {
 
 /// Called when the archiver loads the module.
 fn startup() {
-    if let Some(dest) = guc::destination() {
-        sweep(&dest);
+    // A wait on the object store gives up when the server shuts down.
+    walarch_s3::runtime::set_interrupt_check(shutting_down);
+    if let Ok(dest) = guc::destination() {
+        sweep(&*dest);
     }
 }
 
+/// Read from any thread: only flags, no PostgreSQL call.
+fn shutting_down() -> bool {
+    // SAFETY: reads of a sig_atomic_t flag and of a pid set at start-up.
+    unsafe { pg_sys::ShutdownRequestPending != 0 || libc::getppid() != pg_sys::PostmasterPid }
+}
+
 fn check_configured() -> bool {
-    if guc::destination().is_some() {
-        return true;
+    match guc::destination() {
+        Ok(_) => true,
+        Err(detail) => {
+            set_check_errdetail(&detail);
+            false
+        }
     }
-    set_check_errdetail();
-    false
 }
 
 /// PG17+: the archiver prints `arch_module_check_errdetail_string` as the
 /// DETAIL of its "archiving is not configured" WARNING. Before 17 there is no
 /// such hook, so say it in a WARNING of our own.
 #[cfg(any(feature = "pg17", feature = "pg18"))]
-fn set_check_errdetail() {
+fn set_check_errdetail(detail: &str) {
     unsafe extern "C" {
         static mut arch_module_check_errdetail_string: *mut std::ffi::c_char;
     }
-    static DETAIL: &CStr = c"walarch.archive_directory is not set.";
+    let detail = std::ffi::CString::new(detail).unwrap_or_default();
     // SAFETY: the archiver reset it to NULL before calling us and only reads
-    // it; a static string needs no freeing.
-    unsafe { arch_module_check_errdetail_string = DETAIL.as_ptr().cast_mut() };
+    // it before the next check; the copy lives in its memory context.
+    unsafe { arch_module_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr()) };
 }
 
 #[cfg(not(any(feature = "pg17", feature = "pg18")))]
-fn set_check_errdetail() {
+fn set_check_errdetail(detail: &str) {
     warnings::warning(
         PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-        "walarch.archive_directory is not set",
-        None,
+        "walarch_ext: archiving is not configured",
+        Some(detail),
         Some(
-            "Set walarch.archive_directory to an existing directory and reload the configuration.",
+            "Set walarch.archive_destination to a directory or an s3:// URL and reload the configuration.",
         ),
     );
 }
@@ -90,12 +100,13 @@ fn archive(file: &CStr, path: &CStr) -> bool {
         );
         return false;
     };
-    let Some(dest) = guc::destination() else {
+    let Ok(dest) = guc::destination() else {
         // check_configured already said so; the archiver will try again.
         return false;
     };
-    sweep(&dest);
-    match archive_one(&PgHost, &dest, file, Path::new(path)) {
+    let dest = &*dest;
+    sweep(dest);
+    match archive_one(&PgHost, dest, file, Path::new(path)) {
         Ok(Archived::CopiedAhead { .. }) => {
             debug1!("walarch_ext: \"{file}\" was copied ahead by the worker");
             true
@@ -108,7 +119,7 @@ fn archive(file: &CStr, path: &CStr) -> bool {
                 ArchiveOutcome::AlreadyArchived {
                     repaired_record, ..
                 } => match repaired_record {
-                    Some(w) => warnings::warn(&w, &archiving(file, &dest)),
+                    Some(w) => warnings::warn(&w, &archiving(file, dest)),
                     None => debug1!(
                         "walarch_ext: \"{file}\" was already archived with identical contents"
                     ),
@@ -117,7 +128,7 @@ fn archive(file: &CStr, path: &CStr) -> bool {
             true
         }
         Err(e) => {
-            warnings::warn(&e, &archiving(file, &dest));
+            warnings::warn(&e, &archiving(file, dest));
             false
         }
     }

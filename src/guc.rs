@@ -1,33 +1,133 @@
-//! The module's settings. `walarch.archive_directory` is validated by a check
-//! hook so a bad value is refused when it is set (ALTER SYSTEM, reload,
-//! start-up) with a DETAIL saying why, instead of failing at archive time.
+//! The module's settings. Where the archive is, and how to reach it, is
+//! validated by check hooks so a bad value is refused when it is set (ALTER
+//! SYSTEM, reload, start-up) with a DETAIL saying why, instead of failing at
+//! archive time. `destination()` turns them into the destination to use.
 
 use std::ffi::{c_char, c_void, CStr, CString};
-use std::path::PathBuf;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use walarch_core::destination::Destination;
+use walarch_core::destination_setting::{
+    check_ca_file, check_endpoint, read_credentials_file, resolve, DestinationSpec,
+};
 use walarch_core::local_directory::LocalDirectory;
+use walarch_s3::{S3Destination, S3Settings};
 
-pub static ARCHIVE_DIRECTORY: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(None);
+type Setting = GucSetting<Option<CString>>;
 
-pub fn define() {
-    // SAFETY: the check hook is guarded and never panics across FFI.
+pub static ARCHIVE_DESTINATION: Setting = Setting::new(None);
+pub static ARCHIVE_DIRECTORY: Setting = Setting::new(None);
+pub static S3_ENDPOINT: Setting = Setting::new(None);
+pub static S3_REGION: Setting = Setting::new(Some(c"us-east-1"));
+pub static S3_CREDENTIALS_FILE: Setting = Setting::new(None);
+pub static S3_CA_FILE: Setting = Setting::new(None);
+pub static S3_URI_STYLE: Setting = Setting::new(Some(c"auto"));
+pub static S3_REQUEST_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(60_000);
+
+/// A string setting with a check hook, sighup, superuser-only.
+///
+/// # Safety
+/// `check` and `show` must be guarded hooks that never unwind across FFI.
+unsafe fn define_string(
+    name: &'static CStr,
+    short: &'static CStr,
+    long: &'static CStr,
+    setting: &'static Setting,
+    check: pg_sys::GucStringCheckHook,
+    show: pg_sys::GucShowHook,
+) {
+    // SAFETY: the hooks are guarded (caller's promise); names are static.
     unsafe {
         GucRegistry::define_string_guc_with_hooks(
-            c"walarch.archive_directory",
-            c"Directory into which WAL files are archived.",
-            c"An absolute path to an existing directory the server can write. Empty means archiving is not configured.",
-            &ARCHIVE_DIRECTORY,
+            name,
+            short,
+            long,
+            setting,
             GucContext::Sighup,
             GucFlags::SUPERUSER_ONLY,
+            check,
+            None,
+            show,
+        );
+    }
+}
+
+pub fn define() {
+    // SAFETY: every hook below is #[pg_guard]ed and returns a value on every
+    // path.
+    unsafe {
+        define_string(
+            c"walarch.archive_destination",
+            c"Where WAL files are archived: an absolute directory path or s3://BUCKET[/PREFIX].",
+            c"Empty means archiving is not configured (unless walarch.archive_directory, its older name, is set).",
+            &ARCHIVE_DESTINATION,
+            Some(check_archive_destination),
+            None,
+        );
+        define_string(
+            c"walarch.archive_directory",
+            c"Directory into which WAL files are archived (the older name of walarch.archive_destination).",
+            c"An absolute path to an existing directory the server can write. Empty means archiving is not configured.",
+            &ARCHIVE_DIRECTORY,
             Some(check_archive_directory),
             None,
+        );
+        define_string(
+            c"walarch.s3_endpoint",
+            c"URL of the S3-compatible endpoint (http:// or https://); empty for AWS itself.",
+            c"",
+            &S3_ENDPOINT,
+            Some(check_s3_endpoint),
+            None,
+        );
+        define_string(
+            c"walarch.s3_region",
+            c"Region of the bucket.",
+            c"",
+            &S3_REGION,
+            Some(check_s3_region),
+            None,
+        );
+        define_string(
+            c"walarch.s3_credentials_file",
+            c"File with the bucket's aws_access_key_id and aws_secret_access_key (AWS shared credentials format).",
+            c"Empty: the server's AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. Read at each use, so a rotated key needs no reload. Secrets are not settings: PostgreSQL logs every changed setting's value at reload.",
+            &S3_CREDENTIALS_FILE,
+            Some(check_s3_credentials_file),
+            None,
+        );
+        define_string(
+            c"walarch.s3_ca_file",
+            c"PEM file of the certificate authorities that sign the endpoint's certificate.",
+            c"Trusted in addition to the system's. Empty: the system's only.",
+            &S3_CA_FILE,
+            Some(check_s3_ca_file),
+            None,
+        );
+        define_string(
+            c"walarch.s3_uri_style",
+            c"How the bucket is addressed: auto, path (https://host/BUCKET/key) or host (https://BUCKET.host/key).",
+            c"auto: host style for AWS, path style for a custom endpoint.",
+            &S3_URI_STYLE,
+            Some(check_s3_uri_style),
             None,
         );
     }
+    GucRegistry::define_int_guc(
+        c"walarch.s3_request_timeout",
+        c"How long one request to the object store may take before it fails.",
+        c"The archiver is never held longer than this by one request.",
+        &S3_REQUEST_TIMEOUT,
+        1_000,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
 }
 
 /// After every `walarch.*` setting is defined: from then on a misspelt one
@@ -38,9 +138,76 @@ pub fn reserve_prefix() {
     unsafe { pg_sys::MarkGUCPrefixReserved(c"walarch".as_ptr()) };
 }
 
-/// The configured destination; `None` when archiving is not configured.
-pub fn destination() -> Option<LocalDirectory> {
-    archive_directory().map(|dir| LocalDirectory::new(dir, file_create_mode()))
+fn text(s: &Setting) -> String {
+    s.get()
+        .and_then(|v| v.to_str().ok().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn non_empty(s: &Setting) -> Option<String> {
+    Some(text(s)).filter(|v| !v.is_empty())
+}
+
+pub type SharedDestination = Arc<dyn Destination + Send + Sync>;
+
+/// The S3 destination of the current settings, kept while they do not
+/// change (its HTTP client and connections are reused).
+static S3_CACHE: Mutex<Option<(u64, SharedDestination)>> = Mutex::new(None);
+
+/// The destination the settings name, or why there is none (a DETAIL).
+/// Runs in the archiver, the worker and backends, never in the postmaster:
+/// an S3 destination starts threads on first use.
+pub fn destination() -> Result<SharedDestination, String> {
+    let spec = resolve(&text(&ARCHIVE_DESTINATION), &text(&ARCHIVE_DIRECTORY))?
+        .ok_or_else(|| "walarch.archive_destination is not set.".to_string())?;
+    match spec {
+        DestinationSpec::Directory(dir) => {
+            Ok(Arc::new(LocalDirectory::new(dir, file_create_mode())))
+        }
+        DestinationSpec::S3 { bucket, prefix } => {
+            let settings = s3_settings(bucket, prefix)?;
+            // The key covers every setting, the secret included; it is a
+            // hash, never shown.
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            format!("{settings:?}").hash(&mut h);
+            let key = h.finish();
+            let mut cache = S3_CACHE.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((k, d)) = cache.as_ref() {
+                if *k == key {
+                    return Ok(Arc::clone(d));
+                }
+            }
+            let d: SharedDestination =
+                Arc::new(S3Destination::new(settings).map_err(|e| match e.detail {
+                    Some(d) => format!("{}: {d}", e.message),
+                    None => e.message,
+                })?);
+            *cache = Some((key, Arc::clone(&d)));
+            Ok(d)
+        }
+    }
+}
+
+fn s3_settings(bucket: String, prefix: String) -> Result<S3Settings, String> {
+    let mut s = S3Settings::new(bucket);
+    s.prefix = prefix;
+    s.endpoint = non_empty(&S3_ENDPOINT);
+    s.region = non_empty(&S3_REGION).unwrap_or_else(|| "us-east-1".into());
+    if let Some(file) = non_empty(&S3_CREDENTIALS_FILE) {
+        let (key, secret) = read_credentials_file(&file)?;
+        s.access_key_id = Some(key);
+        s.secret_access_key = Some(secret);
+    }
+    s.ca_file = non_empty(&S3_CA_FILE).map(Into::into);
+    s.virtual_hosted_style = match text(&S3_URI_STYLE).as_str() {
+        "host" => true,
+        "path" => false,
+        _ => s.endpoint.is_none(),
+    };
+    s.timeout = Duration::from_millis(S3_REQUEST_TIMEOUT.get().max(1_000) as u64);
+    // The server's environment fills what the settings leave unset.
+    s.fill_from_env();
+    Ok(s)
 }
 
 /// PostgreSQL's file creation mode (common/file_perm.h): 0600, or 0640 with
@@ -53,42 +220,70 @@ fn file_create_mode() -> u32 {
     unsafe { pg_file_create_mode as u32 }
 }
 
-/// The configured archive directory; `None` when unset or empty.
-pub fn archive_directory() -> Option<PathBuf> {
-    let v = ARCHIVE_DIRECTORY.get()?;
-    let s = v.to_str().ok()?;
-    if s.is_empty() {
-        None
-    } else {
-        Some(PathBuf::from(s))
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn check_archive_directory(
+/// Runs `validate` on a new string value; an empty value is always
+/// accepted. On failure the text becomes the error's DETAIL.
+///
+/// # Safety
+/// `newval` is what PostgreSQL passes to a string check hook.
+unsafe fn check_with(
     newval: *mut *mut c_char,
-    _extra: *mut *mut c_void,
-    _source: pg_sys::GucSource::Type,
+    validate: impl Fn(&str) -> Result<(), String>,
 ) -> bool {
-    // Empty is the default and means "not configured"; check_configured stops
-    // archiving until it is set.
-    if newval.is_null() || (*newval).is_null() {
-        return true;
-    }
-    let value = CStr::from_ptr(*newval).to_string_lossy();
+    // SAFETY: PostgreSQL passes a valid pointer to a C string (or NULL).
+    let value = unsafe {
+        if newval.is_null() || (*newval).is_null() {
+            return true;
+        }
+        CStr::from_ptr(*newval).to_string_lossy()
+    };
     if value.is_empty() {
         return true;
     }
-    match walarch_core::archive_dir::validate(&value) {
+    match validate(&value) {
         Ok(()) => true,
-        Err(problem) => {
-            let detail = CString::new(problem.detail()).unwrap();
-            // GUC_check_errdetail(): the GUC machinery prints and frees it.
-            pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr());
+        Err(detail) => {
+            let detail = CString::new(detail.replace('\0', "")).unwrap_or_default();
+            // SAFETY: GUC_check_errdetail(): the GUC machinery prints and
+            // frees the palloc'd copy.
+            unsafe { pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr()) };
             false
         }
     }
 }
+
+macro_rules! check_hook {
+    ($name:ident, $validate:expr) => {
+        #[pg_guard]
+        unsafe extern "C-unwind" fn $name(
+            newval: *mut *mut c_char,
+            _extra: *mut *mut c_void,
+            _source: pg_sys::GucSource::Type,
+        ) -> bool {
+            // SAFETY: a string check hook's arguments, passed on.
+            unsafe { check_with(newval, $validate) }
+        }
+    };
+}
+
+check_hook!(check_archive_destination, DestinationSpec::check);
+check_hook!(check_archive_directory, |v| {
+    walarch_core::archive_dir::validate(v).map_err(|p| p.detail().to_string())
+});
+check_hook!(check_s3_endpoint, check_endpoint);
+check_hook!(check_s3_ca_file, check_ca_file);
+check_hook!(check_s3_credentials_file, |v| read_credentials_file(v)
+    .map(|_| ()));
+check_hook!(check_s3_region, |v: &str| {
+    if v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        Ok(())
+    } else {
+        Err(format!("\"{v}\" is not a region name."))
+    }
+});
+check_hook!(check_s3_uri_style, |v: &str| match v {
+    "auto" | "path" | "host" => Ok(()),
+    _ => Err("Use auto, path or host.".to_string()),
+});
 
 pub static COPY_AHEAD: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static PARALLEL_COPIES: GucSetting<i32> = GucSetting::<i32>::new(4);

@@ -41,7 +41,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     fn archive_dir() -> PathBuf {
-        crate::guc::archive_directory().expect("walarch.archive_directory is set for the tests")
+        PathBuf::from(crate::pg_test::archive_dir())
     }
 
     /// Writes WAL, switches, and returns the name of the file just completed.

@@ -227,21 +227,24 @@ fn walarch_verify(
     };
     let from = parse("from_wal", from_wal);
     let to = parse("to_wal", to_wal);
-    let Some(dest) = guc::destination() else {
-        ereport!(
-            ERROR,
+    let dest = guc::destination().unwrap_or_else(|detail| {
+        ErrorReport::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "walarch.archive_directory is not set"
-        );
-    };
+            "archiving is not configured",
+            function_name!(),
+        )
+        .set_detail(detail)
+        .report(PgLogLevel::ERROR);
+        unreachable!()
+    });
     let report =
-        walarch_core::verify::verify(&dest, from.as_ref(), to.as_ref()).unwrap_or_else(|e| {
+        walarch_core::verify::verify(&*dest, from.as_ref(), to.as_ref()).unwrap_or_else(|e| {
             ereport!(
                 ERROR,
                 PgSqlErrorCode::ERRCODE_IO_ERROR,
                 format!(
                     "could not verify archive \"{}\": {}",
-                    dest.path().display(),
+                    dest.describe(),
                     e.message
                 )
             );

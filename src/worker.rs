@@ -72,6 +72,11 @@ pub extern "C-unwind" fn walarch_copy_ahead_main(_arg: pg_sys::Datum) {
     // SAFETY: main thread; this process's own PID and latch.
     let (me, latch) = unsafe { (pg_sys::MyProcPid, pg_sys::MyLatch as usize) };
     shmem::with(|s| s.worker_started(me, latch, process_alive));
+    // Uploads in flight give up when the worker must stop.
+    walarch_s3::runtime::set_interrupt_check(|| {
+        // SAFETY: reads of flags and of a pid set at start-up, from any thread.
+        STOPPING.load(Ordering::SeqCst) || unsafe { libc::getppid() != pg_sys::PostmasterPid }
+    });
     log!("walarch_ext: copy-ahead worker started");
     let mut sweep = LeftoverSweep::new();
     let mut copy_ahead = CopyAhead::new("pg_wal");
@@ -89,11 +94,12 @@ pub extern "C-unwind" fn walarch_copy_ahead_main(_arg: pg_sys::Datum) {
         if !active() {
             continue;
         }
-        let Some(dest) = guc::destination() else {
+        let Ok(dest) = guc::destination() else {
             continue;
         };
-        if let Some(r) = sweep.run_once(&dest) {
-            warnings::leftovers_removed(&dest, &r);
+        let dest = &*dest;
+        if let Some(r) = sweep.run_once(dest) {
+            warnings::leftovers_removed(dest, &r);
         }
         // Rounds until nothing is left to copy ahead or we must stop.
         while !stopping() {
@@ -105,7 +111,7 @@ pub extern "C-unwind" fn walarch_copy_ahead_main(_arg: pg_sys::Datum) {
             let parallel = guc::PARALLEL_COPIES.get().max(1) as usize;
             copy_ahead.copy(
                 &PgHost,
-                &dest,
+                dest,
                 files,
                 parallel,
                 |name, result| match result {
@@ -116,7 +122,7 @@ pub extern "C-unwind" fn walarch_copy_ahead_main(_arg: pg_sys::Datum) {
                     Ok(ArchiveOutcome::AlreadyArchived {
                         repaired_record: Some(w),
                         ..
-                    }) => warnings::warn(w, &archive_module::archiving(name, &dest)),
+                    }) => warnings::warn(w, &archive_module::archiving(name, dest)),
                     Ok(_) => {}
                 },
                 stopping,

@@ -1,5 +1,6 @@
-//! The archive directory setting: what an operator sees when it is unset, and
-//! that bad values are refused with their reason and change nothing.
+//! The settings that say where the archive is: what an operator sees when
+//! none is set, that bad values are refused with their reason and change
+//! nothing, and that two names for different archives archive nothing.
 //!
 //! Run by scripts/test.sh once per PostgreSQL version (WALARCH_TEST_PG).
 
@@ -7,7 +8,7 @@ use std::fs;
 use std::time::Duration;
 
 use walarch_integration::setups::started_with_walarch;
-use walarch_integration::{Cluster, InitOptions, Walarch};
+use walarch_integration::{sh, Cluster, InitOptions, Walarch};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -21,11 +22,11 @@ fn unset_directory_warns_then_archives_after_reload() {
     let seg = c.switch_wal();
     // PG17+ quotes the setting name: "archive_mode" enabled, ...
     c.wait_for_log("enabled, yet archiving is not configured", log, T);
-    if c.server_version_num() >= 170000 {
-        // PG17+: our check_configured fills the archiver's WARNING DETAIL.
-        c.wait_for_log("DETAIL:  walarch.archive_directory is not set.", log, T);
-    } else {
-        c.wait_for_log("WARNING:  walarch.archive_directory is not set", log, T);
+    // PG17+: our check_configured fills the archiver's WARNING DETAIL;
+    // before, our own WARNING carries it.
+    c.wait_for_log("DETAIL:  walarch.archive_destination is not set.", log, T);
+    if c.server_version_num() < 170000 {
+        c.wait_for_log("WARNING:  walarch_ext: archiving is not configured", log, T);
     }
     assert!(
         c.status_file(&seg, "ready").exists(),
@@ -96,4 +97,105 @@ fn bad_directory_settings_are_refused_and_change_nothing() {
         err.contains("invalid configuration parameter name \"walarch.no_such_setting\""),
         "{err}"
     );
+}
+
+#[test]
+fn bad_destination_settings_are_refused_and_conflicting_names_archive_nothing() {
+    let c = started_with_walarch("baddest");
+    let ca = c.root.join("not-a-ca.pem");
+    fs::write(&ca, b"not a certificate").unwrap();
+    let creds = c.root.join("creds");
+    fs::write(&creds, "aws_access_key_id = k\naws_secret_access_key = s\n").unwrap();
+    sh(&format!("chmod 0644 '{}'", creds.display()));
+    let cases = [
+        ("walarch.archive_destination", "s3://", "names no bucket"),
+        (
+            "walarch.archive_destination",
+            "s3://Bad_Bucket",
+            "not a valid bucket name",
+        ),
+        (
+            "walarch.archive_destination",
+            "gs://bucket",
+            "Only local directories",
+        ),
+        (
+            "walarch.archive_destination",
+            "relative",
+            "must be an absolute path",
+        ),
+        (
+            "walarch.archive_destination",
+            "/nonexistent/x",
+            "does not exist",
+        ),
+        (
+            "walarch.s3_endpoint",
+            "127.0.0.1:8333",
+            "must start with http:// or https://",
+        ),
+        (
+            "walarch.s3_ca_file",
+            ca.to_str().unwrap(),
+            "holds no PEM certificate",
+        ),
+        (
+            "walarch.s3_ca_file",
+            "/nonexistent/ca.pem",
+            "Could not read",
+        ),
+        (
+            "walarch.s3_credentials_file",
+            creds.to_str().unwrap(),
+            "accessible to every user",
+        ),
+        ("walarch.s3_uri_style", "sideways", "Use auto, path or host"),
+    ];
+    for (name, value, detail) in cases {
+        let err = c
+            .psql(&format!("ALTER SYSTEM SET {name} = '{value}'"))
+            .expect_err(value);
+        assert!(
+            err.contains(&format!("invalid value for parameter \"{name}\"")),
+            "{name} = {value}: {err}"
+        );
+        assert!(
+            err.contains("DETAIL:  ") && err.contains(detail),
+            "{name} = {value}: {err}"
+        );
+    }
+    let auto = fs::read_to_string(c.data.join("postgresql.auto.conf")).unwrap();
+    assert!(
+        !auto.contains("walarch"),
+        "a refused value was written: {auto}"
+    );
+
+    // Both names set, to different archives: reported, nothing archived
+    // until it is settled.
+    let other = c.root.join("other-archive");
+    fs::create_dir(&other).unwrap();
+    walarch_integration::chown_to_server(&other);
+    c.query(&format!(
+        "ALTER SYSTEM SET walarch.archive_destination = '{}'",
+        other.display()
+    ));
+    c.query("SELECT pg_reload_conf()");
+    let log = c.log_position();
+    let seg = c.switch_wal();
+    c.wait_for_log(
+        &format!(
+            "walarch.archive_destination is \"{}\" but walarch.archive_directory (its older name) is \"{}\".",
+            other.display(),
+            c.archive_dir().display()
+        ),
+        log,
+        T,
+    );
+    assert!(c.status_file(&seg, "ready").exists());
+    assert!(c.archived_wal_files().iter().all(|f| *f != seg));
+    // The older name cleared: archived into the destination.
+    c.query("ALTER SYSTEM SET walarch.archive_directory = ''");
+    c.query("SELECT pg_reload_conf()");
+    c.wait_done(&seg, T);
+    assert!(other.join(&seg).exists());
 }

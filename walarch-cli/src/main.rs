@@ -1,7 +1,13 @@
 //! `walarch`: the command-line side of walarch_ext, without PostgreSQL.
 //!
-//!   walarch restore ARCHIVE_DIR WALFILE DEST      (restore_command = 'walarch restore DIR %f %p')
-//!   walarch verify ARCHIVE_DIR [--from WALFILE] [--to WALFILE] [--json]
+//!   walarch restore ARCHIVE WALFILE DEST      (restore_command = 'walarch restore ARCHIVE %f %p')
+//!   walarch verify ARCHIVE [--from WALFILE] [--to WALFILE] [--json]
+//!
+//! ARCHIVE is a directory or s3://BUCKET[/PREFIX]. For a bucket, the
+//! credentials come from the environment (AWS_ACCESS_KEY_ID,
+//! AWS_SECRET_ACCESS_KEY: never on the command line, where `ps` shows
+//! them), the endpoint, region and CA bundle from --endpoint, --region,
+//! --ca-file or AWS_ENDPOINT_URL, AWS_REGION, AWS_CA_BUNDLE.
 //!
 //! Exit status: 0 success; 1 the file is not in the archive (restore) or the
 //! archive is not complete and intact (verify); 2 usage error; 3 refused
@@ -9,15 +15,22 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use walarch_core::destination::Destination;
+use walarch_core::destination_setting::{check_ca_file, check_endpoint, DestinationSpec};
 use walarch_core::local_directory::LocalDirectory;
 use walarch_core::restore::{restore, RestoreError};
 use walarch_core::verify::{verify, Report};
 use walarch_core::walname::{WalFileKind, WalFileName};
+use walarch_s3::{S3Destination, S3Settings};
 
 const USAGE: &str = "usage:
-  walarch restore ARCHIVE_DIR WALFILE DEST
-  walarch verify ARCHIVE_DIR [--from WALFILE] [--to WALFILE] [--json]";
+  walarch restore ARCHIVE WALFILE DEST [S3 OPTIONS]
+  walarch verify ARCHIVE [--from WALFILE] [--to WALFILE] [--json] [S3 OPTIONS]
+ARCHIVE: a directory or s3://BUCKET[/PREFIX]
+S3 OPTIONS: --endpoint URL --region REGION --ca-file PEM --uri-style auto|path|host
+            --timeout SECONDS (credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)";
 
 fn usage(msg: &str) -> ExitCode {
     eprintln!("walarch: {msg}\n{USAGE}");
@@ -38,29 +51,139 @@ fn main() -> ExitCode {
     }
 }
 
+/// Options for reaching a bucket.
+#[derive(Default)]
+struct S3Options {
+    endpoint: Option<String>,
+    region: Option<String>,
+    ca_file: Option<String>,
+    uri_style: Option<String>,
+    timeout: Option<Duration>,
+}
+
+/// Positional arguments and flags (`--name value`, or `--name` alone when
+/// listed in `switches`).
+struct Args {
+    positional: Vec<String>,
+    flags: Vec<(String, Option<String>)>,
+}
+
+fn split_args(args: &[String], with_value: &[&str], switches: &[&str]) -> Result<Args, String> {
+    let mut out = Args {
+        positional: vec![],
+        flags: vec![],
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if with_value.contains(&a.as_str()) {
+            let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
+            out.flags.push((a.clone(), Some(v.clone())));
+        } else if switches.contains(&a.as_str()) {
+            out.flags.push((a.clone(), None));
+        } else if a.starts_with('-') && a.len() > 1 {
+            return Err(format!("unknown option \"{a}\""));
+        } else {
+            out.positional.push(a.clone());
+        }
+    }
+    Ok(out)
+}
+
+const S3_FLAGS: [&str; 5] = [
+    "--endpoint",
+    "--region",
+    "--ca-file",
+    "--uri-style",
+    "--timeout",
+];
+
+fn s3_options(flags: &[(String, Option<String>)]) -> Result<S3Options, String> {
+    let mut o = S3Options::default();
+    for (k, v) in flags {
+        let v = v.clone().unwrap_or_default();
+        match k.as_str() {
+            "--endpoint" => {
+                check_endpoint(&v)?;
+                o.endpoint = Some(v)
+            }
+            "--region" => o.region = Some(v),
+            "--ca-file" => {
+                check_ca_file(&v)?;
+                o.ca_file = Some(v)
+            }
+            "--uri-style" => match v.as_str() {
+                "auto" | "path" | "host" => o.uri_style = Some(v),
+                _ => return Err("--uri-style takes auto, path or host".into()),
+            },
+            "--timeout" => match v.parse::<u64>() {
+                Ok(s) if s > 0 => o.timeout = Some(Duration::from_secs(s)),
+                _ => return Err("--timeout takes a number of seconds".into()),
+            },
+            _ => {}
+        }
+    }
+    Ok(o)
+}
+
 /// The archive named on the command line. Files are only read here, so the
 /// mode for new files does not matter.
-fn archive(arg: &str) -> Result<LocalDirectory, ExitCode> {
-    let p = Path::new(arg);
-    if p.is_dir() {
-        Ok(LocalDirectory::new(p, 0o600))
-    } else {
-        Err(usage(&format!("\"{arg}\" is not a directory")))
+fn archive(arg: &str, o: &S3Options) -> Result<Box<dyn Destination>, ExitCode> {
+    match DestinationSpec::parse(arg) {
+        Ok(DestinationSpec::Directory(p)) => Ok(Box::new(LocalDirectory::new(p, 0o600))),
+        Ok(DestinationSpec::S3 { bucket, prefix }) => {
+            let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+            let mut s = S3Settings::new(bucket);
+            s.prefix = prefix;
+            s.endpoint = o.endpoint.clone();
+            s.ca_file = o.ca_file.clone().map(Into::into);
+            s.fill_from_env();
+            if let Some(r) = o
+                .region
+                .clone()
+                .or_else(|| env("AWS_REGION"))
+                .or_else(|| env("AWS_DEFAULT_REGION"))
+            {
+                s.region = r;
+            }
+            s.virtual_hosted_style = match o.uri_style.as_deref() {
+                Some("host") => true,
+                Some("path") => false,
+                _ => s.endpoint.is_none(),
+            };
+            if let Some(t) = o.timeout {
+                s.timeout = t;
+            }
+            S3Destination::new(s)
+                .map(|d| Box::new(d) as Box<dyn Destination>)
+                .map_err(|e| {
+                    eprintln!("walarch: error: {e}");
+                    ExitCode::from(3)
+                })
+        }
+        Err(_) if !arg.contains("://") && !Path::new(arg).is_dir() => {
+            Err(usage(&format!("\"{arg}\" is not a directory")))
+        }
+        Err(detail) => Err(usage(&format!("\"{arg}\" is not an archive: {detail}"))),
     }
 }
 
 fn cmd_restore(args: &[String]) -> ExitCode {
-    if let Some(opt) = args.iter().find(|a| a.starts_with('-')) {
-        return usage(&format!("unknown option \"{opt}\""));
-    }
-    let [dir, walfile, dest] = args else {
-        return usage("restore takes ARCHIVE_DIR WALFILE DEST");
+    let a = match split_args(args, &S3_FLAGS, &[]) {
+        Ok(a) => a,
+        Err(m) => return usage(&m),
     };
-    let archive = match archive(dir) {
+    let o = match s3_options(&a.flags) {
+        Ok(o) => o,
+        Err(m) => return usage(&m),
+    };
+    let [dir, walfile, dest] = &a.positional[..] else {
+        return usage("restore takes ARCHIVE WALFILE DEST");
+    };
+    let archive = match archive(dir, &o) {
         Ok(d) => d,
         Err(code) => return code,
     };
-    match restore(&archive, walfile, Path::new(dest)) {
+    match restore(&*archive, walfile, Path::new(dest)) {
         Ok(_) => ExitCode::SUCCESS,
         // PostgreSQL probes for files that may not exist (the next timeline's
         // history, the end of the archive): say so briefly.
@@ -77,39 +200,44 @@ fn cmd_restore(args: &[String]) -> ExitCode {
 }
 
 fn cmd_verify(args: &[String]) -> ExitCode {
-    let mut dir = None;
+    let mut with_value = S3_FLAGS.to_vec();
+    with_value.extend(["--from", "--to"]);
+    let a = match split_args(args, &with_value, &["--json"]) {
+        Ok(a) => a,
+        Err(m) => return usage(&m),
+    };
+    let o = match s3_options(&a.flags) {
+        Ok(o) => o,
+        Err(m) => return usage(&m),
+    };
     let (mut from, mut to, mut json) = (None, None, false);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--json" => json = true,
-            "--from" | "--to" => {
-                let Some(v) = it.next() else {
-                    return usage(&format!("{a} needs a WAL file name"));
-                };
+    for (k, v) in &a.flags {
+        match (k.as_str(), v) {
+            ("--json", _) => json = true,
+            ("--from" | "--to", Some(v)) => {
                 let w = match WalFileName::parse(v) {
                     Some(w) if w.kind == WalFileKind::Segment => w,
                     _ => return usage(&format!("\"{v}\" is not a WAL segment name")),
                 };
-                if a == "--from" {
+                if k == "--from" {
                     from = Some(w)
                 } else {
                     to = Some(w)
                 }
             }
-            s if s.starts_with('-') => return usage(&format!("unknown option \"{s}\"")),
-            s if dir.is_none() => dir = Some(s.to_string()),
-            s => return usage(&format!("unexpected argument \"{s}\"")),
+            _ => {}
         }
     }
-    let Some(dir) = dir else {
-        return usage("verify takes ARCHIVE_DIR");
+    let dir = match &a.positional[..] {
+        [d] => d.clone(),
+        [] => return usage("verify takes ARCHIVE"),
+        [_, extra, ..] => return usage(&format!("unexpected argument \"{extra}\"")),
     };
-    let archive = match archive(&dir) {
+    let archive = match archive(&dir, &o) {
         Ok(d) => d,
         Err(code) => return code,
     };
-    let report = match verify(&archive, from.as_ref(), to.as_ref()) {
+    let report = match verify(&*archive, from.as_ref(), to.as_ref()) {
         Ok(r) => r,
         Err(e) => {
             eprintln!(

@@ -14,7 +14,10 @@ pub enum DestinationSpec {
 }
 
 impl DestinationSpec {
-    /// Parses a non-empty setting. A directory is also checked to exist.
+    /// What a non-empty setting says. A directory is not required to exist
+    /// here: one that vanishes later is an archiving failure (counted,
+    /// retried), not a configuration problem. `check` adds that test for
+    /// the moment the value is set.
     pub fn parse(value: &str) -> Result<DestinationSpec, String> {
         if let Some(rest) = value.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -40,8 +43,45 @@ impl DestinationSpec {
                     .into(),
             );
         }
-        archive_dir::validate(value).map_err(|p: DirProblem| p.detail().to_string())?;
-        Ok(DestinationSpec::Directory(PathBuf::from(value)))
+        match archive_dir::validate(value) {
+            Ok(()) | Err(DirProblem::Missing | DirProblem::NotADirectory) => {
+                Ok(DestinationSpec::Directory(PathBuf::from(value)))
+            }
+            Err(p) => Err(p.detail().to_string()),
+        }
+    }
+
+    /// `parse`, and for a directory that it exists: for check hooks.
+    pub fn check(value: &str) -> Result<(), String> {
+        if let DestinationSpec::Directory(_) = DestinationSpec::parse(value)? {
+            archive_dir::validate(value).map_err(|p| p.detail().to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// The archive the two settings name together: `walarch.archive_destination`,
+/// or `walarch.archive_directory` (its older name). `Ok(None)` when neither
+/// is set; an error (the DETAIL) when both are set to different archives,
+/// so that nothing is archived until the operator settles it.
+pub fn resolve(destination: &str, directory: &str) -> Result<Option<DestinationSpec>, String> {
+    match (destination.is_empty(), directory.is_empty()) {
+        (true, true) => Ok(None),
+        (false, true) => DestinationSpec::parse(destination).map(Some),
+        (true, false) => DestinationSpec::parse(directory).map(Some),
+        (false, false) => {
+            let (a, b) = (
+                DestinationSpec::parse(destination)?,
+                DestinationSpec::parse(directory)?,
+            );
+            if a == b {
+                Ok(Some(a))
+            } else {
+                Err(format!(
+                    "walarch.archive_destination is \"{destination}\" but walarch.archive_directory (its older name) is \"{directory}\"."
+                ))
+            }
+        }
     }
 }
 
@@ -107,6 +147,59 @@ pub fn check_ca_file(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Access key ID and secret from a credentials file in the AWS shared
+/// credentials format (`aws_access_key_id = ...`, `aws_secret_access_key =
+/// ...`, from its `[default]` section or, without one, its first). A file
+/// others can read is refused, as PostgreSQL refuses such a private key.
+pub fn read_credentials_file(path: &str) -> Result<(String, String), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        format!(
+            "Could not read \"{path}\": {}.",
+            crate::error::os_message(&e)
+        )
+    })?;
+    if meta.permissions().mode() & 0o007 != 0 {
+        return Err(format!(
+            "\"{path}\" is accessible to every user of the machine: chmod o-rwx."
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "Could not read \"{path}\": {}.",
+            crate::error::os_message(&e)
+        )
+    })?;
+    parse_credentials(&text).ok_or_else(|| {
+        format!("\"{path}\" holds no aws_access_key_id and aws_secret_access_key pair.")
+    })
+}
+
+fn parse_credentials(text: &str) -> Option<(String, String)> {
+    let mut sections: Vec<(String, Vec<(String, String)>)> = vec![(String::new(), vec![])];
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            sections.push((name.trim().to_string(), vec![]));
+        } else if let Some((k, v)) = line.split_once('=') {
+            let last = sections.last_mut()?;
+            last.1.push((k.trim().to_lowercase(), v.trim().to_string()));
+        }
+    }
+    let pick = |pairs: &Vec<(String, String)>| {
+        let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        Some((get("aws_access_key_id")?, get("aws_secret_access_key")?))
+            .filter(|(k, s)| !k.is_empty() && !s.is_empty())
+    };
+    sections
+        .iter()
+        .find(|(n, _)| n == "default")
+        .and_then(|(_, p)| pick(p))
+        .or_else(|| sections.iter().find_map(|(_, p)| pick(p)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,10 +242,57 @@ mod tests {
             ("relative/dir", "absolute"),
             ("/no/such/dir/here", "does not exist"),
         ] {
-            let e = DestinationSpec::parse(v).unwrap_err();
+            let e = DestinationSpec::check(v).unwrap_err();
             assert!(e.contains(says), "{v}: {e}");
             assert!(e.ends_with('.'), "a DETAIL is a sentence: {e}");
         }
+    }
+
+    #[test]
+    fn the_older_setting_agrees_or_nothing_is_archived() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().to_str().unwrap();
+        let local = Some(DestinationSpec::Directory(d.path().to_path_buf()));
+        assert_eq!(resolve("", ""), Ok(None));
+        assert_eq!(resolve(dir, ""), Ok(local.clone()));
+        assert_eq!(resolve("", dir), Ok(local.clone()));
+        assert_eq!(resolve(dir, dir), Ok(local));
+        let e = resolve("s3://wal", dir).unwrap_err();
+        assert!(e.contains("s3://wal") && e.contains(dir), "{e}");
+        assert!(resolve("s3://Bad", "").is_err());
+        // A directory that vanished is still the destination: storing into
+        // it fails and is counted.
+        assert_eq!(
+            resolve("/no/such/dir", ""),
+            Ok(Some(DestinationSpec::Directory("/no/such/dir".into())))
+        );
+    }
+
+    #[test]
+    fn reads_credentials_files() {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            parse_credentials("[other]\naws_access_key_id=a\naws_secret_access_key=b\n[default]\naws_access_key_id = K\naws_secret_access_key = S\n"),
+            Some(("K".into(), "S".into()))
+        );
+        assert_eq!(
+            parse_credentials("# c\nAWS_ACCESS_KEY_ID=K\naws_secret_access_key=S=x\n"),
+            Some(("K".into(), "S=x".into()))
+        );
+        assert_eq!(parse_credentials("aws_access_key_id=K\n"), None);
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("creds");
+        std::fs::write(&f, "aws_access_key_id=K\naws_secret_access_key=S\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let path = f.to_str().unwrap();
+        assert_eq!(read_credentials_file(path), Ok(("K".into(), "S".into())));
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(read_credentials_file(path)
+            .unwrap_err()
+            .contains("every user"));
+        assert!(read_credentials_file("/no/such")
+            .unwrap_err()
+            .contains("Could not read"));
     }
 
     #[test]

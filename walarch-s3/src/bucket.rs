@@ -82,6 +82,23 @@ pub struct S3Settings {
 }
 
 impl S3Settings {
+    /// Fills what the settings leave unset from the standard AWS
+    /// environment: `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (as a
+    /// pair), `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`, `AWS_CA_BUNDLE`.
+    pub fn fill_from_env(&mut self) {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if self.access_key_id.is_none() && self.secret_access_key.is_none() {
+            self.access_key_id = var("AWS_ACCESS_KEY_ID");
+            self.secret_access_key = var("AWS_SECRET_ACCESS_KEY");
+        }
+        if self.endpoint.is_none() {
+            self.endpoint = var("AWS_ENDPOINT_URL_S3").or_else(|| var("AWS_ENDPOINT_URL"));
+        }
+        if self.ca_file.is_none() {
+            self.ca_file = var("AWS_CA_BUNDLE").map(PathBuf::from);
+        }
+    }
+
     pub fn new(bucket: impl Into<String>) -> Self {
         S3Settings {
             endpoint: None,

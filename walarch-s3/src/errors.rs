@@ -330,6 +330,13 @@ pub fn to_archive_error(f: Failure, cx: &Context<'_>) -> ArchiveError {
 pub fn run_error(e: RunError, cx: &Context<'_>) -> ArchiveError {
     match e {
         RunError::TimedOut(d) => to_archive_error(Failure::TimedOut(Some(d)), cx),
+        RunError::Interrupted => ArchiveError::new(
+            ErrorKind::Io,
+            format!(
+                "could not {} \"{}\": interrupted by shutdown",
+                cx.action, cx.location
+            ),
+        ),
         RunError::Runtime(io) => ArchiveError::new(
             ErrorKind::Internal,
             format!(

@@ -67,9 +67,27 @@ pub fn runtime() -> io::Result<&'static Runtime> {
     Ok(rt)
 }
 
+/// Set once per process by its host: true when a waiting caller must give
+/// up at once (shutdown requested, postmaster gone). Called on the waiting
+/// thread, which may not be the main one: it must only read flags.
+static INTERRUPTED: std::sync::OnceLock<fn() -> bool> = std::sync::OnceLock::new();
+
+/// How often a waiting caller checks for an interruption.
+const INTERRUPT_POLL: Duration = Duration::from_millis(100);
+
+pub fn set_interrupt_check(check: fn() -> bool) {
+    let _ = INTERRUPTED.set(check);
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.get().is_some_and(|check| check())
+}
+
 /// Why a call did not produce its result.
 #[derive(Debug)]
 pub enum RunError {
+    /// The host asked waiting callers to give up (shutdown).
+    Interrupted,
     /// The deadline passed.
     TimedOut(Duration),
     /// The runtime could not be created.
@@ -107,17 +125,26 @@ where
 }
 
 impl<T> Pending<T> {
-    /// Blocks the calling thread until the result or the deadline.
+    /// Blocks the calling thread until the result, the deadline, or an
+    /// interruption.
     pub fn wait(self) -> Result<T, RunError> {
-        let left = self.until.saturating_duration_since(Instant::now());
-        match self.rx.recv_timeout(left) {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(_elapsed)) => Err(RunError::TimedOut(self.deadline)),
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                self.task.abort();
-                Err(RunError::TimedOut(self.deadline))
+        loop {
+            let left = self.until.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left.min(INTERRUPT_POLL)) {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(_elapsed)) => return Err(RunError::TimedOut(self.deadline)),
+                Err(mpsc::RecvTimeoutError::Timeout) if left <= INTERRUPT_POLL => {
+                    self.task.abort();
+                    return Err(RunError::TimedOut(self.deadline));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if interrupted() {
+                        self.task.abort();
+                        return Err(RunError::Interrupted);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(RunError::Lost),
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(RunError::Lost),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{make_file, scratch, Seaweed};
+use common::{make_file, scratch, settings, Seaweed};
 use walarch_core::checksum::{sha256, to_hex};
 use walarch_core::destination::{Destination, Recorded, Stored};
 use walarch_core::error::{ArchiveError, ErrorKind};
@@ -41,7 +41,7 @@ fn assert_no_secret(e: &ArchiveError, secret: &str) {
 #[test]
 fn store_read_record_list_remove() {
     let sw = Seaweed::shared();
-    let dest = S3Destination::new(sw.settings("cluster-a/wal")).unwrap();
+    let dest = S3Destination::new(settings(sw, "cluster-a/wal")).unwrap();
     assert_eq!(dest.describe(), "s3://wal/cluster-a/wal");
     assert_eq!(
         dest.location(SEG),
@@ -91,11 +91,11 @@ fn store_read_record_list_remove() {
     dest.store_new("00000002.history", &g).unwrap();
     dest.store_new(&format!("{SEG2}.partial"), &g).unwrap();
     dest.store_new("not-a-wal-file", &g).unwrap();
-    let outside = S3Destination::new(sw.settings("cluster-b/wal")).unwrap();
+    let outside = S3Destination::new(settings(sw, "cluster-b/wal")).unwrap();
     outside.store_new(SEG2, &g).unwrap();
-    let nested = S3Destination::new(sw.settings("cluster-a/wal/sub")).unwrap();
+    let nested = S3Destination::new(settings(sw, "cluster-a/wal/sub")).unwrap();
     nested.store_new(SEG2, &g).unwrap();
-    let sibling = S3Destination::new(sw.settings("cluster-a/wal2")).unwrap();
+    let sibling = S3Destination::new(settings(sw, "cluster-a/wal2")).unwrap();
     sibling.store_new(SEG2, &g).unwrap();
     let mut names = dest.list().unwrap();
     names.sort();
@@ -128,7 +128,7 @@ fn store_read_record_list_remove() {
 #[test]
 fn malformed_and_missing_metadata() {
     let sw = Seaweed::shared();
-    let dest = S3Destination::new(sw.settings("meta")).unwrap();
+    let dest = S3Destination::new(settings(sw, "meta")).unwrap();
     // Objects put by someone else: no metadata, and a bad one.
     let ep = &sw.endpoint;
     let sig = "aws:amz:us-east-1:s3".to_string();
@@ -156,7 +156,7 @@ fn malformed_and_missing_metadata() {
 #[test]
 fn store_refuses_overwrite_without_head_check_single_and_multipart() {
     let sw = Seaweed::shared();
-    let mut s = sw.settings("create-only");
+    let mut s = settings(sw, "create-only");
     s.multipart_threshold = 8 << 20;
     s.part_size = 5 << 20;
     s.head_before_put = false;
@@ -213,7 +213,7 @@ fn store_refuses_overwrite_without_head_check_single_and_multipart() {
 #[test]
 fn wrong_secret_gives_the_credentials_message() {
     let sw = Seaweed::shared();
-    let mut s = sw.settings("creds");
+    let mut s = settings(sw, "creds");
     s.secret_access_key = Some("definitely-not-the-secret-0123456789".into());
     let dest = S3Destination::new(s).unwrap();
     let dir = scratch("creds");
@@ -234,7 +234,7 @@ fn wrong_secret_gives_the_credentials_message() {
     assert_no_secret(&e, "definitely-not-the-secret");
     assert_no_secret(&e, &sw.secret_key);
 
-    let mut s = sw.settings("creds");
+    let mut s = settings(sw, "creds");
     s.access_key_id = Some("nosuchkey".into());
     let e = S3Destination::new(s).unwrap().list().unwrap_err();
     show("unknown access key, list", &e);
@@ -245,7 +245,7 @@ fn wrong_secret_gives_the_credentials_message() {
 #[test]
 fn missing_bucket_gives_the_bucket_message() {
     let sw = Seaweed::shared();
-    let mut s = sw.settings("x");
+    let mut s = settings(sw, "x");
     s.bucket = "no-such-bucket".into();
     let dest = S3Destination::new(s).unwrap();
     let dir = scratch("bucket");
@@ -309,7 +309,7 @@ fn endpoint_down_gives_the_unreachable_message_in_time() {
 #[test]
 fn hung_store_times_out_within_the_deadline() {
     let sw = Seaweed::start("hang", None);
-    let mut s = sw.settings("hang");
+    let mut s = settings(&sw, "hang");
     s.timeout = Duration::from_secs(3);
     let dest = S3Destination::new(s).unwrap();
     let dir = scratch("hang");
@@ -463,7 +463,7 @@ fn tls_with_a_private_ca() {
     make_file(&f, 3 << 20, 11);
 
     // Not trusted: the system's CAs do not know ours.
-    let mut s = sw.settings("tls");
+    let mut s = settings(&sw, "tls");
     s.endpoint = Some(https.clone());
     s.timeout = Duration::from_secs(5);
     let e = S3Destination::new(s.clone())
@@ -517,7 +517,7 @@ fn checksum_is_sent_and_verified_by_the_store() {
     // one is refused (seaweed.sh verify checks that with curl, and the
     // message mapping is unit-tested in s3_error).
     let sw = Seaweed::shared();
-    let dest = S3Destination::new(sw.settings("cksum")).unwrap();
+    let dest = S3Destination::new(settings(sw, "cksum")).unwrap();
     let dir = scratch("cksum");
     let f = dir.join("f");
     make_file(&f, 70_000, 13);
@@ -605,7 +605,7 @@ fn corrupted_upload_is_rejected_with_the_checksum_message() {
     let sw = Seaweed::shared();
     let upstream = sw.endpoint.trim_start_matches("http://").to_string();
     let (port, heads) = corrupting_proxy(upstream);
-    let mut s = sw.settings("corrupt");
+    let mut s = settings(sw, "corrupt");
     s.endpoint = Some(format!("http://127.0.0.1:{port}"));
     s.head_before_put = false;
     s.max_retries = 0;
@@ -626,7 +626,7 @@ fn corrupted_upload_is_rejected_with_the_checksum_message() {
     assert!(head.contains("\r\nx-amz-meta-sha256: "), "{head}");
     assert!(e.message.contains("rejected the upload's checksum"), "{e}");
     // Nothing stored.
-    let direct = S3Destination::new(sw.settings("corrupt")).unwrap();
+    let direct = S3Destination::new(settings(sw, "corrupt")).unwrap();
     assert_eq!(direct.size(SEG).unwrap(), None);
     drop(dir);
 }

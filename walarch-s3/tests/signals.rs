@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::Seaweed;
+use common::{settings, Seaweed};
 use walarch_core::destination::Destination;
 use walarch_s3::runtime::THREAD_NAME;
 use walarch_s3::S3Destination;
@@ -55,7 +55,7 @@ fn threads() -> Vec<(i64, String, u64)> {
 #[test]
 fn only_callers_receive_signals() {
     let sw = Seaweed::start("signals", None);
-    let mut s = sw.settings("sig");
+    let mut s = settings(&sw, "sig");
     // "localhost": a real getaddrinfo on tokio's blocking pool.
     s.endpoint = Some(sw.endpoint.replace("127.0.0.1", "localhost"));
     s.timeout = Duration::from_secs(10);

@@ -1,0 +1,171 @@
+//! Archiving into an S3-compatible bucket (a real SeaweedFS store with a
+//! configured identity, so every request is signed), restoring and
+//! verifying from it.
+
+use std::time::Duration;
+
+use walarch_integration::seaweed::{Seaweed, SIGCONT, SIGSTOP};
+use walarch_integration::setups::batch;
+use walarch_integration::{
+    pg_major, BackupOptions, Cluster, FromBackupOptions, InitOptions, Walarch,
+};
+
+const T: Duration = Duration::from_secs(90);
+
+/// A started cluster archiving into `prefix` of `s3`, with the extension.
+fn cluster_on(s3: &Seaweed, name: &str, prefix: &str, extra: &[&str]) -> Cluster {
+    let mut c = Cluster::new(name);
+    c.init_walarch(&InitOptions::default());
+    let credentials = c.root.join("s3-credentials");
+    s3.write_credentials(&credentials, None);
+    c.append_conf(&s3.archive_conf(prefix, &credentials));
+    c.append_conf(extra);
+    c.start();
+    c.query("CREATE EXTENSION walarch_ext");
+    c
+}
+
+/// `walarch` fetches `walfile` from the bucket; its bytes must equal
+/// pg_wal's.
+fn assert_in_bucket_identical(s3: &Seaweed, c: &Cluster, prefix: &str, walfile: &str) {
+    let dest = c.root.join(format!("fetched-{walfile}"));
+    walarch_integration::chown_to_server(&c.root);
+    let (code, _, err) = s3.walarch(&["restore", &s3.url(prefix), walfile, dest.to_str().unwrap()]);
+    assert_eq!(code, 0, "restore {walfile}: {err}");
+    let fetched = std::fs::read(&dest).unwrap();
+    let source = std::fs::read(c.data.join("pg_wal").join(walfile)).unwrap();
+    assert!(fetched == source, "{walfile}: the bucket's bytes differ");
+}
+
+#[test]
+fn archives_into_a_bucket_and_recovers_from_it() {
+    let s3 = Seaweed::start("pg-archive", None);
+    let prefix = format!("pg{}/main", pg_major());
+    let c = cluster_on(&s3, "s3-archive", &prefix, &[]);
+    c.query("CREATE TABLE t(id int, note text)");
+    batch(&c, 1, 100, "before backup");
+    let files = c.switch_many(4);
+    c.wait_drained(T);
+    for f in &files {
+        assert_in_bucket_identical(&s3, &c, &prefix, f);
+    }
+    assert_eq!(c.failed_count(), 0);
+    assert!(c.stat_i64("archived_count") >= 4);
+    assert_eq!(c.stat("last_error"), "");
+
+    // PITR from a base backup without WAL, restore_command reading the
+    // bucket, to a restore point.
+    c.backup("base", &BackupOptions::without_wal());
+    batch(&c, 101, 200, "wanted");
+    c.query("SELECT pg_create_restore_point('walarch_s3')");
+    batch(&c, 201, 300, "after the target");
+    c.switch_wal();
+    c.wait_drained(T);
+    let (code, out, err) = s3.walarch(&["verify", &s3.url(&prefix)]);
+    assert_eq!(code, 0, "verify: {out}{err}");
+    assert!(out.contains("archive intact"), "{out}");
+    assert!(
+        c.query("SELECT count(*) FROM walarch_verify() WHERE status <> 'ok'") == "0",
+        "walarch_verify() on the bucket"
+    );
+
+    let mut r = Cluster::new("s3-recovered");
+    r.init_from_backup(
+        &c,
+        "base",
+        &FromBackupOptions {
+            restore_command: Some(&s3.restore_command(&prefix)),
+            ..Default::default()
+        },
+    );
+    r.append_conf(&[
+        "recovery_target_name = 'walarch_s3'",
+        "recovery_target_action = 'promote'",
+        "archive_mode = off",
+    ]);
+    r.start_and_wait_promoted(T);
+    assert_eq!(r.query("SELECT count(*) FROM t"), "200");
+}
+
+#[test]
+fn wrong_secret_and_a_hung_store_fail_without_killing_the_archiver_then_resume() {
+    let s3 = Seaweed::start("pg-failures", None);
+    let prefix = format!("pg{}/failures", pg_major());
+    let wrong = "not-the-secret-4f1d2c";
+    let c = cluster_on(&s3, "s3-failures", &prefix, &[]);
+    let credentials = c.root.join("s3-credentials");
+    s3.write_credentials(&credentials, Some(wrong));
+    let archiver = c.archiver_pid().expect("archiver running");
+    let log = c.log_position();
+    let base = c.failed_count();
+    let stuck = c.switch_wal();
+    c.wait_failures(base, 2, T);
+    c.wait_for_log("refused the credentials", log, T);
+    assert!(c.stat("last_error").contains("refused the credentials"));
+    assert!(c.stat_i64("copy_ahead_failures") + c.failed_count() > 0);
+    assert!(!c.status_file(&stuck, "done").exists());
+
+    // The right secret in the file (rotated in place, no reload): archiving
+    // resumes by itself.
+    s3.write_credentials(&credentials, None);
+    c.wait_done(&stuck, T);
+    assert_eq!(
+        c.archiver_pid(),
+        Some(archiver),
+        "the archiver was restarted"
+    );
+
+    // A store that stops answering mid-backlog (SIGSTOP): every request
+    // times out, nothing is reported archived; after SIGCONT the backlog
+    // drains and nothing is lost.
+    let base = c.failed_count();
+    s3.signal(SIGSTOP);
+    let backlog = c.switch_many(5);
+    c.wait_failures(base, 1, T);
+    assert!(!c.status_file(&backlog[0], "done").exists());
+    s3.signal(SIGCONT);
+    c.wait_drained(T);
+    for f in &backlog {
+        assert_in_bucket_identical(&s3, &c, &prefix, f);
+    }
+    assert_eq!(
+        c.archiver_pid(),
+        Some(archiver),
+        "the archiver was restarted"
+    );
+    let (code, out, err) = s3.walarch(&["verify", &s3.url(&prefix)]);
+    assert_eq!(code, 0, "verify: {out}{err}");
+
+    // The secrets never reach the server log, whatever happened.
+    let text = c.log_text();
+    assert!(!text.contains(wrong), "the wrong secret is in the log");
+    assert!(!text.contains(&s3.secret_key), "the secret is in the log");
+    assert!(!text.contains("FATAL"), "{text}");
+}
+
+#[test]
+fn a_different_file_in_the_bucket_is_refused_and_never_overwritten() {
+    let s3 = Seaweed::start("pg-conflict", None);
+    let prefix = format!("pg{}/shared", pg_major());
+    // Two clusters sharing one prefix by mistake: their segment names
+    // collide, their contents differ.
+    let a = cluster_on(&s3, "s3-first", &prefix, &[]);
+    let first = a.switch_wal();
+    a.wait_done(&first, T);
+    let b = cluster_on(&s3, "s3-second", &prefix, &["walarch.copy_ahead = off"]);
+    let log = b.log_position();
+    // Every completed segment is archived in order: the second cluster's
+    // archiver reaches the first cluster's file name.
+    while b.switch_wal() < first {}
+    b.wait_for_log(
+        &format!(
+            "archive file \"{}/{first}\" already exists with different contents",
+            s3.url(&prefix)
+        ),
+        log,
+        T,
+    );
+    assert!(!b.status_file(&first, "done").exists());
+    // The first cluster's file is intact.
+    assert_in_bucket_identical(&s3, &a, &prefix, &first);
+}

@@ -1,0 +1,221 @@
+//! A throwaway SeaweedFS S3 store (scripts/seaweed.sh): `weed mini` on 13
+//! ports of its own, with one identity that every request must be signed
+//! with, stopped and removed on drop (and by the script's watchdog if the
+//! test process dies).
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub const PORTS_PER_INSTANCE: u16 = 13;
+
+pub struct Seaweed {
+    pub dir: PathBuf,
+    pub endpoint: String,
+    pub https_endpoint: Option<String>,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub pid: i32,
+    pub base_port: u16,
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/seaweed.sh")
+}
+
+fn pseudo_random() -> u64 {
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let mut x = t.as_nanos() as u64 ^ ((std::process::id() as u64) << 32);
+    // xorshift
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
+
+fn ports_free(base: u16) -> bool {
+    (base..base + PORTS_PER_INSTANCE).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+}
+
+/// A base port whose 13 ports are free now, in 30000..49500: above the
+/// PostgreSQL test clusters' ports (26000..26800); a collision with
+/// anything else is retried by `start`.
+fn free_base() -> u16 {
+    loop {
+        let base = 30000 + (pseudo_random() % 1500) as u16 * PORTS_PER_INSTANCE;
+        if ports_free(base) {
+            return base;
+        }
+    }
+}
+
+/// A port with nothing listening on it (bound once, then released).
+pub fn dead_port() -> u16 {
+    let l = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn parse_env(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+impl Seaweed {
+    /// Starts an instance of its own; stopped and purged on drop (and by
+    /// seaweed.sh's watchdog if this process dies).
+    pub fn start(tag: &str, tls: Option<(&Path, &Path)>) -> Seaweed {
+        let mut last = String::new();
+        for _attempt in 0..5 {
+            let base = free_base();
+            let dir = std::env::temp_dir().join(format!(
+                "walarch-s3-{}-{}-{}",
+                tag,
+                std::process::id(),
+                base
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            let secret = format!("{:016x}{:016x}", pseudo_random(), pseudo_random());
+            let mut cmd = Command::new("bash");
+            cmd.arg(script())
+                .arg("start")
+                .arg(&dir)
+                .arg(base.to_string())
+                .env("S3_ACCESS_KEY", format!("walarch-{tag}"))
+                .env("S3_SECRET_KEY", &secret)
+                .env("S3_BUCKET", "wal")
+                .env("SEAWEED_PARENT_PID", std::process::id().to_string());
+            if let Some((cert, key)) = tls {
+                cmd.env("S3_TLS_CERT", cert).env("S3_TLS_KEY", key);
+            }
+            let out = cmd.output().expect("run seaweed.sh");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            if !out.status.success() {
+                last = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+                let _ = Command::new("bash")
+                    .arg(script())
+                    .args(["stop"])
+                    .arg(&dir)
+                    .arg("--purge")
+                    .status();
+                continue;
+            }
+            eprintln!("[{tag}] {}", stdout.trim());
+            let env = parse_env(&std::fs::read_to_string(dir.join("env")).unwrap());
+            return Seaweed {
+                endpoint: env["S3_ENDPOINT"].clone(),
+                https_endpoint: env
+                    .get("S3_HTTPS_ENDPOINT")
+                    .filter(|v| !v.is_empty())
+                    .cloned(),
+                bucket: env["S3_BUCKET"].clone(),
+                access_key: env["S3_ACCESS_KEY"].clone(),
+                secret_key: env["S3_SECRET_KEY"].clone(),
+                pid: env["WEED_PID"].parse().unwrap(),
+                base_port: base,
+                dir,
+            };
+        }
+        panic!("could not start seaweedfs: {last}");
+    }
+
+    /// The instance shared by the tests of one test binary.
+    pub fn shared() -> &'static Seaweed {
+        static SHARED: OnceLock<Seaweed> = OnceLock::new();
+        SHARED.get_or_init(|| Seaweed::start("shared", None))
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the pid of the weed process this test started.
+        let rc = unsafe { libc::kill(self.pid, sig) };
+        assert_eq!(rc, 0, "kill {} {}", sig, self.pid);
+    }
+}
+
+pub const SIGSTOP: i32 = libc::SIGSTOP;
+pub const SIGCONT: i32 = libc::SIGCONT;
+
+impl Drop for Seaweed {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .arg("stop")
+            .arg(&self.dir)
+            .arg("--purge")
+            .status();
+    }
+}
+
+impl Seaweed {
+    /// postgresql.conf lines that archive with walarch_ext into `prefix`
+    /// of this store (and not into a directory), with the credentials in
+    /// `credentials` (see `write_credentials`).
+    pub fn archive_conf(&self, prefix: &str, credentials: &Path) -> Vec<String> {
+        vec![
+            "walarch.archive_directory = ''".into(),
+            format!("walarch.archive_destination = '{}'", self.url(prefix)),
+            format!("walarch.s3_endpoint = '{}'", self.endpoint),
+            format!("walarch.s3_credentials_file = '{}'", credentials.display()),
+            "walarch.s3_request_timeout = '5s'".into(),
+        ]
+    }
+
+    /// Writes an AWS shared-credentials file for the server's OS user, with
+    /// `secret` (this store's own unless given).
+    pub fn write_credentials(&self, path: &Path, secret: Option<&str>) {
+        let text = format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            self.access_key,
+            secret.unwrap_or(&self.secret_key)
+        );
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        crate::sh(&format!("chmod 600 '{}'", tmp.display()));
+        crate::chown_to_server(&tmp);
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    pub fn url(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}", self.bucket)
+    }
+
+    /// The environment the `walarch` command reads the store from.
+    pub fn env(&self) -> [(&'static str, String); 3] {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
+        ]
+    }
+
+    /// A `restore_command` restoring from `prefix` of this store.
+    pub fn restore_command(&self, prefix: &str) -> String {
+        let env: Vec<String> = self.env().iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!(
+            "{} {} restore {} %f %p",
+            env.join(" "),
+            crate::walarch_bin().display(),
+            self.url(prefix)
+        )
+    }
+
+    /// Runs `walarch` as the server's OS user against this store:
+    /// (exit code, stdout, stderr).
+    pub fn walarch(&self, args: &[&str]) -> (i32, String, String) {
+        let out = crate::as_server_user(crate::walarch_bin())
+            .args(args)
+            .envs(self.env())
+            .output()
+            .expect("run walarch");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
