@@ -53,6 +53,16 @@ fn archives_into_a_bucket_and_recovers_from_it() {
     assert!(c.stat_i64("archived_count") >= 4);
     assert_eq!(c.stat("last_error"), "");
 
+    // An identical duplicate (a crash between archiving and .done, simulated
+    // by handing a .done back): accepted, counted, the object unchanged.
+    let again = &files[1];
+    let archived = c.stat_i64("archived_count");
+    std::fs::rename(c.status_file(again, "done"), c.status_file(again, "ready")).unwrap();
+    c.wait_done(again, T);
+    assert_eq!(c.failed_count(), 0);
+    assert!(c.stat_i64("archived_count") > archived);
+    assert_in_bucket_identical(&s3, &c, &prefix, again);
+
     // PITR from a base backup without WAL, restore_command reading the
     // bucket, to a restore point.
     c.backup("base", &BackupOptions::without_wal());

@@ -129,7 +129,10 @@ fn s3_options(flags: &[(String, Option<String>)]) -> Result<S3Options, String> {
 /// mode for new files does not matter.
 fn archive(arg: &str, o: &S3Options) -> Result<Box<dyn Destination>, ExitCode> {
     match DestinationSpec::parse(arg) {
-        Ok(DestinationSpec::Directory(p)) => Ok(Box::new(LocalDirectory::new(p, 0o600))),
+        Ok(DestinationSpec::Directory(p)) if p.is_dir() => {
+            Ok(Box::new(LocalDirectory::new(p, 0o600)))
+        }
+        Ok(DestinationSpec::Directory(_)) => Err(usage(&format!("\"{arg}\" is not a directory"))),
         Ok(DestinationSpec::S3 { bucket, prefix }) => {
             let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
             let mut s = S3Settings::new(bucket);
