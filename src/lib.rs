@@ -41,7 +41,10 @@ mod tests {
     use std::time::{Duration, Instant};
 
     fn archive_dir() -> PathBuf {
-        PathBuf::from(crate::pg_test::archive_dir())
+        let dir = crate::guc::ARCHIVE_DIRECTORY
+            .get()
+            .expect("set for the tests");
+        PathBuf::from(dir.to_str().unwrap())
     }
 
     /// Writes WAL, switches, and returns the name of the file just completed.
