@@ -52,10 +52,16 @@ fn walarch_stats() -> TableIterator<
         name!(copy_ahead_failures, i64),
         name!(last_error, Option<String>),
         name!(worker_pid, Option<i32>),
+        name!(last_transfer_ms, Option<f64>),
+        name!(mean_transfer_ms, Option<f64>),
+        name!(bytes_in_flight, i64),
     ),
 > {
     require_shared_memory();
-    let (stats, worker_pid) = shmem::read(|s| (s.stats.clone(), s.worker_pid)).unwrap();
+    let (stats, worker_pid, in_flight) =
+        shmem::read(|s| (s.stats.clone(), s.worker_pid, s.bytes_in_flight())).unwrap();
+    // NULL until something was stored.
+    let ms = |us: i64| (stats.transfers > 0).then_some(us as f64 / 1000.0);
     // Read from pg_wal/archive_status (the backend's working directory is
     // the data directory): the archiver's to-do list, not a counter.
     let p = archive_status::summary(Path::new("pg_wal")).unwrap_or_default();
@@ -75,6 +81,9 @@ fn walarch_stats() -> TableIterator<
         stats.copy_ahead_failures,
         non_empty(&stats.last_error),
         (worker_pid != 0).then_some(worker_pid),
+        ms(stats.last_transfer_us),
+        ms(stats.transfer_us_total / stats.transfers.max(1)),
+        in_flight as i64,
     ))
 }
 

@@ -52,6 +52,10 @@ fn archives_into_a_bucket_and_recovers_from_it() {
     assert_eq!(c.failed_count(), 0);
     assert!(c.stat_i64("archived_count") >= 4);
     assert_eq!(c.stat("last_error"), "");
+    // Uploads take time; none is in flight once drained.
+    let last: f64 = c.stat("last_transfer_ms").parse().unwrap();
+    assert!(last > 0.0, "last upload took {last} ms");
+    assert_eq!(c.stat_i64("bytes_in_flight"), 0);
 
     // An identical duplicate (a crash between archiving and .done, simulated
     // by handing a .done back): accepted, counted, the object unchanged.

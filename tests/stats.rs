@@ -134,3 +134,33 @@ fn stats_survive_clean_restart_not_crash_and_reset_works() {
     assert_eq!(c.stat("last_archived_wal"), "");
     assert_ne!(c.stat("stats_reset"), reset_before);
 }
+
+#[test]
+fn transfer_times_and_bytes_in_flight() {
+    let c = cluster("transfers", true, &[]);
+    // Before anything is stored the times are NULL, not zero.
+    c.query("SELECT walarch_stats_reset()");
+    assert_eq!(c.stat("last_transfer_ms"), "");
+    assert_eq!(c.stat("mean_transfer_ms"), "");
+    let files = c.switch_many(3);
+    c.wait_done(files.last().unwrap(), T);
+    c.wait_drained(T);
+    let last: f64 = c.stat("last_transfer_ms").parse().unwrap();
+    let mean: f64 = c.stat("mean_transfer_ms").parse().unwrap();
+    assert!(last > 0.0 && mean > 0.0, "last {last} ms, mean {mean} ms");
+    // Nothing is being stored once drained.
+    assert_eq!(c.stat_i64("bytes_in_flight"), 0);
+    // A backlog on a read-only archive: the worker and the archiver keep
+    // trying, and what they hold is in flight meanwhile or not at all,
+    // never negative or stale once it drains.
+    sh(&format!("chmod 0555 '{}'", c.archive_dir().display()));
+    let stuck = c.switch_wal();
+    wait_until("a failure", T, || c.stat_i64("failed_count") >= 1);
+    assert!(c.stat_i64("bytes_in_flight") >= 0);
+    sh(&format!("chmod 0755 '{}'", c.archive_dir().display()));
+    c.wait_done(&stuck, T);
+    c.wait_drained(T);
+    wait_until("nothing in flight", T, || {
+        c.stat_i64("bytes_in_flight") == 0
+    });
+}

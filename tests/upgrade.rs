@@ -93,6 +93,7 @@ fn update_from_0_1_0_equals_a_fresh_install() {
         "function walarch_switch_wal(boolean,interval) returns TABLE(switch_lsn pg_lsn",
         "function walarch_verify(text,text)",
         "relation walarch_stat_archiver kind=v",
+        "bytes_in_flight bigint",
         "pg_monitor=X/postgres",
         "pg_monitor=r/postgres",
     ] {

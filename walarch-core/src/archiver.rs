@@ -72,6 +72,9 @@ pub fn archive_one<H: Host>(
     }
     // Let the worker start on the files after this one meanwhile.
     host.wake_worker();
+    let size = std::fs::metadata(source).map_or(0, |m| m.len());
+    host.with_state(|s| s.set_in_flight(name, size));
+    let start = host.now();
     // A panic here is a bug, but it must not take the archiver down.
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| archive_file(dest, name, source)))
         .unwrap_or_else(|_| {
@@ -82,10 +85,14 @@ pub fn archive_one<H: Host>(
             .with_detail("The file was not archived; the archiver will retry it."))
         });
     let now = host.timestamp();
+    let micros = host.now().saturating_duration_since(start).as_micros() as i64;
     host.with_state(|s| {
         s.end_archiver_copy(name);
         match &result {
-            Ok(o) => s.record_archived(name, o.bytes(), false, now),
+            Ok(o) => {
+                s.record_archived(name, o.bytes(), false, now);
+                s.record_transfer(micros);
+            }
             Err(e) => s.record_failed(name, &e.message, now),
         }
     });
@@ -162,6 +169,17 @@ mod tests {
             Archived::Inline(ArchiveOutcome::Archived { bytes: 1000, .. })
         ));
         assert_eq!(dest.size(A).unwrap(), Some(1000));
+    }
+
+    #[test]
+    fn an_inline_store_is_timed_and_in_flight_meanwhile() {
+        let (_d, src) = wal(&pattern(700));
+        let host = FakeHost::default();
+        let dest = MemoryDestination::default();
+        archive_one(&host, &dest, A, &src).unwrap();
+        let st = host.state();
+        assert_eq!(st.stats.transfers, 1);
+        assert_eq!(st.bytes_in_flight(), 0);
     }
 
     #[test]

@@ -50,12 +50,17 @@ impl CopyAhead {
             // Claims of dead processes, and confirmations of files the
             // archiver no longer waits for (archived some other way).
             s.release_stale(|p| host.alive(p), |n| ready.iter().any(|r| r == n));
-            ready
+            let claimed: Vec<String> = ready
                 .iter()
                 .filter(|n| !self.retry_at.contains_key(*n))
                 .filter(|n| s.begin_worker_copy(n, me))
                 .cloned()
-                .collect()
+                .collect();
+            for n in &claimed {
+                let size = std::fs::metadata(self.pg_wal.join(n)).map_or(0, |m| m.len());
+                s.set_in_flight(n, size);
+            }
+            claimed
         })
         .unwrap_or_default()
     }
@@ -90,7 +95,13 @@ impl CopyAhead {
                     .as_ref()
                     .map(|o| o.bytes())
                     .map_err(|e| e.message.as_str());
-                host.with_state(|s| s.finish_worker_copy(&r.name, result));
+                let micros = r.elapsed.as_micros() as i64;
+                host.with_state(|s| {
+                    s.finish_worker_copy(&r.name, result);
+                    if result.is_ok() {
+                        s.record_transfer(micros);
+                    }
+                });
                 match &r.result {
                     // The archiver can come and confirm it now.
                     Ok(_) => host.wake_archiver(),
@@ -154,6 +165,8 @@ mod tests {
         host.with_state(|s| s.begin_archiver_copy(F1, 99, |_| true));
         let mut ca = CopyAhead::new(wal.path());
         assert_eq!(ca.plan(&host), vec![H2, F2, F3]);
+        // Their sizes are in flight (pattern(1000 + i): 1000..1003 bytes).
+        assert_eq!(host.state().bytes_in_flight(), 1003 + 1000 + 1002);
         // Claimed now: a second plan finds nothing new.
         assert!(ca.plan(&host).is_empty());
     }
@@ -167,6 +180,8 @@ mod tests {
         let r = copy_all(&mut ca, &host, &dest);
         assert_eq!(r, vec![(F1.into(), true), (F2.into(), true)]);
         assert_eq!(host.archiver_wakes(), 2);
+        assert_eq!(host.state().stats.transfers, 2);
+        assert_eq!(host.state().bytes_in_flight(), 0);
         assert_eq!(host.state().slot_state(F1), SlotState::WorkerArchived);
         let archiver = host.as_pid(20);
         let got = archive_one(&archiver, &dest, F1, &wal.path().join(F1)).unwrap();

@@ -24,6 +24,8 @@ pub struct CopyJob {
 pub struct CopyResult {
     pub name: String,
     pub result: Result<ArchiveOutcome, ArchiveError>,
+    /// How long the store took.
+    pub elapsed: std::time::Duration,
 }
 
 /// Archives `jobs` into `dest` on up to `parallel` threads, in order of the
@@ -90,11 +92,13 @@ fn copy_loop(
         let Some(job) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else {
             break;
         };
+        let start = std::time::Instant::now();
         let result = archive_file(dest, &job.name, &job.source);
         if tx
             .send(CopyResult {
                 name: job.name,
                 result,
+                elapsed: start.elapsed(),
             })
             .is_err()
         {

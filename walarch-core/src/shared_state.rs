@@ -85,6 +85,11 @@ pub struct Stats {
     pub copied_ahead_count: i64,
     pub copy_ahead_failures: i64,
     pub last_error: ErrorText,
+    /// How long the last successful store took (microseconds), by the
+    /// archiver or the worker; and the sum and count behind the mean.
+    pub last_transfer_us: i64,
+    pub transfer_us_total: i64,
+    pub transfers: i64,
 }
 
 impl Stats {
@@ -101,6 +106,9 @@ impl Stats {
             copied_ahead_count: 0,
             copy_ahead_failures: 0,
             last_error: ErrorText::default(),
+            last_transfer_us: 0,
+            transfer_us_total: 0,
+            transfers: 0,
         }
     }
 }
@@ -276,6 +284,40 @@ impl ArchiveState {
         n
     }
 
+    /// The size of a file just claimed for copying, for `bytes_in_flight`.
+    pub fn set_in_flight(&mut self, name: &str, bytes: u64) {
+        if let Some(i) = self.find(name) {
+            if matches!(
+                self.slots[i].state,
+                SlotState::WorkerCopying | SlotState::ArchiverCopying
+            ) {
+                self.slots[i].bytes = bytes;
+            }
+        }
+    }
+
+    /// Bytes of the files being stored right now.
+    pub fn bytes_in_flight(&self) -> u64 {
+        self.slots
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s.state,
+                    SlotState::WorkerCopying | SlotState::ArchiverCopying
+                )
+            })
+            .map(|s| s.bytes)
+            .sum()
+    }
+
+    /// A store succeeded after `micros`.
+    pub fn record_transfer(&mut self, micros: i64) {
+        let s = &mut self.stats;
+        s.last_transfer_us = micros;
+        s.transfer_us_total = s.transfer_us_total.saturating_add(micros);
+        s.transfers += 1;
+    }
+
     /// A copy-ahead worker starts: it is the one to wake from now on, and
     /// the claims of a predecessor killed mid-copy are released.
     pub fn worker_started(&mut self, pid: i32, latch: usize, alive: impl Fn(i32) -> bool) {
@@ -419,6 +461,30 @@ mod tests {
         );
         assert_eq!(s.slot_state(A), SlotState::ArchiverCopying);
         assert!(!s.begin_worker_copy(A, 10));
+    }
+
+    #[test]
+    fn bytes_in_flight_and_transfer_times() {
+        let mut s = ArchiveState::new(0);
+        assert!(s.begin_worker_copy(A, 10));
+        s.set_in_flight(A, 100);
+        s.begin_archiver_copy(B, 20, alive);
+        s.set_in_flight(B, 7);
+        assert_eq!(s.bytes_in_flight(), 107);
+        s.finish_worker_copy(A, Ok(100));
+        assert_eq!(s.bytes_in_flight(), 7, "a finished copy is not in flight");
+        s.end_archiver_copy(B);
+        assert_eq!(s.bytes_in_flight(), 0);
+        s.record_transfer(3000);
+        s.record_transfer(1000);
+        assert_eq!(
+            (
+                s.stats.last_transfer_us,
+                s.stats.transfer_us_total,
+                s.stats.transfers
+            ),
+            (1000, 4000, 2)
+        );
     }
 
     #[test]

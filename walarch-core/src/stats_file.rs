@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::shared_state::{bounded, Stats};
 
-const HEADER: &str = "walarch_ext stats 1";
+const HEADER: &str = "walarch_ext stats 2";
 
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('\n', "\\n")
@@ -45,6 +45,9 @@ pub fn serialize(s: &Stats) -> String {
     line("copied_ahead_count", s.copied_ahead_count.to_string());
     line("copy_ahead_failures", s.copy_ahead_failures.to_string());
     line("last_error", escape(s.last_error.as_str()));
+    line("last_transfer_us", s.last_transfer_us.to_string());
+    line("transfer_us_total", s.transfer_us_total.to_string());
+    line("transfers", s.transfers.to_string());
     out.push_str("end\n");
     out
 }
@@ -76,11 +79,14 @@ pub fn parse(text: &str) -> Option<Stats> {
             "copied_ahead_count" => s.copied_ahead_count = int()?,
             "copy_ahead_failures" => s.copy_ahead_failures = int()?,
             "last_error" => s.last_error = bounded(&unescape(v)),
+            "last_transfer_us" => s.last_transfer_us = int()?,
+            "transfer_us_total" => s.transfer_us_total = int()?,
+            "transfers" => s.transfers = int()?,
             _ => return None,
         }
         seen += 1;
     }
-    (ended && seen == 11).then_some(s)
+    (ended && seen == 14).then_some(s)
 }
 
 /// Writes the file atomically: temporary file, fsync, rename, directory fsync.
@@ -178,7 +184,7 @@ mod tests {
     fn rejects_torn_or_foreign_files() {
         let text = serialize(&sample());
         assert_eq!(parse(&text[..text.len() - 4]), None, "no end line");
-        assert_eq!(parse(&text.replace("walarch_ext stats 1", "other 1")), None);
+        assert_eq!(parse(&text.replace(HEADER, "other 1")), None);
         assert_eq!(
             parse(&text.replace("failed_count 1", "failed_count x")),
             None
