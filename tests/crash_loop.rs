@@ -5,8 +5,9 @@
 use std::fs;
 use std::time::Duration;
 
+use walarch_integration::crash::{backlog, kill_and_recover};
 use walarch_integration::setups::{recovering_from, recovery_primary as primary};
-use walarch_integration::{sh, verify_ok, wait_until, BackupOptions, Walarch};
+use walarch_integration::{verify_ok, BackupOptions, Walarch};
 
 const T: Duration = Duration::from_secs(120);
 
@@ -52,49 +53,12 @@ fn crash_loop_loses_nothing_and_pitr_still_works() {
     for round in 0..rounds {
         // A backlog of a few segments, each kept as a reference copy as soon
         // as it is complete.
-        for _ in 0..4 {
-            rows += 50;
-            p.query(&format!(
-                "INSERT INTO t SELECT g, 'r{round}' FROM generate_series({}, {rows}) g",
-                rows - 49
-            ));
-            let f = p.query("SELECT pg_walfile_name(pg_switch_wal())");
-            fs::copy(p.data.join("pg_wal").join(&f), reference.join(&f)).unwrap();
-            all.push(f);
-        }
+        backlog(&p, round, &mut rows, &reference, &mut all);
         std::thread::sleep(Duration::from_millis(rng.next(150)));
-        let victim = round % 3;
-        let pid = match victim {
-            0 => p.archiver_pid(),
-            1 => p
-                .psql("SELECT worker_pid FROM walarch_stats()")
-                .ok()
-                .and_then(|s| s.parse().ok()),
-            _ => Some(p.postmaster_pid()),
-        };
-        let Some(pid) = pid else { continue };
-        p.kill(pid, "KILL");
-        kills += 1;
-        if victim == 2 {
-            // The postmaster is gone: its children notice and exit; then a
-            // normal start runs crash recovery.
-            wait_until("old server processes gone", T, || {
-                sh(&format!("ps -o pid= --ppid {pid} || true"))
-                    .trim()
-                    .is_empty()
-            });
-            wait_until("restart after postmaster kill", T, || p.try_start(30));
+        if kill_and_recover(&mut p, round, T).is_none() {
+            continue;
         }
-        let t0 = std::time::Instant::now();
-        std::thread::sleep(Duration::from_millis(200));
-        p.wait_ready(T);
-        let ready = t0.elapsed();
-        p.wait_drained(T);
-        eprintln!(
-            "round {round}: killed {} (pid {pid}); accepting queries after {ready:?}, drained after {:?}",
-            ["archiver", "copy-ahead worker", "postmaster"][victim],
-            t0.elapsed()
-        );
+        kills += 1;
         verify_ok(&archive);
         let tmp = p.archive_temp_files();
         assert!(

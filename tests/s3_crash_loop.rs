@@ -8,10 +8,10 @@
 use std::fs;
 use std::time::Duration;
 
+use walarch_integration::crash::{backlog, kill_and_recover, VICTIMS};
 use walarch_integration::seaweed::Seaweed;
 use walarch_integration::{
-    chown_to_server, pg_major, sh, wait_until, BackupOptions, Cluster, FromBackupOptions,
-    InitOptions, Walarch,
+    chown_to_server, pg_major, BackupOptions, Cluster, FromBackupOptions, InitOptions, Walarch,
 };
 
 const T: Duration = Duration::from_secs(120);
@@ -44,48 +44,19 @@ fn crash_loop_over_uploads_loses_nothing() {
     let mut all = vec![];
     let rounds = 12;
     for round in 0..rounds {
-        for _ in 0..4 {
-            rows += 50;
-            p.query(&format!(
-                "INSERT INTO t SELECT g, 'r{round}' FROM generate_series({}, {rows}) g",
-                rows - 49
-            ));
-            let f = p.query("SELECT pg_walfile_name(pg_switch_wal())");
-            fs::copy(p.data.join("pg_wal").join(&f), reference.join(&f)).unwrap();
-            all.push(f);
-        }
+        backlog(&p, round, &mut rows, &reference, &mut all);
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         std::thread::sleep(Duration::from_millis(x % 100));
-        let victim = round % 3;
-        let pid = match victim {
-            0 => p.archiver_pid(),
-            1 => p
-                .psql("SELECT worker_pid FROM walarch_stats()")
-                .ok()
-                .and_then(|s| s.parse().ok()),
-            _ => Some(p.postmaster_pid()),
-        };
-        let pid = pid.unwrap_or_else(|| panic!("round {round}: no process to kill"));
-        p.kill(pid, "KILL");
-        if victim == 2 {
-            wait_until("old server processes gone", T, || {
-                sh(&format!("ps -o pid= --ppid {pid} || true"))
-                    .trim()
-                    .is_empty()
-            });
-            wait_until("restart after postmaster kill", T, || p.try_start(30));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        p.wait_ready(T);
-        p.wait_drained(T);
+        let pid = kill_and_recover(&mut p, round, T);
+        assert!(
+            pid.is_some(),
+            "round {round}: no {} to kill",
+            VICTIMS[round % 3]
+        );
         let (code, out, err) = s3.walarch(&["verify", &s3.url(&prefix)]);
         assert_eq!(code, 0, "round {round}: verify: {out}{err}");
-        eprintln!(
-            "round {round}: killed {} (pid {pid}), drained, bucket intact",
-            ["archiver", "copy-ahead worker", "postmaster"][victim]
-        );
     }
 
     // Every segment in the bucket is the WAL produced.

@@ -14,6 +14,7 @@
 
 pub mod archiver;
 pub mod cluster;
+pub mod crash;
 pub mod seaweed;
 pub mod setups;
 pub mod util;
