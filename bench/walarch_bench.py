@@ -55,12 +55,12 @@ class BenchError(Exception):
     pass
 
 
-def run(cmd, *, as_pg=False, check=True, timeout=None, cwd=None, input=None):
+def run(cmd, *, as_pg=False, check=True, timeout=None, cwd=None, input=None, env=None):
     if as_pg:
         cmd = ["runuser", "-u", "postgres", "--"] + list(cmd)
     try:
         p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           timeout=timeout, cwd=cwd, input=input)
+                           timeout=timeout, cwd=cwd, input=input, env=env)
     except subprocess.TimeoutExpired as e:
         raise BenchError(f"timed out after {timeout}s: {shlex.join(map(str, cmd))}") from e
     if check and p.returncode != 0:

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# The benchmark: walarch_ext against contrib basic_archive, a cp
-# archive_command, pgBackRest archive-push (sync and async) and the dd
-# floor. Writes $WALARCH_BENCH_OUT/benchmark.md and benchmark.png.
+# The benchmark, in two suites:
+#   local: walarch_ext against contrib basic_archive, a cp archive_command,
+#          pgBackRest archive-push (sync and async) and the dd floor, into a
+#          directory. Writes $WALARCH_BENCH_OUT/benchmark.md and .png.
+#   s3:    walarch_ext (parallel_copies 1, 4, 16) against pgBackRest
+#          archive-push to repo type s3 (sync, async 4 and 16) and the
+#          store's own ceiling (parallel plain PUTs), into a SeaweedFS
+#          cluster through a TLS proxy adding a round-trip time
+#          (bench/rtt-proxy). Writes benchmark-s3.md, .png and .json.
 #
 # Installs what it needs, idempotently: scripts/setup.sh, pgbackrest (apt),
 # matplotlib (a venv under /var/cache/walarch/bench-venv), and the release
-# build of walarch_ext and the walarch command.
+# builds of walarch_ext, the walarch command and rtt-proxy.
 #
 # Settings (environment):
 #   WALARCH_BENCH_PG            PostgreSQL major version, 15-18 (default 15)
@@ -15,6 +21,8 @@
 #   WALARCH_BENCH_OUT           output directory (default docs/)
 #   WALARCH_BENCH_DIR           where the clusters and archives live (default /var/tmp)
 #   WALARCH_BENCH_METHODS       comma-separated subset of methods (default: all)
+#   WALARCH_BENCH_SUITES        "local s3" (default), "local" or "s3"
+#   WALARCH_BENCH_RTTS          round-trip times of the s3 suite, ms (default 0,20)
 #   WALARCH_BENCH_SKIP_INSTALL  1: skip setup.sh and the release build, and measure
 #                               the walarch_ext already installed
 set -euo pipefail
@@ -38,6 +46,12 @@ done
 [ "$REPS" -ge 1 ] || die "WALARCH_BENCH_REPS must be at least 1"
 [ -d "$PARENT" ] || die "WALARCH_BENCH_DIR $PARENT is not a directory"
 [ "$(id -u)" = 0 ] || die "run as root (the clusters run as the postgres user)"
+SUITES=${WALARCH_BENCH_SUITES:-local s3}
+RTTS=${WALARCH_BENCH_RTTS:-0,20}
+for suite in $SUITES; do
+  case "$suite" in local|s3) ;; *) die "WALARCH_BENCH_SUITES: unknown suite $suite (local, s3)" ;; esac
+done
+[[ $RTTS =~ ^[0-9]+(,[0-9]+)*$ ]] || die "WALARCH_BENCH_RTTS must be comma-separated whole numbers of ms"
 
 # The exact command, for the report.
 CMDLINE=""
@@ -68,8 +82,10 @@ BIN=$(pg_bindir "$V")
 if [ "${WALARCH_BENCH_SKIP_INSTALL:-0}" != 1 ]; then
   log "building and installing walarch_ext (release) into PostgreSQL $V, and the walarch command"
   cargo pgrx install --release --pg-config "$BIN/pg_config" >/dev/null
-  cargo build --release -q -p walarch-cli
+  cargo build --release -q -p walarch-cli -p rtt-proxy
 fi
+PROXY=$PWD/target/release/rtt-proxy
+[ -x "$PROXY" ] || die "$PROXY is missing (cargo build --release -p rtt-proxy)"
 LIBDIR=$("$BIN/pg_config" --pkglibdir)
 for lib in walarch_ext basic_archive; do
   [ -f "$LIBDIR/$lib.so" ] || die "$LIBDIR/$lib.so is missing"
@@ -92,9 +108,25 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-log "benchmark: PostgreSQL $V, $SEGMENTS segments x $REPS reps, ${LOAD_SECONDS}s load, into $OUT (work dir $WORK)"
-"$VENV/bin/python" bench/walarch_bench.py \
-  --pg-bin "$BIN" --workdir "$WORK" --out "$OUT" \
-  --segments "$SEGMENTS" --reps "$REPS" --load-seconds "$LOAD_SECONDS" \
-  --port-base $((27500 + (V - 15) * 100)) \
-  --methods "${WALARCH_BENCH_METHODS:-}" --command "$CMDLINE"
+RC=0
+if [[ " $SUITES " == *" local "* ]]; then
+  log "benchmark, local suite: PostgreSQL $V, $SEGMENTS segments x $REPS reps, ${LOAD_SECONDS}s load, into $OUT (work dir $WORK)"
+  "$VENV/bin/python" bench/walarch_bench.py \
+    --pg-bin "$BIN" --workdir "$WORK" --out "$OUT" \
+    --segments "$SEGMENTS" --reps "$REPS" --load-seconds "$LOAD_SECONDS" \
+    --port-base $((27500 + (V - 15) * 100)) \
+    --methods "${WALARCH_BENCH_METHODS:-}" --command "$CMDLINE" || RC=$?
+fi
+if [[ " $SUITES " == *" s3 "* ]]; then
+  bash scripts/seaweed.sh install
+  log "benchmark, s3 suite: PostgreSQL $V, $SEGMENTS segments x $REPS reps, RTT $RTTS ms, into $OUT (work dir $WORK)"
+  # the system python: the harness uses the standard library only; the
+  # plot runs in the venv
+  python3 bench/s3_bench.py \
+    --pg-bin "$BIN" --workdir "$WORK" --out "$OUT" \
+    --segments "$SEGMENTS" --reps "$REPS" --rtts "$RTTS" \
+    --port-base $((27550 + (V - 15) * 100)) --s3-port-base $((42000 + (V - 15) * 100)) \
+    --proxy "$PROXY" --python "$VENV/bin/python" \
+    --methods "${WALARCH_BENCH_METHODS:-}" --command "$CMDLINE" || RC=$?
+fi
+exit "$RC"

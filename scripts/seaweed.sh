@@ -28,7 +28,7 @@
 #       (PEM files) set, S3 also listens with TLS on BASE+12.
 #   seaweed.sh stop DIR [--purge]
 #       Stops DIR's processes (SIGCONT first, in case a test stopped one;
-#       SIGTERM, then SIGKILL after 10 s) and removes their unix sockets;
+#       SIGTERM, then SIGKILL after 3 s) and removes their unix sockets;
 #       --purge also removes DIR.
 #
 # Cluster ports: BASE+0/1 S3 HTTP/gRPC, +2/3 master, +4/5 filer, +6..+11
@@ -271,7 +271,8 @@ stop() {
             kill -CONT "${pids[i]}" 2>/dev/null || true
             kill -TERM "${pids[i]}" 2>/dev/null || true
         done
-        for _ in $(seq 1 100); do
+        # A filer whose master is gone can hang on SIGTERM: 3 s, then KILL.
+        for _ in $(seq 1 30); do
             local left=0
             for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && left=1; done
             [ "$left" = 0 ] && break

@@ -21,8 +21,8 @@ echo "==> lint: cargo fmt --check, cargo clippy -D warnings"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "==> unit tests (walarch-core) and the walarch command"
-cargo test -p walarch-core -p walarch-cli
+echo "==> unit tests (walarch-core), the walarch command and the benchmark's proxy"
+cargo test -p walarch-core -p walarch-cli -p rtt-proxy
 echo "==> the S3 destination against a real SeaweedFS store"
 cargo test -p walarch-s3
 # restore_command in the integration tests runs it as the postgres user.
