@@ -10,9 +10,11 @@ every RTT, then rep 2, ...):
   in front of it bench/rtt-proxy, which terminates TLS and delays every chunk
   by RTT/2 in each direction (netem is not available here): every client
   talks https to the proxy, TLS handshakes included;
-- a fresh PostgreSQL cluster builds a backlog of N .ready segments with its
-  archiver idle, then the archiver is pointed at the bucket and the time until
-  no .ready file is left is measured (as the local drain).
+- a copy of the repetition's template cluster (a backlog of N .ready
+  segments of real WAL, built once per repetition with the archiver idle)
+  is started with the method's settings, the archiver is pointed at the
+  bucket and the time until no .ready file is left is measured (as the
+  local drain).
 
 Methods: walarch_ext (copy-ahead on, parallel_copies 1, 4, 16), pgBackRest
 archive-push to repo type s3 (sync; async with process-max 4 and 16), and the
@@ -104,12 +106,23 @@ class Store:
     def __init__(self, h, name, rtt_ms):
         self.h, self.dir = h, h.work / name
         self.base = h.a.s3_port_base
-        self.proxy_port = self.base + 13
         self.proxy = None
         env = dict(os.environ, S3_BUCKET=BUCKET, S3_REGION=REGION,
                    SEAWEED_PARENT_PID=str(os.getpid()))
-        run(["bash", str(ROOT / "scripts" / "seaweed.sh"), "start", str(self.dir), str(self.base),
-             "cluster"], timeout=180, input="", env=env)
+        # A port can be taken by someone's outgoing connection: try the next set.
+        for attempt in range(4):
+            try:
+                run(["bash", str(ROOT / "scripts" / "seaweed.sh"), "start", str(self.dir),
+                     str(self.base), "cluster"], timeout=180, input="", env=env)
+                break
+            except BenchError as e:
+                run(["bash", str(ROOT / "scripts" / "seaweed.sh"), "stop", str(self.dir), "--purge"],
+                    check=False, timeout=60)
+                if attempt == 3 or "address already in use" not in str(e):
+                    raise
+                log(f"   ports {self.base}.. taken, trying the next 20")
+                self.base += 20
+        self.proxy_port = self.base + 13
         vals = dict(ln.split("=", 1) for ln in (self.dir / "env").read_text().splitlines() if "=" in ln)
         self.access_key, self.secret_key = vals["S3_ACCESS_KEY"], vals["S3_SECRET_KEY"]
         ready = self.dir / "proxy.ready"
@@ -186,8 +199,28 @@ class S3Harness(wb.Harness):
     def prefix(self, m, rep, rtt):
         return f"{m.key}/rtt{rtt}/rep{rep}"
 
+    def template(self, rep):
+        """A stopped cluster holding a backlog of N .ready segments, made once per repetition:
+        every run of the repetition starts from a copy of it (the same WAL, and no minute of
+        inserts per run)."""
+        t = Cluster(self, f"template-{rep}")
+        t.create(["archive_command = ''"])
+        t.start()
+        self.pg_version = t.psql("SELECT version()")
+        self.seg_size = int(t.psql("SELECT pg_size_bytes(current_setting('wal_segment_size'))"))
+        names = self.make_backlog(t, self.a.segments)
+        t.stop("fast")
+        return t, names
+
+    def clone(self, tmpl, name):
+        c = Cluster(self, name)
+        run(["cp", "-a", str(tmpl.data), str(c.data)])
+        with open(c.data / "postgresql.conf", "a") as f:
+            f.write(f"\n# this copy\nport = {c.port}\nunix_socket_directories = '{c.sock}'\n")
+        return c
+
     def setup_s3(self, m, c, rep, rtt):
-        """The PostgreSQL cluster for m, its archiver configured but idle."""
+        """Configures and starts c (a copy of the template) for m, its archiver idle."""
         s = self.store
         conf, preload = [], None
         if m.kind == "walarch":
@@ -205,11 +238,11 @@ class S3Harness(wb.Harness):
             conf += ["archive_command = ''"]
         if m.kind == "pgbr":
             self.write_pgbr_s3_conf(m, c, self.prefix(m, rep, rtt))
-        c.create(conf, preload)
+        if preload:
+            conf.append(f"shared_preload_libraries = '{preload}'")
+        with open(c.data / "postgresql.conf", "a") as f:
+            f.write("\n".join(conf) + "\n")
         c.start()
-        if self.pg_version is None:
-            self.pg_version = c.psql("SELECT version()")
-            self.seg_size = int(c.psql("SELECT pg_size_bytes(current_setting('wal_segment_size'))"))
         if m.kind == "walarch":
             c.psql("CREATE EXTENSION walarch_ext")
         if m.kind == "pgbr":
@@ -251,52 +284,26 @@ class S3Harness(wb.Harness):
         pat = wb.PGBR_SEG_RE if m.kind == "pgbr" else wb.SEG_RE
         return sum(1 for k in keys if pat.match(k.rsplit("/", 1)[-1]))
 
-    def s3_run(self, m, rep, rtt):
+    def s3_run(self, m, rep, rtt, tmpl, names):
         self.store = Store(self, f"store-{m.key}-{rtt}-{rep}", rtt)
-        c = Cluster(self, f"s3-{m.key}-{rtt}-{rep}")
+        c = self.clone(tmpl, f"s3-{m.key}-{rtt}-{rep}")
         try:
-            if m.kind == "put":
-                self.setup_s3(Method("idle", "", "idle"), c, rep, rtt)
-            else:
-                self.setup_s3(m, c, rep, rtt)
-            names = self.make_backlog(c, self.a.segments)
             nbytes = sum((c.data / "pg_wal" / s).stat().st_size for s in names)
             if m.kind == "put":
                 return self.put_run(m, c, names, nbytes, rep, rtt)
+            self.setup_s3(m, c, rep, rtt)
+            missing = set(names) - set(c.ready())
+            if missing:
+                raise BenchError(f"the copy lacks .ready files: {sorted(missing)[:3]}")
             sess = PsqlSession(c)
             sess.query(self.enable_s3_sql(m, c, rep, rtt))
-            os.sync()
             pids = self.cpu_pids(m, c)
-            cpu0 = {k: wb.proc_cpu_ticks(p) for k, p in pids.items()}
             sampler = RssSampler(f"--config={c.dir}/", b"pgbackrest") if m.kind == "pgbr" else None
             if sampler:
                 sampler.start()
-            logpos = c.log_size()
-            t0 = time.monotonic()
-            sess.send("SELECT pg_reload_conf()")
-            deadline = t0 + 300 + 10 * len(names)
-            next_check = t0 + 0.5
-            while c.ready_count() > 0:
-                now = time.monotonic()
-                if now > next_check:
-                    next_check = now + 0.5
-                    bad = [ln for ln in c.log_since(logpos).splitlines() if wb.FAIL_RE.search(ln)]
-                    if len(bad) >= 3:
-                        raise BenchError("archiving fails:\n" + "\n".join(bad[-8:]))
-                    if now > deadline:
-                        raise BenchError(f"drain did not finish in {deadline - t0:.0f}s, "
-                                         f"{c.ready_count()} .ready left\n{c.log_tail()}")
-                time.sleep(0.01)
-            elapsed = time.monotonic() - t0
+            elapsed, cpu, logpos = wb.timed_drain(c, sess, pids, 300 + 10 * len(names))
             if sampler:
                 sampler.stop()
-            cpu = {}
-            for k, p in pids.items():
-                try:
-                    cpu[k] = (wb.proc_cpu_ticks(p) - cpu0[k]) / wb.CLK_TCK
-                except FileNotFoundError:
-                    cpu[k] = None
-            sess.wait("SELECT pg_reload_conf()")
             extra = {}
             if m.kind == "walarch":
                 row = sess.query("SELECT archived_count, copied_ahead_count, mean_transfer_ms "
@@ -324,7 +331,6 @@ class S3Harness(wb.Harness):
 
     def put_run(self, m, c, names, nbytes, rep, rtt):
         """N parallel curl PUTs of the backlog's files: the path's ceiling without PostgreSQL."""
-        c.stop("fast")
         src = c.data / "pg_wal"
         os.sync()
         s = self.store
@@ -355,6 +361,8 @@ class S3Harness(wb.Harness):
         results = {f"{m.key}@{r}": [] for r in rtts for m in methods}
         errors = {}
         for rep in range(1, a.reps + 1):
+            log(f"s3 rep {rep}/{a.reps}: a backlog of {a.segments} segments")
+            tmpl, names = self.template(rep)
             for rtt in rtts:
                 for m in methods:
                     key = f"{m.key}@{rtt}"
@@ -363,7 +371,7 @@ class S3Harness(wb.Harness):
                         continue
                     log(f"s3 rep {rep}/{a.reps}, RTT {rtt} ms: {m.label} ({a.segments} segments)")
                     try:
-                        r = self.s3_run(m, rep, rtt)
+                        r = self.s3_run(m, rep, rtt, tmpl, names)
                     except BenchError as e:
                         msg = str(e).strip()
                         log(f"   FAILED: {msg}")
@@ -373,6 +381,7 @@ class S3Harness(wb.Harness):
                         continue
                     results[key].append(r)
                     log(f"   {r['seconds']:.2f}s, {r['bytes'] / r['seconds'] / 2**20:.0f} MiB/s")
+            tmpl.destroy()
         return methods, rtts, results, errors
 
 
@@ -518,7 +527,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--rtts", default="0,20")
     ap.add_argument("--port-base", type=int, default=27600)
-    ap.add_argument("--s3-port-base", type=int, default=42000)
+    ap.add_argument("--s3-port-base", type=int, default=24000)
     ap.add_argument("--proxy", required=True, help="the rtt-proxy binary")
     ap.add_argument("--methods", default="")
     ap.add_argument("--python", required=True, help="a python with matplotlib, for the plot")

@@ -347,6 +347,38 @@ class StatusWatcher(threading.Thread):
 
 # ---------------------------------------------------------------- harness
 
+def timed_drain(c, sess, pids, limit_s):
+    """Starts archiving (pg_reload_conf() on the open session, the setting already made) and
+    waits until no .ready file is left: (seconds, CPU seconds of each of pids, log position)."""
+    os.sync()  # the backlog's dirty pages must not be written back during the timing
+    cpu0 = {k: proc_cpu_ticks(p) for k, p in pids.items()}
+    logpos = c.log_size()
+    t0 = time.monotonic()
+    sess.send("SELECT pg_reload_conf()")
+    deadline = t0 + limit_s
+    next_check = t0 + 0.5
+    while c.ready_count() > 0:
+        now = time.monotonic()
+        if now > next_check:
+            next_check = now + 0.5
+            bad = [ln for ln in c.log_since(logpos).splitlines() if FAIL_RE.search(ln)]
+            if len(bad) >= 3:
+                raise BenchError("archiving fails:\n" + "\n".join(bad[-8:]))
+            if now > deadline:
+                raise BenchError(f"drain did not finish in {limit_s:.0f}s, "
+                                 f"{c.ready_count()} .ready left\n{c.log_tail()}")
+        time.sleep(0.01)
+    elapsed = time.monotonic() - t0
+    cpu = {}
+    for k, p in pids.items():
+        try:
+            cpu[k] = (proc_cpu_ticks(p) - cpu0[k]) / CLK_TCK
+        except FileNotFoundError:
+            cpu[k] = None  # the process died: no figure
+    sess.wait("SELECT pg_reload_conf()")
+    return elapsed, cpu, logpos
+
+
 class Harness:
     def __init__(self, args):
         self.a = args
@@ -503,33 +535,8 @@ class Harness:
                 return self.dd_run(m, c, names, nbytes)
             sess = PsqlSession(c)
             sess.query(self.enable_sql(m, c))
-            os.sync()  # the backlog's dirty pages must not be written back during the timing
             pids = self.cpu_pids(m, c)
-            cpu0 = {k: proc_cpu_ticks(p) for k, p in pids.items()}
-            logpos = c.log_size()
-            t0 = time.monotonic()
-            sess.send("SELECT pg_reload_conf()")
-            deadline = t0 + 120 + 5 * len(names)
-            next_check = t0 + 0.5
-            while c.ready_count() > 0:
-                now = time.monotonic()
-                if now > next_check:
-                    next_check = now + 0.5
-                    bad = [ln for ln in c.log_since(logpos).splitlines() if FAIL_RE.search(ln)]
-                    if len(bad) >= 3:
-                        raise BenchError("archiving fails:\n" + "\n".join(bad[-8:]))
-                    if now > deadline:
-                        raise BenchError(f"drain did not finish in {deadline - t0:.0f}s, "
-                                         f"{c.ready_count()} .ready left\n{c.log_tail()}")
-                time.sleep(0.01)
-            elapsed = time.monotonic() - t0
-            cpu = {}
-            for k, p in pids.items():
-                try:
-                    cpu[k] = (proc_cpu_ticks(p) - cpu0[k]) / CLK_TCK
-                except FileNotFoundError:
-                    cpu[k] = None  # the process died: no figure
-            sess.wait("SELECT pg_reload_conf()")
+            elapsed, cpu, logpos = timed_drain(c, sess, pids, 120 + 5 * len(names))
             extra = {}
             if m.kind == "walarch":
                 row = sess.query("SELECT archived_count, copied_ahead_count, copy_ahead_failures "

@@ -125,7 +125,7 @@ if [[ " $SUITES " == *" s3 "* ]]; then
   python3 bench/s3_bench.py \
     --pg-bin "$BIN" --workdir "$WORK" --out "$OUT" \
     --segments "$SEGMENTS" --reps "$REPS" --rtts "$RTTS" \
-    --port-base $((27550 + (V - 15) * 100)) --s3-port-base $((42000 + (V - 15) * 100)) \
+    --port-base $((27550 + (V - 15) * 100)) --s3-port-base $((24000 + (V - 15) * 100)) \
     --proxy "$PROXY" --python "$VENV/bin/python" \
     --methods "${WALARCH_BENCH_METHODS:-}" --command "$CMDLINE" || RC=$?
 fi

@@ -254,8 +254,10 @@ EOF
     t1=$(date +%s%N)
     if [ -n "${SEAWEED_PARENT_PID:-}" ]; then
         # Watchdog: stops (and purges) the instance once that process is
-        # gone, so a killed test run leaves nothing running.
-        setsid bash -c 'while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 1; done; exec "$3" stop "$4" --purge' \
+        # gone, so a killed test run leaves nothing running. It ends
+        # quietly when the instance is stopped or started again (its pids
+        # file no longer lists this S3 process), not when a test kills it.
+        setsid bash -c 'while kill -0 "$1" 2>/dev/null && grep -q " $2\$" "$4/pids" 2>/dev/null; do sleep 1; done; kill -0 "$1" 2>/dev/null || exec "$3" stop "$4" --purge' \
             watchdog "$SEAWEED_PARENT_PID" "$S3_PID" "$SELF" "$DIR" </dev/null >/dev/null 2>&1 &
     fi
     printf 'seaweedfs (%s) ready in %d ms: pid %d, %s, ports %d-%d\n' "$topology" \

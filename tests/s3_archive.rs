@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use walarch_integration::seaweed::{Seaweed, SIGCONT, SIGSTOP};
+use walarch_integration::seaweed::{Seaweed, SIGCONT, SIGKILL, SIGSTOP};
 use walarch_integration::setups::batch;
 use walarch_integration::{
     pg_major, wait_until, BackupOptions, Cluster, FromBackupOptions, Walarch,
@@ -16,6 +16,18 @@ const T: Duration = Duration::from_secs(90);
 /// pg_wal's.
 fn assert_in_bucket_identical(s3: &Seaweed, c: &Cluster, prefix: &str, walfile: &str) {
     s3.assert_holds(c, prefix, walfile, &c.data.join("pg_wal").join(walfile));
+}
+
+/// After an outage: the archiver is the one from before, and the bucket
+/// verifies (no gap, every checksum right).
+fn assert_survived(s3: &Seaweed, c: &Cluster, prefix: &str, archiver: i32) {
+    assert_eq!(
+        c.archiver_pid(),
+        Some(archiver),
+        "the archiver was restarted"
+    );
+    let (code, out, err) = s3.walarch(&["verify", &s3.url(prefix)]);
+    assert_eq!(code, 0, "verify: {out}{err}");
 }
 
 #[test]
@@ -126,19 +138,46 @@ fn wrong_secret_and_a_hung_store_fail_without_killing_the_archiver_then_resume()
     for f in &backlog {
         assert_in_bucket_identical(&s3, &c, &prefix, f);
     }
-    assert_eq!(
-        c.archiver_pid(),
-        Some(archiver),
-        "the archiver was restarted"
-    );
-    let (code, out, err) = s3.walarch(&["verify", &s3.url(&prefix)]);
-    assert_eq!(code, 0, "verify: {out}{err}");
+    assert_survived(&s3, &c, &prefix, archiver);
 
     // The secrets never reach the server log, whatever happened.
     let text = c.log_text();
     assert!(!text.contains(wrong), "the wrong secret is in the log");
     assert!(!text.contains(&s3.secret_key), "the secret is in the log");
     assert!(!text.contains("FATAL"), "{text}");
+}
+
+#[test]
+fn a_store_killed_mid_backlog_and_brought_back_loses_nothing() {
+    let mut s3 = Seaweed::start("pg-killed", None);
+    let prefix = format!("pg{}/killed", pg_major());
+    let c = s3.archiving_cluster("s3-killed", &prefix, &[]);
+    let archiver = c.archiver_pid().expect("archiver running");
+    let first = c.switch_wal();
+    c.wait_done(&first, T);
+
+    // The store dies (connections refused): failures are counted with
+    // their cause, nothing is reported archived.
+    let log = c.log_position();
+    let base = c.failed_count();
+    s3.signal(SIGKILL);
+    let backlog = c.switch_many(5);
+    let mut all = vec![first];
+    all.extend(backlog.iter().cloned());
+    let reference = c.keep_reference_copies(&all);
+    c.wait_failures(base, 2, T);
+    c.wait_for_log("is unreachable", log, T);
+    assert!(c.stat("last_error").contains("is unreachable"));
+    assert!(!c.status_file(&backlog[0], "done").exists());
+
+    // Back on its data: the backlog drains by itself, the file archived
+    // before the loss is still there, nothing is lost.
+    s3.restart();
+    c.wait_drained(T);
+    for f in &all {
+        s3.assert_holds(&c, &prefix, f, &reference.join(f));
+    }
+    assert_survived(&s3, &c, &prefix, archiver);
 }
 
 #[test]

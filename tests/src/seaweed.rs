@@ -72,6 +72,14 @@ fn parse_env(text: &str) -> HashMap<String, String> {
         .collect()
 }
 
+fn volume_pids(env: &HashMap<String, String>) -> Vec<i32> {
+    env["VOLUME_PIDS"]
+        .trim_matches('"')
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
 impl Seaweed {
     /// Starts a `weed mini` of its own; stopped and purged on drop (and by
     /// seaweed.sh's watchdog if this process dies).
@@ -134,16 +142,45 @@ impl Seaweed {
                 access_key: env["S3_ACCESS_KEY"].clone(),
                 secret_key: env["S3_SECRET_KEY"].clone(),
                 pid: env["WEED_PID"].parse().unwrap(),
-                volume_pids: env["VOLUME_PIDS"]
-                    .trim_matches('"')
-                    .split_whitespace()
-                    .map(|p| p.parse().unwrap())
-                    .collect(),
+                volume_pids: volume_pids(&env),
                 base_port: base,
                 dir,
             };
         }
         panic!("could not start seaweedfs: {last}");
+    }
+
+    /// Starts this instance again, after a test killed it, on its data,
+    /// ports and identity: what was stored before is there again.
+    pub fn restart(&mut self) {
+        assert!(self.https_endpoint.is_none(), "restart: not with TLS");
+        let topology = if self.volume_pids.is_empty() {
+            "mini"
+        } else {
+            "cluster"
+        };
+        let out = Command::new("bash")
+            .arg(script())
+            .arg("start")
+            .arg(&self.dir)
+            .arg(self.base_port.to_string())
+            .arg(topology)
+            .env("S3_ACCESS_KEY", &self.access_key)
+            .env("S3_SECRET_KEY", &self.secret_key)
+            .env("S3_BUCKET", &self.bucket)
+            .env("SEAWEED_PARENT_PID", std::process::id().to_string())
+            .output()
+            .expect("run seaweed.sh");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "restart: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("[restart] {}", stdout.trim());
+        let env = parse_env(&std::fs::read_to_string(self.dir.join("env")).unwrap());
+        self.pid = env["WEED_PID"].parse().unwrap();
+        self.volume_pids = volume_pids(&env);
     }
 
     /// The instance shared by the tests of one test binary.
