@@ -17,6 +17,7 @@ pub mod archive_status;
 pub mod archiver;
 pub mod blocked_signals;
 pub mod checksum;
+pub mod compressed;
 pub mod copy_ahead;
 pub mod destination;
 pub mod destination_setting;

@@ -30,7 +30,7 @@ use crate::destination::{Destination, Leftovers, Recorded, Stored};
 use crate::error::ArchiveError;
 use crate::fsutil::{fsync_dir, fsync_file, rename_noreplace};
 use crate::hashed_copy::copy_to_new_file;
-use crate::walname::WalFileName;
+use crate::walname::stored_form;
 
 pub const SIDECAR_SUFFIX: &str = ".sha256";
 
@@ -294,7 +294,7 @@ impl Destination for LocalDirectory {
         for entry in std::fs::read_dir(&self.dir).map_err(|e| read_err(&e))? {
             let entry = entry.map_err(|e| read_err(&e))?;
             if let Ok(n) = entry.file_name().into_string() {
-                if WalFileName::parse(&n).is_some() {
+                if stored_form(&n).is_some() {
                     names.push(n);
                 }
             }

@@ -4,16 +4,17 @@
 //! unless the file verified.
 
 use std::fs::OpenOptions;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::archive_protocol::read_error;
-use crate::checksum::{to_hex, Hasher};
+use crate::checksum::{sha256, to_hex, Hasher, Sha256Digest};
+use crate::compressed::{self, DecodeError};
 use crate::destination::{Destination, Recorded};
 use crate::error::ArchiveError;
 use crate::fsutil::{fsync_dir, read_full};
-use crate::walname::is_archivable_name;
+use crate::walname::{compressed_name, is_archivable_name};
 
 #[derive(Debug)]
 pub enum RestoreError {
@@ -49,28 +50,37 @@ fn store_err(e: ArchiveError) -> RestoreError {
     RestoreError::Io(e.message)
 }
 
-/// Restores `walfile` from `archive` to `dest`; returns the bytes copied.
+/// Restores `walfile` from `archive` to `dest`, from its plain or its
+/// compressed form; returns the bytes written (the WAL file's length).
 pub fn restore(archive: &dyn Destination, walfile: &str, dest: &Path) -> Result<u64, RestoreError> {
     if !is_archivable_name(walfile) {
         return Err(RestoreError::Usage(format!(
             "\"{walfile}\" is not a WAL file name"
         )));
     }
-    let Some(mut src) = archive.open(walfile).map_err(store_err)? else {
-        return Err(RestoreError::NotFound(format!(
-            "\"{walfile}\" is not in the archive"
-        )));
+    let not_found = || RestoreError::NotFound(format!("\"{walfile}\" is not in the archive"));
+    // The plain form first: a file is archived in one form only.
+    let (stored, compressed, src) = match archive.open(walfile).map_err(store_err)? {
+        Some(src) => (walfile.to_string(), false, src),
+        None => {
+            let zst = compressed_name(walfile).ok_or_else(not_found)?;
+            let src = archive
+                .open(&zst)
+                .map_err(store_err)?
+                .ok_or_else(not_found)?;
+            (zst, true, src)
+        }
     };
-    let expected = match archive.recorded(walfile).map_err(store_err)? {
+    let expected = match archive.recorded(&stored).map_err(store_err)? {
         Recorded::Digest(d) => d,
         Recorded::Missing => {
             return Err(RestoreError::Integrity(format!(
-                "no checksum recorded for \"{walfile}\": refusing to restore an unverifiable file"
+                "no checksum recorded for \"{stored}\": refusing to restore an unverifiable file"
             )))
         }
         Recorded::Malformed => {
             return Err(RestoreError::Integrity(format!(
-                "the checksum record of \"{walfile}\" is malformed"
+                "the checksum record of \"{stored}\" is malformed"
             )))
         }
     };
@@ -89,28 +99,11 @@ pub fn restore(archive: &dyn Destination, walfile: &str, dest: &Path) -> Result<
             .custom_flags(libc::O_CLOEXEC)
             .open(&temp)
             .map_err(|e| io_err("create file", &temp, &e))?;
-        let mut h = Hasher::new();
-        let mut buf = vec![0u8; crate::fsutil::IO_BUFFER];
-        let mut total = 0u64;
-        loop {
-            let n = read_full(&mut src, &mut buf)
-                .map_err(|e| store_err(read_error(archive, walfile, &e)))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            out.write_all(&buf[..n])
-                .map_err(|e| io_err("write file", &temp, &e))?;
-            total += n as u64;
-        }
-        let actual = h.finish();
-        if actual != expected {
-            return Err(RestoreError::Integrity(format!(
-                "checksum mismatch for \"{walfile}\": recorded {}, archived file ({total} bytes) has {}; refusing to restore it",
-                to_hex(&expected),
-                to_hex(&actual)
-            )));
-        }
+        let total = if compressed {
+            decompress_verified(archive, &stored, src, &expected, &mut out, &temp)?
+        } else {
+            copy_verified(archive, &stored, src, &expected, &mut out, &temp)?
+        };
         out.sync_all()
             .map_err(|e| io_err("fsync file", &temp, &e))?;
         Ok(total)
@@ -128,6 +121,76 @@ pub fn restore(archive: &dyn Destination, walfile: &str, dest: &Path) -> Result<
     }
     fsync_dir(dir).map_err(|e| io_err("fsync directory", dir, &e))?;
     Ok(total)
+}
+
+fn mismatch(
+    stored: &str,
+    expected: &Sha256Digest,
+    actual: &Sha256Digest,
+    len: u64,
+) -> RestoreError {
+    RestoreError::Integrity(format!(
+        "checksum mismatch for \"{stored}\": recorded {}, archived file ({len} bytes) has {}; refusing to restore it",
+        to_hex(expected),
+        to_hex(actual)
+    ))
+}
+
+/// Copies a plain archived file to `out`, hashing while copying.
+fn copy_verified(
+    archive: &dyn Destination,
+    stored: &str,
+    mut src: impl Read,
+    expected: &Sha256Digest,
+    out: &mut impl Write,
+    temp: &Path,
+) -> Result<u64, RestoreError> {
+    let mut h = Hasher::new();
+    let mut buf = vec![0u8; crate::fsutil::IO_BUFFER];
+    let mut total = 0u64;
+    loop {
+        let n = read_full(&mut src, &mut buf)
+            .map_err(|e| store_err(read_error(archive, stored, &e)))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        out.write_all(&buf[..n])
+            .map_err(|e| io_err("write file", temp, &e))?;
+        total += n as u64;
+    }
+    let actual = h.finish();
+    if actual != *expected {
+        return Err(mismatch(stored, expected, &actual, total));
+    }
+    Ok(total)
+}
+
+/// Checks a compressed archived file against its record (it is read whole:
+/// a compressed segment is at most about a segment), then decompresses it
+/// to `out`, checking the result against the original's SHA-256 it carries.
+fn decompress_verified(
+    archive: &dyn Destination,
+    stored: &str,
+    mut src: impl Read,
+    expected: &Sha256Digest,
+    out: &mut impl Write,
+    temp: &Path,
+) -> Result<u64, RestoreError> {
+    let mut data = Vec::new();
+    src.read_to_end(&mut data)
+        .map_err(|e| store_err(read_error(archive, stored, &e)))?;
+    let actual = sha256(&data);
+    if actual != *expected {
+        return Err(mismatch(stored, expected, &actual, data.len() as u64));
+    }
+    match compressed::decompress(&data[..], out) {
+        Ok(original) => Ok(original.len),
+        Err(DecodeError::Write(e)) => Err(io_err("write file", temp, &e)),
+        Err(e) => Err(RestoreError::Integrity(format!(
+            "\"{stored}\" matches its checksum record but does not decompress to the WAL file it recorded: {e}; refusing to restore it"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -219,5 +282,71 @@ mod tests {
             restore(&LocalDirectory::new(&arch, 0o600), "../etc/passwd", &dest),
             Err(RestoreError::Usage(_))
         ));
+    }
+
+    const ZSEG: &str = "000000010000000000000009";
+
+    /// An archive holding ZSEG in its compressed form only; the original bytes.
+    fn compressed_setup() -> (tempfile::TempDir, std::path::PathBuf, Vec<u8>) {
+        let d = tempfile::tempdir().unwrap();
+        let arch = d.path().join("arch");
+        std::fs::create_dir(&arch).unwrap();
+        let mut original = vec![0u8; 1 << 20];
+        for (i, b) in original.iter_mut().take(100_000).enumerate() {
+            *b = (i * 7 % 251) as u8;
+        }
+        let z = d.path().join("z");
+        std::fs::write(&z, compressed::compress(&original, 3).unwrap()).unwrap();
+        LocalDirectory::new(&arch, 0o600)
+            .store_new(&format!("{ZSEG}.zst"), &z)
+            .unwrap();
+        (d, arch, original)
+    }
+
+    #[test]
+    fn restores_the_original_from_the_compressed_form() {
+        let (d, arch, original) = compressed_setup();
+        let dest = d.path().join("RECOVERYXLOG");
+        let n = restore(&LocalDirectory::new(&arch, 0o600), ZSEG, &dest).unwrap();
+        assert_eq!(n, original.len() as u64);
+        assert!(std::fs::read(&dest).unwrap() == original);
+    }
+
+    #[test]
+    fn a_bad_compressed_form_is_refused_and_leaves_nothing() {
+        let (d, arch, _) = compressed_setup();
+        let dest = d.path().join("RECOVERYXLOG");
+        let a = LocalDirectory::new(&arch, 0o600);
+        let stored = arch.join(format!("{ZSEG}.zst"));
+        let good = std::fs::read(&stored).unwrap();
+        // Damaged after archiving: the record catches it.
+        let mut bad = good.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x10;
+        std::fs::write(&stored, &bad).unwrap();
+        let e = restore(&a, ZSEG, &dest).unwrap_err();
+        assert!(
+            matches!(e, RestoreError::Integrity(ref m) if m.contains("checksum mismatch")),
+            "{e}"
+        );
+        // Damaged before its record was made (the record agrees): the
+        // decompression or the original's SHA-256 catches it.
+        a.write_record(&format!("{ZSEG}.zst"), &sha256(&bad))
+            .unwrap();
+        let e = restore(&a, ZSEG, &dest).unwrap_err();
+        assert!(
+            matches!(e, RestoreError::Integrity(ref m) if m.contains("does not decompress")),
+            "{e}"
+        );
+        // Truncated the same way.
+        let cut = &good[..good.len() - 3];
+        std::fs::write(&stored, cut).unwrap();
+        a.write_record(&format!("{ZSEG}.zst"), &sha256(cut))
+            .unwrap();
+        assert!(matches!(
+            restore(&a, ZSEG, &dest),
+            Err(RestoreError::Integrity(_))
+        ));
+        assert!(!dest.exists());
     }
 }

@@ -7,10 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 
 use crate::archive_protocol::read_error;
-use crate::checksum::{hash_reader, to_hex};
+use crate::checksum::{hash_reader, sha256, to_hex};
+use crate::compressed;
 use crate::destination::{Destination, Recorded};
 use crate::error::ArchiveError;
-use crate::walname::{archive_order, segment_file_name, WalFileKind, WalFileName};
+use crate::walname::{archive_order, segment_file_name, stored_form, WalFileKind, WalFileName};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -88,6 +89,21 @@ fn segment_size_of(dest: &dyn Destination, name: &str) -> Result<Option<u64>, Ar
     Ok((size.is_power_of_two() && (1 << 20..=1 << 30).contains(&size)).then_some(size))
 }
 
+/// The segment size of a compressed segment: its original length, as its
+/// header records it.
+fn compressed_segment_size(
+    dest: &dyn Destination,
+    name: &str,
+) -> Result<Option<u64>, ArchiveError> {
+    let mut head = [0u8; compressed::HEADER_LEN];
+    let Some(mut f) = dest.open(name)? else {
+        return Ok(None);
+    };
+    let n = crate::fsutil::read_full(&mut f, &mut head).map_err(|e| read_error(dest, name, &e))?;
+    let size = compressed::decode_header(&head[..n]).map(|o| o.len);
+    Ok(size.filter(|s| s.is_power_of_two() && (1 << 20..=1 << 30).contains(s)))
+}
+
 /// A timeline history file's entries: (parent timeline, switch LSN).
 pub fn parse_history(text: &str) -> Vec<(u32, u64)> {
     let mut v = Vec::new();
@@ -128,8 +144,16 @@ pub fn verify(
     let mut report = Report::default();
     // Segment size from the first readable full segment.
     for n in &names {
-        if WalFileName::parse(n).is_some_and(|w| w.kind == WalFileKind::Segment) {
-            if let Some(s) = segment_size_of(dest, n)? {
+        let Some((wal, compressed)) = stored_form(n) else {
+            continue;
+        };
+        if WalFileName::parse(wal).is_some_and(|w| w.kind == WalFileKind::Segment) {
+            let size = if compressed {
+                compressed_segment_size(dest, n)?
+            } else {
+                segment_size_of(dest, n)?
+            };
+            if let Some(s) = size {
                 report.segment_size = Some(s);
                 break;
             }
@@ -149,7 +173,8 @@ pub fn verify(
 
     // 1. Checksums.
     for n in &names {
-        let w = WalFileName::parse(n).unwrap();
+        let (wal, compressed) = stored_form(n).unwrap();
+        let w = WalFileName::parse(wal).unwrap();
         if !in_range(&w) {
             continue;
         }
@@ -169,12 +194,30 @@ pub fn verify(
                     // Removed since it was listed (an expiry running).
                     continue;
                 };
-                let (len, actual) = hash_reader(&mut r).map_err(|e| read_error(dest, n, &e))?;
+                let (len, actual, decoded) = if compressed {
+                    let mut data = Vec::new();
+                    r.read_to_end(&mut data)
+                        .map_err(|e| read_error(dest, n, &e))?;
+                    let decoded = compressed::decompress(&data[..], std::io::sink()).map(|_| ());
+                    (data.len() as u64, sha256(&data), decoded)
+                } else {
+                    let (len, actual) = hash_reader(&mut r).map_err(|e| read_error(dest, n, &e))?;
+                    (len, actual, Ok(()))
+                };
                 if actual == d {
-                    Finding {
-                        walfile: n.clone(),
-                        status: Status::Ok,
-                        detail: String::new(),
+                    match decoded {
+                        Ok(()) => Finding {
+                            walfile: n.clone(),
+                            status: Status::Ok,
+                            detail: String::new(),
+                        },
+                        Err(e) => Finding {
+                            walfile: n.clone(),
+                            status: Status::Corrupt,
+                            detail: format!(
+                                "matches its checksum record but does not decompress to the WAL file it recorded: {e}"
+                            ),
+                        },
                     }
                 } else {
                     Finding {
@@ -196,15 +239,17 @@ pub fn verify(
     let Some(size) = seg_size else {
         return Ok(report);
     };
-    let segments: BTreeSet<(u32, u64)> = names
+    let wal_names: Vec<WalFileName> = names
         .iter()
-        .filter_map(|n| WalFileName::parse(n))
+        .filter_map(|n| WalFileName::parse(stored_form(n)?.0))
+        .collect();
+    let segments: BTreeSet<(u32, u64)> = wal_names
+        .iter()
         .filter(|w| w.kind == WalFileKind::Segment)
         .map(|w| (w.timeline, w.segno(size)))
         .collect();
-    let histories: BTreeSet<u32> = names
+    let histories: BTreeSet<u32> = wal_names
         .iter()
-        .filter_map(|n| WalFileName::parse(n))
         .filter(|w| w.kind == WalFileKind::History)
         .map(|w| w.timeline)
         .collect();
@@ -362,6 +407,73 @@ mod tests {
             assert_eq!(r.segment_size, Some(size));
             assert_eq!(r.findings.len(), 3);
         }
+    }
+
+    /// Stores segment (t, s) of `size` in its compressed form only.
+    fn archive_compressed(arch: &std::path::Path, t: u32, s: u64, size: u64) -> Vec<u8> {
+        let mut data = segment(t, size, s as u8);
+        data.resize(size as usize, 0);
+        let name = format!("{}.zst", segment_file_name(t, s, size));
+        let z = arch.parent().unwrap().join("z");
+        std::fs::write(&z, compressed::compress(&data, 1).unwrap()).unwrap();
+        LocalDirectory::new(arch, 0o600)
+            .store_new(&name, &z)
+            .unwrap();
+        data
+    }
+
+    #[test]
+    fn mixed_archives_verify_and_gaps_span_both_forms() {
+        let (_d, arch) = archive(&[(1, 1), (1, 3)], &[], MB);
+        archive_compressed(&arch, 1, 2, MB);
+        archive_compressed(&arch, 1, 4, MB);
+        let dest = LocalDirectory::new(&arch, 0o600);
+        let r = verify(&dest, None, None).unwrap();
+        assert!(r.intact(), "{:?}", r.findings);
+        assert_eq!(r.findings.len(), 4);
+        assert_eq!(r.segment_size, Some(MB));
+
+        // A gap where the plain segment 3 was.
+        std::fs::remove_file(arch.join(segment_file_name(1, 3, MB))).unwrap();
+        let r = verify(&dest, None, None).unwrap();
+        let gaps: Vec<_> = r
+            .problems()
+            .map(|f| (f.walfile.clone(), f.status))
+            .collect();
+        assert_eq!(gaps, vec![(segment_file_name(1, 3, MB), Status::Missing)]);
+
+        // Compressed bytes damaged before their record was made: the record
+        // agrees, the decompression does not.
+        let name = format!("{}.zst", segment_file_name(1, 2, MB));
+        let mut z = std::fs::read(arch.join(&name)).unwrap();
+        let last = z.len() - 2;
+        z[last] ^= 1;
+        std::fs::write(arch.join(&name), &z).unwrap();
+        dest.write_record(&name, &sha256(&z)).unwrap();
+        let r = verify(&dest, None, None).unwrap();
+        let bad: Vec<_> = r
+            .problems()
+            .filter(|f| f.status == Status::Corrupt)
+            .collect();
+        assert_eq!(bad.len(), 1, "{:?}", r.findings);
+        assert_eq!(bad[0].walfile, name);
+        assert!(
+            bad[0].detail.contains("does not decompress"),
+            "{}",
+            bad[0].detail
+        );
+    }
+
+    #[test]
+    fn a_compressed_only_archive_gives_its_segment_size() {
+        let (_d, arch) = archive(&[], &[], MB);
+        for s in 5..8 {
+            archive_compressed(&arch, 1, s, 2 * MB);
+        }
+        let r = verify(&LocalDirectory::new(&arch, 0o600), None, None).unwrap();
+        assert_eq!(r.segment_size, Some(2 * MB));
+        assert!(r.intact(), "{:?}", r.findings);
+        assert_eq!(r.findings.len(), 3);
     }
 
     #[test]

@@ -105,6 +105,25 @@ pub fn is_archivable_name(name: &str) -> bool {
     WalFileName::parse(name).is_some()
 }
 
+/// What a stored name holds: the WAL file's name, and whether it is the
+/// compressed form (`<walfile>.zst`, see `compressed`). Only segments and
+/// `.partial` files have a compressed form: history and backup files are a
+/// few hundred bytes of text, kept readable.
+pub fn stored_form(name: &str) -> Option<(&str, bool)> {
+    if let Some(wal) = name.strip_suffix(crate::compressed::SUFFIX) {
+        let kind = WalFileName::parse(wal)?.kind;
+        return matches!(kind, WalFileKind::Segment | WalFileKind::Partial).then_some((wal, true));
+    }
+    WalFileName::parse(name).map(|_| (name, false))
+}
+
+/// The name of `walfile`'s compressed form, for the files that have one.
+pub fn compressed_name(walfile: &str) -> Option<String> {
+    let kind = WalFileName::parse(walfile)?.kind;
+    matches!(kind, WalFileKind::Segment | WalFileKind::Partial)
+        .then(|| format!("{walfile}{}", crate::compressed::SUFFIX))
+}
+
 /// The archiver's order: `.history` files first, then by name.
 pub fn archive_order(a: &str, b: &str) -> Ordering {
     let ha = a.ends_with(".history");
@@ -126,6 +145,23 @@ pub fn segment_file_name(timeline: u32, segno: u64, wal_segment_size: u64) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_forms() {
+        let seg = "000000010000000000000001";
+        assert_eq!(stored_form(seg), Some((seg, false)));
+        assert_eq!(stored_form(&format!("{seg}.zst")), Some((seg, true)));
+        assert_eq!(
+            stored_form(&format!("{seg}.partial.zst")),
+            Some((&*format!("{seg}.partial"), true))
+        );
+        assert_eq!(stored_form("00000002.history.zst"), None);
+        assert_eq!(stored_form(&format!("{seg}.00000028.backup.zst")), None);
+        assert_eq!(stored_form(&format!("{seg}.zst.zst")), None);
+        assert_eq!(stored_form(&format!("{seg}.sha256")), None);
+        assert_eq!(compressed_name(seg), Some(format!("{seg}.zst")));
+        assert_eq!(compressed_name("00000002.history"), None);
+    }
 
     #[test]
     fn parses_every_kind() {

@@ -33,7 +33,7 @@ use reqwest::header::{HeaderValue, IF_NONE_MATCH};
 use walarch_core::checksum::{from_hex, sha256, to_hex, Hasher, Sha256Digest};
 use walarch_core::destination::{Destination, Recorded, Stored};
 use walarch_core::error::{ArchiveError, ErrorKind};
-use walarch_core::walname::is_archivable_name;
+use walarch_core::walname::stored_form;
 
 use crate::errors::{
     self as s3_error, classify, classify_reqwest, classify_status, Context, Failure,
@@ -809,7 +809,7 @@ impl Destination for S3Destination {
             Ok(r.objects
                 .into_iter()
                 .filter_map(|o| o.location.filename().map(str::to_string))
-                .filter(|n| is_archivable_name(n))
+                .filter(|n| stored_form(n).is_some())
                 .collect())
         })
     }
