@@ -518,29 +518,15 @@ fig.savefig(sys.argv[1], dpi=110)
 
 
 def main():
-    import argparse
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pg-bin", required=True)
-    ap.add_argument("--workdir", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--segments", type=int, default=64)
-    ap.add_argument("--reps", type=int, default=3)
+    ap = wb.arguments(__doc__, 27600)
     ap.add_argument("--rtts", default="0,20")
-    ap.add_argument("--port-base", type=int, default=27600)
     ap.add_argument("--s3-port-base", type=int, default=24000)
     ap.add_argument("--proxy", required=True, help="the rtt-proxy binary")
-    ap.add_argument("--methods", default="")
     ap.add_argument("--python", required=True, help="a python with matplotlib, for the plot")
-    ap.add_argument("--command", default="bash scripts/bench.sh")
     a = ap.parse_args()
     a.load_seconds = 0
     h = S3Harness(a)
-
-    def on_signal(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    wb.exit_on_signals()
     try:
         methods, rtts, results, errors = h.main()
     finally:

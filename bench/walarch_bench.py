@@ -954,26 +954,35 @@ def markdown(h, methods, results, summary, mach, png_name):
     return "\n".join(out)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(doc, port_base):
+    """The arguments both suites take; a suite adds its own."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pg-bin", required=True)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--segments", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--load-seconds", type=int, default=60)
-    ap.add_argument("--port-base", type=int, default=27500)
+    ap.add_argument("--port-base", type=int, default=port_base)
     ap.add_argument("--methods", default="", help="comma-separated method keys (default: all)")
     ap.add_argument("--command", default="bash scripts/bench.sh")
-    a = ap.parse_args()
+    return ap
 
-    h = Harness(a)
 
+def exit_on_signals():
+    """SIGTERM and SIGHUP end the run through the cleanup (finally) blocks."""
     def on_signal(signum, _frame):
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
+
+
+def main():
+    ap = arguments(__doc__, 27500)
+    ap.add_argument("--load-seconds", type=int, default=60)
+    a = ap.parse_args()
+    h = Harness(a)
+    exit_on_signals()
     try:
         methods, results = h.main()
     finally:
