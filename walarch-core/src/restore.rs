@@ -99,10 +99,16 @@ pub fn restore(archive: &dyn Destination, walfile: &str, dest: &Path) -> Result<
             .custom_flags(libc::O_CLOEXEC)
             .open(&temp)
             .map_err(|e| io_err("create file", &temp, &e))?;
+        let fetch = Fetch {
+            archive,
+            stored: &stored,
+            expected,
+            temp: &temp,
+        };
         let total = if compressed {
-            decompress_verified(archive, &stored, src, &expected, &mut out, &temp)?
+            fetch.decompress(src, &mut out)?
         } else {
-            copy_verified(archive, &stored, src, &expected, &mut out, &temp)?
+            fetch.copy(src, &mut out)?
         };
         out.sync_all()
             .map_err(|e| io_err("fsync file", &temp, &e))?;
@@ -123,73 +129,75 @@ pub fn restore(archive: &dyn Destination, walfile: &str, dest: &Path) -> Result<
     Ok(total)
 }
 
-fn mismatch(
-    stored: &str,
-    expected: &Sha256Digest,
-    actual: &Sha256Digest,
-    len: u64,
-) -> RestoreError {
-    RestoreError::Integrity(format!(
-        "checksum mismatch for \"{stored}\": recorded {}, archived file ({len} bytes) has {}; refusing to restore it",
-        to_hex(expected),
-        to_hex(actual)
-    ))
+/// One stored file on its way to `temp`: what it is checked against, and
+/// the names the errors give.
+struct Fetch<'a> {
+    archive: &'a dyn Destination,
+    stored: &'a str,
+    expected: Sha256Digest,
+    temp: &'a Path,
 }
 
-/// Copies a plain archived file to `out`, hashing while copying.
-fn copy_verified(
-    archive: &dyn Destination,
-    stored: &str,
-    mut src: impl Read,
-    expected: &Sha256Digest,
-    out: &mut impl Write,
-    temp: &Path,
-) -> Result<u64, RestoreError> {
-    let mut h = Hasher::new();
-    let mut buf = vec![0u8; crate::fsutil::IO_BUFFER];
-    let mut total = 0u64;
-    loop {
-        let n = read_full(&mut src, &mut buf)
-            .map_err(|e| store_err(read_error(archive, stored, &e)))?;
-        if n == 0 {
-            break;
+impl Fetch<'_> {
+    fn read_failed(&self, e: &io::Error) -> RestoreError {
+        store_err(read_error(self.archive, self.stored, e))
+    }
+
+    fn write_failed(&self, e: &io::Error) -> RestoreError {
+        io_err("write file", self.temp, e)
+    }
+
+    fn mismatch(&self, actual: &Sha256Digest, len: u64) -> RestoreError {
+        RestoreError::Integrity(format!(
+            "checksum mismatch for \"{}\": recorded {}, archived file ({len} bytes) has {}; refusing to restore it",
+            self.stored,
+            to_hex(&self.expected),
+            to_hex(actual)
+        ))
+    }
+
+    /// Copies a plain archived file to `out`, hashing while copying.
+    fn copy(&self, mut src: impl Read, out: &mut impl Write) -> Result<u64, RestoreError> {
+        let mut h = Hasher::new();
+        let mut buf = vec![0u8; crate::fsutil::IO_BUFFER];
+        let mut total = 0u64;
+        loop {
+            let n = read_full(&mut src, &mut buf).map_err(|e| self.read_failed(&e))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            out.write_all(&buf[..n])
+                .map_err(|e| self.write_failed(&e))?;
+            total += n as u64;
         }
-        h.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(|e| io_err("write file", temp, &e))?;
-        total += n as u64;
+        let actual = h.finish();
+        if actual != self.expected {
+            return Err(self.mismatch(&actual, total));
+        }
+        Ok(total)
     }
-    let actual = h.finish();
-    if actual != *expected {
-        return Err(mismatch(stored, expected, &actual, total));
-    }
-    Ok(total)
-}
 
-/// Checks a compressed archived file against its record (it is read whole:
-/// a compressed segment is at most about a segment), then decompresses it
-/// to `out`, checking the result against the original's SHA-256 it carries.
-fn decompress_verified(
-    archive: &dyn Destination,
-    stored: &str,
-    mut src: impl Read,
-    expected: &Sha256Digest,
-    out: &mut impl Write,
-    temp: &Path,
-) -> Result<u64, RestoreError> {
-    let mut data = Vec::new();
-    src.read_to_end(&mut data)
-        .map_err(|e| store_err(read_error(archive, stored, &e)))?;
-    let actual = sha256(&data);
-    if actual != *expected {
-        return Err(mismatch(stored, expected, &actual, data.len() as u64));
-    }
-    match compressed::decompress(&data[..], out) {
-        Ok(original) => Ok(original.len),
-        Err(DecodeError::Write(e)) => Err(io_err("write file", temp, &e)),
-        Err(e) => Err(RestoreError::Integrity(format!(
-            "\"{stored}\" matches its checksum record but does not decompress to the WAL file it recorded: {e}; refusing to restore it"
-        ))),
+    /// Checks a compressed archived file against its record (it is read
+    /// whole: a compressed segment is at most about a segment), then
+    /// decompresses it to `out`, checking the result against the original's
+    /// SHA-256 it carries.
+    fn decompress(&self, mut src: impl Read, out: &mut impl Write) -> Result<u64, RestoreError> {
+        let mut data = Vec::new();
+        src.read_to_end(&mut data)
+            .map_err(|e| self.read_failed(&e))?;
+        let actual = sha256(&data);
+        if actual != self.expected {
+            return Err(self.mismatch(&actual, data.len() as u64));
+        }
+        match compressed::decompress(&data[..], out) {
+            Ok(original) => Ok(original.len),
+            Err(DecodeError::Write(e)) => Err(self.write_failed(&e)),
+            Err(e) => Err(RestoreError::Integrity(format!(
+                "\"{}\" matches its checksum record but does not decompress to the WAL file it recorded: {e}; refusing to restore it",
+                self.stored
+            ))),
+        }
     }
 }
 
