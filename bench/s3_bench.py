@@ -250,28 +250,13 @@ class S3Harness(wb.Harness):
                  "stanza-create"], as_pg=True, cwd=c.dir, timeout=120)
 
     def write_pgbr_s3_conf(self, m, c, prefix):
-        s, base = self.store, c.dir / "pgbr"
-        for d in ("", "spool", "lock", "log"):
-            (base / d).mkdir(exist_ok=True)
-            chown_pg(base / d)
-        lines = [
-            "[global]",
+        s = self.store
+        self.write_pgbr_conf(m, c, repo=[
             "repo1-type=s3", "repo1-s3-endpoint=127.0.0.1", f"repo1-storage-port={s.proxy_port}",
             f"repo1-s3-bucket={BUCKET}", f"repo1-s3-region={REGION}",
             f"repo1-s3-key={s.access_key}", f"repo1-s3-key-secret={s.secret_key}",
             "repo1-s3-uri-style=path", "repo1-storage-verify-tls=n", f"repo1-path=/{prefix}",
-            f"spool-path={base / 'spool'}", f"lock-path={base / 'lock'}", f"log-path={base / 'log'}",
-            "log-level-console=warn", "log-level-stderr=warn", "log-level-file=info",
-            "compress-type=none", f"archive-async={'y' if m.params['asynch'] else 'n'}",
-        ]
-        if m.params["asynch"]:
-            lines.append(f"process-max={m.params['pmax']}")
-        lines += ["", f"[{wb.STANZA}]", f"pg1-path={c.data}", f"pg1-socket-path={c.sock}",
-                  f"pg1-port={c.port}", "pg1-user=postgres", ""]
-        conf = self.pgbr_conf(c)
-        conf.write_text("\n".join(lines))
-        os.chmod(conf, 0o600)
-        chown_pg(conf)
+        ])
 
     def enable_s3_sql(self, m, c, rep, rtt):
         if m.kind == "walarch":

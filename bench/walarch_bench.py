@@ -457,14 +457,16 @@ class Harness:
     def pgbr_conf(self, c):
         return c.dir / "pgbr" / "pgbackrest.conf"
 
-    def write_pgbr_conf(self, m, c):
+    def write_pgbr_conf(self, m, c, repo=None):
+        """pgBackRest's configuration for method m on cluster c; `repo`: the repo1-* lines
+        (default: a repository in the cluster's directory)."""
         base = c.dir / "pgbr"
         for d in ("", "repo", "spool", "lock", "log"):
             (base / d).mkdir(exist_ok=True)
             chown_pg(base / d)
         lines = [
             "[global]",
-            f"repo1-path={base / 'repo'}",
+            *(repo or [f"repo1-path={base / 'repo'}"]),
             f"spool-path={base / 'spool'}",
             f"lock-path={base / 'lock'}",
             f"log-path={base / 'log'}",
@@ -480,6 +482,7 @@ class Harness:
                   f"pg1-port={c.port}", "pg1-user=postgres", ""]
         conf = self.pgbr_conf(c)
         conf.write_text("\n".join(lines))
+        os.chmod(conf, 0o600)  # it may hold a secret key
         chown_pg(conf)
 
     def enable_sql(self, m, c):
