@@ -54,6 +54,9 @@ pub trait Destination: Sync {
     /// nothing is visible under `name` that was not there before.
     fn store_new(&self, name: &str, source: &Path) -> Result<Stored, ArchiveError>;
 
+    /// `store_new` for bytes in memory (a compressed form).
+    fn store_new_bytes(&self, name: &str, data: &[u8]) -> Result<Stored, ArchiveError>;
+
     /// The checksum recorded for a stored `name`.
     fn recorded(&self, name: &str) -> Result<Recorded, ArchiveError>;
 

@@ -18,6 +18,7 @@ pub mod archiver;
 pub mod blocked_signals;
 pub mod checksum;
 pub mod compressed;
+pub mod compressing;
 pub mod copy_ahead;
 pub mod destination;
 pub mod destination_setting;

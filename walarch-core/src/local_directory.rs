@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::checksum::{from_hex, to_hex, Sha256Digest};
+use crate::checksum::{from_hex, sha256, to_hex, Sha256Digest};
 use crate::destination::{Destination, Leftovers, Recorded, Stored};
 use crate::error::ArchiveError;
 use crate::fsutil::{fsync_dir, fsync_file, rename_noreplace};
@@ -172,21 +172,13 @@ impl LocalDirectory {
         }
     }
 
-    fn fsync_dir(&self) -> Result<(), ArchiveError> {
-        fsync_dir(&self.dir).map_err(|e| self.io("fsync directory", &self.dir, &e))
-    }
-}
-
-impl Destination for LocalDirectory {
-    fn describe(&self) -> String {
-        self.dir.display().to_string()
-    }
-
-    fn location(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-
-    fn store_new(&self, name: &str, source: &Path) -> Result<Stored, ArchiveError> {
+    /// Stores `name` create-only from a new temporary file that `write`
+    /// fills (fsynced, its length and SHA-256 returned), with its sidecar.
+    fn store_with(
+        &self,
+        name: &str,
+        write: impl FnOnce(&Path) -> Result<(u64, Sha256Digest), ArchiveError>,
+    ) -> Result<Stored, ArchiveError> {
         let dest = self.dir.join(name);
         // Cheap check first: the copy is wasted work when the name is taken.
         // The rename below is what guarantees nothing is replaced.
@@ -196,7 +188,7 @@ impl Destination for LocalDirectory {
             Err(e) => return Err(self.io("stat file", &dest, &e)),
         }
         let temp = temp_path(&self.dir, name);
-        let (bytes, sha256) = match copy_to_new_file(source, &temp, self.file_mode) {
+        let (bytes, sha256) = match write(&temp) {
             Ok(b) => b,
             Err(e) => {
                 let _ = std::fs::remove_file(&temp);
@@ -240,6 +232,40 @@ impl Destination for LocalDirectory {
         // fails, the retry finds an identical file and fsyncs again.
         self.fsync_dir()?;
         Ok(Stored::Created { bytes, sha256 })
+    }
+
+    fn fsync_dir(&self) -> Result<(), ArchiveError> {
+        fsync_dir(&self.dir).map_err(|e| self.io("fsync directory", &self.dir, &e))
+    }
+}
+
+impl Destination for LocalDirectory {
+    fn describe(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    fn location(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    fn store_new(&self, name: &str, source: &Path) -> Result<Stored, ArchiveError> {
+        self.store_with(name, |temp| copy_to_new_file(source, temp, self.file_mode))
+    }
+
+    fn store_new_bytes(&self, name: &str, data: &[u8]) -> Result<Stored, ArchiveError> {
+        self.store_with(name, |temp| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(self.file_mode)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(temp)
+                .map_err(|e| self.io("create file", temp, &e))?;
+            f.write_all(data)
+                .map_err(|e| self.io("write file", temp, &e))?;
+            f.sync_all().map_err(|e| self.io("fsync file", temp, &e))?;
+            Ok((data.len() as u64, sha256(data)))
+        })
     }
 
     fn recorded(&self, name: &str) -> Result<Recorded, ArchiveError> {

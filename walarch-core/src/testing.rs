@@ -54,13 +54,17 @@ impl Destination for MemoryDestination {
     }
 
     fn store_new(&self, name: &str, source: &Path) -> Result<Stored, ArchiveError> {
+        let data = std::fs::read(source).map_err(|e| ArchiveError::io("open file", source, &e))?;
+        self.store_new_bytes(name, &data)
+    }
+
+    fn store_new_bytes(&self, name: &str, data: &[u8]) -> Result<Stored, ArchiveError> {
         let mut files = self.files.lock().unwrap();
         if files.contains_key(name) {
             return Ok(Stored::Exists);
         }
-        let data = std::fs::read(source).map_err(|e| ArchiveError::io("open file", source, &e))?;
         let (bytes, sha256) = hash_reader(&mut &data[..]).unwrap();
-        files.insert(name.to_string(), (data, Recorded::Digest(sha256)));
+        files.insert(name.to_string(), (data.to_vec(), Recorded::Digest(sha256)));
         Ok(Stored::Created { bytes, sha256 })
     }
 

@@ -306,6 +306,11 @@ impl S3Destination {
         File::open(source)
             .and_then(|mut f| f.read_to_end(&mut data))
             .map_err(|e| ArchiveError::io("read file", source, &e))?;
+        self.put_new(name, data)
+    }
+
+    /// One create-only PUT of `data`, checksummed.
+    fn put_new(&self, name: &str, data: Vec<u8>) -> Result<Stored, ArchiveError> {
         let digest = sha256(&data);
         let bytes = data.len() as u64;
         let store = Arc::clone(&self.store);
@@ -651,6 +656,12 @@ impl Destination for S3Destination {
         } else {
             self.store_multipart(name, source)
         }
+    }
+
+    fn store_new_bytes(&self, name: &str, data: &[u8]) -> Result<Stored, ArchiveError> {
+        // Compressed forms: at most about a segment (1 GB), within a single
+        // PUT's 5 GB.
+        self.put_new(name, data.to_vec())
     }
 
     fn recorded(&self, name: &str) -> Result<Recorded, ArchiveError> {
