@@ -89,13 +89,21 @@ impl Destination for Compressing<'_> {
         }
     }
 
+    /// Looks for the other form only (the inner store finds its own name
+    /// taken): one lookup more per file than the inner destination alone.
     fn store_new(&self, name: &str, source: &Path) -> Result<Stored, ArchiveError> {
-        if self.holder(name)?.is_some() {
-            return Ok(Stored::Exists);
-        }
-        let (Some(level), Some(z)) = (self.level, compressed_name(name)) else {
+        let Some(z) = compressed_name(name) else {
             return self.inner.store_new(name, source);
         };
+        let Some(level) = self.level else {
+            if self.inner.size(&z)?.is_some() {
+                return Ok(Stored::Exists);
+            }
+            return self.inner.store_new(name, source);
+        };
+        if self.inner.size(name)?.is_some() {
+            return Ok(Stored::Exists);
+        }
         let data = std::fs::read(source).map_err(|e| ArchiveError::io("read file", source, &e))?;
         let packed = compressed::compress(&data, level).map_err(|e| {
             ArchiveError::new(
