@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use walarch_integration::seaweed::{Seaweed, SIGCONT, SIGKILL, SIGSTOP};
 use walarch_integration::setups::batch;
-use walarch_integration::{
-    pg_major, wait_until, BackupOptions, Cluster, FromBackupOptions, Walarch,
-};
+use walarch_integration::{pg_major, wait_until, BackupOptions, Cluster, Walarch};
 
 const T: Duration = Duration::from_secs(90);
 
@@ -79,15 +77,7 @@ fn archives_into_a_bucket_and_recovers_from_it() {
         "walarch_verify() on the bucket"
     );
 
-    let mut r = Cluster::new("s3-recovered");
-    r.init_from_backup(
-        &c,
-        "base",
-        &FromBackupOptions {
-            restore_command: Some(&s3.restore_command(&prefix)),
-            ..Default::default()
-        },
-    );
+    let mut r = s3.restoring_cluster("s3-recovered", &c, "base", &prefix);
     r.append_conf(&[
         "recovery_target_name = 'walarch_s3'",
         "recovery_target_action = 'promote'",

@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use walarch_integration::crash::{backlog, kill_and_recover, VICTIMS};
 use walarch_integration::seaweed::Seaweed;
-use walarch_integration::{
-    pg_major, BackupOptions, Cluster, FromBackupOptions, InitOptions, Walarch,
-};
+use walarch_integration::{pg_major, BackupOptions, Cluster, InitOptions, Walarch};
 
 const T: Duration = Duration::from_secs(120);
 
@@ -65,15 +63,7 @@ fn crash_loop_over_uploads_loses_nothing() {
     }
     // PITR from the bucket to its end has every committed row.
     p.stop();
-    let mut r = Cluster::new("s3-crash-pitr");
-    r.init_from_backup(
-        &p,
-        "backup",
-        &FromBackupOptions {
-            restore_command: Some(&s3.restore_command(&prefix)),
-            ..Default::default()
-        },
-    );
+    let mut r = s3.restoring_cluster("s3-crash-pitr", &p, "backup", &prefix);
     r.append_conf(&["archive_mode = off", "recovery_target_action = 'promote'"]);
     r.start_and_wait_promoted(T);
     assert_eq!(

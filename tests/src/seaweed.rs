@@ -260,6 +260,28 @@ impl Seaweed {
         c
     }
 
+    /// A cluster made from `primary`'s backup `backup` that recovers from
+    /// `prefix` of this store with `walarch restore` (started by the caller,
+    /// after its recovery target is set).
+    pub fn restoring_cluster(
+        &self,
+        name: &str,
+        primary: &Cluster,
+        backup: &str,
+        prefix: &str,
+    ) -> Cluster {
+        let mut r = Cluster::new(name);
+        r.init_from_backup(
+            primary,
+            backup,
+            &crate::FromBackupOptions {
+                restore_command: Some(&self.restore_command(prefix)),
+                ..Default::default()
+            },
+        );
+        r
+    }
+
     /// `walarch restore` fetches `walfile` from `prefix` into `c`'s root;
     /// its bytes must equal those of `reference`.
     pub fn assert_holds(&self, c: &Cluster, prefix: &str, walfile: &str, reference: &Path) {
