@@ -1,8 +1,8 @@
 -- walarch_ext 0.1.0 -> 0.2.0
 --
--- walarch_stats() gains three columns (last_transfer_ms, mean_transfer_ms,
--- bytes_in_flight): the function and the view over it are recreated, with
--- their privileges. The library's shared-memory layout and its statistics
+-- walarch_stats() gains four columns (last_transfer_ms, mean_transfer_ms,
+-- bytes_in_flight, stored_bytes): the function and the view over it are
+-- recreated, with their privileges. The library's shared-memory layout and its statistics
 -- file format changed too: the new library takes effect only after a server
 -- restart (it is in shared_preload_libraries), and a statistics file of
 -- 0.1.0 is discarded at that start with a LOG line.
@@ -29,7 +29,8 @@ CREATE FUNCTION "walarch_stats"() RETURNS TABLE (
 	"worker_pid" INT,
 	"last_transfer_ms" double precision,
 	"mean_transfer_ms" double precision,
-	"bytes_in_flight" bigint
+	"bytes_in_flight" bigint,
+	"stored_bytes" bigint
 )
 STRICT VOLATILE PARALLEL SAFE
 LANGUAGE c

@@ -104,8 +104,9 @@ fn archive(file: &CStr, path: &CStr) -> bool {
         // check_configured already said so; the archiver will try again.
         return false;
     };
-    let dest = &*dest;
-    sweep(dest);
+    sweep(&*dest);
+    let view = guc::archive_view(&*dest);
+    let dest = &view;
     match archive_one(&PgHost, dest, file, Path::new(path)) {
         Ok(Archived::CopiedAhead { .. }) => {
             debug1!("walarch_ext: \"{file}\" was copied ahead by the worker");
@@ -113,8 +114,14 @@ fn archive(file: &CStr, path: &CStr) -> bool {
         }
         Ok(Archived::Inline(outcome)) => {
             match outcome {
-                ArchiveOutcome::Archived { bytes, .. } => {
-                    debug1!("walarch_ext: archived \"{file}\" ({bytes} bytes)")
+                ArchiveOutcome::Archived {
+                    bytes,
+                    stored_bytes,
+                    ..
+                } => {
+                    debug1!(
+                        "walarch_ext: archived \"{file}\" ({bytes} bytes, {stored_bytes} stored)"
+                    )
                 }
                 ArchiveOutcome::AlreadyArchived {
                     repaired_record, ..

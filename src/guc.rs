@@ -11,6 +11,7 @@ use std::time::Duration;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use walarch_core::compressing::Compressing;
 use walarch_core::destination::Destination;
 use walarch_core::destination_setting::{
     check_ca_file, check_endpoint, read_credentials_file, resolve, DestinationSpec,
@@ -285,6 +286,36 @@ check_hook!(check_s3_uri_style, |v: &str| match v {
     _ => Err("Use auto, path or host.".to_string()),
 });
 
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Compression {
+    #[name = c"off"]
+    Off,
+    #[name = c"zstd"]
+    Zstd,
+}
+
+pub static COMPRESSION: GucSetting<Compression> = GucSetting::<Compression>::new(Compression::Off);
+pub static COMPRESSION_LEVEL: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_LEVEL);
+
+/// zstd's level 1: on pgbench WAL it stores within a few percent of level 3
+/// at about half the CPU (docs/benchmark-compression.md).
+const DEFAULT_LEVEL: i32 = 1;
+
+/// The zstd level new segments are stored with, or `None` to store them as
+/// they are.
+pub fn compression_level() -> Option<i32> {
+    match COMPRESSION.get() {
+        Compression::Off => None,
+        Compression::Zstd => Some(COMPRESSION_LEVEL.get()),
+    }
+}
+
+/// The archive as the archiving side sees it: WAL files in either form, new
+/// ones stored in the form the settings ask for.
+pub fn archive_view(dest: &dyn Destination) -> Compressing<'_> {
+    Compressing::new(dest, compression_level())
+}
+
 pub static COPY_AHEAD: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static PARALLEL_COPIES: GucSetting<i32> = GucSetting::<i32>::new(4);
 
@@ -306,6 +337,24 @@ pub fn define_worker_settings() {
         &PARALLEL_COPIES,
         1,
         64,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"walarch.compression",
+        c"How new WAL segments are stored: off (as they are) or zstd (as WALFILE.zst).",
+        c"Archived files of either form are recognised whatever the setting; history and backup files are always stored as they are.",
+        &COMPRESSION,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"walarch.compression_level",
+        c"The zstd level used when walarch.compression is zstd.",
+        c"Negative levels are faster and compress less; above 3 costs much more CPU for little gain on WAL.",
+        &COMPRESSION_LEVEL,
+        -7,
+        19,
         GucContext::Sighup,
         GucFlags::default(),
     );

@@ -55,6 +55,7 @@ fn walarch_stats() -> TableIterator<
         name!(last_transfer_ms, Option<f64>),
         name!(mean_transfer_ms, Option<f64>),
         name!(bytes_in_flight, i64),
+        name!(stored_bytes, i64),
     ),
 > {
     require_shared_memory();
@@ -84,6 +85,7 @@ fn walarch_stats() -> TableIterator<
         ms(stats.last_transfer_us),
         ms(stats.transfer_us_total / stats.transfers.max(1)),
         in_flight as i64,
+        stats.stored_bytes,
     ))
 }
 

@@ -97,10 +97,11 @@ pub extern "C-unwind" fn walarch_copy_ahead_main(_arg: pg_sys::Datum) {
         let Ok(dest) = guc::destination() else {
             continue;
         };
-        let dest = &*dest;
-        if let Some(r) = sweep.run_once(dest) {
-            warnings::leftovers_removed(dest, &r);
+        if let Some(r) = sweep.run_once(&*dest) {
+            warnings::leftovers_removed(&*dest, &r);
         }
+        let view = guc::archive_view(&*dest);
+        let dest = &view;
         // Rounds until nothing is left to copy ahead or we must stop.
         while !stopping() {
             let files = copy_ahead.plan(&PgHost);

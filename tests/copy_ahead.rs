@@ -61,6 +61,8 @@ fn backlog_of_64_segments_drains_with_copy_ahead() {
     assert!(ahead > 0, "the worker copied nothing ahead");
     assert!(c.stat_i64("archived_count") >= 64);
     assert!(c.stat_i64("archived_bytes") >= 64 << 20);
+    // Stored as they are: every byte archived was written.
+    assert_eq!(c.stat_i64("stored_bytes"), c.stat_i64("archived_bytes"));
     assert_eq!(c.stat_i64("pending_count"), 0);
     assert_eq!(c.stat_i64("failed_count"), 0, "{}", c.log_text());
     eprintln!("copied ahead: {ahead} of {}", c.stat_i64("archived_count"));

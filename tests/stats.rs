@@ -130,7 +130,7 @@ fn stats_survive_clean_restart_not_crash_and_reset_works() {
     wait_until("counted", T, || c.stat_i64("archived_count") > 0);
     let reset_before = c.stat("stats_reset");
     c.query("SELECT walarch_stats_reset()");
-    assert_eq!(c.query("SELECT archived_count, failed_count, archived_bytes, copied_ahead_count FROM walarch_stats()"), "0|0|0|0");
+    assert_eq!(c.query("SELECT archived_count, failed_count, archived_bytes, stored_bytes, copied_ahead_count FROM walarch_stats()"), "0|0|0|0|0");
     assert_eq!(c.stat("last_archived_wal"), "");
     assert_ne!(c.stat("stats_reset"), reset_before);
 }

@@ -94,6 +94,7 @@ fn update_from_0_1_0_equals_a_fresh_install() {
         "function walarch_verify(text,text)",
         "relation walarch_stat_archiver kind=v",
         "bytes_in_flight bigint",
+        "stored_bytes bigint",
         "pg_monitor=X/postgres",
         "pg_monitor=r/postgres",
     ] {

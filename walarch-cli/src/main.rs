@@ -275,9 +275,16 @@ fn to_json(dir: &str, r: &Report) -> String {
         "timelines": r.timelines,
         "checked": r.findings.iter().filter(|f| f.status != walarch_core::verify::Status::Missing).count(),
         "problems": r.problems().count(),
+        "compressed_files": r.compressed_files,
+        "stored_bytes": r.stored_bytes,
+        "wal_bytes": r.wal_bytes,
         "findings": findings,
     })
     .to_string()
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
 fn print_text(r: &Report) {
@@ -299,6 +306,14 @@ fn print_text(r: &Report) {
             "archive intact: {checked} files verified ({size}, timelines {:?})",
             r.timelines
         );
+        if r.compressed_files > 0 {
+            println!(
+                "{} of them compressed; {} of WAL stored in {}",
+                r.compressed_files,
+                mib(r.wal_bytes),
+                mib(r.stored_bytes)
+            );
+        }
     } else {
         println!("archive NOT intact: {problems} problem(s) among {checked} files ({size})");
     }

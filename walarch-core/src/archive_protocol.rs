@@ -24,8 +24,12 @@ use crate::walname::is_archivable_name;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ArchiveOutcome {
-    /// Stored now.
-    Archived { bytes: u64, sha256: Sha256Digest },
+    /// Stored now; `stored_bytes` is what the destination holds for it.
+    Archived {
+        bytes: u64,
+        sha256: Sha256Digest,
+        stored_bytes: u64,
+    },
     /// Already in the archive with identical content. `repaired_record` is
     /// the warning to give when its checksum record was wrong and has been
     /// rewritten.
@@ -41,6 +45,14 @@ impl ArchiveOutcome {
         match *self {
             ArchiveOutcome::Archived { bytes, .. }
             | ArchiveOutcome::AlreadyArchived { bytes, .. } => bytes,
+        }
+    }
+
+    /// Bytes written to the destination: none for a file already there.
+    pub fn stored_bytes(&self) -> u64 {
+        match *self {
+            ArchiveOutcome::Archived { stored_bytes, .. } => stored_bytes,
+            ArchiveOutcome::AlreadyArchived { .. } => 0,
         }
     }
 }
@@ -62,8 +74,16 @@ pub fn archive_file(
     // again, once.
     for _ in 0..2 {
         match dest.store_new(name, source)? {
-            Stored::Created { bytes, sha256 } => {
-                return Ok(ArchiveOutcome::Archived { bytes, sha256 })
+            Stored::Created {
+                bytes,
+                sha256,
+                stored_bytes,
+            } => {
+                return Ok(ArchiveOutcome::Archived {
+                    bytes,
+                    sha256,
+                    stored_bytes,
+                })
             }
             Stored::Exists => {
                 if let Some(outcome) = judge_existing(dest, name, source)? {
@@ -218,7 +238,8 @@ mod tests {
                 out,
                 ArchiveOutcome::Archived {
                     bytes: data.len() as u64,
-                    sha256: sha
+                    sha256: sha,
+                    stored_bytes: data.len() as u64,
                 }
             );
             assert_eq!(read_all(dest, SEG), data);

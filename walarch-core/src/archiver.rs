@@ -49,10 +49,13 @@ pub fn archive_one<H: Host>(
         let claim = host.with_state(|s| s.begin_archiver_copy(name, me, |p| host.alive(p)));
         match claim {
             None | Some(ArchiverClaim::CopyInline) => break,
-            Some(ArchiverClaim::CopiedAhead { bytes }) => {
+            Some(ArchiverClaim::CopiedAhead {
+                bytes,
+                stored_bytes,
+            }) => {
                 if still_stored(dest, name, source, bytes) {
                     let now = host.timestamp();
-                    host.with_state(|s| s.record_archived(name, bytes, true, now));
+                    host.with_state(|s| s.record_archived(name, bytes, stored_bytes, true, now));
                     host.wake_worker();
                     return Ok(Archived::CopiedAhead { bytes });
                 }
@@ -90,7 +93,7 @@ pub fn archive_one<H: Host>(
         s.end_archiver_copy(name);
         match &result {
             Ok(o) => {
-                s.record_archived(name, o.bytes(), false, now);
+                s.record_archived(name, o.bytes(), o.stored_bytes(), false, now);
                 s.record_transfer(micros);
             }
             Err(e) => s.record_failed(name, &e.message, now),
@@ -189,7 +192,7 @@ mod tests {
         let dest = MemoryDestination::default();
         host.with_state(|s| assert!(s.begin_worker_copy(A, WORKER)));
         archive_file(&dest, A, &src).unwrap();
-        host.with_state(|s| s.finish_worker_copy(A, Ok(1000)));
+        host.with_state(|s| s.finish_worker_copy(A, Ok((1000, 1000))));
         let r = archive_one(&host, &dest, A, &src).unwrap();
         assert_eq!(r, Archived::CopiedAhead { bytes: 1000 });
         let st = host.state();
@@ -213,7 +216,7 @@ mod tests {
         let copy = |s: &mut crate::shared_state::ArchiveState, n: u32| {
             if n == 3 {
                 archive_file(&dest, A, &src).unwrap();
-                s.finish_worker_copy(A, Ok(2000));
+                s.finish_worker_copy(A, Ok((2000, 2000)));
             }
         };
         host.on_wait(copy);
@@ -259,7 +262,7 @@ mod tests {
         let dest = MemoryDestination::default();
         host.with_state(|s| {
             s.begin_worker_copy(A, WORKER);
-            s.finish_worker_copy(A, Ok(500));
+            s.finish_worker_copy(A, Ok((500, 500)));
         });
         // Nothing in the destination (removed by hand since).
         let r = archive_one(&host, &dest, A, &src).unwrap();
@@ -283,7 +286,7 @@ mod tests {
         archive_file(&dest, A, &src).unwrap();
         host.with_state(|s| {
             s.begin_worker_copy(A, WORKER);
-            s.finish_worker_copy(A, Ok(499));
+            s.finish_worker_copy(A, Ok((499, 499)));
         });
         let r = archive_one(&host, &dest, A, &src).unwrap();
         assert!(matches!(

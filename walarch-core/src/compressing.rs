@@ -39,14 +39,20 @@ impl<'a> Compressing<'a> {
         Compressing { inner, level }
     }
 
+    /// The form new files take is looked up first: one lookup for most.
     fn holder(&self, name: &str) -> Result<Option<Holder>, ArchiveError> {
-        if self.inner.size(name)?.is_some() {
+        let z = compressed_name(name);
+        let compressed_first = self.level.is_some() && z.is_some();
+        if !compressed_first && self.inner.size(name)?.is_some() {
             return Ok(Some(Holder::Plain));
         }
-        if let Some(z) = compressed_name(name) {
+        if let Some(z) = z {
             if self.inner.size(&z)?.is_some() {
                 return Ok(Some(Holder::Compressed(z)));
             }
+        }
+        if compressed_first && self.inner.size(name)?.is_some() {
+            return Ok(Some(Holder::Plain));
         }
         Ok(None)
     }
@@ -112,9 +118,10 @@ impl Destination for Compressing<'_> {
             )
         })?;
         Ok(match self.inner.store_new_bytes(&z, &packed)? {
-            Stored::Created { .. } => Stored::Created {
+            Stored::Created { stored_bytes, .. } => Stored::Created {
                 bytes: data.len() as u64,
                 sha256: sha256(&data),
+                stored_bytes,
             },
             Stored::Exists => Stored::Exists,
         })
@@ -279,16 +286,17 @@ mod tests {
             let view = Compressing::new(inner, Some(3));
             let data = wal_bytes(1);
             let out = archive_file(&view, SEG, &wal(dir, SEG, &data)).unwrap();
+            assert_eq!(inner.size(SEG).unwrap(), None);
+            let stored = inner.size(&format!("{SEG}.zst")).unwrap().unwrap();
+            assert!(stored < data.len() as u64 / 10, "{stored} bytes");
             assert_eq!(
                 out,
                 ArchiveOutcome::Archived {
                     bytes: data.len() as u64,
-                    sha256: sha256(&data)
+                    sha256: sha256(&data),
+                    stored_bytes: stored,
                 }
             );
-            assert_eq!(inner.size(SEG).unwrap(), None);
-            let stored = inner.size(&format!("{SEG}.zst")).unwrap().unwrap();
-            assert!(stored < data.len() as u64 / 10, "{stored} bytes");
             assert_eq!(view.size(SEG).unwrap(), Some(data.len() as u64));
             assert_eq!(view.list().unwrap(), vec![SEG.to_string()]);
 

@@ -93,7 +93,7 @@ impl CopyAhead {
                 let result = r
                     .result
                     .as_ref()
-                    .map(|o| o.bytes())
+                    .map(|o| (o.bytes(), o.stored_bytes()))
                     .map_err(|e| e.message.as_str());
                 let micros = r.elapsed.as_micros() as i64;
                 host.with_state(|s| {
@@ -217,7 +217,7 @@ mod tests {
         host.with_state(|s| {
             s.begin_worker_copy(F1, 7);
             s.begin_worker_copy(F3, 10);
-            s.finish_worker_copy(F3, Ok(1));
+            s.finish_worker_copy(F3, Ok((1, 1)));
         });
         host.kill(7);
         let mut ca = CopyAhead::new(wal.path());

@@ -16,8 +16,14 @@ use crate::error::ArchiveError;
 /// What `store_new` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stored {
-    /// Stored now, with its checksum record: `sha256` is of the bytes stored.
-    Created { bytes: u64, sha256: Sha256Digest },
+    /// Stored now, with its checksum record: `bytes` and `sha256` are of the
+    /// file offered, `stored_bytes` what the destination holds for it (less
+    /// when compressed).
+    Created {
+        bytes: u64,
+        sha256: Sha256Digest,
+        stored_bytes: u64,
+    },
     /// Something is already stored under the name; nothing was changed.
     Exists,
 }

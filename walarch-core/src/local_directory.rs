@@ -231,7 +231,11 @@ impl LocalDirectory {
         // Not archived until the directory entries are durable; if this
         // fails, the retry finds an identical file and fsyncs again.
         self.fsync_dir()?;
-        Ok(Stored::Created { bytes, sha256 })
+        Ok(Stored::Created {
+            bytes,
+            sha256,
+            stored_bytes: bytes,
+        })
     }
 
     fn fsync_dir(&self) -> Result<(), ArchiveError> {
@@ -390,7 +394,8 @@ mod tests {
             out,
             Stored::Created {
                 bytes: data.len() as u64,
-                sha256: sha
+                sha256: sha,
+                stored_bytes: data.len() as u64,
             }
         );
         assert_eq!(std::fs::read(arch.join(SEG)).unwrap(), data);

@@ -55,6 +55,8 @@ pub struct Slot {
     pub state: SlotState,
     pub name: WalName,
     pub bytes: u64,
+    /// What the worker's copy stored (less than `bytes` when compressed).
+    pub stored_bytes: u64,
     pub pid: i32,
 }
 
@@ -64,6 +66,7 @@ impl Default for Slot {
             state: SlotState::Free,
             name: WalName::default(),
             bytes: 0,
+            stored_bytes: 0,
             pid: 0,
         }
     }
@@ -82,6 +85,10 @@ pub struct Stats {
     pub last_failed_time: i64,
     pub stats_reset: i64,
     pub archived_bytes: i64,
+    /// What the archived files take in the destination: less than
+    /// `archived_bytes` when compressed; files found already archived add
+    /// nothing.
+    pub stored_bytes: i64,
     pub copied_ahead_count: i64,
     pub copy_ahead_failures: i64,
     pub last_error: ErrorText,
@@ -103,6 +110,7 @@ impl Stats {
             last_failed_time: NO_TIME,
             stats_reset: now,
             archived_bytes: 0,
+            stored_bytes: 0,
             copied_ahead_count: 0,
             copy_ahead_failures: 0,
             last_error: ErrorText::default(),
@@ -130,7 +138,7 @@ pub enum ArchiverClaim {
     /// The slot is ours: copy inline, then `end_archiver_copy`.
     CopyInline,
     /// The worker archived it (`bytes` long): confirm and count it.
-    CopiedAhead { bytes: u64 },
+    CopiedAhead { bytes: u64, stored_bytes: u64 },
     /// The worker (this PID) is copying it right now: wait and ask again.
     WorkerBusy { pid: i32 },
 }
@@ -157,8 +165,8 @@ impl ArchiveState {
                 self.slots[i] = Slot {
                     state,
                     name: bounded(name),
-                    bytes: 0,
                     pid,
+                    ..Slot::default()
                 };
                 true
             }
@@ -199,15 +207,17 @@ impl ArchiveState {
     /// The worker's copy of `name` ended: on success the file waits for the
     /// archiver's confirmation; on failure the slot is freed (the archiver
     /// will copy it inline) and the failure counted.
-    pub fn finish_worker_copy(&mut self, name: &str, result: Result<u64, &str>) {
+    /// `result` is the file's bytes and the bytes stored for it.
+    pub fn finish_worker_copy(&mut self, name: &str, result: Result<(u64, u64), &str>) {
         let Some(i) = self.find(name) else { return };
         if self.slots[i].state != SlotState::WorkerCopying {
             return;
         }
         match result {
-            Ok(bytes) => {
+            Ok((bytes, stored_bytes)) => {
                 self.slots[i].state = SlotState::WorkerArchived;
                 self.slots[i].bytes = bytes;
+                self.slots[i].stored_bytes = stored_bytes;
             }
             Err(e) => {
                 self.slots[i] = Slot::default();
@@ -229,7 +239,10 @@ impl ArchiveState {
             match slot.state {
                 SlotState::WorkerArchived => {
                     self.slots[i] = Slot::default();
-                    return ArchiverClaim::CopiedAhead { bytes: slot.bytes };
+                    return ArchiverClaim::CopiedAhead {
+                        bytes: slot.bytes,
+                        stored_bytes: slot.stored_bytes,
+                    };
                 }
                 SlotState::WorkerCopying if alive(slot.pid) => {
                     return ArchiverClaim::WorkerBusy { pid: slot.pid };
@@ -240,8 +253,8 @@ impl ArchiveState {
                     self.slots[i] = Slot {
                         state: SlotState::ArchiverCopying,
                         name: slot.name,
-                        bytes: 0,
                         pid,
+                        ..Slot::default()
                     };
                     return ArchiverClaim::CopyInline;
                 }
@@ -332,12 +345,20 @@ impl ArchiveState {
     }
 
     /// An `archive_file` call succeeded.
-    pub fn record_archived(&mut self, name: &str, bytes: u64, copied_ahead: bool, now: i64) {
+    pub fn record_archived(
+        &mut self,
+        name: &str,
+        bytes: u64,
+        stored_bytes: u64,
+        copied_ahead: bool,
+        now: i64,
+    ) {
         let s = &mut self.stats;
         s.archived_count += 1;
         s.last_archived_wal = bounded(name);
         s.last_archived_time = now;
         s.archived_bytes += bytes as i64;
+        s.stored_bytes += stored_bytes as i64;
         if copied_ahead {
             s.copied_ahead_count += 1;
         }
@@ -377,20 +398,24 @@ mod tests {
             s.begin_archiver_copy(A, 20, alive),
             ArchiverClaim::WorkerBusy { pid: 10 }
         );
-        s.finish_worker_copy(A, Ok(16));
+        s.finish_worker_copy(A, Ok((16, 3)));
         assert_eq!(
             s.begin_archiver_copy(A, 20, alive),
-            ArchiverClaim::CopiedAhead { bytes: 16 }
+            ArchiverClaim::CopiedAhead {
+                bytes: 16,
+                stored_bytes: 3
+            }
         );
         assert_eq!(s.slot_state(A), SlotState::Free);
-        s.record_archived(A, 16, true, 5);
+        s.record_archived(A, 16, 3, true, 5);
         assert_eq!(
             (
                 s.stats.archived_count,
                 s.stats.copied_ahead_count,
-                s.stats.archived_bytes
+                s.stats.archived_bytes,
+                s.stats.stored_bytes
             ),
-            (1, 1, 16)
+            (1, 1, 16, 3)
         );
         assert_eq!(s.stats.last_archived_wal.as_str(), A);
     }
@@ -443,7 +468,7 @@ mod tests {
     fn confirmed_copies_of_files_no_longer_ready_are_released() {
         let mut s = ArchiveState::new(0);
         s.begin_worker_copy(A, 10);
-        s.finish_worker_copy(A, Ok(1));
+        s.finish_worker_copy(A, Ok((1, 1)));
         assert_eq!(s.release_stale(alive, |n| n != A), 1);
         assert_eq!(s.free_slots(), SLOTS);
     }
@@ -471,7 +496,7 @@ mod tests {
         s.begin_archiver_copy(B, 20, alive);
         s.set_in_flight(B, 7);
         assert_eq!(s.bytes_in_flight(), 107);
-        s.finish_worker_copy(A, Ok(100));
+        s.finish_worker_copy(A, Ok((100, 100)));
         assert_eq!(s.bytes_in_flight(), 7, "a finished copy is not in flight");
         s.end_archiver_copy(B);
         assert_eq!(s.bytes_in_flight(), 0);

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::shared_state::{bounded, Stats};
 
-const HEADER: &str = "walarch_ext stats 2";
+const HEADER: &str = "walarch_ext stats 3";
 
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('\n', "\\n")
@@ -42,6 +42,7 @@ pub fn serialize(s: &Stats) -> String {
     line("last_failed_time", s.last_failed_time.to_string());
     line("stats_reset", s.stats_reset.to_string());
     line("archived_bytes", s.archived_bytes.to_string());
+    line("stored_bytes", s.stored_bytes.to_string());
     line("copied_ahead_count", s.copied_ahead_count.to_string());
     line("copy_ahead_failures", s.copy_ahead_failures.to_string());
     line("last_error", escape(s.last_error.as_str()));
@@ -76,6 +77,7 @@ pub fn parse(text: &str) -> Option<Stats> {
             "last_failed_time" => s.last_failed_time = int()?,
             "stats_reset" => s.stats_reset = int()?,
             "archived_bytes" => s.archived_bytes = int()?,
+            "stored_bytes" => s.stored_bytes = int()?,
             "copied_ahead_count" => s.copied_ahead_count = int()?,
             "copy_ahead_failures" => s.copy_ahead_failures = int()?,
             "last_error" => s.last_error = bounded(&unescape(v)),
@@ -86,7 +88,7 @@ pub fn parse(text: &str) -> Option<Stats> {
         }
         seen += 1;
     }
-    (ended && seen == 14).then_some(s)
+    (ended && seen == 15).then_some(s)
 }
 
 /// Writes the file atomically: temporary file, fsync, rename, directory fsync.
@@ -165,7 +167,7 @@ mod tests {
 
     fn sample() -> Stats {
         let mut st = ArchiveState::new(42);
-        st.record_archived("000000010000000000000001", 100, true, 50);
+        st.record_archived("000000010000000000000001", 100, 40, true, 50);
         st.record_failed(
             "000000010000000000000002",
             "could not \"x\":\nline two \\ back",

@@ -65,7 +65,11 @@ impl Destination for MemoryDestination {
         }
         let (bytes, sha256) = hash_reader(&mut &data[..]).unwrap();
         files.insert(name.to_string(), (data.to_vec(), Recorded::Digest(sha256)));
-        Ok(Stored::Created { bytes, sha256 })
+        Ok(Stored::Created {
+            bytes,
+            sha256,
+            stored_bytes: bytes,
+        })
     }
 
     fn recorded(&self, name: &str) -> Result<Recorded, ArchiveError> {

@@ -49,6 +49,11 @@ pub struct Report {
     pub segment_size: Option<u64>,
     /// The timelines of the chain that was followed, oldest first.
     pub timelines: Vec<u32>,
+    /// Of the files verified intact: how many are stored compressed, the
+    /// bytes they hold and the WAL bytes they stand for.
+    pub compressed_files: usize,
+    pub stored_bytes: u64,
+    pub wal_bytes: u64,
 }
 
 impl Report {
@@ -198,19 +203,24 @@ pub fn verify(
                     let mut data = Vec::new();
                     r.read_to_end(&mut data)
                         .map_err(|e| read_error(dest, n, &e))?;
-                    let decoded = compressed::decompress(&data[..], std::io::sink()).map(|_| ());
+                    let decoded = compressed::decompress(&data[..], std::io::sink()).map(|o| o.len);
                     (data.len() as u64, sha256(&data), decoded)
                 } else {
                     let (len, actual) = hash_reader(&mut r).map_err(|e| read_error(dest, n, &e))?;
-                    (len, actual, Ok(()))
+                    (len, actual, Ok(len))
                 };
                 if actual == d {
                     match decoded {
-                        Ok(()) => Finding {
+                        Ok(wal_len) => {
+                            report.compressed_files += usize::from(compressed);
+                            report.stored_bytes += len;
+                            report.wal_bytes += wal_len;
+                            Finding {
                             walfile: n.clone(),
                             status: Status::Ok,
                             detail: String::new(),
-                        },
+                            }
+                        }
                         Err(e) => Finding {
                             walfile: n.clone(),
                             status: Status::Corrupt,
@@ -432,6 +442,16 @@ mod tests {
         assert!(r.intact(), "{:?}", r.findings);
         assert_eq!(r.findings.len(), 4);
         assert_eq!(r.segment_size, Some(MB));
+        let plain: u64 = [1, 3]
+            .map(|s| {
+                std::fs::metadata(arch.join(segment_file_name(1, s, MB)))
+                    .unwrap()
+                    .len()
+            })
+            .iter()
+            .sum();
+        assert_eq!((r.compressed_files, r.wal_bytes), (2, 2 * MB + plain));
+        assert!(r.stored_bytes < plain + MB / 10, "{}", r.stored_bytes);
 
         // A gap where the plain segment 3 was.
         std::fs::remove_file(arch.join(segment_file_name(1, 3, MB))).unwrap();

@@ -332,6 +332,7 @@ impl S3Destination {
                 Ok(_) => Ok(Stored::Created {
                     bytes,
                     sha256: digest,
+                    stored_bytes: bytes,
                 }),
                 Err(object_store::Error::AlreadyExists { .. }) => Ok(Stored::Exists),
                 Err(e) => Err(classify(&e)),
@@ -528,6 +529,7 @@ impl S3Destination {
                 200 if !text.contains("<Error>") => Ok(Stored::Created {
                     bytes,
                     sha256: digest,
+                    stored_bytes: bytes,
                 }),
                 412 => Ok(Stored::Exists),
                 _ => Err(classify_status(status, Some(&text))),
