@@ -164,6 +164,15 @@ fn bad_destination_settings_are_refused_and_conflicting_names_archive_nothing() 
             "{name} = {value}: {err}"
         );
     }
+    // The compression settings: PostgreSQL's own checks say what is allowed.
+    let err = c
+        .psql("ALTER SYSTEM SET walarch.compression = 'lz4'")
+        .unwrap_err();
+    assert!(err.contains("HINT:  Available values: off, zstd."), "{err}");
+    let err = c
+        .psql("ALTER SYSTEM SET walarch.compression_level = 30")
+        .unwrap_err();
+    assert!(err.contains("outside the valid range"), "{err}");
     let auto = fs::read_to_string(c.data.join("postgresql.auto.conf")).unwrap();
     assert!(
         !auto.contains("walarch"),

@@ -196,3 +196,29 @@ fn a_different_file_in_the_bucket_is_refused_and_never_overwritten() {
     // The first cluster's file is intact.
     assert_in_bucket_identical(&s3, &a, &prefix, &first);
 }
+
+#[test]
+fn compressed_into_a_bucket_and_restored_from_it() {
+    let s3 = Seaweed::start("pg-zstd", None);
+    let prefix = format!("pg{}/zstd", pg_major());
+    let c = s3.archiving_cluster("s3-zstd", &prefix, &["walarch.compression = zstd"]);
+    let files = c.switch_many(3);
+    c.wait_drained(T);
+    for f in &files {
+        assert_in_bucket_identical(&s3, &c, &prefix, f);
+    }
+    assert_eq!(c.failed_count(), 0, "{}", c.log_text());
+    let (code, json, err) = s3.walarch(&["verify", &s3.url(&prefix), "--json"]);
+    assert_eq!(code, 0, "verify: {json}{err}");
+    for f in &files {
+        assert!(
+            json.contains(&format!("\"walfile\":\"{f}.zst\"")),
+            "{f}: {json}"
+        );
+    }
+    let (archived, stored) = (c.stat_i64("archived_bytes"), c.stat_i64("stored_bytes"));
+    assert!(
+        stored > 0 && stored * 10 < archived,
+        "{stored} of {archived}"
+    );
+}

@@ -64,7 +64,8 @@ fn store_read_record_list_remove() {
         s,
         Stored::Created {
             bytes: 16 << 20,
-            sha256: want
+            sha256: want,
+            stored_bytes: 16 << 20,
         }
     );
     assert_eq!(dest.size(SEG).unwrap(), Some(16 << 20));
@@ -123,6 +124,67 @@ fn store_read_record_list_remove() {
         Recorded::Digest(sha256(&std::fs::read(&g).unwrap()))
     );
     drop(dir);
+}
+
+/// Segments stored compressed (`X.zst`, from memory) in the bucket: the
+/// store verifies the checksum of the compressed bytes, the view gives the
+/// original back, and the duplicate rule spans both forms.
+#[test]
+fn compressed_segments_in_the_bucket() {
+    use walarch_core::archive_protocol::{archive_file, ArchiveOutcome};
+    use walarch_core::compressing::Compressing;
+
+    let sw = Seaweed::shared();
+    let dest = S3Destination::new(settings(sw, "compressed/wal")).unwrap();
+    let dir = scratch("compressed");
+    let f = dir.join(SEG);
+    // Records, then the zeros of a switched segment.
+    make_file(&f, 1 << 20, 7);
+    let mut data = std::fs::read(&f).unwrap();
+    data.resize(16 << 20, 0);
+    std::fs::write(&f, &data).unwrap();
+
+    let zstd = Compressing::new(&dest, Some(1));
+    let out = archive_file(&zstd, SEG, &f).unwrap();
+    let z = format!("{SEG}.zst");
+    let stored = dest.size(&z).unwrap().expect("compressed object");
+    assert_eq!(dest.size(SEG).unwrap(), None);
+    assert_eq!(
+        out,
+        ArchiveOutcome::Archived {
+            bytes: 16 << 20,
+            sha256: sha256(&data),
+            stored_bytes: stored,
+        }
+    );
+    assert!(stored < 2 << 20, "{stored} bytes");
+    // The record is of the stored bytes, as sha256sum would check them.
+    assert_eq!(
+        dest.recorded(&z).unwrap(),
+        Recorded::Digest(sha256(&read_all(&dest, &z)))
+    );
+    assert!(read_all(&zstd, SEG) == data);
+    assert_eq!(
+        dest.store_new_bytes(&z, b"other").unwrap(),
+        Stored::Exists,
+        "create-only"
+    );
+
+    // Offered again with compression off: judged by the original bytes.
+    let plain = Compressing::new(&dest, None);
+    assert!(matches!(
+        archive_file(&plain, SEG, &f).unwrap(),
+        ArchiveOutcome::AlreadyArchived { .. }
+    ));
+    assert_eq!(dest.size(SEG).unwrap(), None, "no second copy");
+    let mut other = data.clone();
+    other[100] ^= 1;
+    std::fs::write(&f, &other).unwrap();
+    let e = archive_file(&plain, SEG, &f).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Conflict, "{e}");
+    assert_eq!(plain.list().unwrap(), vec![SEG.to_string()]);
+    zstd.remove(SEG).unwrap();
+    assert!(dest.list().unwrap().is_empty());
 }
 
 #[test]
@@ -187,7 +249,8 @@ fn store_refuses_overwrite_without_head_check_single_and_multipart() {
         s,
         Stored::Created {
             bytes: big_data.len() as u64,
-            sha256: sha256(&big_data)
+            sha256: sha256(&big_data),
+            stored_bytes: big_data.len() as u64,
         }
     );
     assert!(
