@@ -137,6 +137,13 @@ class Store:
                 raise BenchError(f"rtt-proxy did not start: {(self.dir / 'proxy.log').read_text()}")
             time.sleep(0.02)
         self.endpoint = f"https://127.0.0.1:{self.proxy_port}"
+        # A fresh SeaweedFS grows the bucket's volumes at its first write, which takes
+        # seconds: done here, outside any timing, as a bucket in use has them already.
+        warm = self.dir / "warm-up"
+        warm.write_text("warm-up\n")
+        run(["curl", "-sS", "--fail", "-o", "/dev/null", *self.curl_sig(),
+             "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD", "-T", str(warm),
+             f"{self.endpoint}/{BUCKET}/warm-up/object"], timeout=120)
 
     def curl_sig(self):
         """curl's signing options; the key is in a config file, not on a command line."""
@@ -147,8 +154,12 @@ class Store:
         return ["--cacert", str(self.h.ca), "--aws-sigv4", f"aws:amz:{REGION}:s3", "-K", str(conf)]
 
     def keys(self, prefix):
-        """Every key under prefix (ListObjectsV2, following continuation tokens)."""
-        keys, token = [], None
+        return list(self.objects(prefix))
+
+    def objects(self, prefix):
+        """Every key under prefix with its size (ListObjectsV2, following continuation
+        tokens)."""
+        objs, token = {}, None
         while True:
             q = {"list-type": "2", "prefix": prefix, "max-keys": "1000"}
             if token:
@@ -156,10 +167,14 @@ class Store:
             # curl signs the query as given: SigV4 wants it sorted.
             url = f"{self.endpoint}/{BUCKET}?{urllib.parse.urlencode(sorted(q.items()))}"
             body = run(["curl", "-sS", "--fail", *self.curl_sig(), url], timeout=60).stdout
-            keys += re.findall(r"<Key>([^<]+)</Key>", body)
+            for c in re.findall(r"<Contents>(.*?)</Contents>", body, re.S):
+                k = re.search(r"<Key>([^<]+)</Key>", c)
+                s = re.search(r"<Size>(\d+)</Size>", c)
+                if k:
+                    objs[k.group(1)] = int(s.group(1)) if s else 0
             m = re.search(r"<NextContinuationToken>([^<]+)</NextContinuationToken>", body)
             if "<IsTruncated>true</IsTruncated>" not in body or not m:
-                return keys
+                return objs
             token = m.group(1)
 
     def stop(self):

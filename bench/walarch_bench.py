@@ -473,9 +473,11 @@ class Harness:
             "log-level-console=warn",
             "log-level-stderr=warn",
             "log-level-file=info",
-            "compress-type=none",
+            f"compress-type={m.params.get('ctype', 'none')}",
             f"archive-async={'y' if m.params['asynch'] else 'n'}",
         ]
+        if m.params.get("clevel") is not None:
+            lines.append(f"compress-level={m.params['clevel']}")
         if m.params["asynch"]:
             lines.append(f"process-max={m.params['pmax']}")
         lines += ["", f"[{STANZA}]", f"pg1-path={c.data}", f"pg1-socket-path={c.sock}",

@@ -8,6 +8,11 @@
 #          store's own ceiling (parallel plain PUTs), into a SeaweedFS
 #          cluster through a TLS proxy adding a round-trip time
 #          (bench/rtt-proxy). Writes benchmark-s3.md, .png and .json.
+#   compression: one backlog of pgbench WAL drained by walarch_ext
+#          (compression off, zstd 1, zstd 3), pgBackRest async (zst 1, zst 3,
+#          lz4, gz) and basic_archive into a directory and into the S3 store
+#          at the first of WALARCH_BENCH_RTTS (default 20 ms here): archive
+#          sizes, speed, CPU. Writes benchmark-compression.md, .png and .json.
 #
 # Installs what it needs, idempotently: scripts/setup.sh, pgbackrest (apt),
 # matplotlib (a venv under /var/cache/walarch/bench-venv), and the release
@@ -21,8 +26,9 @@
 #   WALARCH_BENCH_OUT           output directory (default docs/)
 #   WALARCH_BENCH_DIR           where the clusters and archives live (default /var/tmp)
 #   WALARCH_BENCH_METHODS       comma-separated subset of methods (default: all)
-#   WALARCH_BENCH_SUITES        "local s3" (default), "local" or "s3"
-#   WALARCH_BENCH_RTTS          round-trip times of the s3 suite, ms (default 0,20)
+#   WALARCH_BENCH_SUITES        any of "local s3 compression" (default: all three)
+#   WALARCH_BENCH_RTTS          round-trip times of the s3 suite, ms (default 0,20; the
+#                               compression suite uses the first, default 20)
 #   WALARCH_BENCH_SKIP_INSTALL  1: skip setup.sh and the release build, and measure
 #                               the walarch_ext already installed
 set -euo pipefail
@@ -46,10 +52,10 @@ done
 [ "$REPS" -ge 1 ] || die "WALARCH_BENCH_REPS must be at least 1"
 [ -d "$PARENT" ] || die "WALARCH_BENCH_DIR $PARENT is not a directory"
 [ "$(id -u)" = 0 ] || die "run as root (the clusters run as the postgres user)"
-SUITES=${WALARCH_BENCH_SUITES:-local s3}
+SUITES=${WALARCH_BENCH_SUITES:-local s3 compression}
 RTTS=${WALARCH_BENCH_RTTS:-0,20}
 for suite in $SUITES; do
-  case "$suite" in local|s3) ;; *) die "WALARCH_BENCH_SUITES: unknown suite $suite (local, s3)" ;; esac
+  case "$suite" in local|s3|compression) ;; *) die "WALARCH_BENCH_SUITES: unknown suite $suite (local, s3, compression)" ;; esac
 done
 [[ $RTTS =~ ^[0-9]+(,[0-9]+)*$ ]] || die "WALARCH_BENCH_RTTS must be comma-separated whole numbers of ms"
 
@@ -126,6 +132,16 @@ if [[ " $SUITES " == *" s3 "* ]]; then
     --pg-bin "$BIN" --workdir "$WORK" --out "$OUT" \
     --segments "$SEGMENTS" --reps "$REPS" --rtts "$RTTS" \
     --port-base $((27550 + (V - 15) * 100)) --s3-port-base $((24000 + (V - 15) * 100)) \
+    --proxy "$PROXY" --python "$VENV/bin/python" \
+    --methods "${WALARCH_BENCH_METHODS:-}" --command "$CMDLINE" || RC=$?
+fi
+if [[ " $SUITES " == *" compression "* ]]; then
+  bash scripts/seaweed.sh install
+  log "benchmark, compression suite: PostgreSQL $V, $SEGMENTS segments x $REPS reps, into $OUT (work dir $WORK)"
+  python3 bench/compression_bench.py \
+    --pg-bin "$BIN" --workdir "$WORK" --out "$OUT" \
+    --segments "$SEGMENTS" --reps "$REPS" --rtts "${WALARCH_BENCH_RTTS:-20}" \
+    --port-base $((27700 + (V - 15) * 100)) --s3-port-base $((24500 + (V - 15) * 100)) \
     --proxy "$PROXY" --python "$VENV/bin/python" \
     --methods "${WALARCH_BENCH_METHODS:-}" --command "$CMDLINE" || RC=$?
 fi
