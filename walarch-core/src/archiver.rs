@@ -53,7 +53,7 @@ pub fn archive_one<H: Host>(
                 bytes,
                 stored_bytes,
             }) => {
-                if still_stored(dest, name, source, bytes) {
+                if still_stored(dest, name, source, bytes, stored_bytes) {
                     let now = host.timestamp();
                     host.with_state(|s| s.record_archived(name, bytes, stored_bytes, true, now));
                     host.wake_worker();
@@ -102,10 +102,23 @@ pub fn archive_one<H: Host>(
     result.map(Archived::Inline)
 }
 
-/// The worker's copy is trusted if it is still there, whole.
-fn still_stored(dest: &dyn Destination, name: &str, source: &Path, bytes: u64) -> bool {
+/// The worker's copy is trusted if it is still there, whole: what it stored
+/// (one lookup, whatever the form), or, when it found the file already
+/// archived (`stored_bytes` 0), the file at its full length.
+fn still_stored(
+    dest: &dyn Destination,
+    name: &str,
+    source: &Path,
+    bytes: u64,
+    stored_bytes: u64,
+) -> bool {
     let wal = std::fs::metadata(source).map(|m| m.len()).ok();
-    wal == Some(bytes) && matches!(dest.size(name), Ok(Some(b)) if b == bytes)
+    let there = if stored_bytes > 0 {
+        dest.stored_size(name).ok().flatten() == Some(stored_bytes)
+    } else {
+        dest.size(name).ok().flatten() == Some(bytes)
+    };
+    wal == Some(bytes) && there
 }
 
 fn worker_stuck(name: &str, pid: i32) -> ArchiveError {

@@ -39,20 +39,26 @@ impl<'a> Compressing<'a> {
         Compressing { inner, level }
     }
 
-    /// The form new files take is looked up first: one lookup for most.
-    fn holder(&self, name: &str) -> Result<Option<Holder>, ArchiveError> {
+    /// What holds `name`, and its stored length. The form new files take
+    /// is looked up first: one lookup for most.
+    fn holder(&self, name: &str) -> Result<Option<(Holder, u64)>, ArchiveError> {
         let z = compressed_name(name);
         let compressed_first = self.level.is_some() && z.is_some();
-        if !compressed_first && self.inner.size(name)?.is_some() {
-            return Ok(Some(Holder::Plain));
-        }
-        if let Some(z) = z {
-            if self.inner.size(&z)?.is_some() {
-                return Ok(Some(Holder::Compressed(z)));
+        let plain = |s: &Self| -> Result<_, ArchiveError> {
+            Ok(s.inner.size(name)?.map(|n| (Holder::Plain, n)))
+        };
+        if !compressed_first {
+            if let Some(h) = plain(self)? {
+                return Ok(Some(h));
             }
         }
-        if compressed_first && self.inner.size(name)?.is_some() {
-            return Ok(Some(Holder::Plain));
+        if let Some(z) = z {
+            if let Some(n) = self.inner.size(&z)? {
+                return Ok(Some((Holder::Compressed(z), n)));
+            }
+        }
+        if compressed_first {
+            return plain(self);
         }
         Ok(None)
     }
@@ -85,7 +91,7 @@ impl Destination for Compressing<'_> {
     }
 
     fn location(&self, name: &str) -> String {
-        match self.holder(name) {
+        match self.holder(name).map(|h| h.map(|(h, _)| h)) {
             Ok(Some(Holder::Compressed(z))) => self.inner.location(&z),
             Ok(Some(Holder::Plain)) => self.inner.location(name),
             _ => match (self.level, compressed_name(name)) {
@@ -137,7 +143,7 @@ impl Destination for Compressing<'_> {
     /// asked only of duplicates); `Malformed` otherwise, so that the
     /// protocol settles it by the bytes.
     fn recorded(&self, name: &str) -> Result<Recorded, ArchiveError> {
-        let z = match self.holder(name)? {
+        let z = match self.holder(name)?.map(|(h, _)| h) {
             None => return Ok(Recorded::Missing),
             Some(Holder::Plain) => return self.inner.recorded(name),
             Some(Holder::Compressed(z)) => z,
@@ -158,7 +164,7 @@ impl Destination for Compressing<'_> {
     /// For a compressed form, the record is of its stored bytes: rewritten
     /// only once they are proven to decompress to `sha256`.
     fn write_record(&self, name: &str, sha256_of_wal: &Sha256Digest) -> Result<(), ArchiveError> {
-        let z = match self.holder(name)? {
+        let z = match self.holder(name)?.map(|(h, _)| h) {
             Some(Holder::Compressed(z)) => z,
             _ => return self.inner.write_record(name, sha256_of_wal),
         };
@@ -179,7 +185,7 @@ impl Destination for Compressing<'_> {
     }
 
     fn make_durable(&self, name: &str) -> Result<(), ArchiveError> {
-        match self.holder(name)? {
+        match self.holder(name)?.map(|(h, _)| h) {
             Some(Holder::Compressed(z)) => self.inner.make_durable(&z),
             _ => self.inner.make_durable(name),
         }
@@ -189,7 +195,7 @@ impl Destination for Compressing<'_> {
     /// stored length if the header is unreadable, which then matches no WAL
     /// file and sends the protocol to the bytes).
     fn size(&self, name: &str) -> Result<Option<u64>, ArchiveError> {
-        match self.holder(name)? {
+        match self.holder(name)?.map(|(h, _)| h) {
             None => Ok(None),
             Some(Holder::Plain) => self.inner.size(name),
             Some(Holder::Compressed(z)) => {
@@ -211,13 +217,17 @@ impl Destination for Compressing<'_> {
     /// themselves when they do not decompress (then they match no WAL
     /// file, and the protocol refuses them as different).
     fn open(&self, name: &str) -> Result<Option<Box<dyn Read + Send + '_>>, ArchiveError> {
-        match self.holder(name)? {
+        match self.holder(name)?.map(|(h, _)| h) {
             None => Ok(None),
             Some(Holder::Plain) => self.inner.open(name),
             Some(Holder::Compressed(z)) => Ok(self.decoded(&z)?.map(|(stored, original)| {
                 Box::new(Cursor::new(original.unwrap_or(stored))) as Box<dyn Read + Send>
             })),
         }
+    }
+
+    fn stored_size(&self, name: &str) -> Result<Option<u64>, ArchiveError> {
+        Ok(self.holder(name)?.map(|(_, n)| n))
     }
 
     /// The WAL files held, whichever form.

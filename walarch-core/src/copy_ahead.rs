@@ -142,7 +142,7 @@ mod tests {
     fn copy_all(
         ca: &mut CopyAhead,
         host: &FakeHost,
-        dest: &MemoryDestination,
+        dest: &dyn Destination,
     ) -> Vec<(String, bool)> {
         let files = ca.plan(host);
         let mut results = vec![];
@@ -187,6 +187,33 @@ mod tests {
         let got = archive_one(&archiver, &dest, F1, &wal.path().join(F1)).unwrap();
         assert_eq!(got, Archived::CopiedAhead { bytes: 1000 });
         assert_eq!(host.state().stats.copied_ahead_count, 1);
+    }
+
+    #[test]
+    fn compressed_copies_are_confirmed_by_what_was_stored() {
+        let wal = pg_wal(&[F1]);
+        let host = FakeHost::default();
+        let inner = MemoryDestination::default();
+        let dest = crate::compressing::Compressing::new(&inner, Some(1));
+        let mut ca = CopyAhead::new(wal.path());
+        assert_eq!(copy_all(&mut ca, &host, &dest), vec![(F1.into(), true)]);
+        let stored = inner.size(&format!("{F1}.zst")).unwrap().unwrap();
+        let got = archive_one(&host.as_pid(20), &dest, F1, &wal.path().join(F1)).unwrap();
+        assert_eq!(got, Archived::CopiedAhead { bytes: 1000 });
+        let stats = host.state().stats;
+        assert_eq!((stats.archived_bytes, stats.stored_bytes), (1000, stored as i64));
+
+        // Replaced behind the worker's back by something of another length:
+        // not confirmed, stored again by the archiver (and found different).
+        let wal2 = pg_wal(&[F1]);
+        let mut ca = CopyAhead::new(wal2.path());
+        let host = FakeHost::default();
+        let inner = MemoryDestination::default();
+        let dest = crate::compressing::Compressing::new(&inner, Some(1));
+        copy_all(&mut ca, &host, &dest);
+        inner.remove(&format!("{F1}.zst")).unwrap();
+        inner.store_new_bytes(&format!("{F1}.zst"), b"x").unwrap();
+        assert!(archive_one(&host.as_pid(20), &dest, F1, &wal2.path().join(F1)).is_err());
     }
 
     #[test]

@@ -76,6 +76,13 @@ pub trait Destination: Sync {
     /// The length of a stored `name`; `None` when nothing is stored there.
     fn size(&self, name: &str) -> Result<Option<u64>, ArchiveError>;
 
+    /// The length of what holds WAL file `name` in the destination, in
+    /// whatever form it is stored: `size` unless the destination stores
+    /// files transformed (compressed). A single lookup.
+    fn stored_size(&self, name: &str) -> Result<Option<u64>, ArchiveError> {
+        self.size(name)
+    }
+
     /// Reads a stored `name`; `None` when nothing is stored there.
     fn open(&self, name: &str) -> Result<Option<Box<dyn Read + Send + '_>>, ArchiveError>;
 
