@@ -123,10 +123,13 @@ impl Destination for Compressing<'_> {
                 format!("could not compress \"{}\": {e}", source.display()),
             )
         })?;
+        let original = compressed::decode_header(&packed).ok_or_else(|| {
+            ArchiveError::new(ErrorKind::Internal, "compressed data without its header")
+        })?;
         Ok(match self.inner.store_new_bytes(&z, &packed)? {
             Stored::Created { stored_bytes, .. } => Stored::Created {
-                bytes: data.len() as u64,
-                sha256: sha256(&data),
+                bytes: original.len,
+                sha256: original.sha256,
                 stored_bytes,
             },
             Stored::Exists => Stored::Exists,
