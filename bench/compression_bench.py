@@ -5,7 +5,8 @@ each method into a directory and into SeaweedFS, archive sizes and speeds.
 Run through scripts/bench.sh (WALARCH_BENCH_SUITES contains "compression").
 
 - The backlog: a template cluster runs `pgbench -i -s 10`, a checkpoint, then
-  the standard TPC-B-like script (4 clients) until N segments are .ready
+  the standard TPC-B-like script (4 clients, a checkpoint every 30 s, so
+  full-page images come back as on a busy server) until N segments are .ready
   (the initialisation's segments are marked done, so the backlog is the
   workload's WAL only). It is made once; every run starts from a copy.
 - Methods: walarch_ext (copy-ahead, parallel_copies 4) with compression off,
@@ -101,7 +102,8 @@ class CpuSampler(threading.Thread):
 class CompressionHarness(sb.S3Harness):
     def template(self, n):
         t = Cluster(self, "template")
-        t.create(["archive_command = ''", "synchronous_commit = off"])
+        # Checkpoints every 30 s, so the WAL has full-page images as a busy server's does.
+        t.create(["archive_command = ''", "synchronous_commit = off", "checkpoint_timeout = '30s'"])
         t.start()
         self.pg_version = t.psql("SELECT version()")
         self.seg_size = int(t.psql("SELECT pg_size_bytes(current_setting('wal_segment_size'))"))
@@ -269,7 +271,7 @@ def markdown(h, rows, errors, mach, rtt, nseg, png_name, command):
       f"{mach['os']}. Work directory: {mach['fs']}.\n")
     w(f"PostgreSQL: {mach['pg']}. pgBackRest: {mach['pgbackrest']}. walarch_ext: {mach['walarch']}.\n")
     w(f"Backlog: {nseg} segments of {(h.seg_size or 2**24) // 2**20} MiB of pgbench WAL "
-      f"(scale 10, TPC-B-like, 4 clients, after a checkpoint), {a.reps} repetitions, "
+      f"(scale 10, TPC-B-like, 4 clients, checkpoints every 30 s), {a.reps} repetitions, "
       f"interleaved. S3: a SeaweedFS cluster through the TLS proxy at {rtt} ms RTT.\n")
     for dest, title in (("dir", "Into a directory"), ("s3", f"Into S3 at {rtt} ms RTT")):
         w(f"## {title}\n")

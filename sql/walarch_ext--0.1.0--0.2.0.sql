@@ -2,8 +2,8 @@
 --
 -- walarch_stats() gains four columns (last_transfer_ms, mean_transfer_ms,
 -- bytes_in_flight, stored_bytes): the function and the view over it are
--- recreated, with their privileges. The library's shared-memory layout and its statistics
--- file format changed too: the new library takes effect only after a server
+-- recreated, with their privileges. walarch_expire() is new. The library's
+-- shared-memory layout and its statistics file format changed too: the new library takes effect only after a server
 -- restart (it is in shared_preload_libraries), and a statistics file of
 -- 0.1.0 is discarded at that start with a LOG line.
 \echo Use "ALTER EXTENSION walarch_ext UPDATE TO '0.2.0'" to load this file. \quit
@@ -42,3 +42,21 @@ REVOKE ALL ON FUNCTION walarch_stats() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION walarch_stats() TO pg_monitor;
 REVOKE ALL ON walarch_stat_archiver FROM PUBLIC;
 GRANT SELECT ON walarch_stat_archiver TO pg_monitor;
+
+-- walarch_expire(): retention on the configured archive, superuser-only
+-- unless granted.
+CREATE FUNCTION "walarch_expire"(
+	"keep_backups" INT DEFAULT NULL,
+	"before_wal" TEXT DEFAULT NULL,
+	"older_than" interval DEFAULT NULL,
+	"dry_run" bool DEFAULT true
+) RETURNS TABLE (
+	"walfile" TEXT,
+	"action" TEXT,
+	"reason" TEXT
+)
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'walarch_expire_wrapper';
+
+REVOKE ALL ON FUNCTION walarch_expire(integer, text, interval, boolean) FROM PUBLIC;

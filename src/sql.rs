@@ -1,5 +1,6 @@
 //! The SQL API: `walarch_stats()` (and the `walarch_stat_archiver` view),
-//! `walarch_stats_reset()`, `walarch_switch_wal()`.
+//! `walarch_stats_reset()`, `walarch_switch_wal()`, `walarch_verify()`,
+//! `walarch_expire()`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -238,16 +239,7 @@ fn walarch_verify(
     };
     let from = parse("from_wal", from_wal);
     let to = parse("to_wal", to_wal);
-    let dest = guc::destination().unwrap_or_else(|detail| {
-        ErrorReport::new(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "archiving is not configured",
-            function_name!(),
-        )
-        .set_detail(detail)
-        .report(PgLogLevel::ERROR);
-        unreachable!()
-    });
+    let dest = configured_destination();
     let report =
         walarch_core::verify::verify(&*dest, from.as_ref(), to.as_ref()).unwrap_or_else(|e| {
             ereport!(
@@ -264,6 +256,131 @@ fn walarch_verify(
         let detail = (!f.detail.is_empty()).then_some(f.detail);
         (f.walfile, f.status.as_str().to_string(), detail)
     }))
+}
+
+/// The configured archive, or an ERROR saying why there is none.
+fn configured_destination() -> guc::SharedDestination {
+    guc::destination().unwrap_or_else(|detail| {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "archiving is not configured",
+            function_name!(),
+        )
+        .set_detail(detail)
+        .report(PgLogLevel::ERROR);
+        unreachable!()
+    })
+}
+
+fn raise(code: PgSqlErrorCode, e: &walarch_core::ArchiveError) -> ! {
+    let mut r = ErrorReport::new(code, e.message.clone(), function_name!());
+    if let Some(d) = &e.detail {
+        r = r.set_detail(d.clone());
+    }
+    if let Some(h) = &e.hint {
+        r = r.set_hint(h.clone());
+    }
+    r.report(PgLogLevel::ERROR);
+    unreachable!()
+}
+
+/// Removes from the configured archive what a retention rule no longer
+/// needs, as `walarch expire` does: exactly one rule; with `dry_run` (the
+/// default) it only says what would go. One row per file: `remove` (dry
+/// run), `removed`, or `left` (not a WAL file name, never touched).
+#[pg_extern(volatile, parallel_unsafe)]
+fn walarch_expire(
+    keep_backups: default!(Option<i32>, "NULL"),
+    before_wal: default!(Option<String>, "NULL"),
+    older_than: default!(Option<Interval>, "NULL"),
+    dry_run: default!(bool, "true"),
+) -> TableIterator<
+    'static,
+    (
+        name!(walfile, String),
+        name!(action, String),
+        name!(reason, String),
+    ),
+> {
+    use walarch_core::destination::Destination;
+    use walarch_core::retention::{execute, plan, Rule};
+    let bad = |msg: &'static str, hint: &'static str| -> ! {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            msg,
+            function_name!(),
+        )
+        .set_hint(hint)
+        .report(PgLogLevel::ERROR);
+        unreachable!()
+    };
+    let mut rules = vec![];
+    if let Some(n) = keep_backups {
+        if n < 1 {
+            bad(
+                "keep_backups must be at least 1",
+                "Keeping no base backup would leave nothing to recover from.",
+            );
+        }
+        rules.push(Rule::KeepBackups(n as u32));
+    }
+    if let Some(w) = before_wal {
+        rules.push(Rule::Before(w));
+    }
+    if let Some(i) = older_than {
+        match interval_to_duration(&i) {
+            Some(d) => rules.push(Rule::OlderThan(d)),
+            None => bad(
+                "older_than must not be negative",
+                "Give an interval such as '7 days'.",
+            ),
+        }
+    }
+    if rules.len() != 1 {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "exactly one retention rule must be given",
+            function_name!(),
+        )
+        .set_detail(format!(
+            "The rules are keep_backups, before_wal and older_than; {} given.",
+            rules.len()
+        ))
+        .set_hint("For example: SELECT * FROM walarch_expire(keep_backups => 2);")
+        .report(PgLogLevel::ERROR);
+    }
+    let inner = configured_destination();
+    let dest = walarch_core::compressing::Compressing::new(&*inner, None);
+    let entries = dest
+        .entries()
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_IO_ERROR, &e));
+    let p = plan(&entries, &rules[0], std::time::SystemTime::now()).unwrap_or_else(|e| {
+        let code = match e.kind {
+            walarch_core::ErrorKind::InvalidName => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            _ => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        };
+        raise(code, &e)
+    });
+    if !dry_run {
+        let total = p.removals().count();
+        let mut done = 0;
+        if let Err(e) = execute(&dest, &p, |_| {
+            done += 1;
+            check_for_interrupts!();
+        }) {
+            raise(
+                PgSqlErrorCode::ERRCODE_IO_ERROR,
+                &e.with_detail(format!(
+                    "{done} of {total} file(s) were removed, oldest first: what remains has no hole."
+                )),
+            );
+        }
+    }
+    TableIterator::new(
+        p.decisions
+            .into_iter()
+            .map(move |d| (d.walfile, d.action.as_str(dry_run).to_string(), d.reason)),
+    )
 }
 
 extension_sql_file!("../sql/walarch_switch_wal.sql", name = "walarch_switch_wal");

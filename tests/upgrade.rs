@@ -92,6 +92,7 @@ fn update_from_0_1_0_equals_a_fresh_install() {
         "function walarch_stats_reset()",
         "function walarch_switch_wal(boolean,interval) returns TABLE(switch_lsn pg_lsn",
         "function walarch_verify(text,text)",
+        "function walarch_expire(integer,text,interval,boolean)",
         "relation walarch_stat_archiver kind=v",
         "bytes_in_flight bigint",
         "stored_bytes bigint",
@@ -101,6 +102,6 @@ fn update_from_0_1_0_equals_a_fresh_install() {
         assert!(fresh.contains(needle), "{needle:?} not in:\n{fresh}");
     }
     let count = |kind: &str| fresh.lines().filter(|l| l.starts_with(kind)).count();
-    assert_eq!((count("function "), count("relation ")), (8, 1), "{fresh}");
+    assert_eq!((count("function "), count("relation ")), (9, 1), "{fresh}");
     eprintln!("0.1.0 catalog:\n{old}");
 }

@@ -2,6 +2,8 @@
 //!
 //!   walarch restore ARCHIVE WALFILE DEST      (restore_command = 'walarch restore ARCHIVE %f %p')
 //!   walarch verify ARCHIVE [--from WALFILE] [--to WALFILE] [--json]
+//!   walarch expire ARCHIVE (--keep-backups N | --before WALFILE | --older-than DURATION)
+//!   walarch cleanup ARCHIVE RESTARTFILE       (archive_cleanup_command = 'walarch cleanup ARCHIVE %r')
 //!
 //! ARCHIVE is a directory or s3://BUCKET[/PREFIX]. For a bucket, the
 //! credentials come from the environment (AWS_ACCESS_KEY_ID,
@@ -25,9 +27,14 @@ use walarch_core::verify::{verify, Report};
 use walarch_core::walname::{WalFileKind, WalFileName};
 use walarch_s3::{S3Destination, S3Settings};
 
+mod expire;
+
 const USAGE: &str = "usage:
   walarch restore ARCHIVE WALFILE DEST [S3 OPTIONS]
   walarch verify ARCHIVE [--from WALFILE] [--to WALFILE] [--json] [S3 OPTIONS]
+  walarch expire ARCHIVE (--keep-backups N | --before WALFILE | --older-than DURATION)
+                 [--dry-run] [--json] [S3 OPTIONS]
+  walarch cleanup ARCHIVE RESTARTFILE [--dry-run] [--clean-backup-history] [S3 OPTIONS]
 ARCHIVE: a directory or s3://BUCKET[/PREFIX]
 S3 OPTIONS: --endpoint URL --region REGION --ca-file PEM --uri-style auto|path|host
             --timeout SECONDS (credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)";
@@ -42,6 +49,8 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("restore") => cmd_restore(&args[1..]),
         Some("verify") => cmd_verify(&args[1..]),
+        Some("expire") => expire::cmd_expire(&args[1..]),
+        Some("cleanup") => expire::cmd_cleanup(&args[1..]),
         Some("-h") | Some("--help") | Some("help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS

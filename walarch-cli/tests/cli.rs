@@ -61,6 +61,20 @@ fn usage_errors_never_panic() {
             "000000010000000000000001",
             "/tmp/x",
         ],
+        vec!["expire", &arch],
+        vec!["expire", &arch, "--keep-backups"],
+        vec!["expire", &arch, "--keep-backups", "-1"],
+        vec!["expire", &arch, "--older-than", "7"],
+        vec![
+            "expire",
+            &arch,
+            "--older-than",
+            "1d",
+            "--before",
+            "000000010000000000000002",
+        ],
+        vec!["cleanup", &arch],
+        vec!["cleanup", &arch, "00000002.history"],
     ] {
         let (code, _, err) = walarch(&args);
         assert_eq!(code, 2, "{args:?}: {err}");
@@ -119,4 +133,31 @@ fn restore_exit_codes() {
     assert_eq!(code, 3);
     assert!(err.contains("checksum mismatch"), "{err}");
     assert!(!std::path::Path::new(dest).exists());
+}
+
+#[test]
+fn expire_and_cleanup_report_what_goes() {
+    let (_d, arch) = archive();
+    let (code, out, err) = walarch(&[
+        "expire",
+        &arch,
+        "--before",
+        "000000010000000000000002",
+        "--dry-run",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["keeps_from"], "000000010000000000000002");
+    assert_eq!(v["removed"], 0);
+    assert_eq!(v["files"][0]["walfile"], "000000010000000000000001");
+    assert_eq!(v["files"][0]["action"], "remove");
+    assert!(std::path::Path::new(&format!("{arch}/000000010000000000000001")).exists());
+
+    // cleanup is quiet when it works, as pg_archivecleanup.
+    let (code, out, err) = walarch(&["cleanup", &arch, "000000010000000000000003"]);
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "", ""));
+    let (code, out, _) = walarch(&["verify", &arch]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 files verified"), "{out}");
 }

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use crate::checksum::{sha256, to_hex, Sha256Digest};
 use crate::compressed::{self, Original};
-use crate::destination::{Destination, Leftovers, Recorded, Stored};
+use crate::destination::{Destination, Entry, Leftovers, Recorded, Stored};
 use crate::error::{ArchiveError, ErrorKind};
 use crate::walname::{compressed_name, stored_form};
 
@@ -231,6 +231,25 @@ impl Destination for Compressing<'_> {
 
     fn stored_size(&self, name: &str) -> Result<Option<u64>, ArchiveError> {
         Ok(self.holder(name)?.map(|(_, n)| n))
+    }
+
+    /// WAL files by their own names, whichever form holds them (the older
+    /// time if both do); other names as they are.
+    fn entries(&self) -> Result<Vec<Entry>, ArchiveError> {
+        let mut by_name: std::collections::BTreeMap<String, Option<std::time::SystemTime>> =
+            Default::default();
+        for e in self.inner.entries()? {
+            let name = stored_form(&e.name).map_or(e.name.clone(), |(wal, _)| wal.to_string());
+            let t = by_name.entry(name).or_insert(e.stored_at);
+            *t = match (*t, e.stored_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(by_name
+            .into_iter()
+            .map(|(name, stored_at)| Entry { name, stored_at })
+            .collect())
     }
 
     /// The WAL files held, whichever form.

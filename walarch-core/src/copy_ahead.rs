@@ -201,7 +201,10 @@ mod tests {
         let got = archive_one(&host.as_pid(20), &dest, F1, &wal.path().join(F1)).unwrap();
         assert_eq!(got, Archived::CopiedAhead { bytes: 1000 });
         let stats = host.state().stats;
-        assert_eq!((stats.archived_bytes, stats.stored_bytes), (1000, stored as i64));
+        assert_eq!(
+            (stats.archived_bytes, stats.stored_bytes),
+            (1000, stored as i64)
+        );
 
         // Replaced behind the worker's back by something of another length:
         // not confirmed, stored again by the archiver (and found different).

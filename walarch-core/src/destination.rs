@@ -9,6 +9,7 @@
 
 use std::io::Read;
 use std::path::Path;
+use std::time::SystemTime;
 
 use crate::checksum::Sha256Digest;
 use crate::error::ArchiveError;
@@ -36,6 +37,13 @@ pub enum Recorded {
     Missing,
     /// A record that cannot be read as one for this file.
     Malformed,
+}
+
+/// A name found in a destination, and when it was stored (when known).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub stored_at: Option<SystemTime>,
 }
 
 /// What cleaning up after interrupted stores did.
@@ -85,6 +93,11 @@ pub trait Destination: Sync {
 
     /// Reads a stored `name`; `None` when nothing is stored there.
     fn open(&self, name: &str) -> Result<Option<Box<dyn Read + Send + '_>>, ArchiveError>;
+
+    /// Every name stored, WAL file or not, except checksum records and
+    /// temporary files, with when it was stored: what retention looks at
+    /// (anything it cannot name is reported, never removed).
+    fn entries(&self) -> Result<Vec<Entry>, ArchiveError>;
 
     /// Names of the WAL files stored (neither records nor temporaries), in
     /// no particular order.

@@ -26,6 +26,7 @@ pub mod error;
 pub mod host;
 pub mod local_directory;
 pub mod restore;
+pub mod retention;
 pub mod shared_state;
 pub mod stats_file;
 pub mod time;

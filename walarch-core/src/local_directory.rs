@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::checksum::{from_hex, sha256, to_hex, Sha256Digest};
-use crate::destination::{Destination, Leftovers, Recorded, Stored};
+use crate::destination::{Destination, Entry, Leftovers, Recorded, Stored};
 use crate::error::ArchiveError;
 use crate::fsutil::{fsync_dir, fsync_file, rename_noreplace};
 use crate::hashed_copy::copy_to_new_file;
@@ -316,6 +316,27 @@ impl Destination for LocalDirectory {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.io("open file", &path, &e)),
         }
+    }
+
+    fn entries(&self) -> Result<Vec<Entry>, ArchiveError> {
+        let read_err = |e: &io::Error| self.io("read directory", &self.dir, e);
+        let mut entries = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(|e| read_err(&e))? {
+            let entry = entry.map_err(|e| read_err(&e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(TEMP_PREFIX) || name.ends_with(SIDECAR_SUFFIX) {
+                continue;
+            }
+            let meta = entry.metadata().ok();
+            if meta.as_ref().is_some_and(|m| !m.is_file()) {
+                continue;
+            }
+            entries.push(Entry {
+                name,
+                stored_at: meta.and_then(|m| m.modified().ok()),
+            });
+        }
+        Ok(entries)
     }
 
     fn list(&self) -> Result<Vec<String>, ArchiveError> {

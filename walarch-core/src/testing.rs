@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::checksum::{hash_reader, Sha256Digest};
-use crate::destination::{Destination, Recorded, Stored};
+use crate::destination::{Destination, Entry, Recorded, Stored};
 use crate::error::ArchiveError;
 use crate::host::Host;
 use crate::local_directory::LocalDirectory;
@@ -104,6 +104,17 @@ impl Destination for MemoryDestination {
     fn open(&self, name: &str) -> Result<Option<Box<dyn Read + Send + '_>>, ArchiveError> {
         let data = self.files.lock().unwrap().get(name).map(|f| f.0.clone());
         Ok(data.map(|d| Box::new(std::io::Cursor::new(d)) as Box<dyn Read + Send>))
+    }
+
+    fn entries(&self) -> Result<Vec<Entry>, ArchiveError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .map(|name| Entry {
+                name,
+                stored_at: None,
+            })
+            .collect())
     }
 
     fn list(&self) -> Result<Vec<String>, ArchiveError> {

@@ -31,7 +31,7 @@ use object_store::{
 use reqwest::header::{HeaderValue, IF_NONE_MATCH};
 
 use walarch_core::checksum::{from_hex, sha256, to_hex, Hasher, Sha256Digest};
-use walarch_core::destination::{Destination, Recorded, Stored};
+use walarch_core::destination::{Destination, Entry, Recorded, Stored};
 use walarch_core::error::{ArchiveError, ErrorKind};
 use walarch_core::walname::stored_form;
 
@@ -806,6 +806,28 @@ impl Destination for S3Destination {
                 cur: Bytes::new(),
             }) as Box<dyn Read + Send + '_>
         }))
+    }
+
+    fn entries(&self) -> Result<Vec<Entry>, ArchiveError> {
+        let store = Arc::clone(&self.store);
+        let prefix =
+            (!self.settings.prefix.is_empty()).then(|| ObjPath::from(self.settings.prefix.clone()));
+        self.call_within(self.settings.timeout * 4, "list", None, async move {
+            let r = store
+                .list_with_delimiter(prefix.as_ref())
+                .await
+                .map_err(|e| classify(&e))?;
+            Ok(r.objects
+                .into_iter()
+                .filter_map(|o| {
+                    let name = o.location.filename()?.to_string();
+                    (!name.ends_with(SIDECAR_SUFFIX)).then(|| Entry {
+                        name,
+                        stored_at: Some(o.last_modified.into()),
+                    })
+                })
+                .collect())
+        })
     }
 
     fn list(&self) -> Result<Vec<String>, ArchiveError> {

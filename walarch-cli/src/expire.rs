@@ -1,0 +1,172 @@
+//! `walarch expire` (retention) and `walarch cleanup` (archive_cleanup_command).
+
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use walarch_core::compressing::Compressing;
+use walarch_core::destination::Destination;
+use walarch_core::retention::{execute, plan, plan_cleanup, Action, Plan, Rule};
+use walarch_core::time::parse_duration;
+use walarch_core::ArchiveError;
+
+use crate::{archive, s3_options, split_args, usage, S3_FLAGS};
+
+fn failed(what: &str, e: &ArchiveError) -> ExitCode {
+    eprintln!("walarch: error: {what}: {e}");
+    ExitCode::from(3)
+}
+
+pub fn cmd_expire(args: &[String]) -> ExitCode {
+    let mut with_value = S3_FLAGS.to_vec();
+    with_value.extend(["--keep-backups", "--before", "--older-than"]);
+    let a = match split_args(args, &with_value, &["--dry-run", "--json"]) {
+        Ok(a) => a,
+        Err(m) => return usage(&m),
+    };
+    let o = match s3_options(&a.flags) {
+        Ok(o) => o,
+        Err(m) => return usage(&m),
+    };
+    let (mut rules, mut dry_run, mut json) = (vec![], false, false);
+    for (k, v) in &a.flags {
+        let v = v.as_deref().unwrap_or_default();
+        match k.as_str() {
+            "--dry-run" => dry_run = true,
+            "--json" => json = true,
+            "--keep-backups" => match v.parse::<u32>() {
+                Ok(n) if n > 0 => rules.push(Rule::KeepBackups(n)),
+                _ => return usage("--keep-backups takes a number of base backups, at least 1"),
+            },
+            "--before" => rules.push(Rule::Before(v.to_string())),
+            "--older-than" => match parse_duration(v) {
+                Ok(d) => rules.push(Rule::OlderThan(d)),
+                Err(m) => return usage(&m),
+            },
+            _ => {}
+        }
+    }
+    let [rule] = &rules[..] else {
+        return usage("expire takes exactly one of --keep-backups, --before, --older-than");
+    };
+    let dir = match &a.positional[..] {
+        [d] => d.clone(),
+        [] => return usage("expire takes ARCHIVE"),
+        [_, extra, ..] => return usage(&format!("unexpected argument \"{extra}\"")),
+    };
+    let inner = match archive(&dir, &o) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let dest = Compressing::new(&*inner, None);
+    let entries = match dest.entries() {
+        Ok(e) => e,
+        Err(e) => return failed(&format!("could not list the archive \"{dir}\""), &e),
+    };
+    let p = match plan(&entries, rule, SystemTime::now()) {
+        Ok(p) => p,
+        Err(e) => return failed("nothing removed", &e),
+    };
+    run(&dest, &p, dry_run, json, &dir)
+}
+
+pub fn cmd_cleanup(args: &[String]) -> ExitCode {
+    let a = match split_args(args, &S3_FLAGS, &["--dry-run", "--clean-backup-history"]) {
+        Ok(a) => a,
+        Err(m) => return usage(&m),
+    };
+    let o = match s3_options(&a.flags) {
+        Ok(o) => o,
+        Err(m) => return usage(&m),
+    };
+    let has = |f: &str| a.flags.iter().any(|(k, _)| k == f);
+    let [dir, restart] = &a.positional[..] else {
+        return usage("cleanup takes ARCHIVE RESTARTFILE (archive_cleanup_command = 'walarch cleanup ARCHIVE %r')");
+    };
+    let inner = match archive(dir, &o) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let dest = Compressing::new(&*inner, None);
+    let entries = match dest.entries() {
+        Ok(e) => e,
+        Err(e) => return failed(&format!("could not list the archive \"{dir}\""), &e),
+    };
+    let p = match plan_cleanup(&entries, restart, has("--clean-backup-history")) {
+        Ok(p) => p,
+        Err(e) => return usage(&e.to_string()),
+    };
+    if has("--dry-run") {
+        return run(&dest, &p, true, false, dir);
+    }
+    // Quiet when it works, as pg_archivecleanup: the server logs stderr.
+    match execute(&dest, &p, |_| {}) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => failed("cleanup stopped", &e),
+    }
+}
+
+/// Lists (dry run) or carries out the plan: one line per file as it goes,
+/// then a summary; or one JSON document at the end.
+fn run(dest: &dyn Destination, p: &Plan, dry_run: bool, json: bool, dir: &str) -> ExitCode {
+    let line = |d: &walarch_core::retention::Decision| match d.action {
+        Action::Remove if dry_run => println!("would remove {}", d.walfile),
+        Action::Remove => println!("removed {}", d.walfile),
+        Action::Leave => println!("left {}: {}", d.walfile, d.reason),
+    };
+    let removals = p.removals().count();
+    let mut done = 0;
+    let result = if dry_run {
+        Ok(0)
+    } else {
+        execute(dest, p, |d| {
+            done += 1;
+            if !json {
+                line(d);
+            }
+        })
+    };
+    if json {
+        let files: Vec<serde_json::Value> = p
+            .decisions
+            .iter()
+            .map(|d| {
+                serde_json::json!({"walfile": d.walfile, "action": d.action.as_str(dry_run), "reason": d.reason})
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "archive": dir, "dry_run": dry_run, "keeps_from": p.cut, "reason": p.why,
+                "removed": done, "files": files,
+            })
+        );
+    } else {
+        if dry_run {
+            p.decisions.iter().for_each(line);
+        } else {
+            p.decisions
+                .iter()
+                .filter(|d| d.action == Action::Leave)
+                .for_each(line);
+        }
+        let verb = if dry_run {
+            "would be removed"
+        } else {
+            "removed"
+        };
+        match &p.cut {
+            Some(cut) => println!(
+                "{removals} file(s) {verb}, {}; the archive keeps {cut} on",
+                p.why
+            ),
+            None => println!("{removals} file(s) {verb}, {}", p.why),
+        }
+    }
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => failed(
+            &format!("expiry stopped after {done} of {removals} file(s); what remains has no hole"),
+            &e,
+        ),
+    }
+}
