@@ -81,7 +81,10 @@ pub fn compress(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
         Ok(n) if n == original.len => Ok(out),
         Ok(n) => Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("the compressed data restores {n} bytes, not {}", original.len),
+            format!(
+                "the compressed data restores {n} bytes, not {}",
+                original.len
+            ),
         )),
         Err(e) => Err(io::Error::new(
             io::ErrorKind::InvalidData,
