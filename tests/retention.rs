@@ -183,6 +183,15 @@ fn bad_rules_are_refused_and_remove_nothing() {
     assert!(err.contains("permission denied"), "{err}");
     assert_eq!(segments(&archive), before);
 
+    // By archive time: everything here was archived moments ago.
+    let (code, out, err) = walarch(&["expire", dir, "--older-than", "1h"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("0 file(s) removed, archived more than 1h ago"),
+        "{out}"
+    );
+    assert_eq!(segments(&archive), before);
+
     // --before works without backups, and keeps the named file.
     let (code, _, err) = walarch(&["expire", dir, "--before", &before[1]]);
     assert_eq!(code, 0, "{err}");
@@ -321,6 +330,10 @@ fn keep_backups_on_a_bucket_and_recovery_from_the_oldest_kept() {
         listed.lines().all(|w| w[8..24] < starts[0][8..]),
         "{listed} vs {starts:?}"
     );
+    // The bucket's listing gives the archive times: nothing is an hour old.
+    let (code, out, err) = s3.walarch(&["expire", &s3.url(&prefix), "--older-than", "1h"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("0 file(s) removed"), "{out}");
     let (code, out, err) = s3.walarch(&["expire", &s3.url(&prefix), "--keep-backups", "2"]);
     assert_eq!(code, 0, "{out}{err}");
     let removed: Vec<&str> = out
