@@ -9,7 +9,7 @@ use walarch_core::retention::{execute, plan, plan_cleanup, Action, Plan, Rule};
 use walarch_core::time::parse_duration;
 use walarch_core::ArchiveError;
 
-use crate::{archive, s3_options, split_args, usage, S3_FLAGS};
+use crate::{archive, command_args, usage};
 
 fn failed(what: &str, e: &ArchiveError) -> ExitCode {
     eprintln!("walarch: error: {what}: {e}");
@@ -17,15 +17,13 @@ fn failed(what: &str, e: &ArchiveError) -> ExitCode {
 }
 
 pub fn cmd_expire(args: &[String]) -> ExitCode {
-    let mut with_value = S3_FLAGS.to_vec();
-    with_value.extend(["--keep-backups", "--before", "--older-than"]);
-    let a = match split_args(args, &with_value, &["--dry-run", "--json"]) {
-        Ok(a) => a,
-        Err(m) => return usage(&m),
-    };
-    let o = match s3_options(&a.flags) {
-        Ok(o) => o,
-        Err(m) => return usage(&m),
+    let (a, o) = match command_args(
+        args,
+        &["--keep-backups", "--before", "--older-than"],
+        &["--dry-run", "--json"],
+    ) {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     let (mut rules, mut dry_run, mut json) = (vec![], false, false);
     for (k, v) in &a.flags {
@@ -70,13 +68,9 @@ pub fn cmd_expire(args: &[String]) -> ExitCode {
 }
 
 pub fn cmd_cleanup(args: &[String]) -> ExitCode {
-    let a = match split_args(args, &S3_FLAGS, &["--dry-run", "--clean-backup-history"]) {
-        Ok(a) => a,
-        Err(m) => return usage(&m),
-    };
-    let o = match s3_options(&a.flags) {
-        Ok(o) => o,
-        Err(m) => return usage(&m),
+    let (a, o) = match command_args(args, &[], &["--dry-run", "--clean-backup-history"]) {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     let has = |f: &str| a.flags.iter().any(|(k, _)| k == f);
     let [dir, restart] = &a.positional[..] else {

@@ -134,6 +134,20 @@ fn s3_options(flags: &[(String, Option<String>)]) -> Result<S3Options, String> {
     Ok(o)
 }
 
+/// A command's arguments: its own flags (`with_value`, `switches`) besides
+/// the S3 options, which are read here.
+fn command_args(
+    args: &[String],
+    with_value: &[&str],
+    switches: &[&str],
+) -> Result<(Args, S3Options), ExitCode> {
+    let mut all = S3_FLAGS.to_vec();
+    all.extend(with_value);
+    let a = split_args(args, &all, switches).map_err(|m| usage(&m))?;
+    let o = s3_options(&a.flags).map_err(|m| usage(&m))?;
+    Ok((a, o))
+}
+
 /// The archive named on the command line. Files are only read here, so the
 /// mode for new files does not matter.
 fn archive(arg: &str, o: &S3Options) -> Result<Box<dyn Destination>, ExitCode> {
@@ -180,13 +194,9 @@ fn archive(arg: &str, o: &S3Options) -> Result<Box<dyn Destination>, ExitCode> {
 }
 
 fn cmd_restore(args: &[String]) -> ExitCode {
-    let a = match split_args(args, &S3_FLAGS, &[]) {
-        Ok(a) => a,
-        Err(m) => return usage(&m),
-    };
-    let o = match s3_options(&a.flags) {
-        Ok(o) => o,
-        Err(m) => return usage(&m),
+    let (a, o) = match command_args(args, &[], &[]) {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     let [dir, walfile, dest] = &a.positional[..] else {
         return usage("restore takes ARCHIVE WALFILE DEST");
@@ -212,15 +222,9 @@ fn cmd_restore(args: &[String]) -> ExitCode {
 }
 
 fn cmd_verify(args: &[String]) -> ExitCode {
-    let mut with_value = S3_FLAGS.to_vec();
-    with_value.extend(["--from", "--to"]);
-    let a = match split_args(args, &with_value, &["--json"]) {
-        Ok(a) => a,
-        Err(m) => return usage(&m),
-    };
-    let o = match s3_options(&a.flags) {
-        Ok(o) => o,
-        Err(m) => return usage(&m),
+    let (a, o) = match command_args(args, &["--from", "--to"], &["--json"]) {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     let (mut from, mut to, mut json) = (None, None, false);
     for (k, v) in &a.flags {

@@ -812,6 +812,8 @@ impl Destination for S3Destination {
         let store = Arc::clone(&self.store);
         let prefix =
             (!self.settings.prefix.is_empty()).then(|| ObjPath::from(self.settings.prefix.clone()));
+        // Listing many thousands of names takes several requests: allow
+        // one timeout per 1000 (a page) on top.
         self.call_within(self.settings.timeout * 4, "list", None, async move {
             let r = store
                 .list_with_delimiter(prefix.as_ref())
@@ -831,22 +833,12 @@ impl Destination for S3Destination {
     }
 
     fn list(&self) -> Result<Vec<String>, ArchiveError> {
-        let store = Arc::clone(&self.store);
-        let prefix =
-            (!self.settings.prefix.is_empty()).then(|| ObjPath::from(self.settings.prefix.clone()));
-        // Listing many thousands of names takes several requests: allow
-        // one timeout per 1000 (a page) on top.
-        self.call_within(self.settings.timeout * 4, "list", None, async move {
-            let r = store
-                .list_with_delimiter(prefix.as_ref())
-                .await
-                .map_err(|e| classify(&e))?;
-            Ok(r.objects
-                .into_iter()
-                .filter_map(|o| o.location.filename().map(str::to_string))
-                .filter(|n| stored_form(n).is_some())
-                .collect())
-        })
+        Ok(self
+            .entries()?
+            .into_iter()
+            .map(|e| e.name)
+            .filter(|n| stored_form(n).is_some())
+            .collect())
     }
 
     fn remove(&self, name: &str) -> Result<(), ArchiveError> {
