@@ -4,12 +4,12 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use walarch_core::compressing::Compressing;
-use walarch_core::destination::Destination;
+use walarch_core::destination::{Destination, Entry};
 use walarch_core::retention::{execute, plan, plan_cleanup, Action, Plan, Rule};
 use walarch_core::time::parse_duration;
 use walarch_core::ArchiveError;
 
-use crate::{archive, command_args, usage};
+use crate::{archive, command_args, usage, S3Options};
 
 fn failed(what: &str, e: &ArchiveError) -> ExitCode {
     eprintln!("walarch: error: {what}: {e}");
@@ -51,20 +51,30 @@ pub fn cmd_expire(args: &[String]) -> ExitCode {
         [] => return usage("expire takes ARCHIVE"),
         [_, extra, ..] => return usage(&format!("unexpected argument \"{extra}\"")),
     };
-    let inner = match archive(&dir, &o) {
+    with_entries(&dir, &o, |dest, entries| {
+        match plan(entries, rule, SystemTime::now()) {
+            Ok(p) => run(dest, &p, dry_run, json, &dir),
+            Err(e) => failed("nothing removed", &e),
+        }
+    })
+}
+
+/// Opens the archive as WAL files whichever form they are stored in, lists
+/// it and hands both to `f`.
+fn with_entries(
+    dir: &str,
+    o: &S3Options,
+    f: impl FnOnce(&dyn Destination, &[Entry]) -> ExitCode,
+) -> ExitCode {
+    let inner = match archive(dir, o) {
         Ok(d) => d,
         Err(code) => return code,
     };
     let dest = Compressing::new(&*inner, None);
-    let entries = match dest.entries() {
-        Ok(e) => e,
-        Err(e) => return failed(&format!("could not list the archive \"{dir}\""), &e),
-    };
-    let p = match plan(&entries, rule, SystemTime::now()) {
-        Ok(p) => p,
-        Err(e) => return failed("nothing removed", &e),
-    };
-    run(&dest, &p, dry_run, json, &dir)
+    match dest.entries() {
+        Ok(entries) => f(&dest, &entries),
+        Err(e) => failed(&format!("could not list the archive \"{dir}\""), &e),
+    }
 }
 
 pub fn cmd_cleanup(args: &[String]) -> ExitCode {
@@ -76,27 +86,20 @@ pub fn cmd_cleanup(args: &[String]) -> ExitCode {
     let [dir, restart] = &a.positional[..] else {
         return usage("cleanup takes ARCHIVE RESTARTFILE (archive_cleanup_command = 'walarch cleanup ARCHIVE %r')");
     };
-    let inner = match archive(dir, &o) {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
-    let dest = Compressing::new(&*inner, None);
-    let entries = match dest.entries() {
-        Ok(e) => e,
-        Err(e) => return failed(&format!("could not list the archive \"{dir}\""), &e),
-    };
-    let p = match plan_cleanup(&entries, restart, has("--clean-backup-history")) {
-        Ok(p) => p,
-        Err(e) => return usage(&e.to_string()),
-    };
-    if has("--dry-run") {
-        return run(&dest, &p, true, false, dir);
-    }
-    // Quiet when it works, as pg_archivecleanup: the server logs stderr.
-    match execute(&dest, &p, |_| {}) {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) => failed("cleanup stopped", &e),
-    }
+    with_entries(dir, &o, |dest, entries| {
+        let p = match plan_cleanup(entries, restart, has("--clean-backup-history")) {
+            Ok(p) => p,
+            Err(e) => return usage(&e.to_string()),
+        };
+        if has("--dry-run") {
+            return run(dest, &p, true, false, dir);
+        }
+        // Quiet when it works, as pg_archivecleanup: the server logs stderr.
+        match execute(dest, &p, |_| {}) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => failed("cleanup stopped", &e),
+        }
+    })
 }
 
 /// Lists (dry run) or carries out the plan: one line per file as it goes,
