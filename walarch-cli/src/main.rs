@@ -1,6 +1,7 @@
 //! `walarch`: the command-line side of walarch_ext, without PostgreSQL.
 //!
-//!   walarch restore ARCHIVE WALFILE DEST      (restore_command = 'walarch restore ARCHIVE %f %p')
+//!   walarch restore ARCHIVE WALFILE DEST [--prefetch N | --no-prefetch] [--spool DIR]
+//!                                             (restore_command = 'walarch restore ARCHIVE %f %p')
 //!   walarch verify ARCHIVE [--from WALFILE] [--to WALFILE] [--json]
 //!   walarch expire ARCHIVE (--keep-backups N | --before WALFILE | --older-than DURATION)
 //!   walarch cleanup ARCHIVE RESTARTFILE       (archive_cleanup_command = 'walarch cleanup ARCHIVE %r')
@@ -28,9 +29,11 @@ use walarch_core::walname::{WalFileKind, WalFileName};
 use walarch_s3::{S3Destination, S3Settings};
 
 mod expire;
+mod prefetch;
 
 const USAGE: &str = "usage:
-  walarch restore ARCHIVE WALFILE DEST [S3 OPTIONS]
+  walarch restore ARCHIVE WALFILE DEST [--prefetch N | --no-prefetch] [--spool DIR]
+                 [--prefetch-idle SECONDS] [S3 OPTIONS]
   walarch verify ARCHIVE [--from WALFILE] [--to WALFILE] [--json] [S3 OPTIONS]
   walarch expire ARCHIVE (--keep-backups N | --before WALFILE | --older-than DURATION)
                  [--dry-run] [--json] [S3 OPTIONS]
@@ -51,6 +54,8 @@ fn main() -> ExitCode {
         Some("verify") => cmd_verify(&args[1..]),
         Some("expire") => expire::cmd_expire(&args[1..]),
         Some("cleanup") => expire::cmd_cleanup(&args[1..]),
+        // Internal: started by restore.
+        Some("prefetch-helper") => prefetch::cmd_helper(&args[1..]),
         Some("-h") | Some("--help") | Some("help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -194,19 +199,29 @@ fn archive(arg: &str, o: &S3Options) -> Result<Box<dyn Destination>, ExitCode> {
 }
 
 fn cmd_restore(args: &[String]) -> ExitCode {
-    let (a, o) = match command_args(args, &[], &[]) {
+    let (a, o) = match command_args(args, &prefetch::FLAGS, &prefetch::SWITCHES) {
         Ok(x) => x,
         Err(code) => return code,
     };
     let [dir, walfile, dest] = &a.positional[..] else {
         return usage("restore takes ARCHIVE WALFILE DEST");
     };
+    let dest = Path::new(dest);
+    let is_bucket = matches!(DestinationSpec::parse(dir), Ok(DestinationSpec::S3 { .. }));
+    let prefetching = match prefetch::settings(&a.flags, is_bucket, dest) {
+        Ok(p) => p,
+        Err(m) => return usage(&m),
+    };
     let archive = match archive(dir, &o) {
         Ok(d) => d,
         Err(code) => return code,
     };
-    match restore(&*archive, walfile, Path::new(dest)) {
-        Ok(_) => ExitCode::SUCCESS,
+    let result = match &prefetching {
+        Some(p) => prefetch::restore(dir, &*archive, &o, p, walfile, dest),
+        None => restore(&*archive, walfile, dest).map(|_| ()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         // PostgreSQL probes for files that may not exist (the next timeline's
         // history, the end of the archive): say so briefly.
         Err(RestoreError::NotFound(m)) => {

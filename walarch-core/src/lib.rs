@@ -25,11 +25,14 @@ pub mod destination_setting;
 pub mod error;
 pub mod host;
 pub mod local_directory;
+pub mod prefetch;
 pub mod restore;
 pub mod retention;
 pub mod shared_state;
+pub mod spool;
 pub mod stats_file;
 pub mod time;
+pub mod timeline_history;
 pub mod verify;
 pub mod walname;
 

@@ -50,9 +50,26 @@ fn store_err(e: ArchiveError) -> RestoreError {
     RestoreError::Io(e.message)
 }
 
+/// A file restored: its length and the SHA-256 of the bytes written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    pub len: u64,
+    pub sha256: Sha256Digest,
+}
+
 /// Restores `walfile` from `archive` to `dest`, from its plain or its
 /// compressed form; returns the bytes written (the WAL file's length).
 pub fn restore(archive: &dyn Destination, walfile: &str, dest: &Path) -> Result<u64, RestoreError> {
+    restore_verified(archive, walfile, dest).map(|r| r.len)
+}
+
+/// `restore`, also returning the SHA-256 of what was written (checked
+/// against the record, or against the original's in a compressed form).
+pub fn restore_verified(
+    archive: &dyn Destination,
+    walfile: &str,
+    dest: &Path,
+) -> Result<Restored, RestoreError> {
     if !is_archivable_name(walfile) {
         return Err(RestoreError::Usage(format!(
             "\"{walfile}\" is not a WAL file name"
@@ -105,16 +122,19 @@ pub fn restore(archive: &dyn Destination, walfile: &str, dest: &Path) -> Result<
             expected,
             temp: &temp,
         };
-        let total = if compressed {
+        let restored = if compressed {
             fetch.decompress(src, &mut out)?
         } else {
-            fetch.copy(src, &mut out)?
+            Restored {
+                len: fetch.copy(src, &mut out)?,
+                sha256: expected,
+            }
         };
         out.sync_all()
             .map_err(|e| io_err("fsync file", &temp, &e))?;
-        Ok(total)
+        Ok(restored)
     })();
-    let total = match result {
+    let restored = match result {
         Ok(t) => t,
         Err(e) => {
             let _ = std::fs::remove_file(&temp);
@@ -126,7 +146,7 @@ pub fn restore(archive: &dyn Destination, walfile: &str, dest: &Path) -> Result<
         return Err(io_err("rename file", &temp, &e));
     }
     fsync_dir(dir).map_err(|e| io_err("fsync directory", dir, &e))?;
-    Ok(total)
+    Ok(restored)
 }
 
 /// One stored file on its way to `temp`: what it is checked against, and
@@ -182,7 +202,11 @@ impl Fetch<'_> {
     /// whole: a compressed segment is at most about a segment), then
     /// decompresses it to `out`, checking the result against the original's
     /// SHA-256 it carries.
-    fn decompress(&self, mut src: impl Read, out: &mut impl Write) -> Result<u64, RestoreError> {
+    fn decompress(
+        &self,
+        mut src: impl Read,
+        out: &mut impl Write,
+    ) -> Result<Restored, RestoreError> {
         let mut data = Vec::new();
         src.read_to_end(&mut data)
             .map_err(|e| self.read_failed(&e))?;
@@ -191,7 +215,10 @@ impl Fetch<'_> {
             return Err(self.mismatch(&actual, data.len() as u64));
         }
         match compressed::decompress(&data[..], out) {
-            Ok(original) => Ok(original.len),
+            Ok(original) => Ok(Restored {
+                len: original.len,
+                sha256: original.sha256,
+            }),
             Err(DecodeError::Write(e)) => Err(self.write_failed(&e)),
             Err(e) => Err(RestoreError::Integrity(format!(
                 "\"{}\" matches its checksum record but does not decompress to the WAL file it recorded: {e}; refusing to restore it",

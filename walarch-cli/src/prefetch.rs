@@ -1,0 +1,285 @@
+//! `walarch restore` with prefetching, and the detached helper it starts
+//! (`walarch prefetch-helper`, internal): the process side of
+//! `walarch_core::prefetch`.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use walarch_core::destination::Destination;
+use walarch_core::prefetch::{restore_through_spool, run_helper, HelperOptions, MAX_JOBS};
+use walarch_core::spool::{self, Spool};
+
+use crate::{archive, command_args, usage, S3Options};
+
+/// Segments fetched ahead by default from a bucket. 16 × 16 MB = 256 MB at
+/// most in the spool.
+pub const DEFAULT_DEPTH: usize = 16;
+/// The most that may be asked for.
+pub const MAX_DEPTH: usize = 256;
+/// The helper stops after this long without a request.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(30);
+
+/// The prefetch options of `walarch restore`.
+pub const FLAGS: [&str; 3] = ["--prefetch", "--spool", "--prefetch-idle"];
+pub const SWITCHES: [&str; 1] = ["--no-prefetch"];
+
+/// Prefetching as asked for on the command line.
+pub struct Prefetching {
+    pub depth: usize,
+    pub spool: PathBuf,
+    pub data_dir: Option<PathBuf>,
+    pub idle: Duration,
+}
+
+/// What the options and the destination make of prefetching: `None` for
+/// off. On by default for a bucket when PostgreSQL runs the command (DEST in
+/// a data directory's pg_wal); off by default for a directory.
+pub fn settings(
+    flags: &[(String, Option<String>)],
+    is_bucket: bool,
+    dest: &Path,
+) -> Result<Option<Prefetching>, String> {
+    let (mut depth, mut off, mut spool_arg, mut idle) = (None, false, None, DEFAULT_IDLE);
+    for (k, v) in flags {
+        let v = v.as_deref().unwrap_or_default();
+        match k.as_str() {
+            "--no-prefetch" => off = true,
+            "--prefetch" => match v.parse::<usize>() {
+                Ok(n) if (1..=MAX_DEPTH).contains(&n) => depth = Some(n),
+                _ => {
+                    return Err(format!(
+                        "--prefetch takes a number of segments, 1 to {MAX_DEPTH}"
+                    ))
+                }
+            },
+            "--spool" => spool_arg = Some(PathBuf::from(v)),
+            "--prefetch-idle" => match v.parse::<u64>() {
+                Ok(s) if s > 0 => idle = Duration::from_secs(s),
+                _ => return Err("--prefetch-idle takes a number of seconds".into()),
+            },
+            _ => {}
+        }
+    }
+    if off && depth.is_some() {
+        return Err("--prefetch and --no-prefetch contradict each other".into());
+    }
+    if off || (depth.is_none() && !is_bucket) {
+        return Ok(None);
+    }
+    let default = spool::default_for(dest);
+    let spool = match (spool_arg, &default) {
+        (Some(s), _) => absolute(&s)?,
+        (None, Some((s, _))) => s.clone(),
+        // Not run by PostgreSQL: no spool to default to.
+        (None, None) if depth.is_none() => return Ok(None),
+        (None, None) => {
+            return Err(
+                "--prefetch needs --spool DIR when DEST is not in the pg_wal directory of a data directory"
+                    .into(),
+            )
+        }
+    };
+    Ok(Some(Prefetching {
+        depth: depth.unwrap_or(DEFAULT_DEPTH),
+        spool,
+        data_dir: default.map(|(_, d)| d),
+        idle,
+    }))
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, String> {
+    std::path::absolute(p).map_err(|e| format!("--spool \"{}\": {e}", p.display()))
+}
+
+/// Who a helper serves: no two recoveries share a spool.
+fn owner(p: &Prefetching, archive: &dyn Destination, o: &S3Options) -> String {
+    format!(
+        "data {}\narchive {} {}\n",
+        p.data_dir
+            .as_deref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default(),
+        archive.describe(),
+        o.endpoint.as_deref().unwrap_or_default()
+    )
+}
+
+/// `walarch restore` through the spool; starts a helper when none runs.
+pub fn restore(
+    archive_arg: &str,
+    archive: &dyn Destination,
+    o: &S3Options,
+    p: &Prefetching,
+    walfile: &str,
+    dest: &Path,
+) -> Result<(), walarch_core::restore::RestoreError> {
+    let spool = match Spool::create(&p.spool) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "walarch: warning: could not create the prefetch spool \"{}\": {e}; restoring without prefetching",
+                p.spool.display()
+            );
+            return walarch_core::restore::restore(archive, walfile, dest).map(|_| ());
+        }
+    };
+    let me = owner(p, archive, o);
+    // While the helper is fetching the file, wait for it rather than fetch
+    // it twice; its own timeouts bound the wait.
+    let wait = o.timeout.unwrap_or(Duration::from_secs(60)) * 2;
+    let outcome = restore_through_spool(archive, &spool, &me, walfile, dest, wait)?;
+    for w in &outcome.warnings {
+        eprintln!("walarch: warning: {w}");
+    }
+    if outcome.start_helper {
+        if let Err(e) = start_helper(archive_arg, o, p) {
+            eprintln!("walarch: warning: could not start the prefetch helper: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// The S3 options again, for the helper's command line (never secrets:
+/// those stay in the environment it inherits).
+fn s3_args(o: &S3Options) -> Vec<String> {
+    let mut a = vec![];
+    for (flag, v) in [
+        ("--endpoint", &o.endpoint),
+        ("--region", &o.region),
+        ("--ca-file", &o.ca_file),
+        ("--uri-style", &o.uri_style),
+    ] {
+        if let Some(v) = v {
+            a.extend([flag.to_string(), v.clone()]);
+        }
+    }
+    if let Some(t) = o.timeout {
+        a.extend(["--timeout".into(), t.as_secs().to_string()]);
+    }
+    a
+}
+
+/// Starts `walarch prefetch-helper` detached: its own session (PostgreSQL's
+/// signals to the startup process's group do not reach it, and
+/// restore_command does not wait for it).
+fn start_helper(archive_arg: &str, o: &S3Options, p: &Prefetching) -> std::io::Result<()> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("prefetch-helper")
+        .arg(archive_arg)
+        .arg("--spool")
+        .arg(&p.spool)
+        .args(["--prefetch", &p.depth.to_string()])
+        .args(["--prefetch-idle", &p.idle.as_secs().to_string()])
+        .args(s3_args(o))
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    if let Some(d) = &p.data_dir {
+        cmd.arg("--data").arg(d);
+    }
+    // SAFETY: setsid is async-signal-safe, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn().map(|_| ())
+}
+
+/// `walarch prefetch-helper ARCHIVE --spool DIR --prefetch N
+/// --prefetch-idle S [--data DIR] [S3 OPTIONS]`: started by restore.
+pub fn cmd_helper(args: &[String]) -> ExitCode {
+    close_inherited_descriptors();
+    let (a, o) = match command_args(
+        args,
+        &["--spool", "--prefetch", "--prefetch-idle", "--data"],
+        &[],
+    ) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let [archive_arg] = &a.positional[..] else {
+        return usage("prefetch-helper takes ARCHIVE");
+    };
+    let value = |k: &str| {
+        a.flags
+            .iter()
+            .find(|(f, _)| f == k)
+            .and_then(|(_, v)| v.clone())
+    };
+    let (Some(spool_dir), Some(depth), Some(idle)) = (
+        value("--spool"),
+        value("--prefetch").and_then(|v| v.parse::<usize>().ok()),
+        value("--prefetch-idle").and_then(|v| v.parse::<u64>().ok()),
+    ) else {
+        return usage("prefetch-helper needs --spool, --prefetch and --prefetch-idle");
+    };
+    let archive = match archive(archive_arg, &o) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let p = Prefetching {
+        depth: depth.clamp(1, MAX_DEPTH),
+        spool: PathBuf::from(spool_dir),
+        data_dir: value("--data").map(PathBuf::from),
+        idle: Duration::from_secs(idle.max(1)),
+    };
+    let spool = match Spool::create(&p.spool) {
+        Ok(s) => s,
+        Err(e) => {
+            say(&format!(
+                "could not create the spool \"{}\": {e}",
+                p.spool.display()
+            ));
+            return ExitCode::from(3);
+        }
+    };
+    let opts = HelperOptions {
+        depth: p.depth,
+        idle: p.idle,
+        data_dir: p.data_dir.clone(),
+        owner: owner(&p, &*archive, &o),
+    };
+    match run_helper(&*archive, &spool, &opts, &say) {
+        Ok(Some(s)) => {
+            say(&format!(
+                "stopped ({}): {} segments fetched ahead ({} at a time), {} discarded unused, {} failed",
+                s.why,
+                s.fetched,
+                p.depth.min(MAX_JOBS),
+                s.discarded,
+                s.failed
+            ));
+            ExitCode::SUCCESS
+        }
+        // Another helper serves the spool.
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            say(&format!(
+                "could not use the spool \"{}\": {e}",
+                p.spool.display()
+            ));
+            ExitCode::from(3)
+        }
+    }
+}
+
+/// A line in the server log (the helper's stderr is restore_command's);
+/// never fails the helper.
+fn say(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "walarch prefetch: {msg}");
+}
+
+/// The helper outlives restore_command: it must not keep open what the
+/// startup process left inheritable (anything but stdin, stdout, stderr).
+fn close_inherited_descriptors() {
+    // SAFETY: closes descriptors this process has not opened; Rust's own
+    // are not yet open.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+    }
+}
