@@ -249,8 +249,19 @@ impl Seaweed {
     /// A started cluster archiving into `prefix` of this store, with the
     /// extension created.
     pub fn archiving_cluster(&self, name: &str, prefix: &str, extra: &[&str]) -> Cluster {
+        self.archiving_cluster_with(name, prefix, &InitOptions::default(), extra)
+    }
+
+    /// `archiving_cluster`, initialised with `init`.
+    pub fn archiving_cluster_with(
+        &self,
+        name: &str,
+        prefix: &str,
+        init: &InitOptions,
+        extra: &[&str],
+    ) -> Cluster {
         let mut c = Cluster::new(name);
-        c.init_walarch(&InitOptions::default());
+        c.init_walarch(init);
         let credentials = c.root.join("s3-credentials");
         self.write_credentials(&credentials, None);
         c.append_conf(&self.archive_conf(prefix, &credentials));
@@ -324,6 +335,58 @@ impl Seaweed {
             crate::walarch_bin().display(),
             self.url(prefix)
         )
+    }
+
+    /// A signed plain request with curl (the key passed on stdin, not on
+    /// its command line): the body, or None on an HTTP error.
+    fn curl(&self, args: &[&str]) -> Option<Vec<u8>> {
+        use std::io::Write;
+        let mut child = Command::new("curl")
+            .args([
+                "-sS",
+                "--fail",
+                "--aws-sigv4",
+                "aws:amz:us-east-1:s3",
+                "-K",
+                "-",
+            ])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run curl");
+        let conf = format!("user = \"{}:{}\"\n", self.access_key, self.secret_key);
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        out.status.success().then_some(out.stdout)
+    }
+
+    /// The bytes of object `key` of the bucket.
+    pub fn get_object(&self, key: &str) -> Vec<u8> {
+        self.curl(&[&format!("{}/{}/{key}", self.endpoint, self.bucket)])
+            .unwrap_or_else(|| panic!("GET {key} failed"))
+    }
+
+    /// Replaces object `key` behind the archive's back, with `headers`
+    /// (e.g. its metadata): what rot in the store looks like to readers.
+    pub fn overwrite_object(&self, key: &str, bytes: &[u8], headers: &[String]) {
+        let f = self.dir.join("overwrite.tmp");
+        std::fs::write(&f, bytes).unwrap();
+        let mut args = vec!["-X".to_string(), "PUT".into(), "--data-binary".into()];
+        args.push(format!("@{}", f.display()));
+        args.extend(["-H".into(), "x-amz-content-sha256: UNSIGNED-PAYLOAD".into()]);
+        for h in headers {
+            args.extend(["-H".into(), h.clone()]);
+        }
+        args.push(format!("{}/{}/{key}", self.endpoint, self.bucket));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.curl(&args)
+            .unwrap_or_else(|| panic!("PUT {key} failed"));
     }
 
     /// Runs `walarch` as the server's OS user against this store:

@@ -275,9 +275,9 @@ pub fn run_helper(
         return Ok(None);
     };
     // Whatever a helper before this one left is not trusted; histories
-    // are kept if they were noted for the same recovery.
-    let same_owner = std::fs::read_to_string(spool.path("owner")).is_ok_and(|o| o == opts.owner);
-    spool.clear(same_owner);
+    // are kept unless another recovery's helper left them (histories noted
+    // before any helper ran are this recovery's own).
+    spool.clear(!spool.left_by_other(&opts.owner));
     spool.write_owner(&opts.owner)?;
     let watched: Vec<(PathBuf, Option<(u64, u64)>)> = [
         Some(spool.dir.clone()),
@@ -439,7 +439,7 @@ mod tests {
         let logged = Mutex::new(vec![]);
         let log = |m: &str| logged.lock().unwrap().push(m.to_string());
         std::thread::scope(|sc| {
-            let helper = sc.spawn(|| run_helper(&s.arch, &s.spool, &opts(&s, 4, 300), &log));
+            let helper = sc.spawn(|| run_helper(&s.arch, &s.spool, &opts(&s, 4, 1500), &log));
             wait_until("the helper's lock", || s.spool.helper_running());
             let mut from_spool = 0;
             for seg in 1..=12u64 {
@@ -509,7 +509,7 @@ mod tests {
         let log = |m: &str| logged.lock().unwrap().push(m.to_string());
         let dest = s.data.join("pg_wal/RECOVERYXLOG");
         std::thread::scope(|sc| {
-            let helper = sc.spawn(|| run_helper(&s.arch, &s.spool, &opts(&s, 6, 300), &log));
+            let helper = sc.spawn(|| run_helper(&s.arch, &s.spool, &opts(&s, 6, 1500), &log));
             wait_until("the helper's lock", || s.spool.helper_running());
             let first = segment_file_name(1, 1, SEG);
             restore_through_spool(
@@ -525,18 +525,16 @@ mod tests {
             assert!(!ready(&s.spool).contains(&bad));
             for seg in 2..=3 {
                 let n = segment_file_name(1, seg, SEG);
-                assert!(
-                    restore_through_spool(
-                        &s.arch,
-                        &s.spool,
-                        "data\narchive\n",
-                        &n,
-                        &dest,
-                        Duration::from_secs(5)
-                    )
-                    .unwrap()
-                    .from_spool
-                );
+                let o = restore_through_spool(
+                    &s.arch,
+                    &s.spool,
+                    "data\narchive\n",
+                    &n,
+                    &dest,
+                    Duration::from_secs(5),
+                )
+                .unwrap();
+                assert!(o.from_spool, "{n}: {o:?} {:?}", ready(&s.spool));
             }
             fs::remove_file(&dest).unwrap();
             let e = restore_through_spool(
@@ -574,7 +572,7 @@ mod tests {
         let owner = "data\narchive\n";
         let log = |_: &str| {};
         std::thread::scope(|sc| {
-            let helper = sc.spawn(|| run_helper(&s.arch, &s.spool, &opts(&s, 4, 300), &log));
+            let helper = sc.spawn(|| run_helper(&s.arch, &s.spool, &opts(&s, 4, 1500), &log));
             wait_until("the helper's lock", || s.spool.helper_running());
             restore_through_spool(
                 &s.arch,

@@ -37,6 +37,9 @@ const OWNER: &str = "owner";
 const REQUEST: &str = "request";
 /// Prefix of the file the helper restores into before naming it ready.
 pub const FETCHING: &str = ".fetched.";
+/// Prefix of the small files being written (request, histories): left
+/// alone by `clear`, which may run while restore writes them.
+const WRITING: &str = ".writing.";
 /// Prefix of the marker of a file being fetched.
 const IN_FLIGHT: &str = ".inflight.";
 
@@ -158,7 +161,7 @@ impl Spool {
     pub fn clear(&self, keep_histories: bool) {
         for n in self.names() {
             let history = n.ends_with(".history");
-            if n == LOCK || n == REQUEST || (history && keep_histories) {
+            if n == LOCK || n == REQUEST || n.starts_with(WRITING) || (history && keep_histories) {
                 continue;
             }
             let _ = fs::remove_file(self.path(&n));
@@ -283,7 +286,7 @@ impl Spool {
     }
 
     fn write_atomically(&self, name: &str, text: &str) -> io::Result<()> {
-        let temp = self.path(&format!(".{name}.{}", std::process::id()));
+        let temp = self.path(&format!("{WRITING}{name}.{}", std::process::id()));
         let r = (|| {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -311,28 +314,38 @@ impl Spool {
             .open(self.path(LOCK))
     }
 
+    fn try_flock(f: &File, op: libc::c_int) -> io::Result<bool> {
+        // SAFETY: a valid open descriptor.
+        if unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(false)
+        } else {
+            Err(e)
+        }
+    }
+
     /// Takes the helper's lock; `None` when another helper holds it. The
-    /// lock lasts as long as the returned file is open.
+    /// lock lasts as long as the returned file is open. Retried briefly:
+    /// restore's probes (`helper_running`) hold it for an instant.
     pub fn lock(&self) -> io::Result<Option<File>> {
         let f = self.lock_file()?;
-        // SAFETY: a valid open descriptor.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            Ok(Some(f))
-        } else {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                Ok(None)
-            } else {
-                Err(e)
+        for _ in 0..100 {
+            if Self::try_flock(&f, libc::LOCK_EX)? {
+                return Ok(Some(f));
             }
+            std::thread::sleep(Duration::from_millis(2));
         }
+        Ok(None)
     }
 
     /// Whether a helper holds the lock now.
     pub fn helper_running(&self) -> bool {
-        match self.lock() {
-            Ok(None) => true,
-            Ok(Some(_probe)) => false, // released on drop
+        // A shared lock is refused only while the helper holds its own.
+        match self.lock_file() {
+            Ok(f) => matches!(Self::try_flock(&f, libc::LOCK_SH), Ok(false)),
             Err(_) => false,
         }
     }
@@ -345,6 +358,12 @@ impl Spool {
     /// archive): only then is what the spool holds usable.
     pub fn served_by_helper_of(&self, owner: &str) -> bool {
         self.helper_running() && fs::read_to_string(self.path(OWNER)).is_ok_and(|o| o == owner)
+    }
+
+    /// Whether the last helper served someone else (its histories are not
+    /// this recovery's).
+    pub fn left_by_other(&self, owner: &str) -> bool {
+        fs::read_to_string(self.path(OWNER)).is_ok_and(|o| o != owner)
     }
 
     /// Whether a live helper serves someone else: the spool is not ours to
