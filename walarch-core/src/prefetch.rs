@@ -147,6 +147,9 @@ struct State {
     /// Failures already reported, so that each is reported once.
     reported: HashSet<String>,
     stop: bool,
+    /// Downloads ended (whatever their outcome): the number at a time grows
+    /// with them.
+    ended: u64,
     fetched: u64,
     discarded: u64,
     failed: u64,
@@ -154,6 +157,8 @@ struct State {
 
 struct Shared<'a> {
     archive: &'a dyn Destination,
+    /// Downloads at a time, at most.
+    jobs: usize,
     spool: &'a Spool,
     state: Mutex<State>,
     wake: Condvar,
@@ -174,9 +179,14 @@ impl Shared<'_> {
                     if st.stop {
                         return;
                     }
-                    if let Some(n) = st.queue.pop_front() {
-                        st.in_flight.insert(n.clone());
-                        break n;
+                    // Slow start: the first segments recovery needs do not
+                    // share the link and the CPU with a full window's worth.
+                    let allowed = (2 + st.ended as usize).min(self.jobs);
+                    if st.in_flight.len() < allowed {
+                        if let Some(n) = st.queue.pop_front() {
+                            st.in_flight.insert(n.clone());
+                            break n;
+                        }
                     }
                     st = self
                         .wake
@@ -190,6 +200,8 @@ impl Shared<'_> {
             let r = restore_verified(self.archive, &name, &fetched);
             let mut st = self.lock();
             st.in_flight.remove(&name);
+            st.ended += 1;
+            self.wake.notify_all();
             // Published (below) before unmarked: restore, waiting for it,
             // sees one or the other.
             let _unmark = Unmark(self.spool, &name);
@@ -291,16 +303,17 @@ pub fn run_helper(
         (p, id)
     })
     .collect();
+    let depth = opts.depth.max(1);
     let shared = Shared {
         archive,
+        jobs: depth.min(MAX_JOBS),
         spool,
         state: Mutex::new(State::default()),
         wake: Condvar::new(),
         log,
     };
-    let depth = opts.depth.max(1);
     let why = std::thread::scope(|s| {
-        for _ in 0..depth.min(MAX_JOBS) {
+        for _ in 0..shared.jobs {
             s.spawn(|| shared.fetch_loop());
         }
         let why = watch(&shared, &watched, depth, opts.idle);
