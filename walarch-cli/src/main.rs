@@ -153,14 +153,24 @@ fn command_args(
     Ok((a, o))
 }
 
+/// Why an archive could not be opened.
+enum OpenError {
+    /// The argument is wrong (exit 2, with the usage).
+    Usage(String),
+    /// It could not be set up (exit 3).
+    Failed(String),
+}
+
 /// The archive named on the command line. Files are only read here, so the
 /// mode for new files does not matter.
-fn archive(arg: &str, o: &S3Options) -> Result<Box<dyn Destination>, ExitCode> {
+fn open_archive(arg: &str, o: &S3Options) -> Result<Box<dyn Destination>, OpenError> {
     match DestinationSpec::parse(arg) {
         Ok(DestinationSpec::Directory(p)) if p.is_dir() => {
             Ok(Box::new(LocalDirectory::new(p, 0o600)))
         }
-        Ok(DestinationSpec::Directory(_)) => Err(usage(&format!("\"{arg}\" is not a directory"))),
+        Ok(DestinationSpec::Directory(_)) => {
+            Err(OpenError::Usage(format!("\"{arg}\" is not a directory")))
+        }
         Ok(DestinationSpec::S3 { bucket, prefix }) => {
             let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
             let mut s = S3Settings::new(bucket);
@@ -186,16 +196,26 @@ fn archive(arg: &str, o: &S3Options) -> Result<Box<dyn Destination>, ExitCode> {
             }
             S3Destination::new(s)
                 .map(|d| Box::new(d) as Box<dyn Destination>)
-                .map_err(|e| {
-                    eprintln!("walarch: error: {e}");
-                    ExitCode::from(3)
-                })
+                .map_err(|e| OpenError::Failed(e.to_string()))
         }
         Err(_) if !arg.contains("://") && !Path::new(arg).is_dir() => {
-            Err(usage(&format!("\"{arg}\" is not a directory")))
+            Err(OpenError::Usage(format!("\"{arg}\" is not a directory")))
         }
-        Err(detail) => Err(usage(&format!("\"{arg}\" is not an archive: {detail}"))),
+        Err(detail) => Err(OpenError::Usage(format!(
+            "\"{arg}\" is not an archive: {detail}"
+        ))),
     }
+}
+
+/// `open_archive`, reporting a failure and giving the exit status.
+fn archive(arg: &str, o: &S3Options) -> Result<Box<dyn Destination>, ExitCode> {
+    open_archive(arg, o).map_err(|e| match e {
+        OpenError::Usage(m) => usage(&m),
+        OpenError::Failed(m) => {
+            eprintln!("walarch: error: {m}");
+            ExitCode::from(3)
+        }
+    })
 }
 
 fn cmd_restore(args: &[String]) -> ExitCode {
@@ -212,13 +232,15 @@ fn cmd_restore(args: &[String]) -> ExitCode {
         Ok(p) => p,
         Err(m) => return usage(&m),
     };
-    let archive = match archive(dir, &o) {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
     let result = match &prefetching {
-        Some(p) => prefetch::restore(dir, &*archive, &o, p, walfile, dest),
-        None => restore(&*archive, walfile, dest).map(|_| ()),
+        Some(p) => prefetch::restore(dir, &o, p, walfile, dest),
+        None => {
+            let archive = match archive(dir, &o) {
+                Ok(d) => d,
+                Err(code) => return code,
+            };
+            restore(&*archive, walfile, dest).map(|_| ())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

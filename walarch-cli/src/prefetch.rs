@@ -2,6 +2,7 @@
 //! (`walarch prefetch-helper`, internal): the process side of
 //! `walarch_core::prefetch`.
 
+use std::cell::OnceCell;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -10,9 +11,10 @@ use std::time::Duration;
 
 use walarch_core::destination::Destination;
 use walarch_core::prefetch::{restore_through_spool, run_helper, HelperOptions, MAX_JOBS};
+use walarch_core::restore::RestoreError;
 use walarch_core::spool::{self, Spool};
 
-use crate::{archive, command_args, usage, S3Options};
+use crate::{archive, command_args, open_archive, usage, OpenError, S3Options};
 
 /// Segments fetched ahead by default from a bucket. 16 × 16 MB = 256 MB at
 /// most in the spool.
@@ -95,14 +97,14 @@ fn absolute(p: &Path) -> Result<PathBuf, String> {
 }
 
 /// Who a helper serves: no two recoveries share a spool.
-fn owner(p: &Prefetching, archive: &dyn Destination, o: &S3Options) -> String {
+fn owner(p: &Prefetching, archive_arg: &str, o: &S3Options) -> String {
     format!(
         "data {}\narchive {} {}\n",
         p.data_dir
             .as_deref()
             .map(|d| d.display().to_string())
             .unwrap_or_default(),
-        archive.describe(),
+        archive_arg.trim_end_matches('/'),
         o.endpoint.as_deref().unwrap_or_default()
     )
 }
@@ -110,12 +112,23 @@ fn owner(p: &Prefetching, archive: &dyn Destination, o: &S3Options) -> String {
 /// `walarch restore` through the spool; starts a helper when none runs.
 pub fn restore(
     archive_arg: &str,
-    archive: &dyn Destination,
     o: &S3Options,
     p: &Prefetching,
     walfile: &str,
     dest: &Path,
-) -> Result<(), walarch_core::restore::RestoreError> {
+) -> Result<(), RestoreError> {
+    // Opened only when the file is not taken from the spool.
+    let opened: OnceCell<Box<dyn Destination>> = OnceCell::new();
+    let archive = || -> Result<&dyn Destination, RestoreError> {
+        if opened.get().is_none() {
+            let a = open_archive(archive_arg, o).map_err(|e| match e {
+                OpenError::Usage(m) => RestoreError::Usage(m),
+                OpenError::Failed(m) => RestoreError::Io(m),
+            })?;
+            let _ = opened.set(a);
+        }
+        Ok(&**opened.get().expect("set above"))
+    };
     let spool = match Spool::create(&p.spool) {
         Ok(s) => s,
         Err(e) => {
@@ -123,14 +136,14 @@ pub fn restore(
                 "walarch: warning: could not create the prefetch spool \"{}\": {e}; restoring without prefetching",
                 p.spool.display()
             );
-            return walarch_core::restore::restore(archive, walfile, dest).map(|_| ());
+            return walarch_core::restore::restore(archive()?, walfile, dest).map(|_| ());
         }
     };
-    let me = owner(p, archive, o);
+    let me = owner(p, archive_arg, o);
     // While the helper is fetching the file, wait for it rather than fetch
     // it twice; its own timeouts bound the wait.
     let wait = o.timeout.unwrap_or(Duration::from_secs(60)) * 2;
-    let outcome = restore_through_spool(archive, &spool, &me, walfile, dest, wait)?;
+    let outcome = restore_through_spool(&archive, &spool, &me, walfile, dest, wait)?;
     for w in &outcome.warnings {
         eprintln!("walarch: warning: {w}");
     }
@@ -242,7 +255,7 @@ pub fn cmd_helper(args: &[String]) -> ExitCode {
         depth: p.depth,
         idle: p.idle,
         data_dir: p.data_dir.clone(),
-        owner: owner(&p, &*archive, &o),
+        owner: owner(&p, archive_arg, &o),
     };
     match run_helper(&*archive, &spool, &opts, &say) {
         Ok(Some(s)) => {

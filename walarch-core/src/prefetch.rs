@@ -41,9 +41,11 @@ pub struct Outcome {
 
 /// Restores `walfile` to `dest` for recovery, through `spool` when a
 /// helper serving `owner` (this data directory and archive) has it, from
-/// `archive` otherwise; tells the helper what was asked for.
-pub fn restore_through_spool(
-    archive: &dyn Destination,
+/// the archive otherwise; tells the helper what was asked for. `archive`
+/// opens the archive: only called when the file is not taken from the
+/// spool (opening a bucket's client costs more than taking a file).
+pub fn restore_through_spool<'a>(
+    archive: &dyn Fn() -> Result<&'a dyn Destination, RestoreError>,
     spool: &Spool,
     owner: &str,
     walfile: &str,
@@ -57,7 +59,7 @@ pub fn restore_through_spool(
             "the prefetch spool \"{}\" serves another recovery; fetching \"{walfile}\" without prefetching",
             spool.dir.display()
         ));
-        let len = restore_verified(archive, walfile, dest)?.len;
+        let len = restore_verified(archive()?, walfile, dest)?.len;
         return Ok(Outcome {
             len,
             from_spool: false,
@@ -84,7 +86,7 @@ pub fn restore_through_spool(
             )),
         }
     }
-    let restored = restore_verified(archive, walfile, dest)?;
+    let restored = restore_verified(archive()?, walfile, dest)?;
     let mut start_helper = false;
     match kind {
         Some(WalFileKind::Segment) => {
@@ -144,6 +146,10 @@ struct State {
     settled: HashSet<String>,
     /// Refused (corrupt, unverifiable): never tried again by this helper.
     refused: HashSet<String>,
+    /// Put in the spool after the last request: not fetched again if they
+    /// are gone (taken by a restore faster than this helper's look at the
+    /// requests).
+    published: HashSet<String>,
     /// Failures already reported, so that each is reported once.
     reported: HashSet<String>,
     stop: bool,
@@ -196,7 +202,6 @@ impl Shared<'_> {
                 }
             };
             let fetched = self.spool.path(&format!("{FETCHING}{name}"));
-            let _ = self.spool.mark_in_flight(&name);
             let r = restore_verified(self.archive, &name, &fetched);
             let mut st = self.lock();
             st.in_flight.remove(&name);
@@ -209,6 +214,7 @@ impl Shared<'_> {
                 Ok(r) if !st.stop && st.wanted.contains(&name) => {
                     if self.spool.publish(&fetched, &name, &r.sha256).is_ok() {
                         st.fetched += 1;
+                        st.published.insert(name.clone());
                     } else {
                         let _ = std::fs::remove_file(&fetched);
                     }
@@ -253,13 +259,26 @@ impl Shared<'_> {
             }
         }
         st.settled.clear();
-        st.queue = wanted
+        st.published.retain(|n| *n > r.walfile);
+        let queue: VecDeque<String> = wanted
             .iter()
             .filter(|w| {
-                !have.contains(*w) && !st.in_flight.contains(*w) && !st.refused.contains(*w)
+                !have.contains(*w)
+                    && !st.in_flight.contains(*w)
+                    && !st.refused.contains(*w)
+                    && !st.published.contains(*w)
             })
             .cloned()
             .collect();
+        // Queued files are marked as coming, as those being fetched are:
+        // restore waits for them rather than fetch them a second time.
+        for gone in st.queue.iter().filter(|n| !queue.contains(n)) {
+            self.spool.unmark_in_flight(gone);
+        }
+        for n in &queue {
+            let _ = self.spool.mark_in_flight(n);
+        }
+        st.queue = queue;
         st.wanted = wanted;
         self.wake.notify_all();
     }
@@ -458,7 +477,7 @@ mod tests {
             for seg in 1..=12u64 {
                 let name = segment_file_name(1, seg, SEG);
                 let o = restore_through_spool(
-                    &s.arch,
+                    &|| Ok(&s.arch),
                     &s.spool,
                     owner,
                     &name,
@@ -489,7 +508,7 @@ mod tests {
             let next = segment_file_name(1, 13, SEG);
             assert!(matches!(
                 restore_through_spool(
-                    &s.arch,
+                    &|| Ok(&s.arch),
                     &s.spool,
                     owner,
                     &next,
@@ -526,7 +545,7 @@ mod tests {
             wait_until("the helper's lock", || s.spool.helper_running());
             let first = segment_file_name(1, 1, SEG);
             restore_through_spool(
-                &s.arch,
+                &|| Ok(&s.arch),
                 &s.spool,
                 "data\narchive\n",
                 &first,
@@ -539,7 +558,7 @@ mod tests {
             for seg in 2..=3 {
                 let n = segment_file_name(1, seg, SEG);
                 let o = restore_through_spool(
-                    &s.arch,
+                    &|| Ok(&s.arch),
                     &s.spool,
                     "data\narchive\n",
                     &n,
@@ -551,7 +570,7 @@ mod tests {
             }
             fs::remove_file(&dest).unwrap();
             let e = restore_through_spool(
-                &s.arch,
+                &|| Ok(&s.arch),
                 &s.spool,
                 "data\narchive\n",
                 &bad,
@@ -588,7 +607,7 @@ mod tests {
             let helper = sc.spawn(|| run_helper(&s.arch, &s.spool, &opts(&s, 4, 1500), &log));
             wait_until("the helper's lock", || s.spool.helper_running());
             restore_through_spool(
-                &s.arch,
+                &|| Ok(&s.arch),
                 &s.spool,
                 owner,
                 &segment_file_name(1, 2, SEG),
@@ -609,7 +628,7 @@ mod tests {
             fs::create_dir(&hist).unwrap();
             archive_file(&s.arch, "00000002.history", &h).unwrap();
             restore_through_spool(
-                &s.arch,
+                &|| Ok(&s.arch),
                 &s.spool,
                 owner,
                 "00000002.history",
@@ -619,7 +638,7 @@ mod tests {
             .unwrap();
             // ... and goes on asking for segment 3 of timeline 1.
             restore_through_spool(
-                &s.arch,
+                &|| Ok(&s.arch),
                 &s.spool,
                 owner,
                 &segment_file_name(1, 3, SEG),
@@ -634,7 +653,7 @@ mod tests {
             wait_until("the new timeline prefetched", || ready(&s.spool) == expect);
             for (t, n) in [(1, 4), (2, 5), (2, 6), (2, 7), (2, 8)] {
                 let o = restore_through_spool(
-                    &s.arch,
+                    &|| Ok(&s.arch),
                     &s.spool,
                     owner,
                     &segment_file_name(t, n, SEG),
@@ -660,7 +679,7 @@ mod tests {
             assert_eq!(run_helper(&s.arch, &s.spool, &o, &log).unwrap(), None);
             // Another recovery's restore does not use it, nor disturb it.
             let other = restore_through_spool(
-                &s.arch,
+                &|| Ok(&s.arch),
                 &s.spool,
                 "other\n",
                 &segment_file_name(1, 1, SEG),
@@ -688,7 +707,7 @@ mod tests {
             .publish(&f, &name, &crate::checksum::sha256(b"stale"))
             .unwrap();
         let o = restore_through_spool(
-            &s.arch,
+            &|| Ok(&s.arch),
             &s.spool,
             "data\narchive\n",
             &name,

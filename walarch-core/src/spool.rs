@@ -8,7 +8,8 @@
 //! - `NNNNNNNN.history`: timeline histories recovery restored;
 //! - `WALFILE.SHA256`: a fetched file, verified and fsynced, named with the
 //!   SHA-256 it must still have when taken;
-//! - `.inflight.WALFILE`: being fetched (a marker, for restore to wait on);
+//! - `.inflight.WALFILE`: queued or being fetched (a marker, for restore to
+//!   wait on);
 //!   `.walarch-restore.WALFILE.PID`, `.fetched.WALFILE`: its bytes so far.
 //!
 //! A file is taken by renaming it out of the spool first (so that the helper
@@ -141,7 +142,8 @@ impl Spool {
         fs::rename(fetched, self.path(&ready_name(walfile, sha256)))
     }
 
-    /// Marks `walfile` as being fetched (until `unmark_in_flight`).
+    /// Marks `walfile` as coming: queued or being fetched (until
+    /// `unmark_in_flight`).
     pub fn mark_in_flight(&self, walfile: &str) -> io::Result<()> {
         File::create(self.path(&format!("{IN_FLIGHT}{walfile}"))).map(|_| ())
     }
@@ -173,15 +175,20 @@ impl Spool {
     /// the helper is still fetching it, waits for it up to `wait`.
     pub fn take(&self, walfile: &str, dest: &Path, wait: Duration) -> io::Result<Taken> {
         let deadline = Instant::now() + wait;
-        let found = loop {
-            let ready = self
-                .names()
+        let ready = || {
+            self.names()
                 .into_iter()
-                .find(|n| parse_ready(n).is_some_and(|(w, _)| w == walfile));
-            if ready.is_some() {
-                break ready;
+                .find(|n| parse_ready(n).is_some_and(|(w, _)| w == walfile))
+        };
+        let found = loop {
+            if let Some(n) = ready() {
+                break Some(n);
             }
-            if Instant::now() >= deadline || !self.in_flight(walfile) || !self.helper_running() {
+            if !self.in_flight(walfile) {
+                // It may have become ready since the first look.
+                break ready();
+            }
+            if Instant::now() >= deadline || !self.helper_running() {
                 break None;
             }
             std::thread::sleep(Duration::from_millis(2));
