@@ -13,6 +13,17 @@
 #          lz4, gz) and basic_archive into a directory and into the S3 store
 #          at the first of WALARCH_BENCH_RTTS (default 20 ms here): archive
 #          sizes, speed, CPU. Writes benchmark-compression.md, .png and .json.
+#   recovery: a base backup plus WALARCH_BENCH_SEGMENTS segments (default 128
+#          here) recovered (PostgreSQL 15) from the S3 store through the RTT
+#          proxy at each of WALARCH_BENCH_RTTS: walarch restore (no prefetch,
+#          prefetch 8 and 32) against pgBackRest archive-get (sync; async with
+#          queue 128 MiB and 1 GiB, process-max 1 and 8); and from a local
+#          directory: walarch restore (no prefetch, prefetch 8) and a cp floor.
+#          Time to consistency and to the end of recovery, for each kind of
+#          WAL in WALARCH_BENCH_RECOVERY_WAL (heap inserts, whose replay bounds
+#          the recovery; logical decoding messages, whose replay does nothing,
+#          so the recovery is fetch-bound), each with its own primary. Writes
+#          benchmark-recovery.md, .png and .json.
 #
 # Installs what it needs, idempotently: scripts/setup.sh, pgbackrest (apt),
 # matplotlib (a venv under /var/cache/walarch/bench-venv), and the release
@@ -20,15 +31,20 @@
 #
 # Settings (environment):
 #   WALARCH_BENCH_PG            PostgreSQL major version, 15-18 (default 15)
-#   WALARCH_BENCH_SEGMENTS      backlog size in segments for the drain (default 64)
+#   WALARCH_BENCH_SEGMENTS      backlog size in segments for the drain (default 64; the
+#                               recovery suite: segments to recover, default 128)
 #   WALARCH_BENCH_REPS          repetitions of each drain (default 3)
 #   WALARCH_BENCH_LOAD_SECONDS  pgbench time per method under load (default 60; 0 skips it)
 #   WALARCH_BENCH_OUT           output directory (default docs/)
 #   WALARCH_BENCH_DIR           where the clusters and archives live (default /var/tmp)
 #   WALARCH_BENCH_METHODS       comma-separated subset of methods (default: all)
-#   WALARCH_BENCH_SUITES        any of "local s3 compression" (default: all three)
-#   WALARCH_BENCH_RTTS          round-trip times of the s3 suite, ms (default 0,20; the
-#                               compression suite uses the first, default 20)
+#   WALARCH_BENCH_SUITES        any of "local s3 compression recovery" (default: all four)
+#   WALARCH_BENCH_RTTS          round-trip times of the s3 and recovery suites, ms (default
+#                               0,20; the compression suite uses the first, default 20)
+#   WALARCH_BENCH_WALARCH       the walarch command the recovery suite restores with
+#                               (default: target/release/walarch, built here)
+#   WALARCH_BENCH_RECOVERY_WAL  the recovery suite's kinds of WAL, comma-separated:
+#                               heap, messages (default: heap,messages)
 #   WALARCH_BENCH_SKIP_INSTALL  1: skip setup.sh and the release build, and measure
 #                               the walarch_ext already installed
 set -euo pipefail
@@ -52,10 +68,10 @@ done
 [ "$REPS" -ge 1 ] || die "WALARCH_BENCH_REPS must be at least 1"
 [ -d "$PARENT" ] || die "WALARCH_BENCH_DIR $PARENT is not a directory"
 [ "$(id -u)" = 0 ] || die "run as root (the clusters run as the postgres user)"
-SUITES=${WALARCH_BENCH_SUITES:-local s3 compression}
+SUITES=${WALARCH_BENCH_SUITES:-local s3 compression recovery}
 RTTS=${WALARCH_BENCH_RTTS:-0,20}
 for suite in $SUITES; do
-  case "$suite" in local|s3|compression) ;; *) die "WALARCH_BENCH_SUITES: unknown suite $suite (local, s3, compression)" ;; esac
+  case "$suite" in local|s3|compression|recovery) ;; *) die "WALARCH_BENCH_SUITES: unknown suite $suite (local, s3, compression, recovery)" ;; esac
 done
 [[ $RTTS =~ ^[0-9]+(,[0-9]+)*$ ]] || die "WALARCH_BENCH_RTTS must be comma-separated whole numbers of ms"
 
@@ -143,6 +159,22 @@ if [[ " $SUITES " == *" compression "* ]]; then
     --segments "$SEGMENTS" --reps "$REPS" --rtts "${WALARCH_BENCH_RTTS:-20}" \
     --port-base $((27700 + (V - 15) * 100)) --s3-port-base $((24500 + (V - 15) * 100)) \
     --proxy "$PROXY" --python "$VENV/bin/python" \
+    --methods "${WALARCH_BENCH_METHODS:-}" --command "$CMDLINE" || RC=$?
+fi
+if [[ " $SUITES " == *" recovery "* ]]; then
+  bash scripts/seaweed.sh install
+  RSEGMENTS=${WALARCH_BENCH_SEGMENTS:-128}
+  RWAL=${WALARCH_BENCH_RECOVERY_WAL:-heap,messages}
+  [[ $RWAL =~ ^(heap|messages)(,(heap|messages))?$ ]] || die "WALARCH_BENCH_RECOVERY_WAL must be heap, messages or both, comma-separated"
+  WALARCH=${WALARCH_BENCH_WALARCH:-$PWD/target/release/walarch}
+  [ -x "$WALARCH" ] || die "$WALARCH is missing (cargo build --release -p walarch-cli)"
+  log "benchmark, recovery suite: PostgreSQL $V, $RWAL WAL, base backup + $RSEGMENTS segments x $REPS reps, RTT $RTTS ms, into $OUT (work dir $WORK)"
+  python3 bench/recovery_bench.py \
+    --pg-bin "$BIN" --workdir "$WORK" --out "$OUT" \
+    --segments "$RSEGMENTS" --reps "$REPS" --rtts "$RTTS" --wal "$RWAL" \
+    --port-base $((27850 + (V - 15) * 100)) --s3-port-base $((25000 + (V - 15) * 100)) \
+    --proxy "$PROXY" --walarch "$WALARCH" \
+    --python "$VENV/bin/python" \
     --methods "${WALARCH_BENCH_METHODS:-}" --command "$CMDLINE" || RC=$?
 fi
 exit "$RC"
