@@ -16,9 +16,11 @@ use walarch_core::spool::{self, Spool};
 
 use crate::{archive, command_args, open_archive, usage, OpenError, S3Options};
 
-/// Segments fetched ahead by default from a bucket. 16 × 16 MB = 256 MB at
-/// most in the spool.
+/// Segments fetched ahead by default from a bucket (16 × 16 MB = 256 MB at
+/// most in the spool) and from a directory, where a few ahead already take
+/// the copy and its fsync off recovery's path.
 pub const DEFAULT_DEPTH: usize = 16;
+pub const DEFAULT_DEPTH_DIRECTORY: usize = 8;
 /// The most that may be asked for.
 pub const MAX_DEPTH: usize = 256;
 /// The helper stops after this long without a request.
@@ -37,8 +39,8 @@ pub struct Prefetching {
 }
 
 /// What the options and the destination make of prefetching: `None` for
-/// off. On by default for a bucket when PostgreSQL runs the command (DEST in
-/// a data directory's pg_wal); off by default for a directory.
+/// off. On by default when PostgreSQL runs the command (DEST in a data
+/// directory's pg_wal).
 pub fn settings(
     flags: &[(String, Option<String>)],
     is_bucket: bool,
@@ -68,7 +70,7 @@ pub fn settings(
     if off && depth.is_some() {
         return Err("--prefetch and --no-prefetch contradict each other".into());
     }
-    if off || (depth.is_none() && !is_bucket) {
+    if off {
         return Ok(None);
     }
     let default = spool::default_for(dest);
@@ -85,7 +87,11 @@ pub fn settings(
         }
     };
     Ok(Some(Prefetching {
-        depth: depth.unwrap_or(DEFAULT_DEPTH),
+        depth: depth.unwrap_or(if is_bucket {
+            DEFAULT_DEPTH
+        } else {
+            DEFAULT_DEPTH_DIRECTORY
+        }),
         spool,
         data_dir: default.map(|(_, d)| d),
         idle,
@@ -294,5 +300,65 @@ fn close_inherited_descriptors() {
     // are not yet open.
     unsafe {
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(list: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+            .collect()
+    }
+
+    #[test]
+    fn on_by_default_inside_a_data_directory_only() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("pg_wal")).unwrap();
+        std::fs::write(d.path().join("PG_VERSION"), "15\n").unwrap();
+        let dest = d.path().join("pg_wal/RECOVERYXLOG");
+        let bucket = settings(&[], true, &dest).unwrap().unwrap();
+        assert_eq!(bucket.depth, DEFAULT_DEPTH);
+        assert!(bucket.spool.ends_with("pg_wal/walarch_prefetch"));
+        assert_eq!(bucket.idle, DEFAULT_IDLE);
+        let dir = settings(&[], false, &dest).unwrap().unwrap();
+        assert_eq!(dir.depth, DEFAULT_DEPTH_DIRECTORY);
+        assert!(settings(&flags(&[("--no-prefetch", None)]), true, &dest)
+            .unwrap()
+            .is_none());
+        let set = settings(
+            &flags(&[("--prefetch", Some("32")), ("--prefetch-idle", Some("5"))]),
+            false,
+            &dest,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((set.depth, set.idle), (32, Duration::from_secs(5)));
+
+        // A file restored by hand: no spool to default to.
+        let elsewhere = d.path().join("copy");
+        assert!(settings(&[], true, &elsewhere).unwrap().is_none());
+        let e = settings(&flags(&[("--prefetch", Some("4"))]), true, &elsewhere).err();
+        assert!(e.unwrap().contains("--spool"));
+        let spooled = settings(
+            &flags(&[("--prefetch", Some("4")), ("--spool", Some("/tmp/s"))]),
+            true,
+            &elsewhere,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(spooled.spool, PathBuf::from("/tmp/s"));
+
+        for bad in [
+            flags(&[("--prefetch", Some("0"))]),
+            flags(&[("--prefetch", Some("x"))]),
+            flags(&[("--prefetch", Some("100000"))]),
+            flags(&[("--prefetch-idle", Some("0"))]),
+            flags(&[("--prefetch", Some("4")), ("--no-prefetch", None)]),
+        ] {
+            assert!(settings(&bad, true, &dest).is_err(), "{bad:?}");
+        }
     }
 }
