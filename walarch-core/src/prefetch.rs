@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::destination::Destination;
 use crate::restore::{restore_verified, RestoreError};
-use crate::spool::{identity, Request, Spool, Taken, FETCHING};
+use crate::spool::{identity, Request, Serving, Spool, Taken, FETCHING};
 use crate::timeline_history::segments_after;
 use crate::walname::{WalFileKind, WalFileName};
 
@@ -54,7 +54,8 @@ pub fn restore_through_spool<'a>(
 ) -> Result<Outcome, RestoreError> {
     let mut warnings = vec![];
     let kind = WalFileName::parse(walfile).map(|w| w.kind);
-    if spool.taken_by_other(owner) {
+    let serving = spool.serving(owner);
+    if serving == Serving::Other {
         warnings.push(format!(
             "the prefetch spool \"{}\" serves another recovery; fetching \"{walfile}\" without prefetching",
             spool.dir.display()
@@ -67,7 +68,7 @@ pub fn restore_through_spool<'a>(
             warnings,
         });
     }
-    if kind == Some(WalFileKind::Segment) && spool.served_by_helper_of(owner) {
+    if kind == Some(WalFileKind::Segment) && serving == Serving::Us {
         match spool.take(walfile, dest, wait) {
             Ok(Taken::Placed(len)) => {
                 let _ = spool.write_request(walfile, len);
@@ -97,7 +98,7 @@ pub fn restore_through_spool<'a>(
                     crate::error::os_message(&e)
                 ));
             } else {
-                start_helper = !spool.helper_running();
+                start_helper = serving == Serving::Nobody;
             }
         }
         // Kept for the helper: which timelines the coming segments are on.

@@ -87,6 +87,17 @@ pub enum Taken {
     Refused(String),
 }
 
+/// Whom a spool's live helper serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serving {
+    /// No helper runs.
+    Nobody,
+    /// A helper has just taken the lock.
+    Starting,
+    Us,
+    Other,
+}
+
 pub struct Spool {
     pub dir: PathBuf,
 }
@@ -361,10 +372,24 @@ impl Spool {
         self.write_atomically(OWNER, owner)
     }
 
+    /// Who the live helper serves, if one runs: one probe of the lock and
+    /// one read of the owner.
+    pub fn serving(&self, owner: &str) -> Serving {
+        if !self.helper_running() {
+            return Serving::Nobody;
+        }
+        match fs::read_to_string(self.path(OWNER)) {
+            Ok(o) if o == owner => Serving::Us,
+            Ok(_) => Serving::Other,
+            // Starting: it has the lock, not yet written whom it serves.
+            Err(_) => Serving::Starting,
+        }
+    }
+
     /// Whether the live helper serves `owner` (a data directory and an
     /// archive): only then is what the spool holds usable.
     pub fn served_by_helper_of(&self, owner: &str) -> bool {
-        self.helper_running() && fs::read_to_string(self.path(OWNER)).is_ok_and(|o| o == owner)
+        self.serving(owner) == Serving::Us
     }
 
     /// Whether the last helper served someone else (its histories are not
@@ -376,7 +401,7 @@ impl Spool {
     /// Whether a live helper serves someone else: the spool is not ours to
     /// use or to clear.
     pub fn taken_by_other(&self, owner: &str) -> bool {
-        self.helper_running() && fs::read_to_string(self.path(OWNER)).is_ok_and(|o| o != owner)
+        self.serving(owner) == Serving::Other
     }
 }
 
