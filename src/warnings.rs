@@ -17,6 +17,7 @@ fn sqlstate(e: &ArchiveError) -> PgSqlErrorCode {
         ErrorKind::Busy => PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
         ErrorKind::DamagedRecord => PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
         ErrorKind::Internal => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        ErrorKind::Unavailable => PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
         ErrorKind::Io => match e.os_error {
             Some(libc::ENOENT) => PgSqlErrorCode::ERRCODE_UNDEFINED_FILE,
             Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {

@@ -21,6 +21,10 @@ pub enum ErrorKind {
     Busy,
     /// A checksum record was wrong and has been rewritten (a warning).
     DamagedRecord,
+    /// The destination cannot be reached or cannot serve now (connect
+    /// failure, timeout, HTTP 5xx or throttling, a stale network mount):
+    /// worth trying again later, and never a sign that a file is missing.
+    Unavailable,
     /// A bug caught before it could take the process down.
     Internal,
     /// Any other I/O failure (missing directory, permissions, EIO, ...).
@@ -66,6 +70,8 @@ impl ArchiveError {
         let disk_full = matches!(os, Some(libc::ENOSPC) | Some(libc::EDQUOT));
         let kind = if disk_full {
             ErrorKind::DiskFull
+        } else if is_transient(err) {
+            ErrorKind::Unavailable
         } else {
             ErrorKind::Io
         };
@@ -95,6 +101,31 @@ impl ArchiveError {
         }
         e
     }
+}
+
+/// Whether an I/O error says the far side is unreachable or slow rather
+/// than that something is wrong with the data: a network filesystem that
+/// went away, a connection reset or timed out while streaming.
+pub fn is_transient(err: &io::Error) -> bool {
+    use io::ErrorKind as K;
+    matches!(
+        err.raw_os_error(),
+        Some(
+            libc::ETIMEDOUT
+                | libc::ESTALE
+                | libc::ENOTCONN
+                | libc::EHOSTDOWN
+                | libc::EHOSTUNREACH
+                | libc::ENETUNREACH
+                | libc::ENETDOWN
+                | libc::ECONNRESET
+                | libc::ECONNREFUSED
+                | libc::ECONNABORTED
+        )
+    ) || matches!(
+        err.kind(),
+        K::TimedOut | K::ConnectionReset | K::ConnectionAborted | K::ConnectionRefused
+    )
 }
 
 /// The OS error text without Rust's " (os error N)" suffix, like `%m`.
@@ -152,5 +183,19 @@ mod tests {
         );
         assert_eq!(e.kind, ErrorKind::Io);
         assert_eq!(e.message, "could not open file \"/x\": Permission denied");
+        for transient in [
+            io::Error::from_raw_os_error(libc::ESTALE),
+            io::Error::from_raw_os_error(libc::ETIMEDOUT),
+            io::Error::new(io::ErrorKind::ConnectionReset, "S3 read failed"),
+        ] {
+            let e = ArchiveError::io("read file", Path::new("/x"), &transient);
+            assert_eq!(e.kind, ErrorKind::Unavailable, "{transient}");
+        }
+        let e = ArchiveError::io(
+            "read file",
+            Path::new("/x"),
+            &io::Error::from_raw_os_error(libc::EIO),
+        );
+        assert_eq!(e.kind, ErrorKind::Io);
     }
 }

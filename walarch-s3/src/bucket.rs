@@ -783,10 +783,20 @@ impl Destination for S3Destination {
                     let item = match tokio::time::timeout(idle, s.next()).await {
                         Ok(None) => break,
                         Ok(Some(Ok(b))) => Ok(b),
-                        Ok(Some(Err(e))) => Err(io::Error::other(format!(
-                            "S3 read failed: {}",
-                            describe_failure(&classify(&e))
-                        ))),
+                        Ok(Some(Err(e))) => {
+                            let f = classify(&e);
+                            // A broken stream is transient: the reader's
+                            // error kind says so (error::is_transient).
+                            let kind = if f.is_transient() {
+                                io::ErrorKind::ConnectionReset
+                            } else {
+                                io::ErrorKind::Other
+                            };
+                            Err(io::Error::new(
+                                kind,
+                                format!("S3 read failed: {}", describe_failure(&f)),
+                            ))
+                        }
                         Err(_) => Err(io::Error::new(
                             io::ErrorKind::TimedOut,
                             format!("S3 read stalled for {}", s3_error::fmt_duration(idle)),
@@ -866,7 +876,7 @@ fn describe_failure(f: &Failure) -> String {
         Failure::NoSuchBucket => "no such bucket".into(),
         Failure::Checksum { code, .. } => format!("checksum rejected {code}"),
         Failure::Status { status, code, .. } => format!("HTTP {status} {code}"),
-        Failure::Other(c) => c.clone(),
+        Failure::Transport(c) | Failure::Other(c) => c.clone(),
     }
 }
 

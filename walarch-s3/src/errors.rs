@@ -52,7 +52,29 @@ pub enum Failure {
         code: String,
         message: String,
     },
+    /// A request that failed on the way without an HTTP answer (connection
+    /// reset, broken body): transient, like `Unreachable`.
+    Transport(String),
     Other(String),
+}
+
+impl Failure {
+    /// Worth trying again: the store did not answer, or answered that it
+    /// cannot serve now (5xx, throttling).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Failure::Unreachable(_) | Failure::TimedOut(_) | Failure::Transport(_) => true,
+            Failure::Status { status, code, .. } => {
+                *status >= 500
+                    || *status == 429
+                    || matches!(
+                        code.as_str(),
+                        "SlowDown" | "ServiceUnavailable" | "InternalError"
+                    )
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The text of a simple XML element, e.g. `<Code>` of an S3 error body.
@@ -173,7 +195,7 @@ pub fn classify_transport(kind: Option<HttpErrorKind>, e: &(dyn StdError + 'stat
         }
         Some(HttpErrorKind::Connect) => Failure::Unreachable(root_cause(e)),
         _ if is_timeout => Failure::TimedOut(None),
-        _ => Failure::Other(root_cause(e)),
+        _ => Failure::Transport(root_cause(e)),
     }
 }
 
@@ -248,6 +270,15 @@ fn code_suffix(code: &str) -> String {
 
 /// The message for a classified failure.
 pub fn to_archive_error(f: Failure, cx: &Context<'_>) -> ArchiveError {
+    let transient = f.is_transient();
+    let mut e = describe(f, cx);
+    if transient {
+        e.kind = ErrorKind::Unavailable;
+    }
+    e
+}
+
+fn describe(f: Failure, cx: &Context<'_>) -> ArchiveError {
     let head = format!("could not {} \"{}\"", cx.action, cx.location);
     match f {
         Failure::Unreachable(cause) => ArchiveError::new(
@@ -321,7 +352,7 @@ pub fn to_archive_error(f: Failure, cx: &Context<'_>) -> ArchiveError {
             }
             e
         }
-        Failure::Other(cause) => {
+        Failure::Transport(cause) | Failure::Other(cause) => {
             ArchiveError::new(ErrorKind::Io, format!("{head}: S3 request failed")).with_detail(cause)
         }
     }
@@ -330,6 +361,7 @@ pub fn to_archive_error(f: Failure, cx: &Context<'_>) -> ArchiveError {
 pub fn run_error(e: RunError, cx: &Context<'_>) -> ArchiveError {
     match e {
         RunError::TimedOut(d) => to_archive_error(Failure::TimedOut(Some(d)), cx),
+        // A shutdown, not the store's fault: the caller is going away.
         RunError::Interrupted => ArchiveError::new(
             ErrorKind::Io,
             format!(
@@ -396,5 +428,31 @@ mod tests {
             classify_status(500, Some("<Error><Code>InternalError</Code></Error>")),
             Failure::Status { status: 500, .. }
         ));
+        // Transient: retried by restore, and what opens the archiver's
+        // circuit breaker; a refusal or a 404 is not.
+        for (status, body) in [
+            (500, "<Error><Code>InternalError</Code></Error>"),
+            (503, "<Error><Code>SlowDown</Code></Error>"),
+            (429, ""),
+            (408, ""),
+        ] {
+            assert!(
+                classify_status(status, Some(body)).is_transient(),
+                "{status}"
+            );
+        }
+        for (status, body) in [
+            (403, "<Error><Code>AccessDenied</Code></Error>"),
+            (404, "<Error><Code>NoSuchBucket</Code></Error>"),
+            (400, "<Error><Code>BadDigest</Code></Error>"),
+            (409, "<Error><Code>Conflict</Code></Error>"),
+        ] {
+            assert!(
+                !classify_status(status, Some(body)).is_transient(),
+                "{status}"
+            );
+        }
+        assert!(Failure::Unreachable("connection refused".into()).is_transient());
+        assert!(!Failure::Tls("UnknownIssuer".into()).is_transient());
     }
 }
