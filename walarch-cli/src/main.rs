@@ -14,7 +14,10 @@
 //!
 //! Exit status: 0 success; 1 the file is not in the archive (restore) or the
 //! archive is not complete and intact (verify); 2 usage error; 3 refused
-//! (integrity) or I/O error.
+//! (integrity) or I/O error. restore differs, because PostgreSQL reads 1 to
+//! 125 as "not in the archive" (the end of archive recovery): any failure
+//! but a clean "not found" exits 255, which stops recovery, or 1 on a
+//! standby (standby.signal), which retries by itself.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -23,7 +26,8 @@ use std::time::Duration;
 use walarch_core::destination::Destination;
 use walarch_core::destination_setting::{check_ca_file, check_endpoint, DestinationSpec};
 use walarch_core::local_directory::LocalDirectory;
-use walarch_core::restore::{restore, RestoreError};
+use walarch_core::restore::{restore_retrying, RecoveryMode, RestoreError, Retry};
+use walarch_core::time::parse_duration;
 use walarch_core::verify::{verify, Report};
 use walarch_core::walname::{WalFileKind, WalFileName};
 use walarch_s3::{S3Destination, S3Settings};
@@ -33,7 +37,7 @@ mod prefetch;
 
 const USAGE: &str = "usage:
   walarch restore ARCHIVE WALFILE DEST [--prefetch N | --no-prefetch] [--spool DIR]
-                 [--prefetch-idle SECONDS] [S3 OPTIONS]
+                 [--prefetch-idle SECONDS] [--retry-for DURATION] [S3 OPTIONS]
   walarch verify ARCHIVE [--from WALFILE] [--to WALFILE] [--json] [S3 OPTIONS]
   walarch expire ARCHIVE (--keep-backups N | --before WALFILE | --older-than DURATION)
                  [--dry-run] [--json] [S3 OPTIONS]
@@ -218,28 +222,62 @@ fn archive(arg: &str, o: &S3Options) -> Result<Box<dyn Destination>, ExitCode> {
     })
 }
 
+/// How long `walarch restore` retries an unavailable archive: `--retry-for`,
+/// by default a few minutes in archive recovery and not at all on a standby
+/// (PostgreSQL retries there by itself, and may stream meanwhile).
+fn retry_policy(flags: &[(String, Option<String>)], mode: RecoveryMode) -> Result<Retry, String> {
+    match flags.iter().rev().find(|(k, _)| k == "--retry-for") {
+        Some((_, v)) => parse_duration(v.as_deref().unwrap_or_default())
+            .map(Retry::new)
+            .map_err(|e| format!("--retry-for: {e}")),
+        None if mode == RecoveryMode::Standby => Ok(Retry::never()),
+        None => Ok(Retry::new(Retry::DEFAULT_FOR)),
+    }
+}
+
 fn cmd_restore(args: &[String]) -> ExitCode {
-    let (a, o) = match command_args(args, &prefetch::FLAGS, &prefetch::SWITCHES) {
+    let mut with_value = prefetch::FLAGS.to_vec();
+    with_value.push("--retry-for");
+    let parsed = command_args(args, &with_value, &prefetch::SWITCHES);
+    // Even a usage error must not read as "not found" during archive
+    // recovery (until DEST is known, assume that is what runs us).
+    let fail_in = |mode: RecoveryMode, code: ExitCode| -> ExitCode {
+        if mode == RecoveryMode::Archive {
+            ExitCode::from(walarch_core::restore::EXIT_STOP_RECOVERY)
+        } else {
+            code
+        }
+    };
+    let fail = |code| fail_in(RecoveryMode::Archive, code);
+    let (a, o) = match parsed {
         Ok(x) => x,
-        Err(code) => return code,
+        Err(code) => return fail(code),
     };
     let [dir, walfile, dest] = &a.positional[..] else {
-        return usage("restore takes ARCHIVE WALFILE DEST");
+        return fail(usage("restore takes ARCHIVE WALFILE DEST"));
     };
     let dest = Path::new(dest);
+    let mode = RecoveryMode::of(dest);
+    let fail = |code| fail_in(mode, code);
     let is_bucket = matches!(DestinationSpec::parse(dir), Ok(DestinationSpec::S3 { .. }));
-    let prefetching = match prefetch::settings(&a.flags, is_bucket, dest) {
-        Ok(p) => p,
-        Err(m) => return usage(&m),
+    let (prefetching, retry) = match prefetch::settings(&a.flags, is_bucket, dest)
+        .and_then(|p| Ok((p, retry_policy(&a.flags, mode)?)))
+    {
+        Ok(x) => x,
+        Err(m) => return fail(usage(&m)),
     };
+    let log = |m: &str| eprintln!("walarch: {m}");
     let result = match &prefetching {
-        Some(p) => prefetch::restore(dir, &o, p, walfile, dest),
+        Some(p) => prefetch::restore(dir, &o, p, walfile, dest, &retry),
         None => {
-            let archive = match archive(dir, &o) {
-                Ok(d) => d,
-                Err(code) => return code,
+            let opened = std::cell::OnceCell::new();
+            let archive = || -> Result<&dyn Destination, RestoreError> {
+                if opened.get().is_none() {
+                    let _ = opened.set(open_for_restore(dir, &o)?);
+                }
+                Ok(&**opened.get().expect("set above"))
             };
-            restore(&*archive, walfile, dest).map(|_| ())
+            restore_retrying(&archive, walfile, dest, &retry, &log).map(|_| ())
         }
     };
     match result {
@@ -248,14 +286,36 @@ fn cmd_restore(args: &[String]) -> ExitCode {
         // history, the end of the archive): say so briefly.
         Err(RestoreError::NotFound(m)) => {
             eprintln!("walarch: {m}");
-            ExitCode::from(1)
+            ExitCode::from(walarch_core::restore::EXIT_NOT_FOUND)
         }
-        Err(RestoreError::Usage(m)) => usage(&m),
+        Err(RestoreError::Usage(m)) => fail(usage(&m)),
         Err(e) => {
-            eprintln!("walarch: error: {e}");
-            ExitCode::from(3)
+            eprintln!("walarch: error: could not restore \"{walfile}\" from \"{dir}\": {e}");
+            let status = mode.failure_status();
+            match mode {
+                RecoveryMode::Archive => eprintln!(
+                    "walarch: exiting with status {status} so that PostgreSQL stops recovery here instead of \
+                     taking this file for the end of the archive; repair the archive and start the server \
+                     again to continue, or set a recovery target before this file to end recovery there"
+                ),
+                RecoveryMode::Standby => eprintln!(
+                    "walarch: exiting with status {status} (standby.signal): the standby retries the file"
+                ),
+            }
+            ExitCode::from(status)
         }
     }
+}
+
+/// `open_archive` for restore: a failure is an error of the restore.
+pub(crate) fn open_for_restore(
+    arg: &str,
+    o: &S3Options,
+) -> Result<Box<dyn Destination>, RestoreError> {
+    open_archive(arg, o).map_err(|e| match e {
+        OpenError::Usage(m) => RestoreError::Usage(m),
+        OpenError::Failed(m) => RestoreError::Io(m),
+    })
 }
 
 fn cmd_verify(args: &[String]) -> ExitCode {

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use walarch_core::destination::Destination;
 use walarch_core::prefetch::{restore_through_spool, run_helper, HelperOptions, MAX_JOBS};
-use walarch_core::restore::RestoreError;
+use walarch_core::restore::{restore_retrying, RestoreError, Retry};
 use walarch_core::spool::{self, Spool};
 
-use crate::{archive, command_args, open_archive, usage, OpenError, S3Options};
+use crate::{archive, command_args, open_for_restore, usage, S3Options};
 
 /// Segments fetched ahead by default from a bucket (16 × 16 MB = 256 MB at
 /// most in the spool) and from a directory, where a few ahead already take
@@ -122,19 +122,17 @@ pub fn restore(
     p: &Prefetching,
     walfile: &str,
     dest: &Path,
+    retry: &Retry,
 ) -> Result<(), RestoreError> {
     // Opened only when the file is not taken from the spool.
     let opened: OnceCell<Box<dyn Destination>> = OnceCell::new();
     let archive = || -> Result<&dyn Destination, RestoreError> {
         if opened.get().is_none() {
-            let a = open_archive(archive_arg, o).map_err(|e| match e {
-                OpenError::Usage(m) => RestoreError::Usage(m),
-                OpenError::Failed(m) => RestoreError::Io(m),
-            })?;
-            let _ = opened.set(a);
+            let _ = opened.set(open_for_restore(archive_arg, o)?);
         }
         Ok(&**opened.get().expect("set above"))
     };
+    let log = |m: &str| eprintln!("walarch: {m}");
     let spool = match Spool::create(&p.spool) {
         Ok(s) => s,
         Err(e) => {
@@ -142,14 +140,14 @@ pub fn restore(
                 "walarch: warning: could not create the prefetch spool \"{}\": {e}; restoring without prefetching",
                 p.spool.display()
             );
-            return walarch_core::restore::restore(archive()?, walfile, dest).map(|_| ());
+            return restore_retrying(&archive, walfile, dest, retry, &log).map(|_| ());
         }
     };
     let me = owner(p, archive_arg, o);
     // While the helper is fetching the file, wait for it rather than fetch
     // it twice; its own timeouts bound the wait.
     let wait = o.timeout.unwrap_or(Duration::from_secs(60)) * 2;
-    let outcome = restore_through_spool(&archive, &spool, &me, walfile, dest, wait)?;
+    let outcome = restore_through_spool(&archive, &spool, &me, walfile, dest, wait, retry, &log)?;
     for w in &outcome.warnings {
         eprintln!("walarch: warning: {w}");
     }

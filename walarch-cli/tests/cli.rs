@@ -113,7 +113,14 @@ fn usage_errors_never_panic() {
         vec!["cleanup", &arch, "00000002.history"],
     ] {
         let (code, _, err) = walarch(&args);
-        assert_eq!(code, 2, "{args:?}: {err}");
+        // restore's usage errors must stop archive recovery, never read as
+        // "not in the archive".
+        let expected = if args.first() == Some(&"restore") {
+            255
+        } else {
+            2
+        };
+        assert_eq!(code, expected, "{args:?}: {err}");
         assert!(err.contains("usage:"), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
@@ -166,9 +173,53 @@ fn restore_exit_codes() {
     b[100] ^= 1;
     std::fs::write(&f, b).unwrap();
     let (code, _, err) = walarch(&["restore", &arch, "000000010000000000000003", dest]);
-    assert_eq!(code, 3);
+    assert_eq!(code, 255, "a corrupt file stops recovery: {err}");
     assert!(err.contains("checksum mismatch"), "{err}");
+    assert!(err.contains("stops recovery"), "{err}");
     assert!(!std::path::Path::new(dest).exists());
+
+    // In a standby's data directory the same failure exits 1: PostgreSQL
+    // retries it (and never gets the bad bytes).
+    let data = d.path().join("data");
+    std::fs::create_dir_all(data.join("pg_wal")).unwrap();
+    std::fs::write(data.join("PG_VERSION"), "15\n").unwrap();
+    std::fs::write(data.join("standby.signal"), "").unwrap();
+    let sdest = data.join("pg_wal/RECOVERYXLOG");
+    let sdest = sdest.to_str().unwrap();
+    let args = [
+        "restore",
+        &arch,
+        "000000010000000000000003",
+        sdest,
+        "--no-prefetch",
+    ];
+    let (code, _, err) = walarch(&args);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("checksum mismatch") && err.contains("standby"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new(sdest).exists());
+    // Archive recovery in the same directory: stops.
+    std::fs::remove_file(data.join("standby.signal")).unwrap();
+    std::fs::write(data.join("recovery.signal"), "").unwrap();
+    assert_eq!(walarch(&args).0, 255);
+    // A directory archive that is gone is no "not found" either.
+    let gone = d.path().join("gone");
+    let gone = gone.to_str().unwrap();
+    let (code, _, err) = walarch(&["restore", gone, "000000010000000000000001", dest]);
+    assert_eq!(code, 255, "{err}");
+    assert!(
+        walarch(&[
+            "restore",
+            &arch,
+            "000000010000000000000001",
+            dest,
+            "--retry-for",
+            "x"
+        ])
+        .0 == 255
+    );
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::destination::Destination;
-use crate::restore::{restore_verified, RestoreError};
+use crate::restore::{restore_retrying, restore_verified, RestoreError, Retry};
 use crate::spool::{identity, Request, Serving, Spool, Taken, FETCHING};
 use crate::timeline_history::segments_after;
 use crate::walname::{WalFileKind, WalFileName};
@@ -43,7 +43,10 @@ pub struct Outcome {
 /// helper serving `owner` (this data directory and archive) has it, from
 /// the archive otherwise; tells the helper what was asked for. `archive`
 /// opens the archive: only called when the file is not taken from the
-/// spool (opening a bucket's client costs more than taking a file).
+/// spool (opening a bucket's client costs more than taking a file). A file
+/// fetched here is retried as `restore_retrying` does: whatever the helper
+/// met, the answer is the archive's, never a failed prefetch.
+#[allow(clippy::too_many_arguments)]
 pub fn restore_through_spool<'a>(
     archive: &dyn Fn() -> Result<&'a dyn Destination, RestoreError>,
     spool: &Spool,
@@ -51,6 +54,8 @@ pub fn restore_through_spool<'a>(
     walfile: &str,
     dest: &Path,
     wait: Duration,
+    retry: &Retry,
+    log: &dyn Fn(&str),
 ) -> Result<Outcome, RestoreError> {
     let mut warnings = vec![];
     let kind = WalFileName::parse(walfile).map(|w| w.kind);
@@ -60,7 +65,7 @@ pub fn restore_through_spool<'a>(
             "the prefetch spool \"{}\" serves another recovery; fetching \"{walfile}\" without prefetching",
             spool.dir.display()
         ));
-        let len = restore_verified(archive()?, walfile, dest)?.len;
+        let len = restore_retrying(archive, walfile, dest, retry, log)?.len;
         return Ok(Outcome {
             len,
             from_spool: false,
@@ -87,7 +92,7 @@ pub fn restore_through_spool<'a>(
             )),
         }
     }
-    let restored = restore_verified(archive()?, walfile, dest)?;
+    let restored = restore_retrying(archive, walfile, dest, retry, log)?;
     let mut start_helper = false;
     match kind {
         Some(WalFileKind::Segment) => {
@@ -393,6 +398,27 @@ mod tests {
 
     const SEG: u64 = 1 << 20;
 
+    /// `restore_through_spool` without retries.
+    fn through_spool<'a>(
+        archive: &dyn Fn() -> Result<&'a dyn Destination, RestoreError>,
+        spool: &Spool,
+        owner: &str,
+        walfile: &str,
+        dest: &Path,
+        wait: Duration,
+    ) -> Result<Outcome, RestoreError> {
+        restore_through_spool(
+            archive,
+            spool,
+            owner,
+            walfile,
+            dest,
+            wait,
+            &Retry::never(),
+            &|_| {},
+        )
+    }
+
     struct Setup {
         _d: tempfile::TempDir,
         data: PathBuf,
@@ -477,7 +503,7 @@ mod tests {
             let mut from_spool = 0;
             for seg in 1..=12u64 {
                 let name = segment_file_name(1, seg, SEG);
-                let o = restore_through_spool(
+                let o = through_spool(
                     &|| Ok(&s.arch),
                     &s.spool,
                     owner,
@@ -508,7 +534,7 @@ mod tests {
             // The end of the archive: not found, as without prefetching.
             let next = segment_file_name(1, 13, SEG);
             assert!(matches!(
-                restore_through_spool(
+                through_spool(
                     &|| Ok(&s.arch),
                     &s.spool,
                     owner,
@@ -545,7 +571,7 @@ mod tests {
             let helper = sc.spawn(|| run_helper(&s.arch, &s.spool, &opts(&s, 6, 1500), &log));
             wait_until("the helper's lock", || s.spool.helper_running());
             let first = segment_file_name(1, 1, SEG);
-            restore_through_spool(
+            through_spool(
                 &|| Ok(&s.arch),
                 &s.spool,
                 "data\narchive\n",
@@ -558,7 +584,7 @@ mod tests {
             assert!(!ready(&s.spool).contains(&bad));
             for seg in 2..=3 {
                 let n = segment_file_name(1, seg, SEG);
-                let o = restore_through_spool(
+                let o = through_spool(
                     &|| Ok(&s.arch),
                     &s.spool,
                     "data\narchive\n",
@@ -570,7 +596,7 @@ mod tests {
                 assert!(o.from_spool, "{n}: {o:?} {:?}", ready(&s.spool));
             }
             fs::remove_file(&dest).unwrap();
-            let e = restore_through_spool(
+            let e = through_spool(
                 &|| Ok(&s.arch),
                 &s.spool,
                 "data\narchive\n",
@@ -607,7 +633,7 @@ mod tests {
         std::thread::scope(|sc| {
             let helper = sc.spawn(|| run_helper(&s.arch, &s.spool, &opts(&s, 4, 1500), &log));
             wait_until("the helper's lock", || s.spool.helper_running());
-            restore_through_spool(
+            through_spool(
                 &|| Ok(&s.arch),
                 &s.spool,
                 owner,
@@ -628,7 +654,7 @@ mod tests {
             let hist = s._d.path().join("hist");
             fs::create_dir(&hist).unwrap();
             archive_file(&s.arch, "00000002.history", &h).unwrap();
-            restore_through_spool(
+            through_spool(
                 &|| Ok(&s.arch),
                 &s.spool,
                 owner,
@@ -638,7 +664,7 @@ mod tests {
             )
             .unwrap();
             // ... and goes on asking for segment 3 of timeline 1.
-            restore_through_spool(
+            through_spool(
                 &|| Ok(&s.arch),
                 &s.spool,
                 owner,
@@ -653,7 +679,7 @@ mod tests {
                 .collect();
             wait_until("the new timeline prefetched", || ready(&s.spool) == expect);
             for (t, n) in [(1, 4), (2, 5), (2, 6), (2, 7), (2, 8)] {
-                let o = restore_through_spool(
+                let o = through_spool(
                     &|| Ok(&s.arch),
                     &s.spool,
                     owner,
@@ -679,7 +705,7 @@ mod tests {
             wait_until("the helper's lock", || s.spool.helper_running());
             assert_eq!(run_helper(&s.arch, &s.spool, &o, &log).unwrap(), None);
             // Another recovery's restore does not use it, nor disturb it.
-            let other = restore_through_spool(
+            let other = through_spool(
                 &|| Ok(&s.arch),
                 &s.spool,
                 "other\n",
@@ -707,7 +733,7 @@ mod tests {
         s.spool
             .publish(&f, &name, &crate::checksum::sha256(b"stale"))
             .unwrap();
-        let o = restore_through_spool(
+        let o = through_spool(
             &|| Ok(&s.arch),
             &s.spool,
             "data\narchive\n",

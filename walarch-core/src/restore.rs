@@ -2,11 +2,21 @@
 //! destination into place, verifying its SHA-256 while copying, so that PostgreSQL is never
 //! handed a corrupt or truncated file. Nothing is left at the destination
 //! unless the file verified.
+//!
+//! PostgreSQL reads any exit status from 1 to 125 as "not in the archive",
+//! which ends archive recovery there and opens the server on a new
+//! timeline; a status above 125 makes it stop recovery instead (FATAL; see
+//! `RestoreArchivedFile` in xlogarchive.c). So only a clean "no such file"
+//! may look like one: everything else is retried while it is transient, then
+//! reported with `EXIT_STOP_RECOVERY` — except on a standby, where PostgreSQL
+//! retries by itself (and may stream meanwhile) and a store outage must not
+//! kill the server.
 
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::archive_protocol::read_error;
 use crate::checksum::{sha256, to_hex, Hasher, Sha256Digest};
@@ -24,7 +34,127 @@ pub enum RestoreError {
     Integrity(String),
     /// The arguments are wrong.
     Usage(String),
+    /// The archive cannot be reached or cannot serve now: worth retrying.
+    Unavailable(String),
     Io(String),
+}
+
+/// The exit status that makes PostgreSQL stop recovery rather than take the
+/// failure for the end of the archive (anything above 125).
+pub const EXIT_STOP_RECOVERY: u8 = 255;
+/// "Not in the archive".
+pub const EXIT_NOT_FOUND: u8 = 1;
+
+/// What the server DEST belongs to is doing, as far as restore can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// `standby.signal`: PostgreSQL retries a file it could not get (and
+    /// streams meanwhile), so a failure must not stop the server.
+    Standby,
+    /// Archive recovery (`recovery.signal`), or not run by PostgreSQL: a
+    /// failure must never read as the end of the archive.
+    Archive,
+}
+
+impl RecoveryMode {
+    /// The mode of the data directory `dest` is in (`%p` is relative to it,
+    /// and PostgreSQL runs the command there).
+    pub fn of(dest: &Path) -> RecoveryMode {
+        match data_directory(dest) {
+            Some(d) if d.join("standby.signal").exists() => RecoveryMode::Standby,
+            _ => RecoveryMode::Archive,
+        }
+    }
+
+    /// The exit status for a failure other than "not found".
+    pub fn failure_status(self) -> u8 {
+        match self {
+            RecoveryMode::Standby => EXIT_NOT_FOUND,
+            RecoveryMode::Archive => EXIT_STOP_RECOVERY,
+        }
+    }
+}
+
+/// The data directory whose `pg_wal` holds `dest`, when it is in one. The
+/// path is not resolved: pg_wal is often a symbolic link to another disk.
+pub fn data_directory(dest: &Path) -> Option<PathBuf> {
+    let dest = std::path::absolute(dest).ok()?;
+    let dir = dest.parent()?;
+    if dir.file_name()? != "pg_wal" {
+        return None;
+    }
+    let data = dir.parent()?;
+    data.join("PG_VERSION")
+        .is_file()
+        .then(|| data.to_path_buf())
+}
+
+/// How long transient failures are retried, and how the waits grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// No new attempt starts after this long.
+    pub retry_for: Duration,
+    pub first_wait: Duration,
+    pub max_wait: Duration,
+}
+
+impl Retry {
+    pub const DEFAULT_FOR: Duration = Duration::from_secs(300);
+
+    pub fn new(retry_for: Duration) -> Retry {
+        Retry {
+            retry_for,
+            first_wait: Duration::from_secs(1),
+            max_wait: Duration::from_secs(15),
+        }
+    }
+
+    /// No retries.
+    pub fn never() -> Retry {
+        Retry::new(Duration::ZERO)
+    }
+}
+
+/// `restore_verified`, trying again with growing waits while the archive is
+/// unavailable, for at most `retry.retry_for`; each retry is told to `log`
+/// (restore_command's stderr reaches the server log). `archive` opens the
+/// archive (called once per attempt; it may cache).
+pub fn restore_retrying<'a>(
+    archive: &dyn Fn() -> Result<&'a dyn Destination, RestoreError>,
+    walfile: &str,
+    dest: &Path,
+    retry: &Retry,
+    log: &dyn Fn(&str),
+) -> Result<Restored, RestoreError> {
+    let start = Instant::now();
+    let mut wait = retry.first_wait;
+    let mut attempt = 1u32;
+    loop {
+        match archive().and_then(|a| restore_verified(a, walfile, dest)) {
+            Err(RestoreError::Unavailable(m)) => {
+                let spent = start.elapsed();
+                if spent + wait > retry.retry_for {
+                    return Err(RestoreError::Unavailable(if attempt > 1 {
+                        format!(
+                            "{m} (still failing after {attempt} attempts in {})",
+                            crate::time::describe(spent)
+                        )
+                    } else {
+                        m
+                    }));
+                }
+                log(&format!(
+                    "could not restore \"{walfile}\" (attempt {attempt}): {m}; retrying in {}, for up to {} in all",
+                    crate::time::describe(wait),
+                    crate::time::describe(retry.retry_for)
+                ));
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(retry.max_wait);
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 impl std::fmt::Display for RestoreError {
@@ -33,6 +163,7 @@ impl std::fmt::Display for RestoreError {
             RestoreError::NotFound(s)
             | RestoreError::Integrity(s)
             | RestoreError::Usage(s)
+            | RestoreError::Unavailable(s)
             | RestoreError::Io(s) => f.write_str(s),
         }
     }
@@ -47,7 +178,15 @@ fn io_err(action: &str, p: &Path, e: &io::Error) -> RestoreError {
 }
 
 fn store_err(e: ArchiveError) -> RestoreError {
-    RestoreError::Io(e.message)
+    let text = match &e.detail {
+        Some(d) => format!("{}: {d}", e.message),
+        None => e.message,
+    };
+    if e.kind == crate::error::ErrorKind::Unavailable {
+        RestoreError::Unavailable(text)
+    } else {
+        RestoreError::Io(text)
+    }
 }
 
 /// A file restored: its length and the SHA-256 of the bytes written.
@@ -317,6 +456,169 @@ mod tests {
             restore(&LocalDirectory::new(&arch, 0o600), "../etc/passwd", &dest),
             Err(RestoreError::Usage(_))
         ));
+    }
+
+    /// A directory archive that is unavailable for its first `failures`
+    /// reads, as a store that comes back.
+    struct Flaky {
+        inner: LocalDirectory,
+        failures: std::sync::atomic::AtomicU32,
+    }
+
+    impl Destination for Flaky {
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        fn location(&self, name: &str) -> String {
+            self.inner.location(name)
+        }
+        fn store_new(
+            &self,
+            name: &str,
+            source: &Path,
+        ) -> Result<crate::destination::Stored, ArchiveError> {
+            self.inner.store_new(name, source)
+        }
+        fn store_new_bytes(
+            &self,
+            name: &str,
+            data: &[u8],
+        ) -> Result<crate::destination::Stored, ArchiveError> {
+            self.inner.store_new_bytes(name, data)
+        }
+        fn recorded(&self, name: &str) -> Result<Recorded, ArchiveError> {
+            self.inner.recorded(name)
+        }
+        fn write_record(&self, name: &str, d: &Sha256Digest) -> Result<(), ArchiveError> {
+            self.inner.write_record(name, d)
+        }
+        fn make_durable(&self, name: &str) -> Result<(), ArchiveError> {
+            self.inner.make_durable(name)
+        }
+        fn size(&self, name: &str) -> Result<Option<u64>, ArchiveError> {
+            self.inner.size(name)
+        }
+        fn open(&self, name: &str) -> Result<Option<Box<dyn Read + Send + '_>>, ArchiveError> {
+            use std::sync::atomic::Ordering;
+            let left = self.failures.load(Ordering::SeqCst);
+            if left > 0 {
+                self.failures.store(left - 1, Ordering::SeqCst);
+                return Err(ArchiveError::io(
+                    "read file",
+                    Path::new(name),
+                    &io::Error::from_raw_os_error(libc::ETIMEDOUT),
+                ));
+            }
+            self.inner.open(name)
+        }
+        fn entries(&self) -> Result<Vec<crate::destination::Entry>, ArchiveError> {
+            self.inner.entries()
+        }
+        fn list(&self) -> Result<Vec<String>, ArchiveError> {
+            self.inner.list()
+        }
+        fn remove(&self, name: &str) -> Result<(), ArchiveError> {
+            self.inner.remove(name)
+        }
+    }
+
+    fn quick(retry_for_ms: u64) -> Retry {
+        Retry {
+            retry_for: Duration::from_millis(retry_for_ms),
+            first_wait: Duration::from_millis(10),
+            max_wait: Duration::from_millis(40),
+        }
+    }
+
+    #[test]
+    fn an_unavailable_archive_is_retried_until_it_answers_and_each_retry_is_logged() {
+        let (d, wal, arch) = setup();
+        let dest = d.path().join("RECOVERYXLOG");
+        let flaky = Flaky {
+            inner: LocalDirectory::new(&arch, 0o600),
+            failures: 3.into(),
+        };
+        let logged = std::cell::RefCell::new(vec![]);
+        let r = restore_retrying(&|| Ok(&flaky), SEG, &dest, &quick(5_000), &|m| {
+            logged.borrow_mut().push(m.to_string())
+        })
+        .unwrap();
+        assert_eq!(r.len, 300_000);
+        assert_eq!(
+            std::fs::read(&dest).unwrap(),
+            std::fs::read(wal.join(SEG)).unwrap()
+        );
+        let logged = logged.into_inner();
+        assert_eq!(logged.len(), 3, "{logged:?}");
+        assert!(
+            logged[0].contains(SEG) && logged[0].contains("retrying in"),
+            "{}",
+            logged[0]
+        );
+    }
+
+    #[test]
+    fn an_archive_unavailable_for_longer_than_the_retries_is_an_error_never_not_found() {
+        let (d, _wal, arch) = setup();
+        let dest = d.path().join("RECOVERYXLOG");
+        let flaky = Flaky {
+            inner: LocalDirectory::new(&arch, 0o600),
+            failures: 1_000.into(),
+        };
+        let e = restore_retrying(&|| Ok(&flaky), SEG, &dest, &quick(100), &|_| {}).unwrap_err();
+        assert!(
+            matches!(e, RestoreError::Unavailable(ref m) if m.contains("attempts")),
+            "{e}"
+        );
+        assert!(!dest.exists());
+        // Without retries: one attempt, the same answer.
+        let e = restore_retrying(&|| Ok(&flaky), SEG, &dest, &Retry::never(), &|_| {
+            panic!("no retry")
+        })
+        .unwrap_err();
+        assert!(matches!(e, RestoreError::Unavailable(_)), "{e}");
+        // Integrity failures and "not found" are never retried.
+        let missing = "000000010000000000000099";
+        let flaky = Flaky {
+            inner: LocalDirectory::new(&arch, 0o600),
+            failures: 0.into(),
+        };
+        let e = restore_retrying(&|| Ok(&flaky), missing, &dest, &quick(5_000), &|_| {
+            panic!("no retry")
+        })
+        .unwrap_err();
+        assert!(matches!(e, RestoreError::NotFound(_)), "{e}");
+        let mut b = std::fs::read(arch.join(SEG)).unwrap();
+        b[7] ^= 1;
+        std::fs::write(arch.join(SEG), b).unwrap();
+        let e = restore_retrying(&|| Ok(&flaky), SEG, &dest, &quick(5_000), &|_| {
+            panic!("no retry")
+        })
+        .unwrap_err();
+        assert!(matches!(e, RestoreError::Integrity(_)), "{e}");
+    }
+
+    #[test]
+    fn a_standby_is_told_apart_from_archive_recovery_through_a_linked_pg_wal() {
+        let d = tempfile::tempdir().unwrap();
+        let data = d.path().join("data");
+        let wal_disk = d.path().join("waldisk");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&wal_disk).unwrap();
+        std::os::unix::fs::symlink(&wal_disk, data.join("pg_wal")).unwrap();
+        let dest = data.join("pg_wal/RECOVERYXLOG");
+        // Not a data directory (yet): by hand, failures stop.
+        assert_eq!(data_directory(&dest), None);
+        assert_eq!(RecoveryMode::of(&dest), RecoveryMode::Archive);
+        std::fs::write(data.join("PG_VERSION"), "15\n").unwrap();
+        std::fs::write(data.join("recovery.signal"), "").unwrap();
+        assert_eq!(data_directory(&dest), Some(data.clone()));
+        assert_eq!(RecoveryMode::of(&dest), RecoveryMode::Archive);
+        assert_eq!(RecoveryMode::Archive.failure_status(), EXIT_STOP_RECOVERY);
+        std::fs::write(data.join("standby.signal"), "").unwrap();
+        assert_eq!(RecoveryMode::of(&dest), RecoveryMode::Standby);
+        assert_eq!(RecoveryMode::Standby.failure_status(), EXIT_NOT_FOUND);
+        assert!(EXIT_STOP_RECOVERY > 125 && EXIT_NOT_FOUND <= 125);
     }
 
     const ZSEG: &str = "000000010000000000000009";

@@ -48,18 +48,8 @@ const IN_FLIGHT: &str = ".inflight.";
 /// command: `dest` is in `pg_wal` of a data directory. Returns the spool
 /// and the data directory.
 pub fn default_for(dest: &Path) -> Option<(PathBuf, PathBuf)> {
-    let dir = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let dir = fs::canonicalize(dir).ok()?;
-    if dir.file_name()? != "pg_wal" {
-        return None;
-    }
-    let data = dir.parent()?.to_path_buf();
-    data.join("PG_VERSION")
-        .is_file()
-        .then(|| (dir.join(DEFAULT_NAME), data))
+    let data = crate::restore::data_directory(dest)?;
+    Some((data.join("pg_wal").join(DEFAULT_NAME), data))
 }
 
 /// Identity of a file or directory, to notice it was removed or replaced.
