@@ -618,7 +618,7 @@ mod tests {
         std::fs::write(data.join("standby.signal"), "").unwrap();
         assert_eq!(RecoveryMode::of(&dest), RecoveryMode::Standby);
         assert_eq!(RecoveryMode::Standby.failure_status(), EXIT_NOT_FOUND);
-        assert!(EXIT_STOP_RECOVERY > 125 && EXIT_NOT_FOUND <= 125);
+        const { assert!(EXIT_STOP_RECOVERY > 125 && EXIT_NOT_FOUND <= 125) };
     }
 
     const ZSEG: &str = "000000010000000000000009";
