@@ -1,6 +1,7 @@
 //! Corruption and gaps in the archive: found by `walarch verify` and
-//! walarch_verify(), refused by `walarch restore`, and recovery stops before
-//! them.
+//! walarch_verify(), refused by `walarch restore`, and recovery stops at
+//! them without opening the server; once the file is repaired, starting the
+//! server again completes the same recovery.
 
 use std::fs;
 use std::time::Duration;
@@ -23,7 +24,8 @@ fn corruption_is_found_refused_and_stops_recovery() {
 
     // Flip one byte in the segment holding batch 3.
     let victim = archive.join(&segs[3]);
-    let mut bytes = fs::read(&victim).unwrap();
+    let good = fs::read(&victim).unwrap();
+    let mut bytes = good.clone();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
     fs::write(&victim, bytes).unwrap();
@@ -47,20 +49,25 @@ fn corruption_is_found_refused_and_stops_recovery() {
         &segs[3],
         dest.to_str().unwrap(),
     ]);
-    assert_eq!(code, 3, "{err}");
+    assert_eq!(code, 255, "{err}");
     assert!(err.contains("checksum mismatch"), "{err}");
     assert!(!dest.exists(), "a refused file was left at the destination");
 
-    // Recovery replays batches 0-2 and stops before the corrupt segment
-    // instead of replaying garbage.
+    // Recovery replays batches 0-2, then stops at the corrupt segment: it
+    // neither replays garbage nor takes the refusal for the end of the
+    // archive (which would open the server with batches 3-5 gone).
     let mut r = recovering_from("corrupt-recovery", &p, "backup", &archive, &[], None);
-    r.start_and_wait_promoted(T);
-    assert_eq!(r.query("SELECT count(*), max(id) FROM t"), "300|300");
+    let log = r.start_expecting_recovery_to_stop(T);
     assert!(
-        r.log_text().contains("checksum mismatch"),
-        "{}",
-        r.log_text()
+        log.contains(&format!("checksum mismatch for \"{}\"", segs[3]))
+            && log.contains("so that PostgreSQL stops recovery")
+            && log.contains(&format!("could not restore file \"{}\"", segs[3])),
+        "{log}"
     );
+    // Repaired, the same recovery goes on to the end.
+    fs::write(&victim, &good).unwrap();
+    r.start_and_wait_promoted(T);
+    assert_eq!(r.query("SELECT count(*), max(id) FROM t"), "600|600");
 
     // A deleted segment is a gap.
     fs::remove_file(archive.join(&segs[1])).unwrap();

@@ -1,6 +1,7 @@
 //! Recovery from a bucket with `walarch restore` prefetching: to a restore
 //! point and across a timeline switch, through a corrupt object (recovery
-//! stops before it, as without prefetching), and with the helper killed
+//! stops there without opening the server, as without prefetching, and
+//! completes once the object is repaired), and with the helper killed
 //! mid-recovery (recovery goes on). The helper's last line in the server log
 //! says what it did.
 
@@ -179,7 +180,7 @@ fn pitr_from_a_bucket_with_prefetch_to_a_restore_point_and_across_a_timeline_swi
 }
 
 #[test]
-fn a_corrupt_object_stops_recovery_before_it_as_without_prefetch() {
+fn a_corrupt_object_stops_recovery_and_once_repaired_a_restart_completes_it() {
     let s3 = Seaweed::start("prefetch-corrupt", None);
     let prefix = format!("pg{}/corrupt", pg_major());
     let p = primary(&s3, "pf-corrupt", &prefix);
@@ -208,17 +209,17 @@ fn a_corrupt_object_stops_recovery_before_it_as_without_prefetch() {
         ("pf-corrupt-prefetch", "--prefetch 8 --prefetch-idle 2"),
         ("pf-corrupt-direct", "--no-prefetch"),
     ] {
+        s3.overwrite_object(
+            &key,
+            &bad,
+            &[format!("x-amz-meta-sha256: {}", to_hex(&sha256(&good)))],
+        );
         let mut r = recovering(&s3, &p, name, &prefix, options, None);
         r.append_conf(&["archive_mode = off"]);
-        r.start_and_wait_promoted(T);
-        assert_eq!(
-            r.query("SELECT count(*), max(id) FROM t"),
-            "300|300",
-            "{name}"
-        );
-        let log = r.log_text();
+        let log = r.start_expecting_recovery_to_stop(T);
         assert!(
-            log.contains(&format!("checksum mismatch for \"{}\"", segs[3])),
+            log.contains(&format!("checksum mismatch for \"{}\"", segs[3]))
+                && log.contains("so that PostgreSQL stops recovery"),
             "{name}:\n{log}"
         );
         if options.starts_with("--prefetch") {
@@ -238,6 +239,18 @@ fn a_corrupt_object_stops_recovery_before_it_as_without_prefetch() {
         } else {
             assert!(!log.contains("walarch prefetch"), "{log}");
         }
+        // The object repaired, starting again completes the recovery.
+        s3.overwrite_object(
+            &key,
+            &good,
+            &[format!("x-amz-meta-sha256: {}", to_hex(&sha256(&good)))],
+        );
+        r.start_and_wait_promoted(T);
+        assert_eq!(
+            r.query("SELECT count(*), max(id) FROM t"),
+            "600|600",
+            "{name}"
+        );
     }
 }
 

@@ -351,6 +351,33 @@ impl Cluster {
         });
     }
 
+    /// Starts a recovering cluster that is expected to stop recovery rather
+    /// than open: waits until its postmaster has exited, and asserts that it
+    /// never ended recovery (no new timeline, never read-write). Returns the
+    /// server log.
+    pub fn start_expecting_recovery_to_stop(&mut self, timeout: Duration) -> String {
+        // With hot_standby, pg_ctl may see the server up (read-only) before
+        // recovery fails.
+        self.running |= self.try_start(60);
+        let pid_file = self.data.join("postmaster.pid");
+        wait_until("the server to stop recovery and exit", timeout, || {
+            !pid_file.exists()
+        });
+        self.running = false;
+        let log = self.log_text();
+        assert!(
+            !log.contains("selected new timeline ID")
+                && !log.contains("database system is ready to accept connections"),
+            "recovery ended and the server opened:\n{log}"
+        );
+        assert!(
+            log.contains("aborting startup due to startup process failure")
+                || log.contains("startup process") && log.contains("exited with exit code 1"),
+            "{log}"
+        );
+        log
+    }
+
     /// Waits until the server accepts queries again (after a crash restart).
     pub fn wait_ready(&self, timeout: Duration) {
         wait_until("server accepting queries", timeout, || {
