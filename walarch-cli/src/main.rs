@@ -235,7 +235,17 @@ fn retry_policy(flags: &[(String, Option<String>)], mode: RecoveryMode) -> Resul
     }
 }
 
+/// A panic exits 101, which PostgreSQL would take for "not in the archive":
+/// restore exits with its failure status instead, whichever thread panics.
+fn exit_on_panic(status: u8) {
+    std::panic::set_hook(Box::new(move |info| {
+        eprintln!("walarch: internal error: {info}");
+        std::process::exit(i32::from(status));
+    }));
+}
+
 fn cmd_restore(args: &[String]) -> ExitCode {
+    exit_on_panic(walarch_core::restore::EXIT_STOP_RECOVERY);
     let mut with_value = prefetch::FLAGS.to_vec();
     with_value.push("--retry-for");
     let parsed = command_args(args, &with_value, &prefetch::SWITCHES);
@@ -258,6 +268,7 @@ fn cmd_restore(args: &[String]) -> ExitCode {
     };
     let dest = Path::new(dest);
     let mode = RecoveryMode::of(dest);
+    exit_on_panic(mode.failure_status());
     let fail = |code| fail_in(mode, code);
     let is_bucket = matches!(DestinationSpec::parse(dir), Ok(DestinationSpec::S3 { .. }));
     let (prefetching, retry) = match prefetch::settings(&a.flags, is_bucket, dest)
