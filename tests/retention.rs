@@ -289,7 +289,11 @@ fn keep_backups_follows_the_history_after_a_fork_back_in_position() {
         &r,
         "b3",
         &archive,
-        &["recovery_target_action = 'promote'"],
+        // The backup copied timeline 2's own recovery target: none now.
+        &[
+            "recovery_target_name = ''",
+            "recovery_target_action = 'promote'",
+        ],
         None,
     );
     restored.append_conf(&["archive_mode = off"]);
