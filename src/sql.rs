@@ -303,7 +303,7 @@ fn walarch_expire(
     ),
 > {
     use walarch_core::destination::Destination;
-    use walarch_core::retention::{execute, plan, Rule};
+    use walarch_core::retention::{execute, plan, read_facts, BackupCheck, Rule};
     let bad = |msg: &'static str, hint: &'static str| -> ! {
         ErrorReport::new(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -354,7 +354,18 @@ fn walarch_expire(
     let entries = dest
         .entries()
         .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_IO_ERROR, &e));
-    let p = plan(&entries, &rules[0], std::time::SystemTime::now()).unwrap_or_else(|e| {
+    let facts =
+        read_facts(&dest, &entries).unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_IO_ERROR, &e));
+    // No way to skip the backup check here: an archive whose backups are
+    // kept elsewhere is expired with `walarch expire --no-backup-check`.
+    let p = plan(
+        &entries,
+        &facts,
+        &rules[0],
+        std::time::SystemTime::now(),
+        BackupCheck::Required,
+    )
+    .unwrap_or_else(|e| {
         let code = match e.kind {
             walarch_core::ErrorKind::InvalidName => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             _ => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

@@ -43,8 +43,13 @@ fn segments(archive: &Path) -> Vec<String> {
 /// A base backup without WAL, waiting until its `.backup` file is archived
 /// (the `n`th); returns the name of that file.
 fn backup(c: &Cluster, name: &str, n: usize) -> String {
+    backup_in(c, name, n, &c.archive_dir())
+}
+
+/// `backup` for a cluster archiving into `archive` (not its own directory).
+fn backup_in(c: &Cluster, name: &str, n: usize, archive: &Path) -> String {
     c.backup(name, &BackupOptions::without_wal());
-    let archive = c.archive_dir();
+    let archive = archive.to_path_buf();
     wait_until(&format!("backup {name} archived"), T, || {
         backups(&archive).len() >= n
     });
@@ -183,20 +188,120 @@ fn bad_rules_are_refused_and_remove_nothing() {
     assert!(err.contains("permission denied"), "{err}");
     assert_eq!(segments(&archive), before);
 
-    // By archive time: everything here was archived moments ago.
-    let (code, out, err) = walarch(&["expire", dir, "--older-than", "1h"]);
+    // Without a base backup, --older-than and --before remove nothing, even
+    // when every file is older: an archive whose backups are elsewhere (or
+    // whose archiving was broken for longer) must not be emptied by cron.
+    for (rule, value) in [("--older-than", "0s"), ("--before", before[1].as_str())] {
+        let (code, out, err) = walarch(&["expire", dir, rule, value]);
+        assert_eq!(code, 3, "{rule}: {out}{err}");
+        assert!(
+            err.contains("no base backup is recorded in the archive") && err.contains(rule),
+            "{rule}: {err}"
+        );
+        assert!(err.contains("--no-backup-check"), "{err}");
+        assert_eq!(segments(&archive), before);
+    }
+    let err = c
+        .psql("SELECT * FROM walarch_expire(older_than => '0', dry_run => false)")
+        .unwrap_err();
+    assert!(
+        err.contains("no base backup is recorded in the archive")
+            && err.contains("--no-backup-check"),
+        "{err}"
+    );
+    assert_eq!(segments(&archive), before);
+
+    // Told the backups are kept elsewhere: by archive time (everything here
+    // was archived moments ago), then --before, which keeps the named file.
+    let (code, out, err) = walarch(&["expire", dir, "--older-than", "1h", "--no-backup-check"]);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("0 file(s) removed, archived more than 1h ago"),
         "{out}"
     );
     assert_eq!(segments(&archive), before);
-
-    // --before works without backups, and keeps the named file.
-    let (code, _, err) = walarch(&["expire", dir, "--before", &before[1]]);
+    let (code, _, err) = walarch(&["expire", dir, "--before", &before[1], "--no-backup-check"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(segments(&archive), &before[1..]);
     verify_ok(&archive);
+}
+
+/// A point-in-time recovery forks timeline 2 back in position, before a
+/// timeline-1 backup, and timeline 2 gets a backup: that one is the newest.
+/// Keeping one backup keeps its WAL (not the higher-positioned timeline-1
+/// one's), and a recovery from it gets every row.
+#[test]
+fn keep_backups_follows_the_history_after_a_fork_back_in_position() {
+    if !matches!(pg_major(), 15 | 18) {
+        return;
+    }
+    let mut c = recovery_primary("expire-fork");
+    let archive = c.archive_dir();
+    let dir = archive.to_str().unwrap();
+    batch(&c, 1, 100, "before b1");
+    backup(&c, "b1", 1);
+    batch(&c, 101, 200, "before the mistake");
+    c.query("SELECT pg_create_restore_point('before_mistake')");
+    batch(&c, 201, 300, "the mistake");
+    c.switch_many(10);
+    let b2 = backup(&c, "b2", 2);
+    batch(&c, 301, 400, "after b2");
+    c.stop();
+
+    // Back to before the mistake, on timeline 2, archiving into the same
+    // archive, with a backup there.
+    let mut r = recovering_from(
+        "expire-fork-tl2",
+        &c,
+        "b1",
+        &archive,
+        &[
+            "recovery_target_name = 'before_mistake'",
+            "recovery_target_action = 'promote'",
+        ],
+        Some(&archive),
+    );
+    r.start_and_wait_promoted(T);
+    assert_eq!(r.query("SELECT count(*) FROM t"), "200");
+    batch(&r, 1001, 1100, "timeline 2");
+    let b3 = backup_in(&r, "b3", 3, &archive);
+    batch(&r, 1101, 1200, "after b3");
+    r.stop();
+    assert!(b3.starts_with("00000002"), "{b3}");
+    assert!(b3[8..24] < b2[8..24], "the fork must go back: {b3} {b2}");
+
+    let (code, out, err) = walarch(&["expire", dir, "--keep-backups", "1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(backups(&archive), std::slice::from_ref(&b3), "{out}");
+    assert!(archive.join("00000002.history").exists());
+    assert!(archive.join(&b3[..24]).exists(), "{out}");
+    // Timeline 1's WAL after the fork is another branch: gone.
+    assert!(
+        !segments(&archive)
+            .iter()
+            .any(|s| s.starts_with("00000001") && s[8..] >= b2[8..24]),
+        "{out}"
+    );
+    verify_ok(&archive);
+
+    let mut restored = recovering_from(
+        "expire-fork-restored",
+        &r,
+        "b3",
+        &archive,
+        // The backup copied timeline 2's own recovery target: none now.
+        &[
+            "recovery_target_name = ''",
+            "recovery_target_action = 'promote'",
+        ],
+        None,
+    );
+    restored.append_conf(&["archive_mode = off"]);
+    restored.start_and_wait_promoted(T);
+    assert_eq!(
+        restored.query("SELECT count(*), count(*) FILTER (WHERE id > 1000) FROM t"),
+        "400|200"
+    );
 }
 
 /// `walarch expire` killed midway: whatever it removed is a prefix, so the

@@ -5,7 +5,9 @@ use std::time::SystemTime;
 
 use walarch_core::compressing::Compressing;
 use walarch_core::destination::{Destination, Entry};
-use walarch_core::retention::{execute, plan, plan_cleanup, Action, Plan, Rule};
+use walarch_core::retention::{
+    execute, plan, plan_cleanup, read_facts, Action, BackupCheck, Plan, Rule,
+};
 use walarch_core::time::parse_duration;
 use walarch_core::ArchiveError;
 
@@ -20,17 +22,19 @@ pub fn cmd_expire(args: &[String]) -> ExitCode {
     let (a, o) = match command_args(
         args,
         &["--keep-backups", "--before", "--older-than"],
-        &["--dry-run", "--json"],
+        &["--dry-run", "--json", "--no-backup-check"],
     ) {
         Ok(x) => x,
         Err(code) => return code,
     };
     let (mut rules, mut dry_run, mut json) = (vec![], false, false);
+    let mut check = BackupCheck::Required;
     for (k, v) in &a.flags {
         let v = v.as_deref().unwrap_or_default();
         match k.as_str() {
             "--dry-run" => dry_run = true,
             "--json" => json = true,
+            "--no-backup-check" => check = BackupCheck::Skipped,
             "--keep-backups" => match v.parse::<u32>() {
                 Ok(n) if n > 0 => rules.push(Rule::KeepBackups(n)),
                 _ => return usage("--keep-backups takes a number of base backups, at least 1"),
@@ -52,8 +56,18 @@ pub fn cmd_expire(args: &[String]) -> ExitCode {
         [_, extra, ..] => return usage(&format!("unexpected argument \"{extra}\"")),
     };
     with_entries(&dir, &o, |dest, entries| {
-        match plan(entries, rule, SystemTime::now()) {
-            Ok(p) => run(dest, &p, dry_run, json, &dir),
+        let facts = match read_facts(dest, entries) {
+            Ok(f) => f,
+            Err(e) => return failed("nothing removed", &e),
+        };
+        match plan(entries, &facts, rule, SystemTime::now(), check) {
+            Ok(p) => {
+                let code = run(dest, &p, dry_run, json, &dir);
+                if !dry_run && code == ExitCode::SUCCESS {
+                    sweep(dest, json);
+                }
+                code
+            }
             Err(e) => failed("nothing removed", &e),
         }
     })
@@ -100,6 +114,27 @@ pub fn cmd_cleanup(args: &[String]) -> ExitCode {
             Err(e) => failed("cleanup stopped", &e),
         }
     })
+}
+
+/// Removes what interrupted stores and removals left behind (temporary
+/// files of dead processes, checksum records whose file is gone), saying
+/// what went; a failure there is reported but does not fail the expiry.
+fn sweep(dest: &dyn Destination, json: bool) {
+    match dest.clean_leftovers() {
+        Ok(l) => {
+            for n in &l.removed {
+                if json {
+                    eprintln!("walarch: removed leftover {n}");
+                } else {
+                    println!("removed leftover {n}");
+                }
+            }
+            for (n, e) in &l.failed {
+                eprintln!("walarch: warning: could not remove leftover {n}: {e}");
+            }
+        }
+        Err(e) => eprintln!("walarch: warning: could not clean leftovers: {e}"),
+    }
 }
 
 /// Lists (dry run) or carries out the plan: one line per file as it goes,

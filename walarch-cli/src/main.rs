@@ -40,7 +40,7 @@ const USAGE: &str = "usage:
                  [--prefetch-idle SECONDS] [--retry-for DURATION] [S3 OPTIONS]
   walarch verify ARCHIVE [--from WALFILE] [--to WALFILE] [--json] [S3 OPTIONS]
   walarch expire ARCHIVE (--keep-backups N | --before WALFILE | --older-than DURATION)
-                 [--dry-run] [--json] [S3 OPTIONS]
+                 [--dry-run] [--json] [--no-backup-check] [S3 OPTIONS]
   walarch cleanup ARCHIVE RESTARTFILE [--dry-run] [--clean-backup-history] [S3 OPTIONS]
 ARCHIVE: a directory or s3://BUCKET[/PREFIX]
 S3 OPTIONS: --endpoint URL --region REGION --ca-file PEM --uri-style auto|path|host

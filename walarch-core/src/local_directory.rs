@@ -117,10 +117,63 @@ fn sweep(dir: &Path) -> std::io::Result<Leftovers> {
             }
         }
     }
+    sweep_orphan_records(dir, &mut report)?;
     if !report.removed.is_empty() {
         crate::fsutil::fsync_dir(dir)?;
     }
     Ok(report)
+}
+
+/// Removes checksum records whose file is gone: `remove` takes the file
+/// first, so a crash in between leaves one. Harmless to `verify`, but a
+/// record that outlives its file would be read as the record of a new file
+/// stored under the name later if that store died before writing its own.
+/// The record is first moved aside (a temporary name, swept like any), and
+/// put back if its file has appeared meanwhile (a store in progress), unless
+/// that store has already put its own record in place.
+fn sweep_orphan_records(dir: &Path, report: &mut Leftovers) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let Some(walfile) = name.strip_suffix(SIDECAR_SUFFIX) else {
+            continue;
+        };
+        if stored_form(walfile).is_none() || dir.join(walfile).symlink_metadata().is_ok() {
+            continue;
+        }
+        let side = dir.join(&name);
+        let aside = temp_path(dir, &name);
+        match std::fs::rename(&side, &aside) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                report.failed.push((name, crate::error::os_message(&e)));
+                continue;
+            }
+        }
+        let restored = if dir.join(walfile).symlink_metadata().is_ok() {
+            match rename_noreplace(&aside, &side) {
+                Ok(()) => true,
+                // The store that made the file has written its record.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+                Err(e) => {
+                    report.failed.push((name, crate::error::os_message(&e)));
+                    continue;
+                }
+            }
+        } else {
+            false
+        };
+        if !restored {
+            match std::fs::remove_file(&aside) {
+                Ok(()) => report.removed.push(name),
+                Err(e) => report.failed.push((name, crate::error::os_message(&e))),
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone)]
@@ -566,6 +619,39 @@ mod tests {
         assert!(name.len() - "000000010000000000000001".len() <= MAX_DECORATION_LEN);
         assert_eq!(temp_owner_pid("000000010000000000000001"), None);
         assert_eq!(temp_owner_pid(".walarch-tmp.x.notapid.1"), None);
+    }
+
+    #[test]
+    fn sweep_removes_records_whose_file_is_gone() {
+        let (_d, src, arch) = setup(b"abc");
+        let dest = LocalDirectory::new(&arch, 0o600);
+        let other = "000000010000000000000002";
+        std::fs::copy(src.join(SEG), src.join(other)).unwrap();
+        dest.store_new(SEG, &src.join(SEG)).unwrap();
+        dest.store_new(other, &src.join(other)).unwrap();
+        // A removal that died between the file and its record.
+        std::fs::remove_file(arch.join(other)).unwrap();
+        // Records that are not walarch's are none of its business.
+        std::fs::write(arch.join("notes.txt.sha256"), b"x").unwrap();
+        let r = dest.clean_leftovers().unwrap();
+        assert_eq!(r.removed, [format!("{other}.sha256")]);
+        assert!(r.failed.is_empty());
+        let mut left = listing(&arch);
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                SEG.to_string(),
+                format!("{SEG}.sha256"),
+                "notes.txt.sha256".to_string()
+            ]
+        );
+        assert!(matches!(dest.recorded(SEG).unwrap(), Recorded::Digest(_)));
+        // Nothing more the second time.
+        assert!(dest.clean_leftovers().unwrap().removed.is_empty());
+        // A new file under the name gets its own record.
+        dest.store_new(other, &src.join(other)).unwrap();
+        assert!(matches!(dest.recorded(other).unwrap(), Recorded::Digest(_)));
     }
 
     #[test]

@@ -1,24 +1,48 @@
 //! Which archived WAL files a retention rule removes, and removing them.
 //!
-//! The archive is cut at one WAL position: every segment, `.partial` and
-//! `.backup` file that logically precedes the cut goes, on every timeline
-//! (compared by the log/segment part of the name, as pg_archivecleanup
-//! does); everything at or after it stays, and `.history` files always stay.
+//! What a base backup needs is read from the archive itself: its backup
+//! history file (`.backup`: start and stop location, timelines, stop time)
+//! and the timeline history files (`.history`). Restoring a backup replays
+//! from its start on its timeline and, with `recovery_target_timeline =
+//! latest`, onto any later timeline whose history leaves the backup's
+//! timeline at or after that start; so a kept backup keeps, from its start
+//! segment on, the segments of its timeline and of every such descendant.
+//! Other timelines (forks that left before the backup began, abandoned
+//! branches) are not its concern, though another kept backup may need them.
+//! A timeline whose history cannot be read counts as a descendant: when in
+//! doubt, keep. `.history` files always stay (each is tiny, and recovery
+//! reads them to pick its timeline).
+//!
+//! "The most recent backups" are the most recent in the archive's history:
+//! a backup whose stop record is part of another's history (same timeline
+//! before it, or on a timeline the other's forked from later) is older, and
+//! otherwise the stop time decides; the WAL position alone does not, since a
+//! point-in-time recovery forks a new timeline back in position.
+//!
+//! A rule never removes WAL that the newest backup needs, nor the WAL of the
+//! newest backup that the latest timeline (the one a restore follows by
+//! default, and the one a server archives after a recovery) can be restored
+//! from. With no backup known, `--before` and `--older-than` remove nothing
+//! unless told the backups are kept elsewhere.
+//!
 //! Files go oldest first, each data before its record, so an expiry that
 //! stops midway leaves a shorter archive without a hole, and never a record
 //! without its file.
 
 use std::cmp::Ordering;
-use std::time::{Duration, SystemTime};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::destination::{Destination, Entry};
 use crate::error::{ArchiveError, ErrorKind};
+use crate::timeline_history::Timelines;
 use crate::walname::{WalFileKind, WalFileName};
 
 /// What to keep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rule {
-    /// The WAL the N most recent base backups need, and everything after.
+    /// The WAL the N most recent base backups need.
     KeepBackups(u32),
     /// Everything from this segment on.
     Before(String),
@@ -52,7 +76,7 @@ pub struct Decision {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    /// The first segment kept (`None`: nothing to cut at, nothing removed).
+    /// The oldest segment position kept (`None`: nothing to cut at).
     pub cut: Option<String>,
     /// Why the archive is cut there.
     pub why: String,
@@ -64,6 +88,266 @@ impl Plan {
     pub fn removals(&self) -> impl Iterator<Item = &Decision> {
         self.decisions.iter().filter(|d| d.action == Action::Remove)
     }
+}
+
+/// The texts retention reads besides the names: every backup history file
+/// (by name) and timeline history file (by timeline).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub backups: BTreeMap<String, String>,
+    pub histories: BTreeMap<u32, String>,
+}
+
+/// History files are a few hundred bytes; anything much larger is not one.
+const MAX_HISTORY_TEXT: u64 = 1 << 20;
+
+/// Reads the `.backup` and `.history` files among `entries` from `dest`.
+/// One that vanished meanwhile is skipped (a `.backup` then counts as
+/// unreadable and `plan` refuses); one that cannot be read is an error.
+pub fn read_facts(dest: &dyn Destination, entries: &[Entry]) -> Result<Facts, ArchiveError> {
+    let mut facts = Facts::default();
+    for e in entries {
+        let Some(w) = WalFileName::parse(&e.name) else {
+            continue;
+        };
+        if !matches!(w.kind, WalFileKind::Backup | WalFileKind::History) {
+            continue;
+        }
+        let Some(r) = dest.open(&e.name)? else {
+            continue;
+        };
+        let mut bytes = vec![];
+        r.take(MAX_HISTORY_TEXT)
+            .read_to_end(&mut bytes)
+            .map_err(|err| {
+                ArchiveError::new(
+                    ErrorKind::Io,
+                    format!(
+                        "could not read \"{}\": {}",
+                        dest.location(&e.name),
+                        crate::error::os_message(&err)
+                    ),
+                )
+            })?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        match w.kind {
+            WalFileKind::Backup => {
+                facts.backups.insert(e.name.clone(), text);
+            }
+            _ => {
+                facts.histories.insert(w.timeline, text);
+            }
+        }
+    }
+    Ok(facts)
+}
+
+/// A base backup as its backup history file describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backup {
+    /// The `.backup` file's name.
+    pub name: String,
+    pub start_timeline: u32,
+    pub stop_timeline: u32,
+    pub start_lsn: u64,
+    pub stop_lsn: u64,
+    /// Seconds since the Unix epoch: the stop time when its zone is known,
+    /// else when the archive stored the file, else the stop time read as UTC.
+    pub stopped: Option<i64>,
+}
+
+impl Backup {
+    /// The log/segment position of its start segment.
+    fn start_position(&self) -> &str {
+        position(&self.name)
+    }
+}
+
+fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// Days from 1970-01-01 to a civil date (proleptic Gregorian).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `STOP TIME` as PostgreSQL writes it (`%Y-%m-%d %H:%M:%S %Z` in the
+/// server's log_timezone): the local time as if UTC, and the zone's offset
+/// in seconds when the zone says it (UTC, GMT, or a numeric offset such as
+/// `+03` or `-0330`; an abbreviation such as CET is ambiguous).
+fn parse_stop_time(text: &str) -> Option<(i64, Option<i64>)> {
+    let mut parts = text.split_whitespace();
+    let (date, time) = (parts.next()?, parts.next()?);
+    let zone = parts.next().unwrap_or("");
+    let num = |s: &str| s.parse::<i64>().ok();
+    let d: Vec<i64> = date.split('-').map(num).collect::<Option<_>>()?;
+    let t: Vec<i64> = time.split(':').map(num).collect::<Option<_>>()?;
+    let (&[y, mo, da], &[h, mi, se]) = (&d[..], &t[..]) else {
+        return None;
+    };
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&da) || h > 24 || mi > 59 || se > 60 {
+        return None;
+    }
+    let local = days_from_civil(y, mo, da) * 86_400 + h * 3600 + mi * 60 + se;
+    let offset = match zone {
+        "UTC" | "GMT" | "UCT" | "Z" | "+00" | "-00" => Some(0),
+        z if z.starts_with(['+', '-']) && z.len() >= 3 => {
+            let sign = if z.starts_with('-') { -1 } else { 1 };
+            let digits: String = z[1..].chars().filter(|c| *c != ':').collect();
+            match (digits.len(), digits.chars().all(|c| c.is_ascii_digit())) {
+                (2, true) => Some(sign * num(&digits)? * 3600),
+                (4, true) => Some(sign * (num(&digits[..2])? * 3600 + num(&digits[2..])? * 60)),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    Some((local, offset))
+}
+
+/// Parses the backup history file `name` (its text `text`, stored at
+/// `stored_at`); `None` when it lacks its start or stop location.
+pub fn parse_backup(name: &str, text: &str, stored_at: Option<SystemTime>) -> Option<Backup> {
+    let w = WalFileName::parse(name).filter(|w| w.kind == WalFileKind::Backup)?;
+    let mut fields: BTreeMap<&str, &str> = BTreeMap::new();
+    for line in text.lines() {
+        if let Some((k, v)) = line.split_once(": ") {
+            fields.entry(k.trim()).or_insert(v.trim());
+        }
+    }
+    let location = |k: &str| parse_lsn(fields.get(k)?.split_whitespace().next()?);
+    let tli = |k: &str| fields.get(k).and_then(|v| v.parse::<u32>().ok());
+    let start_lsn = location("START WAL LOCATION")?;
+    let stop_lsn = location("STOP WAL LOCATION")?;
+    let start_timeline = tli("START TIMELINE").unwrap_or(w.timeline);
+    let stop_timeline = tli("STOP TIMELINE").unwrap_or(start_timeline);
+    let stored = stored_at
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64);
+    let stopped = match fields.get("STOP TIME").and_then(|t| parse_stop_time(t)) {
+        Some((local, Some(offset))) => Some(local - offset),
+        Some((local, None)) => stored.or(Some(local)),
+        None => stored,
+    };
+    Some(Backup {
+        name: name.to_string(),
+        start_timeline,
+        stop_timeline,
+        start_lsn,
+        stop_lsn,
+        stopped,
+    })
+}
+
+/// The archive's timeline histories, by timeline; timeline 1 has none.
+struct Histories(BTreeMap<u32, Timelines>);
+
+impl Histories {
+    fn new(facts: &Facts) -> Histories {
+        let mut m: BTreeMap<u32, Timelines> = facts
+            .histories
+            .iter()
+            .filter_map(|(&t, text)| Some((t, Timelines::parse(t, text)?)))
+            .collect();
+        m.insert(1, Timelines::single(1));
+        Histories(m)
+    }
+
+    /// Whether a restore that begins on `root` at `from` may go on to timeline
+    /// `tli`: it is `root`, or its history leaves `root` at or after `from`.
+    /// A timeline whose history is unknown may, if it is a later one.
+    fn followable(&self, root: u32, from: u64, tli: u32) -> bool {
+        if tli == root {
+            return true;
+        }
+        match self.0.get(&tli) {
+            Some(h) => h.leaves(root).is_some_and(|at| at >= from),
+            None => tli > root,
+        }
+    }
+
+    /// Whether backup `a`'s stop record is part of the history that leads to
+    /// `b`'s start: `a` is older, whatever the clocks said.
+    fn precedes(&self, a: &Backup, b: &Backup) -> bool {
+        if a.name == b.name {
+            return false;
+        }
+        if a.stop_timeline == b.start_timeline {
+            return a.stop_lsn <= b.start_lsn;
+        }
+        self.0
+            .get(&b.start_timeline)
+            .and_then(|h| h.leaves(a.stop_timeline))
+            .is_some_and(|at| a.stop_lsn <= at)
+    }
+}
+
+/// The backups the archive holds, newest first in its history: a backup
+/// that precedes another in the timeline history is older; otherwise the
+/// later stop time is the newer (then the later position, then the name).
+pub fn backups_newest_first(entries: &[Entry], facts: &Facts) -> Result<Vec<Backup>, ArchiveError> {
+    let histories = Histories::new(facts);
+    backups_ordered(entries, facts, &histories)
+}
+
+fn backups_ordered(
+    entries: &[Entry],
+    facts: &Facts,
+    histories: &Histories,
+) -> Result<Vec<Backup>, ArchiveError> {
+    let mut left = vec![];
+    for e in entries {
+        if WalFileName::parse(&e.name).is_none_or(|w| w.kind != WalFileKind::Backup) {
+            continue;
+        }
+        let b = facts
+            .backups
+            .get(&e.name)
+            .and_then(|text| parse_backup(&e.name, text, e.stored_at))
+            .ok_or_else(|| {
+                refused(
+                    &format!("could not read backup history file \"{}\", so nothing is removed", e.name),
+                    "Retention reads the start and stop locations of each base backup from its backup history file; this one is missing them.".into(),
+                )
+                .with_hint("Check the file; if it does not belong to the archive, move it out of the archive.")
+            })?;
+        left.push(b);
+    }
+    let older = |a: &Backup, b: &Backup| {
+        a.stopped
+            .cmp(&b.stopped)
+            .then(a.start_position().cmp(b.start_position()))
+            .then(a.start_timeline.cmp(&b.start_timeline))
+            .then(a.name.cmp(&b.name))
+    };
+    // Oldest first: of the backups that no remaining one precedes, the one
+    // with the oldest stop time (all of them if the history is circular,
+    // which only a damaged archive could make).
+    let mut ordered = Vec::with_capacity(left.len());
+    while !left.is_empty() {
+        let free: Vec<usize> = (0..left.len())
+            .filter(|&i| !left.iter().any(|o| histories.precedes(o, &left[i])))
+            .collect();
+        let pool = if free.is_empty() {
+            (0..left.len()).collect()
+        } else {
+            free
+        };
+        let i = pool
+            .into_iter()
+            .min_by(|&a, &b| older(&left[a], &left[b]))
+            .unwrap_or(0);
+        ordered.push(left.swap_remove(i));
+    }
+    ordered.reverse();
+    Ok(ordered)
 }
 
 /// The log/segment part of a segment, `.partial` or `.backup` name
@@ -92,10 +376,48 @@ fn refused(message: &str, detail: String) -> ArchiveError {
     ArchiveError::new(ErrorKind::Configuration, message).with_detail(detail)
 }
 
+/// Whether restoring `b` may need the file `name` (on timeline `tli`): from
+/// its start segment on, on its timelines and those a restore may follow.
+fn needed_by(histories: &Histories, b: &Backup, name: &str, tli: u32) -> bool {
+    position(name) >= b.start_position()
+        && [b.start_timeline, b.stop_timeline]
+            .iter()
+            .any(|&root| histories.followable(root, b.start_lsn, tli))
+}
+
+/// The latest timeline in the archive: what `recovery_target_timeline =
+/// latest` picks (the highest with a history file), or the highest with WAL.
+fn latest_timeline(wal: &[(String, WalFileName)], facts: &Facts) -> u32 {
+    let with_wal = wal.iter().map(|(_, w)| w.timeline).max().unwrap_or(1);
+    facts
+        .histories
+        .keys()
+        .copied()
+        .max()
+        .unwrap_or(1)
+        .max(with_wal)
+}
+
+/// Whether to refuse `--before` and `--older-than` when the archive holds no
+/// base backup (the default) or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupCheck {
+    Required,
+    /// The backups are kept elsewhere: the rule applies as given.
+    Skipped,
+}
+
 /// The plan for `rule` over the archive's `entries` (WAL file names as the
-/// archive holds them, whatever their form, and anything else found there).
-/// `now` is the time `OlderThan` counts back from.
-pub fn plan(entries: &[Entry], rule: &Rule, now: SystemTime) -> Result<Plan, ArchiveError> {
+/// archive holds them, whatever their form, and anything else found there)
+/// and the `facts` read from its history files. `now` is the time
+/// `OlderThan` counts back from.
+pub fn plan(
+    entries: &[Entry],
+    facts: &Facts,
+    rule: &Rule,
+    now: SystemTime,
+    check: BackupCheck,
+) -> Result<Plan, ArchiveError> {
     let mut wal: Vec<(String, WalFileName)> = Vec::new();
     let mut foreign = Vec::new();
     for e in entries {
@@ -107,21 +429,34 @@ pub fn plan(entries: &[Entry], rule: &Rule, now: SystemTime) -> Result<Plan, Arc
         }
     }
     wal.sort_by(wal_order);
-    let mut backups: Vec<&str> = wal
-        .iter()
-        .filter(|(_, w)| w.kind == WalFileKind::Backup)
-        .map(|(n, _)| n.as_str())
-        .collect();
-    // Newest first: by start position, then offset within the segment.
-    backups.sort_by(|a, b| position(b).cmp(position(a)).then(b.cmp(a)));
-
-    let (mut cut, mut why): (Option<String>, String) = match rule {
-        Rule::KeepBackups(0) => {
-            return Err(refused(
-                "--keep-backups must be at least 1",
-                "Keeping no base backup would leave nothing to recover from.".into(),
-            ))
+    if let Rule::Before(first) = rule {
+        if WalFileName::parse(first).is_none_or(|w| w.kind != WalFileKind::Segment) {
+            return Err(ArchiveError::new(
+                ErrorKind::InvalidName,
+                format!("\"{first}\" is not a WAL segment file name"),
+            )
+            .with_hint("Give a name such as 000000010000000000000010."));
         }
+    }
+    if *rule == Rule::KeepBackups(0) {
+        return Err(refused(
+            "--keep-backups must be at least 1",
+            "Keeping no base backup would leave nothing to recover from.".into(),
+        ));
+    }
+    let histories = Histories::new(facts);
+    let backups = backups_ordered(entries, facts, &histories)?;
+    let latest = latest_timeline(&wal, facts);
+    // The newest backup a restore to the latest timeline can start from.
+    let of_latest = backups.iter().find(|b| {
+        [b.start_timeline, b.stop_timeline]
+            .iter()
+            .any(|&root| histories.followable(root, b.start_lsn, latest))
+    });
+
+    // Candidates for removal by the rule alone (`None`: every WAL file), and
+    // the backups whose WAL stays whatever the rule says.
+    let (cut, mut why, mut kept): (Option<String>, String, Vec<&Backup>) = match rule {
         Rule::KeepBackups(n) => {
             if backups.is_empty() {
                 return Err(refused(
@@ -130,28 +465,23 @@ pub fn plan(entries: &[Entry], rule: &Rule, now: SystemTime) -> Result<Plan, Arc
                 )
                 .with_hint("Take a base backup first, or use --before to name the first WAL file to keep."));
             }
-            let kept = (*n as usize).min(backups.len());
-            let oldest_kept = backups[kept - 1];
+            let kept: Vec<&Backup> = backups.iter().take(*n as usize).collect();
+            let names: Vec<&str> = kept.iter().map(|b| b.name.as_str()).collect();
             (
-                Some(oldest_kept[..24].to_string()),
+                None,
                 format!(
-                    "before {}, where the oldest of the {kept} kept base backups starts ({oldest_kept})",
-                    &oldest_kept[..24],
+                    "not needed by the {} most recent base backup(s) ({})",
+                    kept.len(),
+                    names.join(", ")
                 ),
+                kept,
             )
         }
-        Rule::Before(first) => match WalFileName::parse(first) {
-            Some(w) if w.kind == WalFileKind::Segment => {
-                (Some(first.clone()), format!("before {first}, as asked"))
-            }
-            _ => {
-                return Err(ArchiveError::new(
-                    ErrorKind::InvalidName,
-                    format!("\"{first}\" is not a WAL segment file name"),
-                )
-                .with_hint("Give a name such as 000000010000000000000010."))
-            }
-        },
+        Rule::Before(first) => (
+            Some(first.clone()),
+            format!("before {first}, as asked"),
+            vec![],
+        ),
         Rule::OlderThan(age) => {
             let threshold = now.checked_sub(*age).unwrap_or(SystemTime::UNIX_EPOCH);
             // A file whose time is unknown counts as recent: kept.
@@ -164,46 +494,85 @@ pub fn plan(entries: &[Entry], rule: &Rule, now: SystemTime) -> Result<Plan, Arc
                 })
                 .min_by(|a, b| position(a).cmp(position(b)));
             let why = format!("archived more than {} ago", crate::time::describe(*age));
-            match recent {
-                Some(first) => (Some(first), why),
-                // Every segment is older: all of them go.
-                None => (None, why),
-            }
+            // None: every segment is older, all of them go.
+            (recent, why, vec![])
         }
     };
-    // Whatever the rule, the newest base backup stays recoverable.
-    if !matches!(rule, Rule::KeepBackups(_)) {
-        if let Some(newest) = backups.first() {
-            let start = &newest[..24];
-            if cut.as_deref().is_none_or(|c| position(c) > position(start)) {
-                cut = Some(start.to_string());
-                why = format!(
-                    "{why}, but not from {start} on: the newest base backup ({newest}) needs it"
-                );
-            }
+    if !matches!(rule, Rule::KeepBackups(_)) && backups.is_empty() && check == BackupCheck::Required
+    {
+        let what = match rule {
+            Rule::Before(_) => "--before",
+            _ => "--older-than",
+        };
+        return Err(refused(
+            "no base backup is recorded in the archive, so nothing is removed",
+            format!(
+                "{what} removes WAL only while a base backup (a .backup history file, archived by pg_basebackup and pg_backup_stop()) shows what is still needed; the archive holds none, and without one its WAL may be the only copy of the data."
+            ),
+        )
+        .with_hint(
+            "If this archive's base backups are kept elsewhere, run walarch expire with --no-backup-check.",
+        ));
+    }
+    // Whatever the rule, the newest backup stays restorable, and so does the
+    // newest one of the latest timeline.
+    let mut spared = vec![];
+    for b in backups.first().into_iter().chain(of_latest) {
+        if !kept.iter().any(|k| k.name == b.name) {
+            kept.push(b);
+            spared.push(b.name.as_str());
         }
     }
-    let everything = cut.is_none();
-    if everything && !wal.iter().any(|(_, w)| w.kind == WalFileKind::Segment) {
-        return Ok(Plan {
-            cut: None,
-            why,
-            decisions: leave(foreign),
-        });
+    let needed = |(n, w): &(String, WalFileName)| {
+        kept.iter().any(|b| needed_by(&histories, b, n, w.timeline))
+    };
+    let by_rule = |(n, _): &(String, WalFileName)| {
+        matches!(rule, Rule::KeepBackups(_))
+            || cut.as_deref().is_none_or(|c| position(n) < position(c))
+    };
+    let mut kept_back = false;
+    let mut removals = vec![];
+    for x in &wal {
+        if !by_rule(x) {
+            continue;
+        }
+        if needed(x) {
+            kept_back = true;
+        } else {
+            removals.push(x.0.clone());
+        }
     }
-
-    let mut decisions: Vec<Decision> = wal
+    if kept_back && !matches!(rule, Rule::KeepBackups(_)) {
+        why = format!(
+            "{why}, except the WAL that the newest base backup{} ({}) need{}",
+            if spared.len() > 1 { "s" } else { "" },
+            spared.join(", "),
+            if spared.len() > 1 { "" } else { "s" },
+        );
+    } else if matches!(rule, Rule::KeepBackups(_)) && !spared.is_empty() {
+        why = format!(
+            "{why}, nor by {} (the newest base backup of the latest timeline, {latest})",
+            spared.join(", ")
+        );
+    }
+    // The oldest position still holding WAL, for the summary.
+    let removed: BTreeSet<&str> = removals.iter().map(String::as_str).collect();
+    let oldest_kept = wal
         .iter()
-        .filter(|(n, _)| cut.as_deref().is_none_or(|c| position(n) < position(c)))
-        .map(|(n, _)| Decision {
-            walfile: n.clone(),
+        .filter(|(n, w)| w.kind == WalFileKind::Segment && !removed.contains(n.as_str()))
+        .map(|(n, _)| n.clone())
+        .next();
+    let mut decisions: Vec<Decision> = removals
+        .into_iter()
+        .map(|n| Decision {
+            walfile: n,
             action: Action::Remove,
             reason: why.clone(),
         })
         .collect();
     decisions.extend(leave(foreign));
     Ok(Plan {
-        cut,
+        cut: oldest_kept,
         why,
         decisions,
     })
@@ -309,10 +678,61 @@ mod tests {
         p.removals().map(|d| d.walfile.as_str()).collect()
     }
 
-    /// Timeline 1 up to segment 8, a switch to timeline 2 at segment 6 (TL1's
-    /// 6 is a .partial), three backups at 2, 4 and 7.
-    fn two_timelines() -> Vec<Entry> {
-        entries(&[
+    /// The text PostgreSQL writes for a backup that starts at the offset of
+    /// its file name and stops 0x100 later, `stopped` seconds after T0.
+    fn backup_text(name: &str, stopped: u64) -> String {
+        let (tli, log, seg) = (&name[..8], &name[8..16], &name[16..24]);
+        let off = u64::from_str_radix(&name[25..33], 16).unwrap();
+        let seg = u64::from_str_radix(seg, 16).unwrap();
+        let log = u64::from_str_radix(log, 16).unwrap();
+        let tli = u32::from_str_radix(tli, 16).unwrap();
+        let start = (seg << 24) + off;
+        let days = (T0 + stopped) as i64 / 86_400;
+        let secs = (T0 + stopped) % 86_400;
+        // 1970-01-01 + days, by counting back with days_from_civil.
+        let (mut y, mut m) = (1970, 1);
+        while days_from_civil(y + 1, 1, 1) <= days {
+            y += 1;
+        }
+        while m < 12 && days_from_civil(y, m + 1, 1) <= days {
+            m += 1;
+        }
+        let d = days - days_from_civil(y, m, 1) + 1;
+        format!(
+            "START WAL LOCATION: {log:X}/{start:X} (file {})\nSTOP WAL LOCATION: {log:X}/{:X} (file {})\nCHECKPOINT LOCATION: {log:X}/{:X}\nBACKUP METHOD: streamed\nBACKUP FROM: primary\nSTART TIME: 2027-01-01 00:00:00 UTC\nLABEL: pg_basebackup base backup\nSTART TIMELINE: {tli}\nSTOP TIME: {y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC\nSTOP TIMELINE: {tli}\n",
+            &name[..24],
+            start + 0x100,
+            &name[..24],
+            start + 0x60,
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        )
+    }
+
+    /// Facts for backups (name, seconds after T0 it stopped) and histories.
+    fn facts(backups: &[(&str, u64)], histories: &[(u32, &str)]) -> Facts {
+        Facts {
+            backups: backups
+                .iter()
+                .map(|&(n, t)| (n.to_string(), backup_text(n, t)))
+                .collect(),
+            histories: histories.iter().map(|&(t, h)| (t, h.to_string())).collect(),
+        }
+    }
+
+    fn run(e: &[Entry], f: &Facts, rule: Rule) -> Result<Plan, ArchiveError> {
+        plan(e, f, &rule, at(T0 + 86_400), BackupCheck::Required)
+    }
+
+    fn names_of(order: &[Backup]) -> Vec<&str> {
+        order.iter().map(|b| b.name.as_str()).collect()
+    }
+
+    /// Timeline 1 up to segment 8, a switch to timeline 2 in segment 6 (TL1's
+    /// 6 is a .partial), three backups at 2, 4 and 7, in that order.
+    fn two_timelines() -> (Vec<Entry>, Facts) {
+        let e = entries(&[
             "000000010000000000000001",
             "000000010000000000000002",
             "000000010000000000000002.00000028.backup",
@@ -328,13 +748,145 @@ mod tests {
             "000000020000000000000008",
             "README.txt",
             "00000001000000000000000G",
-        ])
+        ]);
+        let f = facts(
+            &[
+                ("000000010000000000000002.00000028.backup", 100),
+                ("000000010000000000000004.00000060.backup", 200),
+                ("000000020000000000000007.00000028.backup", 300),
+            ],
+            &[(2, "1\t0/6000100\tno recovery target specified\n")],
+        );
+        (e, f)
     }
 
     #[test]
-    fn keep_backups_cuts_at_the_oldest_kept_backup_across_timelines() {
-        let e = two_timelines();
-        let p = plan(&e, &Rule::KeepBackups(2), at(T0)).unwrap();
+    fn parses_backup_history_files() {
+        let text = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nSTOP WAL LOCATION: 0/2000100 (file 000000010000000000000002)\nCHECKPOINT LOCATION: 0/2000060\nBACKUP METHOD: streamed\nBACKUP FROM: primary\nSTART TIME: 2026-12-05 11:14:02 UTC\nLABEL: pg_basebackup base backup\nSTART TIMELINE: 1\nSTOP TIME: 2026-12-05 11:14:03 UTC\nSTOP TIMELINE: 1\n";
+        let b = parse_backup("000000010000000000000002.00000028.backup", text, None).unwrap();
+        assert_eq!((b.start_lsn, b.stop_lsn), (0x2000028, 0x2000100));
+        assert_eq!((b.start_timeline, b.stop_timeline), (1, 1));
+        // date -u -d '2026-12-05 11:14:03' +%s
+        assert_eq!(b.stopped, Some(1_796_469_243));
+        let zoned = text.replace("11:14:03 UTC", "14:14:03 +03");
+        let b = parse_backup("000000010000000000000002.00000028.backup", &zoned, None).unwrap();
+        assert_eq!(b.stopped, Some(1_796_469_243));
+        let zoned = text.replace("11:14:03 UTC", "16:44:03 +0530");
+        let b = parse_backup("000000010000000000000002.00000028.backup", &zoned, None).unwrap();
+        assert_eq!(b.stopped, Some(1_796_469_243));
+        // An abbreviation is ambiguous: when the archive stored it counts.
+        let zoned = text.replace("11:14:03 UTC", "12:14:03 CET");
+        let b = parse_backup(
+            "000000010000000000000002.00000028.backup",
+            &zoned,
+            Some(at(1_796_469_250)),
+        )
+        .unwrap();
+        assert_eq!(b.stopped, Some(1_796_469_250));
+        assert_eq!(
+            parse_backup(
+                "000000010000000000000002.00000028.backup",
+                "LABEL: x\n",
+                None
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn orders_backups_by_history_not_position() {
+        // A backup at 6 on timeline 1, then a recovery from the backup at 2
+        // to 0/3000100 (timeline 2, back in position) and a backup at 4 on
+        // timeline 2: that one is the newest.
+        let e = entries(&[
+            "000000010000000000000002.00000028.backup",
+            "000000010000000000000006.00000028.backup",
+            "000000020000000000000004.00000028.backup",
+        ]);
+        let hist = [(2, "1\t0/3000100\tbefore the mistake\n")];
+        let f = facts(
+            &[
+                ("000000010000000000000002.00000028.backup", 100),
+                ("000000010000000000000006.00000028.backup", 200),
+                ("000000020000000000000004.00000028.backup", 300),
+            ],
+            &hist,
+        );
+        assert_eq!(
+            names_of(&backups_newest_first(&e, &f).unwrap()),
+            [
+                "000000020000000000000004.00000028.backup",
+                "000000010000000000000006.00000028.backup",
+                "000000010000000000000002.00000028.backup",
+            ]
+        );
+        // A clock that went back: the backup at 2 stopped before timeline 2
+        // left timeline 1 and before the backup at 6 began on timeline 1, so
+        // it is the oldest whatever its time.
+        let f = facts(
+            &[
+                ("000000010000000000000002.00000028.backup", 900),
+                ("000000010000000000000006.00000028.backup", 200),
+                ("000000020000000000000004.00000028.backup", 300),
+            ],
+            &hist,
+        );
+        assert_eq!(
+            names_of(&backups_newest_first(&e, &f).unwrap()),
+            [
+                "000000020000000000000004.00000028.backup",
+                "000000010000000000000006.00000028.backup",
+                "000000010000000000000002.00000028.backup",
+            ]
+        );
+        // The backup at 6 is on another branch than timeline 2: its time
+        // alone places it.
+        let f = facts(
+            &[
+                ("000000010000000000000002.00000028.backup", 100),
+                ("000000010000000000000006.00000028.backup", 400),
+                ("000000020000000000000004.00000028.backup", 300),
+            ],
+            &hist,
+        );
+        assert_eq!(
+            names_of(&backups_newest_first(&e, &f).unwrap())[0],
+            "000000010000000000000006.00000028.backup"
+        );
+        // On one timeline, the position wins over a wrong clock.
+        let e = entries(&[
+            "000000010000000000000002.00000028.backup",
+            "000000010000000000000006.00000028.backup",
+        ]);
+        let f = facts(
+            &[
+                ("000000010000000000000002.00000028.backup", 500),
+                ("000000010000000000000006.00000028.backup", 200),
+            ],
+            &[],
+        );
+        assert_eq!(
+            names_of(&backups_newest_first(&e, &f).unwrap())[0],
+            "000000010000000000000006.00000028.backup"
+        );
+        // A backup history file that cannot be read: nothing is decided.
+        let mut f = f;
+        f.backups.insert(
+            "000000010000000000000002.00000028.backup".into(),
+            "garbage".into(),
+        );
+        let err = backups_newest_first(&e, &f).unwrap_err();
+        assert!(
+            err.message.contains("could not read backup history file"),
+            "{err}"
+        );
+        assert!(run(&e, &f, Rule::KeepBackups(1)).is_err());
+    }
+
+    #[test]
+    fn keep_backups_keeps_what_each_kept_backup_needs() {
+        let (e, f) = two_timelines();
+        let p = run(&e, &f, Rule::KeepBackups(2)).unwrap();
         assert_eq!(p.cut.as_deref(), Some("000000010000000000000004"));
         assert_eq!(
             removed(&p),
@@ -359,7 +911,7 @@ mod tests {
             .collect();
         assert_eq!(left, ["README.txt", "00000001000000000000000G"]);
 
-        let p = plan(&e, &Rule::KeepBackups(1), at(T0)).unwrap();
+        let p = run(&e, &f, Rule::KeepBackups(1)).unwrap();
         assert_eq!(p.cut.as_deref(), Some("000000020000000000000007"));
         // Both timelines before 7 go, the .partial with them; the history
         // file stays.
@@ -373,73 +925,311 @@ mod tests {
         assert!(pos.windows(2).all(|w| w[0] <= w[1]), "{r:?}");
 
         // More backups kept than there are: the WAL before the oldest goes.
-        let p = plan(&e, &Rule::KeepBackups(9), at(T0)).unwrap();
+        let p = run(&e, &f, Rule::KeepBackups(9)).unwrap();
+        assert_eq!(removed(&p), ["000000010000000000000001"]);
+    }
+
+    /// Timeline 1 to segment 8 with backups at 2 and 6; a recovery from the
+    /// backup at 2 to 0/3000100 made timeline 2 (segments 3 to 6), with a
+    /// backup at 4: the fork goes back in position.
+    fn fork_back() -> (Vec<Entry>, Facts) {
+        let e = entries(&[
+            "000000010000000000000001",
+            "000000010000000000000002",
+            "000000010000000000000002.00000028.backup",
+            "000000010000000000000003",
+            "000000010000000000000004",
+            "000000010000000000000005",
+            "000000010000000000000006",
+            "000000010000000000000006.00000028.backup",
+            "000000010000000000000007",
+            "000000010000000000000008",
+            "00000002.history",
+            "000000020000000000000003",
+            "000000020000000000000004",
+            "000000020000000000000004.00000028.backup",
+            "000000020000000000000005",
+            "000000020000000000000006",
+        ]);
+        let f = facts(
+            &[
+                ("000000010000000000000002.00000028.backup", 100),
+                ("000000010000000000000006.00000028.backup", 200),
+                ("000000020000000000000004.00000028.backup", 300),
+            ],
+            &[(2, "1\t0/3000100\tbefore 2027-01-01 00:00:00+00\n")],
+        );
+        (e, f)
+    }
+
+    #[test]
+    fn keep_backups_after_a_fork_back_in_position() {
+        let (e, f) = fork_back();
+        let p = run(&e, &f, Rule::KeepBackups(1)).unwrap();
+        let r = removed(&p);
+        // The newest backup (timeline 2, at 4) keeps its WAL: everything of
+        // timeline 2 from 4 on. Timeline 1 after the fork is another branch.
+        for kept in [
+            "000000020000000000000004",
+            "000000020000000000000004.00000028.backup",
+            "000000020000000000000005",
+            "000000020000000000000006",
+        ] {
+            assert!(!r.contains(&kept), "{kept} removed: {r:?}");
+        }
+        assert_eq!(r.len(), 11, "{r:?}");
+        assert!(r.contains(&"000000010000000000000008"));
+        assert!(r.contains(&"000000020000000000000003"));
+
+        // Two: the backup at 6 on timeline 1 keeps timeline 1 from 6 on, but
+        // not timeline 2, which left timeline 1 before it began.
+        let p = run(&e, &f, Rule::KeepBackups(2)).unwrap();
+        assert_eq!(
+            removed(&p),
+            [
+                "000000010000000000000001",
+                "000000010000000000000002",
+                "000000010000000000000002.00000028.backup",
+                "000000010000000000000003",
+                "000000020000000000000003",
+                "000000010000000000000004",
+                "000000010000000000000005",
+            ]
+        );
+        // Three: the backup at 2 needs both timelines from 2 on.
+        let p = run(&e, &f, Rule::KeepBackups(3)).unwrap();
         assert_eq!(removed(&p), ["000000010000000000000001"]);
     }
 
     #[test]
-    fn no_backup_refuses_keep_backups() {
-        let e = entries(&["000000010000000000000001", "000000010000000000000002"]);
-        let err = plan(&e, &Rule::KeepBackups(1), at(T0)).unwrap_err();
+    fn a_backup_on_an_abandoned_timeline_and_the_latest_timeline() {
+        // Timeline 2 left timeline 1 at 0/4000000 and had a backup at 5;
+        // then a recovery from the backup at 2 went to 0/3000000 on timeline
+        // 1 again (timeline 3), abandoning timeline 2. No backup on 3 yet.
+        let mut names = vec![
+            "000000010000000000000001",
+            "000000010000000000000002",
+            "000000010000000000000002.00000028.backup",
+            "000000010000000000000003",
+            "00000002.history",
+            "000000020000000000000004",
+            "000000020000000000000005",
+            "000000020000000000000005.00000028.backup",
+            "000000020000000000000006",
+            "00000003.history",
+            "000000030000000000000003",
+            "000000030000000000000004",
+            "000000030000000000000005",
+            "000000030000000000000006",
+        ];
+        let hist = [(2, "1\t0/4000000\tr\n"), (3, "1\t0/3000000\tr\n")];
+        let mut backups = vec![
+            ("000000010000000000000002.00000028.backup", 100),
+            ("000000020000000000000005.00000028.backup", 200),
+        ];
+        let f = facts(&backups, &hist);
+        // The newest backup is on timeline 2; but the latest timeline, 3,
+        // can only be restored from the backup at 2, whose WAL is kept too:
+        // removing it would leave timeline 3's data without any backup.
+        let p = run(&entries(&names), &f, Rule::KeepBackups(1)).unwrap();
+        assert_eq!(removed(&p), ["000000010000000000000001"]);
+        assert!(p.why.contains("latest timeline"), "{}", p.why);
+
+        // Once timeline 3 has its own backup (at 5), it is the newest: the
+        // abandoned timeline 2 and the old timeline 1 go.
+        names.extend(["000000030000000000000005.00000028.backup"]);
+        backups.push(("000000030000000000000005.00000028.backup", 300));
+        let f = facts(&backups, &hist);
+        let e = entries(&names);
+        let p = run(&e, &f, Rule::KeepBackups(1)).unwrap();
+        let mut r = removed(&p);
+        r.sort();
+        assert_eq!(
+            r,
+            [
+                "000000010000000000000001",
+                "000000010000000000000002",
+                "000000010000000000000002.00000028.backup",
+                "000000010000000000000003",
+                "000000020000000000000004",
+                "000000020000000000000005",
+                "000000020000000000000005.00000028.backup",
+                "000000020000000000000006",
+                "000000030000000000000003",
+                "000000030000000000000004",
+            ]
+        );
+        // Two: the backup on the abandoned timeline keeps its own WAL only.
+        let p = run(&e, &f, Rule::KeepBackups(2)).unwrap();
+        let r = removed(&p);
+        assert_eq!(r.len(), 7, "{r:?}");
+        assert!(!r.contains(&"000000020000000000000005"));
+        assert!(!r.contains(&"000000020000000000000006"));
+        assert!(r.contains(&"000000020000000000000004"));
+    }
+
+    #[test]
+    fn a_timeline_without_its_history_file_is_kept_as_a_descendant() {
+        let e = entries(&[
+            "000000010000000000000001",
+            "000000010000000000000004.00000028.backup",
+            "000000010000000000000004",
+            "000000020000000000000003",
+            "000000020000000000000004",
+        ]);
+        let f = facts(&[("000000010000000000000004.00000028.backup", 100)], &[]);
+        let p = run(&e, &f, Rule::KeepBackups(1)).unwrap();
+        assert_eq!(
+            removed(&p),
+            ["000000010000000000000001", "000000020000000000000003"]
+        );
+    }
+
+    #[test]
+    fn no_backup_refuses_every_rule_unless_told() {
+        let mut e = entries(&["000000010000000000000001", "000000010000000000000002"]);
+        for x in &mut e {
+            x.stored_at = Some(at(T0));
+        }
+        let f = Facts::default();
+        let err = run(&e, &f, Rule::KeepBackups(1)).unwrap_err();
         assert!(err.message.contains("no base backup"), "{err}");
         assert!(err.hint.is_some());
-        assert!(plan(&e, &Rule::KeepBackups(0), at(T0)).is_err());
+        assert!(run(&e, &f, Rule::KeepBackups(0)).is_err());
+        for (rule, what) in [
+            (Rule::OlderThan(Duration::ZERO), "--older-than"),
+            (Rule::Before("000000010000000000000002".into()), "--before"),
+        ] {
+            let err = run(&e, &f, rule.clone()).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Configuration);
+            assert!(err.message.contains("no base backup"), "{err}");
+            assert!(err.detail.as_deref().unwrap().contains(what), "{err:?}");
+            assert!(err.hint.as_deref().unwrap().contains("--no-backup-check"));
+            let p = plan(&e, &f, &rule, at(T0 + 1), BackupCheck::Skipped).unwrap();
+            assert_eq!(removed(&p)[0], "000000010000000000000001");
+        }
+        // Told, --older-than 0s empties the archive as asked.
+        let p = plan(
+            &e,
+            &f,
+            &Rule::OlderThan(Duration::ZERO),
+            at(T0 + 1),
+            BackupCheck::Skipped,
+        )
+        .unwrap();
+        assert_eq!(removed(&p).len(), 2);
     }
 
     #[test]
     fn before_removes_what_precedes_but_never_the_newest_backups_wal() {
         let e = entries(&[
             "000000010000000000000001",
+            "000000010000000000000001.00000028.backup",
             "000000010000000000000002",
             "000000010000000000000003",
             "000000010000000000000004",
         ]);
-        let p = plan(&e, &Rule::Before("000000010000000000000003".into()), at(T0)).unwrap();
-        assert_eq!(
-            removed(&p),
-            ["000000010000000000000001", "000000010000000000000002"]
-        );
-        let e = two_timelines();
-        let p = plan(&e, &Rule::Before("000000020000000000000008".into()), at(T0)).unwrap();
+        let f = facts(&[("000000010000000000000001.00000028.backup", 1)], &[]);
+        let p = run(&e, &f, Rule::Before("000000010000000000000003".into())).unwrap();
+        assert!(removed(&p).is_empty(), "{:?}", removed(&p));
+        assert!(p.why.contains("newest base backup"), "{}", p.why);
+        let p = plan(
+            &e,
+            &f,
+            &Rule::Before("000000010000000000000003".into()),
+            at(T0),
+            BackupCheck::Skipped,
+        )
+        .unwrap();
+        assert!(removed(&p).is_empty());
+
+        let (e, f) = two_timelines();
+        let p = run(&e, &f, Rule::Before("000000020000000000000008".into())).unwrap();
         assert_eq!(p.cut.as_deref(), Some("000000020000000000000007"));
         assert!(p.why.contains("newest base backup"), "{}", p.why);
         for bad in ["00000002.history", "000000010000000000000002.partial", "x"] {
-            assert!(
-                plan(&e, &Rule::Before(bad.into()), at(T0)).is_err(),
-                "{bad}"
-            );
+            assert!(run(&e, &f, Rule::Before(bad.into())).is_err(), "{bad}");
         }
+        // After a fork back in position, --before cuts by position but never
+        // into the WAL of the newest backup, on timeline 2.
+        let (e, f) = fork_back();
+        let p = run(&e, &f, Rule::Before("000000010000000000000007".into())).unwrap();
+        let r = removed(&p);
+        assert!(r.contains(&"000000010000000000000006"));
+        assert!(r.contains(&"000000020000000000000003"));
+        assert!(!r.contains(&"000000020000000000000004"), "{r:?}");
+        assert!(!r.contains(&"000000020000000000000005"), "{r:?}");
+        assert!(
+            p.why.contains("000000020000000000000004.00000028.backup"),
+            "{}",
+            p.why
+        );
     }
 
     #[test]
     fn older_than_cuts_at_the_oldest_recent_segment() {
         let mut e = entries(&[
             "000000010000000000000001",
+            "000000010000000000000001.00000028.backup",
             "000000010000000000000002",
             "000000010000000000000003",
             "000000010000000000000004",
+            "000000010000000000000004.00000028.backup",
         ]);
         for (i, x) in e.iter_mut().enumerate() {
-            x.stored_at = Some(at(T0 - 86_400 * (4 - i as u64)));
+            x.stored_at = Some(at(T0 - 86_400 * (4 - (i as u64).min(4))));
         }
-        // 2.5 days: files 1 and 2 (4 and 3 days old) go.
-        let p = plan(&e, &Rule::OlderThan(Duration::from_secs(216_000)), at(T0)).unwrap();
+        let f = facts(
+            &[
+                ("000000010000000000000001.00000028.backup", 1),
+                ("000000010000000000000004.00000028.backup", 2),
+            ],
+            &[],
+        );
+        let older_than = |s: u64, now: u64| {
+            plan(
+                &e,
+                &f,
+                &Rule::OlderThan(Duration::from_secs(s)),
+                at(now),
+                BackupCheck::Required,
+            )
+            .unwrap()
+        };
+        // 2.5 days: the files of 4 and 3 days ago go.
+        let p = older_than(216_000, T0);
         assert_eq!(
             removed(&p),
-            ["000000010000000000000001", "000000010000000000000002"]
+            [
+                "000000010000000000000001",
+                "000000010000000000000001.00000028.backup",
+            ]
         );
-        // Everything older: everything goes (no backup to protect).
-        let p = plan(&e, &Rule::OlderThan(Duration::from_secs(60)), at(T0)).unwrap();
+        // Everything older: all but the newest backup's WAL.
+        let p = older_than(60, T0 + 3600);
         assert_eq!(removed(&p).len(), 4);
-        // A time that is unknown counts as recent.
-        e[0].stored_at = None;
-        let p = plan(&e, &Rule::OlderThan(Duration::from_secs(60)), at(T0)).unwrap();
+        assert_eq!(p.cut.as_deref(), Some("000000010000000000000004"));
+        assert!(p.why.contains("newest base backup"), "{}", p.why);
+    }
+
+    #[test]
+    fn older_than_counts_an_unknown_time_as_recent() {
+        let mut e = entries(&["000000010000000000000001", "000000010000000000000002"]);
+        e[1].stored_at = Some(at(T0 - 86_400));
+        let p = plan(
+            &e,
+            &Facts::default(),
+            &Rule::OlderThan(Duration::from_secs(60)),
+            at(T0),
+            BackupCheck::Skipped,
+        )
+        .unwrap();
         assert!(removed(&p).is_empty());
     }
 
     #[test]
     fn cleanup_follows_pg_archivecleanup() {
-        let e = two_timelines();
+        let (e, _) = two_timelines();
         let p = plan_cleanup(&e, "000000020000000000000007", false).unwrap();
         let r = removed(&p);
         assert_eq!(r.len(), 7, "{r:?}");
@@ -457,27 +1247,43 @@ mod tests {
     }
 
     #[test]
-    fn execute_removes_oldest_first_and_stops_at_a_failure() {
+    fn reads_the_history_texts_and_executes_oldest_first() {
         use crate::testing::MemoryDestination;
         let dest = MemoryDestination::default();
         let names = [
             "000000010000000000000001",
             "000000010000000000000002",
             "000000010000000000000003",
+            "000000010000000000000003.00000028.backup",
+            "00000002.history",
         ];
+        let backup = backup_text(names[3], 5);
         for n in names {
-            dest.store_new_bytes(n, n.as_bytes()).unwrap();
+            let data = match n {
+                _ if n.ends_with(".backup") => backup.clone(),
+                _ if n.ends_with(".history") => "1\t0/9000000\tr\n".to_string(),
+                _ => n.to_string(),
+            };
+            dest.store_new_bytes(n, data.as_bytes()).unwrap();
         }
+        let entries = dest.entries().unwrap();
+        let f = read_facts(&dest, &entries).unwrap();
+        assert_eq!(f.backups[names[3]], backup);
+        assert_eq!(f.histories[&2], "1\t0/9000000\tr\n");
         let p = plan(
-            &dest.entries().unwrap(),
-            &Rule::Before(names[2].into()),
+            &entries,
+            &f,
+            &Rule::KeepBackups(1),
             at(T0),
+            BackupCheck::Required,
         )
         .unwrap();
         let mut seen = vec![];
         let n = execute(&dest, &p, |d| seen.push(d.walfile.clone())).unwrap();
         assert_eq!(n, 2);
         assert_eq!(seen, &names[..2]);
-        assert_eq!(dest.list().unwrap(), [names[2]]);
+        let mut left = dest.list().unwrap();
+        left.sort();
+        assert_eq!(left, [names[2], names[3], names[4]]);
     }
 }

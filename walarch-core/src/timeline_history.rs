@@ -58,6 +58,14 @@ impl Timelines {
         self.begins.iter().any(|&(t, _)| t == tli)
     }
 
+    /// Where this history leaves timeline `tli` (the LSN at which the next
+    /// timeline of the history begins); `None` when `tli` is the target or
+    /// not in the history.
+    pub fn leaves(&self, tli: u32) -> Option<u64> {
+        let i = self.begins.iter().position(|&(t, _)| t == tli)?;
+        self.begins.get(i + 1).map(|&(_, begin)| begin)
+    }
+
     /// The timeline recovery reads segment `segno` from.
     pub fn timeline_of(&self, segno: u64, segment_size: u64) -> u32 {
         self.begins
@@ -118,6 +126,10 @@ mod tests {
         assert_eq!(t.begins, vec![(1, 0), (2, 0x5000120), (3, 0x9000000)]);
         assert_eq!(t.target(), 3);
         assert!(t.contains(2) && !t.contains(4));
+        assert_eq!(t.leaves(1), Some(0x5000120));
+        assert_eq!(t.leaves(2), Some(0x9000000));
+        assert_eq!(t.leaves(3), None);
+        assert_eq!(t.leaves(4), None);
         assert_eq!(Timelines::parse(1, "").unwrap().begins, vec![(1, 0)]);
         for bad in ["x\t0/1\tr", "1\tzz\tr", "2\t0/1\tr", "1\t0/1\tr\n1\t0/2\tr"] {
             assert_eq!(Timelines::parse(2, bad), None, "{bad}");
