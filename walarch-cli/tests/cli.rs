@@ -225,11 +225,17 @@ fn restore_exit_codes() {
 #[test]
 fn expire_and_cleanup_report_what_goes() {
     let (_d, arch) = archive();
+    // No base backup in this archive: a cut by position is refused unless
+    // the backups are said to be kept elsewhere.
+    let (code, _, err) = walarch(&["expire", &arch, "--before", "000000010000000000000002"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("--no-backup-check"), "{err}");
     let (code, out, err) = walarch(&[
         "expire",
         &arch,
         "--before",
         "000000010000000000000002",
+        "--no-backup-check",
         "--dry-run",
         "--json",
     ]);
