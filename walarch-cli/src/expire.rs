@@ -14,7 +14,7 @@ use walarch_core::ArchiveError;
 use crate::{archive, command_args, usage, S3Options};
 
 fn failed(what: &str, e: &ArchiveError) -> ExitCode {
-    eprintln!("walarch: error: {what}: {e}");
+    say!("walarch: error: {what}: {e}");
     ExitCode::from(3)
 }
 
@@ -124,16 +124,16 @@ fn sweep(dest: &dyn Destination, json: bool) {
         Ok(l) => {
             for n in &l.removed {
                 if json {
-                    eprintln!("walarch: removed leftover {n}");
+                    say!("walarch: removed leftover {n}");
                 } else {
                     println!("removed leftover {n}");
                 }
             }
             for (n, e) in &l.failed {
-                eprintln!("walarch: warning: could not remove leftover {n}: {e}");
+                say!("walarch: warning: could not remove leftover {n}: {e}");
             }
         }
-        Err(e) => eprintln!("walarch: warning: could not clean leftovers: {e}"),
+        Err(e) => say!("walarch: warning: could not clean leftovers: {e}"),
     }
 }
 

@@ -21,6 +21,15 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+
+/// `eprintln!` that never panics (stderr may be a full disk or a closed
+/// pipe): a panic must not decide restore's exit status.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
 use std::time::Duration;
 
 use walarch_core::destination::Destination;
@@ -47,12 +56,27 @@ S3 OPTIONS: --endpoint URL --region REGION --ca-file PEM --uri-style auto|path|h
             --timeout SECONDS (credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)";
 
 fn usage(msg: &str) -> ExitCode {
-    eprintln!("walarch: {msg}\n{USAGE}");
+    say!("walarch: {msg}\n{USAGE}");
     ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if raw.first().is_some_and(|a| a == "restore") {
+        // Until restore knows better, any panic stops archive recovery.
+        exit_on_panic(RecoveryMode::current().failure_status());
+    }
+    let args: Vec<String> = match raw.into_iter().map(|a| a.into_string()).collect() {
+        Ok(a) => a,
+        Err(bad) => {
+            let code = usage(&format!("argument {bad:?} is not valid UTF-8"));
+            return if std::env::args_os().nth(1).is_some_and(|a| a == "restore") {
+                ExitCode::from(RecoveryMode::current().failure_status())
+            } else {
+                code
+            };
+        }
+    };
     match args.first().map(String::as_str) {
         Some("restore") => cmd_restore(&args[1..]),
         Some("verify") => cmd_verify(&args[1..]),
@@ -163,11 +187,25 @@ enum OpenError {
     Usage(String),
     /// It could not be set up (exit 3).
     Failed(String),
+    /// It cannot be reached now (exit 3; restore retries).
+    Unavailable(String),
 }
 
 /// The archive named on the command line. Files are only read here, so the
 /// mode for new files does not matter.
 fn open_archive(arg: &str, o: &S3Options) -> Result<Box<dyn Destination>, OpenError> {
+    // A network mount that is slow or gone stale: worth retrying, unlike a
+    // directory that does not exist.
+    if !arg.contains("://") {
+        if let Err(e) = std::fs::metadata(arg) {
+            if walarch_core::error::is_transient(&e) {
+                return Err(OpenError::Unavailable(format!(
+                    "could not reach the archive directory \"{arg}\": {}",
+                    walarch_core::error::os_message(&e)
+                )));
+            }
+        }
+    }
     match DestinationSpec::parse(arg) {
         Ok(DestinationSpec::Directory(p)) if p.is_dir() => {
             Ok(Box::new(LocalDirectory::new(p, 0o600)))
@@ -215,8 +253,8 @@ fn open_archive(arg: &str, o: &S3Options) -> Result<Box<dyn Destination>, OpenEr
 fn archive(arg: &str, o: &S3Options) -> Result<Box<dyn Destination>, ExitCode> {
     open_archive(arg, o).map_err(|e| match e {
         OpenError::Usage(m) => usage(&m),
-        OpenError::Failed(m) => {
-            eprintln!("walarch: error: {m}");
+        OpenError::Failed(m) | OpenError::Unavailable(m) => {
+            say!("walarch: error: {m}");
             ExitCode::from(3)
         }
     })
@@ -239,18 +277,18 @@ fn retry_policy(flags: &[(String, Option<String>)], mode: RecoveryMode) -> Resul
 /// restore exits with its failure status instead, whichever thread panics.
 fn exit_on_panic(status: u8) {
     std::panic::set_hook(Box::new(move |info| {
-        eprintln!("walarch: internal error: {info}");
+        say!("walarch: internal error: {info}");
         std::process::exit(i32::from(status));
     }));
 }
 
 fn cmd_restore(args: &[String]) -> ExitCode {
-    exit_on_panic(walarch_core::restore::EXIT_STOP_RECOVERY);
     let mut with_value = prefetch::FLAGS.to_vec();
     with_value.push("--retry-for");
     let parsed = command_args(args, &with_value, &prefetch::SWITCHES);
     // Even a usage error must not read as "not found" during archive
-    // recovery (until DEST is known, assume that is what runs us).
+    // recovery. Until DEST is known, the mode is the working directory's
+    // (PostgreSQL runs restore_command in the data directory).
     let fail_in = |mode: RecoveryMode, code: ExitCode| -> ExitCode {
         if mode == RecoveryMode::Archive {
             ExitCode::from(walarch_core::restore::EXIT_STOP_RECOVERY)
@@ -258,7 +296,7 @@ fn cmd_restore(args: &[String]) -> ExitCode {
             code
         }
     };
-    let fail = |code| fail_in(RecoveryMode::Archive, code);
+    let fail = |code| fail_in(RecoveryMode::current(), code);
     let (a, o) = match parsed {
         Ok(x) => x,
         Err(code) => return fail(code),
@@ -277,7 +315,7 @@ fn cmd_restore(args: &[String]) -> ExitCode {
         Ok(x) => x,
         Err(m) => return fail(usage(&m)),
     };
-    let log = |m: &str| eprintln!("walarch: {m}");
+    let log = |m: &str| say!("walarch: {m}");
     let result = match &prefetching {
         Some(p) => prefetch::restore(dir, &o, p, walfile, dest, &retry),
         None => {
@@ -296,20 +334,20 @@ fn cmd_restore(args: &[String]) -> ExitCode {
         // PostgreSQL probes for files that may not exist (the next timeline's
         // history, the end of the archive): say so briefly.
         Err(RestoreError::NotFound(m)) => {
-            eprintln!("walarch: {m}");
+            say!("walarch: {m}");
             ExitCode::from(walarch_core::restore::EXIT_NOT_FOUND)
         }
         Err(RestoreError::Usage(m)) => fail(usage(&m)),
         Err(e) => {
-            eprintln!("walarch: error: could not restore \"{walfile}\" from \"{dir}\": {e}");
+            say!("walarch: error: could not restore \"{walfile}\" from \"{dir}\": {e}");
             let status = mode.failure_status();
             match mode {
-                RecoveryMode::Archive => eprintln!(
+                RecoveryMode::Archive => say!(
                     "walarch: exiting with status {status} so that PostgreSQL stops recovery here instead of \
                      taking this file for the end of the archive; repair the archive and start the server \
                      again to continue, or set a recovery target before this file to end recovery there"
                 ),
-                RecoveryMode::Standby => eprintln!(
+                RecoveryMode::Standby => say!(
                     "walarch: exiting with status {status} (standby.signal): the standby retries the file"
                 ),
             }
@@ -326,6 +364,7 @@ pub(crate) fn open_for_restore(
     open_archive(arg, o).map_err(|e| match e {
         OpenError::Usage(m) => RestoreError::Usage(m),
         OpenError::Failed(m) => RestoreError::Io(m),
+        OpenError::Unavailable(m) => RestoreError::Unavailable(m),
     })
 }
 
@@ -364,7 +403,7 @@ fn cmd_verify(args: &[String]) -> ExitCode {
     let report = match verify(&*archive, from.as_ref(), to.as_ref()) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!(
+            say!(
                 "walarch: error: could not read the archive \"{dir}\": {}",
                 e.message
             );

@@ -132,11 +132,11 @@ pub fn restore(
         }
         Ok(&**opened.get().expect("set above"))
     };
-    let log = |m: &str| eprintln!("walarch: {m}");
+    let log = |m: &str| say!("walarch: {m}");
     let spool = match Spool::create(&p.spool) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!(
+            say!(
                 "walarch: warning: could not create the prefetch spool \"{}\": {e}; restoring without prefetching",
                 p.spool.display()
             );
@@ -149,11 +149,11 @@ pub fn restore(
     let wait = o.timeout.unwrap_or(Duration::from_secs(60)) * 2;
     let outcome = restore_through_spool(&archive, &spool, &me, walfile, dest, wait, retry, &log)?;
     for w in &outcome.warnings {
-        eprintln!("walarch: warning: {w}");
+        say!("walarch: warning: {w}");
     }
     if outcome.start_helper {
         if let Err(e) = start_helper(archive_arg, o, p) {
-            eprintln!("walarch: warning: could not start the prefetch helper: {e}");
+            say!("walarch: warning: could not start the prefetch helper: {e}");
         }
     }
     Ok(())

@@ -108,6 +108,12 @@ pub trait Destination: Sync {
     /// never a file without its record, which it would report.
     fn remove(&self, name: &str) -> Result<(), ArchiveError>;
 
+    /// Whether nothing at all is stored (an archive directory whose network
+    /// mount failed looks like this): one cheap look, not a full listing.
+    fn is_empty(&self) -> Result<bool, ArchiveError> {
+        Ok(self.entries()?.is_empty())
+    }
+
     /// Removes what interrupted stores left behind (crash leftovers).
     fn clean_leftovers(&self) -> Result<Leftovers, ArchiveError> {
         Ok(Leftovers::default())

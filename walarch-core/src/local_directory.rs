@@ -371,6 +371,12 @@ impl Destination for LocalDirectory {
         }
     }
 
+    fn is_empty(&self) -> Result<bool, ArchiveError> {
+        let mut rd =
+            std::fs::read_dir(&self.dir).map_err(|e| self.io("read directory", &self.dir, &e))?;
+        Ok(rd.next().is_none())
+    }
+
     fn entries(&self) -> Result<Vec<Entry>, ArchiveError> {
         let read_err = |e: &io::Error| self.io("read directory", &self.dir, e);
         let mut entries = Vec::new();

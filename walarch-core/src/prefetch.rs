@@ -208,14 +208,16 @@ impl Shared<'_> {
                 }
             };
             let fetched = self.spool.path(&format!("{FETCHING}{name}"));
+            // Unmarked when this iteration ends, whatever happens (even a
+            // panic): restore never waits for a download nobody makes. It
+            // is dropped after the publishing below, so restore, waiting
+            // for it, sees one or the other.
+            let _unmark = Unmark(self.spool, &name);
             let r = restore_verified(self.archive, &name, &fetched);
             let mut st = self.lock();
             st.in_flight.remove(&name);
             st.ended += 1;
             self.wake.notify_all();
-            // Published (below) before unmarked: restore, waiting for it,
-            // sees one or the other.
-            let _unmark = Unmark(self.spool, &name);
             match r {
                 Ok(r) if !st.stop && st.wanted.contains(&name) => {
                     if self.spool.publish(&fetched, &name, &r.sha256).is_ok() {

@@ -57,12 +57,26 @@ pub enum RecoveryMode {
 }
 
 impl RecoveryMode {
-    /// The mode of the data directory `dest` is in (`%p` is relative to it,
-    /// and PostgreSQL runs the command there).
+    /// The mode of the data directory `dest` is in (`%p` is relative to it),
+    /// or else of the working directory (PostgreSQL runs the command in the
+    /// data directory).
     pub fn of(dest: &Path) -> RecoveryMode {
         match data_directory(dest) {
-            Some(d) if d.join("standby.signal").exists() => RecoveryMode::Standby,
-            _ => RecoveryMode::Archive,
+            Some(d) => Self::of_data_directory(&d),
+            None => Self::current(),
+        }
+    }
+
+    /// The mode of the working directory, when it is a data directory.
+    pub fn current() -> RecoveryMode {
+        Self::of_data_directory(Path::new("."))
+    }
+
+    fn of_data_directory(d: &Path) -> RecoveryMode {
+        if d.join("PG_VERSION").is_file() && d.join("standby.signal").exists() {
+            RecoveryMode::Standby
+        } else {
+            RecoveryMode::Archive
         }
     }
 
@@ -130,7 +144,13 @@ pub fn restore_retrying<'a>(
     let mut wait = retry.first_wait;
     let mut attempt = 1u32;
     loop {
-        match archive().and_then(|a| restore_verified(a, walfile, dest)) {
+        let attempt_result = archive().and_then(|a| {
+            restore_verified(a, walfile, dest).or_else(|e| match e {
+                RestoreError::NotFound(m) => Err(confirm_absent(a, walfile, m)),
+                e => Err(e),
+            })
+        });
+        match attempt_result {
             Err(RestoreError::Unavailable(m)) => {
                 let spent = start.elapsed();
                 if spent + wait > retry.retry_for {
@@ -167,6 +187,67 @@ impl std::fmt::Display for RestoreError {
             | RestoreError::Io(s) => f.write_str(s),
         }
     }
+}
+
+/// "Not in the archive" ends archive recovery, so it is only said when the
+/// archive can have come to its end there: an archive with nothing in it
+/// (a network mount that failed, a wrong prefix) or with the next segment
+/// of the same timeline (a hole, not the end) is an error instead. With
+/// PostgreSQL's rule of never asking for a segment on a timeline that began
+/// after it, the next segment exists only when this one is missing.
+fn confirm_absent(archive: &dyn Destination, walfile: &str, not_found: String) -> RestoreError {
+    match archive.is_empty() {
+        Ok(true) => {
+            return RestoreError::Io(format!(
+                "\"{walfile}\" is not in the archive, and nothing else is: \"{}\" is empty (a network filesystem not mounted, or the wrong bucket prefix?)",
+                archive.describe()
+            ))
+        }
+        Ok(false) => {}
+        Err(e) => return store_err(e),
+    }
+    for next in later_segments(walfile) {
+        for form in [Some(next.clone()), compressed_name(&next)]
+            .into_iter()
+            .flatten()
+        {
+            match archive.size(&form) {
+                Ok(Some(_)) => {
+                    return RestoreError::Integrity(format!(
+                        "\"{walfile}\" is missing from the archive although \"{form}\", later on the same timeline, is there: a hole in the archive, not its end"
+                    ))
+                }
+                Ok(None) => {}
+                Err(e) => return store_err(e),
+            }
+        }
+    }
+    RestoreError::NotFound(not_found)
+}
+
+/// Segments that follow `walfile` on its timeline, whatever the segment
+/// size (not known here): the next one within the same log number, and
+/// the first of the next log number (a name's last 8 digits count segments
+/// within a log: 0x100 of them for 16 MB segments, 0x1000 for 1 MB).
+/// Nothing for other files.
+fn later_segments(walfile: &str) -> Vec<String> {
+    use crate::walname::{WalFileKind, WalFileName};
+    if WalFileName::parse(walfile).is_none_or(|w| w.kind != WalFileKind::Segment) {
+        return vec![];
+    }
+    let hex = |r: std::ops::Range<usize>| u32::from_str_radix(&walfile[r], 16).ok();
+    let (Some(log), Some(seg)) = (hex(8..16), hex(16..24)) else {
+        return vec![];
+    };
+    let tli = &walfile[..8];
+    let mut v = vec![];
+    if let Some(s) = seg.checked_add(1) {
+        v.push(format!("{tli}{log:08X}{s:08X}"));
+    }
+    if let Some(l) = log.checked_add(1) {
+        v.push(format!("{tli}{l:08X}00000000"));
+    }
+    v
 }
 
 fn io_err(action: &str, p: &Path, e: &io::Error) -> RestoreError {
@@ -229,8 +310,11 @@ pub fn restore_verified(
     };
     let expected = match archive.recorded(&stored).map_err(store_err)? {
         Recorded::Digest(d) => d,
+        // A directory archive renames the file into place before its record:
+        // a record missing may be one on its way (retried), and if it stays
+        // missing the file is refused as unverifiable.
         Recorded::Missing => {
-            return Err(RestoreError::Integrity(format!(
+            return Err(RestoreError::Unavailable(format!(
                 "no checksum recorded for \"{stored}\": refusing to restore an unverifiable file"
             )))
         }
@@ -437,9 +521,10 @@ mod tests {
         }
         std::fs::write(&f, &good).unwrap();
         std::fs::remove_file(arch.join(format!("{SEG}.sha256"))).unwrap();
+        // Unverifiable: refused (retried first: it may be on its way).
         assert!(matches!(
             restore(&LocalDirectory::new(&arch, 0o600), SEG, &dest),
-            Err(RestoreError::Integrity(_))
+            Err(RestoreError::Unavailable(ref m)) if m.contains("no checksum recorded")
         ));
         assert!(!dest.exists());
         let leftovers: Vec<_> = std::fs::read_dir(d.path())
@@ -619,6 +704,69 @@ mod tests {
         assert_eq!(RecoveryMode::of(&dest), RecoveryMode::Standby);
         assert_eq!(RecoveryMode::Standby.failure_status(), EXIT_NOT_FOUND);
         const { assert!(EXIT_STOP_RECOVERY > 125 && EXIT_NOT_FOUND <= 125) };
+    }
+
+    #[test]
+    fn not_found_only_at_the_end_of_a_non_empty_archive() {
+        let (d, wal, arch) = setup();
+        let a = LocalDirectory::new(&arch, 0o600);
+        let dest = d.path().join("RECOVERYXLOG");
+        let next = "000000010000000000000008";
+        let after = "000000010000000000000009";
+        let r = |w: &str| restore_retrying(&|| Ok(&a), w, &dest, &Retry::never(), &|_| {});
+        // The end of the archive: not found.
+        assert!(matches!(r(next), Err(RestoreError::NotFound(_))));
+        // A later segment on the same timeline: a hole, never the end.
+        std::fs::write(wal.join(after), b"x").unwrap();
+        archive_file(&a, after, &wal.join(after)).unwrap();
+        let e = r(next).unwrap_err();
+        assert!(
+            matches!(e, RestoreError::Integrity(ref m) if m.contains("a hole")),
+            "{e}"
+        );
+        // Another timeline's segment, or a history probe, is no hole.
+        assert!(matches!(
+            r("000000020000000000000008"),
+            Err(RestoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            r("00000002.history"),
+            Err(RestoreError::NotFound(_))
+        ));
+        // The next log number counts too (16 MB segments: ...FF then the
+        // next log's 00).
+        assert_eq!(
+            later_segments("0000000100000003000000FF"),
+            ["000000010000000300000100", "000000010000000400000000"]
+        );
+        assert!(later_segments("00000001.history").is_empty());
+        // An empty archive (a mount that failed) never says "not found".
+        let empty = d.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let e = LocalDirectory::new(&empty, 0o600);
+        let err = restore_retrying(&|| Ok(&e), next, &dest, &Retry::never(), &|_| {}).unwrap_err();
+        assert!(
+            matches!(err, RestoreError::Io(ref m) if m.contains("is empty")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_record_not_yet_there_is_waited_for() {
+        let (d, _wal, arch) = setup();
+        let a = LocalDirectory::new(&arch, 0o600);
+        let dest = d.path().join("RECOVERYXLOG");
+        let record = arch.join(format!("{SEG}.sha256"));
+        let saved = std::fs::read(&record).unwrap();
+        std::fs::remove_file(&record).unwrap();
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                std::fs::write(&record, &saved).unwrap();
+            });
+            restore_retrying(&|| Ok(&a), SEG, &dest, &quick(5_000), &|_| {}).unwrap();
+        });
+        assert!(dest.exists());
     }
 
     const ZSEG: &str = "000000010000000000000009";

@@ -773,16 +773,51 @@ impl Destination for S3Destination {
         let rx = self.call("read", Some(name), async move {
             let r = match store.get(&path).await {
                 Ok(r) => r,
-                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                // Absent only when the store says there is no such key:
+                // any 404 (a bucket gone, a wrong endpoint or URI style, a
+                // proxy) reads as "not in the archive" to restore, which
+                // ends archive recovery.
+                Err(e @ object_store::Error::NotFound { .. }) => {
+                    return match classify(&e) {
+                        Failure::Status { code, .. } if code == "NoSuchKey" => Ok(None),
+                        Failure::Status {
+                            status: 404,
+                            code,
+                            message,
+                        } if code.is_empty() => Err(Failure::Status {
+                            status: 404,
+                            code: "NotFound".into(),
+                            message: if message.is_empty() {
+                                "the store answered 404 without saying NoSuchKey; \
+                                     check the endpoint, the bucket and the URI style"
+                                    .into()
+                            } else {
+                                message
+                            },
+                        }),
+                        f => Err(f),
+                    };
+                }
                 Err(e) => return Err(classify(&e)),
             };
+            let expected = r.meta.size;
             let (tx, rx) = tokio::sync::mpsc::channel(4);
             tokio::spawn(async move {
                 let mut s = r.into_stream();
+                let mut received = 0u64;
                 loop {
                     let item = match tokio::time::timeout(idle, s.next()).await {
+                        // A body that ends short is a broken transfer (to
+                        // be retried), not a corrupt object.
+                        Ok(None) if received < expected => Err(io::Error::new(
+                            io::ErrorKind::ConnectionReset,
+                            format!("S3 read ended after {received} of {expected} bytes"),
+                        )),
                         Ok(None) => break,
-                        Ok(Some(Ok(b))) => Ok(b),
+                        Ok(Some(Ok(b))) => {
+                            received += b.len() as u64;
+                            Ok(b)
+                        }
                         Ok(Some(Err(e))) => {
                             let f = classify(&e);
                             // A broken stream is transient: the reader's
@@ -816,6 +851,20 @@ impl Destination for S3Destination {
                 cur: Bytes::new(),
             }) as Box<dyn Read + Send + '_>
         }))
+    }
+
+    fn is_empty(&self) -> Result<bool, ArchiveError> {
+        let store = Arc::clone(&self.store);
+        let prefix =
+            (!self.settings.prefix.is_empty()).then(|| ObjPath::from(self.settings.prefix.clone()));
+        // The first page of a listing only.
+        self.call("list", None, async move {
+            match store.list(prefix.as_ref()).next().await {
+                None => Ok(true),
+                Some(Ok(_)) => Ok(false),
+                Some(Err(e)) => Err(classify(&e)),
+            }
+        })
     }
 
     fn entries(&self) -> Result<Vec<Entry>, ArchiveError> {

@@ -327,6 +327,16 @@ fn missing_bucket_gives_the_bucket_message() {
             .ends_with("bucket \"no-such-bucket\" does not exist"),
         "{e}"
     );
+    // Reading from it is an error too, never "no such file" (which restore
+    // would report as the end of the archive).
+    let e = dest.open(SEG).err().expect("an error, not None");
+    show("missing bucket, open", &e);
+    assert!(e.message.ends_with("does not exist"), "{e}");
+    assert!(dest.is_empty().is_err());
+    // An empty prefix of a bucket that exists is empty; one with a file is not.
+    let empty = S3Destination::new(settings(sw, "nothing-here")).unwrap();
+    assert!(empty.is_empty().unwrap());
+    assert!(empty.open(SEG).unwrap().is_none());
     drop(dir);
 }
 
@@ -348,7 +358,7 @@ fn endpoint_down_gives_the_unreachable_message_in_time() {
     let took = t.elapsed();
     show(&format!("nothing listening, store_new ({took:?})"), &e);
     assert!(took < Duration::from_secs(4), "{took:?}");
-    assert_eq!(e.kind, ErrorKind::Io);
+    assert_eq!(e.kind, ErrorKind::Unavailable);
     assert!(e.message.contains("is unreachable"), "{e}");
     assert!(
         e.detail.as_deref().unwrap().contains("onnection refused"),
