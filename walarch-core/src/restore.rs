@@ -145,9 +145,9 @@ pub fn restore_retrying<'a>(
     let mut attempt = 1u32;
     loop {
         let attempt_result = archive().and_then(|a| {
-            restore_verified(a, walfile, dest).or_else(|e| match e {
-                RestoreError::NotFound(m) => Err(confirm_absent(a, walfile, m)),
-                e => Err(e),
+            restore_verified(a, walfile, dest).map_err(|e| match e {
+                RestoreError::NotFound(m) => confirm_absent(a, walfile, m),
+                e => e,
             })
         });
         match attempt_result {
