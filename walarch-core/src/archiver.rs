@@ -410,10 +410,7 @@ mod tests {
         let timeout = Duration::from_secs(60);
         assert!(worker_wait(Some(timeout)) > timeout * 2);
         assert_eq!(worker_wait(None), WORKER_WAIT_LIMIT);
-        assert_eq!(
-            worker_wait(Some(Duration::from_secs(1))),
-            WORKER_WAIT_LIMIT
-        );
+        assert_eq!(worker_wait(Some(Duration::from_secs(1))), WORKER_WAIT_LIMIT);
         let (_d, src) = wal(&pattern(100));
         let dest = MemoryDestination::default();
         let file = FileId::of(&src).unwrap();
@@ -498,7 +495,10 @@ mod tests {
                 .starts_with("archive destination \"memory\" is unavailable since 2000-01-01"),
             "{e}"
         );
-        assert!(e.detail.as_deref().unwrap().contains("nothing is lost"), "{e}");
+        assert!(
+            e.detail.as_deref().unwrap().contains("nothing is lost"),
+            "{e}"
+        );
         assert_eq!(dest.size(A).unwrap(), None, "no request was made");
         let st = host.state();
         assert_eq!(st.stats.failed_count, 1);
@@ -556,11 +556,7 @@ mod tests {
         fn location(&self, name: &str) -> String {
             name.into()
         }
-        fn store_new(
-            &self,
-            _: &str,
-            _: &Path,
-        ) -> Result<crate::destination::Stored, ArchiveError> {
+        fn store_new(&self, _: &str, _: &Path) -> Result<crate::destination::Stored, ArchiveError> {
             Err(down())
         }
         fn store_new_bytes(

@@ -33,6 +33,9 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// How often the calling thread looks for results while copies run.
 const POLL: Duration = Duration::from_millis(50);
 
+/// A copy started: when, which file it read, and from where.
+type Running = (i64, Option<FileId>, PathBuf);
+
 #[derive(Debug)]
 pub struct CopyAhead {
     pg_wal: PathBuf,
@@ -108,9 +111,7 @@ impl CopyAhead {
             })
             .collect();
         let probe = self.probe;
-        // Per running copy: when it began, and which file it read.
-        let running: RefCell<HashMap<String, (i64, Option<FileId>, PathBuf)>> =
-            RefCell::default();
+        let running: RefCell<HashMap<String, Running>> = RefCell::default();
         let retry_at = &mut self.retry_at;
         let left = run_parallel(
             jobs,
@@ -127,10 +128,11 @@ impl CopyAhead {
                 );
             },
             |r| {
-                let (started, file, source) = running
-                    .borrow_mut()
-                    .remove(&r.name)
-                    .unwrap_or((host.timestamp(), None, PathBuf::new()));
+                let (started, file, source) = running.borrow_mut().remove(&r.name).unwrap_or((
+                    host.timestamp(),
+                    None,
+                    PathBuf::new(),
+                ));
                 // Trusted later only if the file read is the one still there.
                 let file = file.filter(|f| FileId::of(&source) == Some(*f));
                 let result = r
@@ -379,10 +381,7 @@ mod tests {
         });
         host.advance(crate::breaker::FIRST_BACKOFF);
         // The probe: one file, which succeeds and closes the breaker.
-        assert_eq!(
-            copy_all(&mut ca, &host, &dest),
-            vec![(F1.into(), true)]
-        );
+        assert_eq!(copy_all(&mut ca, &host, &dest), vec![(F1.into(), true)]);
         assert!(!host.state().breaker.is_open(here()));
         assert_eq!(copy_all(&mut ca, &host, &dest).len(), 2);
     }
@@ -412,7 +411,11 @@ mod tests {
         assert_eq!(results, 1, "no copy started once the breaker opened");
         let st = host.state();
         assert!(st.breaker.is_open(here()));
-        assert_eq!(st.free_slots(), crate::shared_state::SLOTS, "claims released");
+        assert_eq!(
+            st.free_slots(),
+            crate::shared_state::SLOTS,
+            "claims released"
+        );
         assert_eq!(st.stats.copy_ahead_failures, 1);
         assert_eq!(st.bytes_in_flight_where(|_| true), 0);
     }
