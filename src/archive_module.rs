@@ -104,7 +104,10 @@ fn archive(file: &CStr, path: &CStr) -> bool {
         // check_configured already said so; the archiver will try again.
         return false;
     };
-    sweep(&*configured.dest);
+    // Cleaning needs the store: not while it is known to be failing.
+    if !shmem::read(|s| s.breaker.is_open(configured.id)).unwrap_or(false) {
+        sweep(&*configured.dest);
+    }
     let view = guc::archive_view(&*configured.dest);
     let dest = &view;
     let target = Target {

@@ -98,8 +98,11 @@ pub extern "C-unwind" fn walarch_copy_ahead_main(_arg: pg_sys::Datum) {
             continue;
         };
         let (dest, id) = (&*configured.dest, configured.id);
-        if let Some(r) = sweep.run_once(dest) {
-            warnings::leftovers_removed(dest, &r);
+        // Cleaning needs the store: not while it is known to be failing.
+        if !shmem::read(|s| s.breaker.is_open(id)).unwrap_or(false) {
+            if let Some(r) = sweep.run_once(dest) {
+                warnings::leftovers_removed(dest, &r);
+            }
         }
         let view = guc::archive_view(dest);
         let dest = &view;
