@@ -158,3 +158,40 @@ fn a_reload_to_another_destination_starts_no_upload_to_the_old_one() {
     }
     eprintln!("in the old destination: {old:?}");
 }
+
+#[test]
+fn copy_ahead_turned_off_mid_round_starts_no_further_upload() {
+    if skipped() {
+        return;
+    }
+    let s3 = Seaweed::start("outage-off", None);
+    let prefix = format!("pg{}/off", pg_major());
+    let c = cluster(&s3, "outage-off", &prefix, &["walarch.parallel_copies = 2"]);
+    let first = c.switch_wal();
+    c.wait_done(&first, T);
+    let before = c.stat_i64("copied_ahead_count");
+
+    s3.signal(SIGSTOP);
+    let backlog = c.switch_many(8);
+    wait_until("two uploads running", T, || {
+        c.stat_i64("bytes_in_flight") >= 2 << 20
+    });
+    c.query("ALTER SYSTEM SET walarch.copy_ahead = off");
+    c.query("SELECT pg_reload_conf()");
+    // Not a timing assertion: lets the postmaster pass SIGHUP on before
+    // the uploads can end.
+    std::thread::sleep(Duration::from_millis(500));
+    s3.signal(SIGCONT);
+
+    c.wait_drained(T);
+    for f in &backlog {
+        s3.assert_holds(&c, &prefix, f, &c.data.join("pg_wal").join(f));
+    }
+    // Only the two uploads running at the reload were the worker's; the
+    // archiver stored the rest itself.
+    let ahead = c.stat_i64("copied_ahead_count") - before;
+    assert!(
+        ahead <= 2,
+        "{ahead} files copied ahead after it was turned off"
+    );
+}

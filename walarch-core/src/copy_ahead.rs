@@ -25,7 +25,7 @@ use crate::destination::Destination;
 use crate::error::ArchiveError;
 use crate::host::Host;
 use crate::parallel_copy::{run_parallel, CopyJob};
-use crate::shared_state::{Copied, FileId};
+use crate::shared_state::{Copied, FileId, SlotState};
 
 /// How long a file whose copy failed is left to the archiver before the
 /// worker tries it again.
@@ -69,13 +69,22 @@ impl CopyAhead {
             // Claims of dead processes, and confirmations of files the
             // archiver no longer waits for (archived some other way).
             s.release_stale(|p| host.alive(p), |n| ready.iter().any(|r| r == n));
-            let candidates = ready.iter().filter(|n| !retry_at.contains_key(*n));
+            let candidates: Vec<&String> = ready
+                .iter()
+                .filter(|n| !retry_at.contains_key(*n) && s.slot_state(n) == SlotState::Free)
+                .collect();
+            // A probe granted with nothing to try would hold the archiver's
+            // back for another back-off.
+            if candidates.is_empty() {
+                return (Vec::new(), false);
+            }
             let (limit, probe) = match s.breaker.gate(dest, ts) {
                 Gate::Closed => (usize::MAX, false),
                 Gate::Probe => (1, true),
                 Gate::Open(_) => (0, false),
             };
             let claimed: Vec<String> = candidates
+                .into_iter()
                 .filter(|n| s.begin_worker_copy(n, me))
                 .take(limit)
                 .cloned()
@@ -195,7 +204,6 @@ mod tests {
     use super::*;
     use crate::archiver::{archive_one, Archived, Target};
     use crate::error::ErrorKind;
-    use crate::shared_state::SlotState;
     use crate::testing::{pattern, FakeHost, MemoryDestination};
 
     fn pg_wal(files: &[&str]) -> tempfile::TempDir {
@@ -380,6 +388,19 @@ mod tests {
             s.breaker.failed(here(), 0, 0, &down());
         });
         host.advance(crate::breaker::FIRST_BACKOFF);
+        // The probe is due, but every file is held (by the archiver): the
+        // worker does not take the probe with nothing to try.
+        host.with_state(|s| {
+            for f in [F1, F2, F3] {
+                s.begin_archiver_copy(f, 99, |_| true);
+            }
+        });
+        assert!(ca.plan(&host, here()).is_empty());
+        host.with_state(|s| {
+            for f in [F1, F2, F3] {
+                s.end_archiver_copy(f);
+            }
+        });
         // The probe: one file, which succeeds and closes the breaker.
         assert_eq!(copy_all(&mut ca, &host, &dest), vec![(F1.into(), true)]);
         assert!(!host.state().breaker.is_open(here()));
