@@ -82,7 +82,10 @@ pub fn run_parallel(
                 }
                 let job = queue.pop_front().expect("not empty");
                 on_start(&job);
-                if job_tx.send(job).is_err() {
+                if let Err(mpsc::SendError(job)) = job_tx.send(job) {
+                    // No copy thread is left: handed back as not started.
+                    queue.push_front(job);
+                    stopped = true;
                     break;
                 }
                 idle -= 1;
