@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use pgrx::prelude::*;
 use walarch_core::archive_protocol::ArchiveOutcome;
-use walarch_core::archiver::{archive_one, Archived, LeftoverSweep};
+use walarch_core::archiver::{archive_one, Archived, LeftoverSweep, Target};
 use walarch_core::destination::Destination;
 
 use crate::shmem::{self, PgHost};
@@ -100,14 +100,22 @@ fn archive(file: &CStr, path: &CStr) -> bool {
         );
         return false;
     };
-    let Ok(dest) = guc::destination() else {
+    let Ok(configured) = guc::configured() else {
         // check_configured already said so; the archiver will try again.
         return false;
     };
-    sweep(&*dest);
-    let view = guc::archive_view(&*dest);
+    // Cleaning needs the store: not while it is known to be failing.
+    if !shmem::read(|s| s.breaker.is_open(configured.id)).unwrap_or(false) {
+        sweep(&*configured.dest);
+    }
+    let view = guc::archive_view(&*configured.dest);
     let dest = &view;
-    match archive_one(&PgHost, dest, file, Path::new(path)) {
+    let target = Target {
+        dest,
+        id: configured.id,
+        request_timeout: configured.request_timeout,
+    };
+    match archive_one(&PgHost, &target, file, Path::new(path)) {
         Ok(Archived::CopiedAhead { .. }) => {
             debug1!("walarch_ext: \"{file}\" was copied ahead by the worker");
             true

@@ -11,6 +11,7 @@ use std::time::Duration;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use walarch_core::breaker::DestinationId;
 use walarch_core::compressing::Compressing;
 use walarch_core::destination::Destination;
 use walarch_core::destination_setting::{
@@ -151,6 +152,14 @@ fn non_empty(s: &Setting) -> Option<String> {
 
 pub type SharedDestination = Arc<dyn Destination + Send + Sync>;
 
+/// The destination the settings name, what identifies it (for the circuit
+/// breaker and copy-ahead claims), and how long one request to it may take.
+pub struct Configured {
+    pub dest: SharedDestination,
+    pub id: DestinationId,
+    pub request_timeout: Option<Duration>,
+}
+
 /// The S3 destination of the current settings, kept while they do not
 /// change (its HTTP client and connections are reused).
 static S3_CACHE: Mutex<Option<(u64, SharedDestination)>> = Mutex::new(None);
@@ -159,14 +168,39 @@ static S3_CACHE: Mutex<Option<(u64, SharedDestination)>> = Mutex::new(None);
 /// Runs in the archiver, the worker and backends, never in the postmaster:
 /// an S3 destination starts threads on first use.
 pub fn destination() -> Result<SharedDestination, String> {
+    configured().map(|c| c.dest)
+}
+
+/// `destination()`, with its identity and request limit.
+pub fn configured() -> Result<Configured, String> {
     let spec = resolve(&text(&ARCHIVE_DESTINATION), &text(&ARCHIVE_DIRECTORY))?
         .ok_or_else(|| "walarch.archive_destination is not set.".to_string())?;
     match spec {
         DestinationSpec::Directory(dir) => {
-            Ok(Arc::new(LocalDirectory::new(dir, file_create_mode())))
+            let id = DestinationId::of(&["directory", &dir.to_string_lossy()]);
+            Ok(Configured {
+                dest: Arc::new(LocalDirectory::new(dir, file_create_mode())),
+                id,
+                request_timeout: None,
+            })
         }
         DestinationSpec::S3 { bucket, prefix } => {
             let settings = s3_settings(bucket, prefix)?;
+            // What names the store, credentials aside: a rotated key is the
+            // same archive.
+            let id = DestinationId::of(&[
+                "s3",
+                settings.endpoint.as_deref().unwrap_or(""),
+                &settings.region,
+                &settings.bucket,
+                &settings.prefix,
+                if settings.virtual_hosted_style {
+                    "host"
+                } else {
+                    "path"
+                },
+            ]);
+            let request_timeout = Some(settings.timeout);
             // The key covers every setting, the secret included; it is a
             // hash, never shown.
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -175,7 +209,11 @@ pub fn destination() -> Result<SharedDestination, String> {
             let mut cache = S3_CACHE.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((k, d)) = cache.as_ref() {
                 if *k == key {
-                    return Ok(Arc::clone(d));
+                    return Ok(Configured {
+                        dest: Arc::clone(d),
+                        id,
+                        request_timeout,
+                    });
                 }
             }
             let d: SharedDestination =
@@ -184,7 +222,11 @@ pub fn destination() -> Result<SharedDestination, String> {
                     None => e.message,
                 })?);
             *cache = Some((key, Arc::clone(&d)));
-            Ok(d)
+            Ok(Configured {
+                dest: d,
+                id,
+                request_timeout,
+            })
         }
     }
 }

@@ -173,4 +173,9 @@ impl Host for PgHost {
     fn timestamp(&self) -> i64 {
         now_timestamptz()
     }
+
+    fn shutdown_requested(&self) -> bool {
+        // SAFETY: a sig_atomic_t flag set by the SIGTERM handler.
+        unsafe { pg_sys::ShutdownRequestPending != 0 }
+    }
 }

@@ -94,17 +94,33 @@ pub extern "C-unwind" fn walarch_copy_ahead_main(_arg: pg_sys::Datum) {
         if !active() {
             continue;
         }
-        let Ok(dest) = guc::destination() else {
+        let Ok(configured) = guc::configured() else {
             continue;
         };
-        if let Some(r) = sweep.run_once(&*dest) {
-            warnings::leftovers_removed(&*dest, &r);
+        let (dest, id) = (&*configured.dest, configured.id);
+        // Cleaning needs the store: not while it is known to be failing.
+        if !shmem::read(|s| s.breaker.is_open(id)).unwrap_or(false) {
+            if let Some(r) = sweep.run_once(dest) {
+                warnings::leftovers_removed(dest, &r);
+            }
         }
-        let view = guc::archive_view(&*dest);
+        let view = guc::archive_view(dest);
         let dest = &view;
+        // A reload between files that turns copying ahead off or names
+        // another destination ends the round: no upload starts to the old
+        // one. Remembered, so the rounds end too.
+        let mut moved = false;
+        let mut should_stop = || {
+            if !moved && BackgroundWorker::sighup_received() {
+                // SAFETY: main thread, outside any transaction.
+                unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+                moved = !active() || guc::configured().map(|c| c.id) != Ok(id);
+            }
+            moved || stopping()
+        };
         // Rounds until nothing is left to copy ahead or we must stop.
-        while !stopping() {
-            let files = copy_ahead.plan(&PgHost);
+        while !should_stop() {
+            let files = copy_ahead.plan(&PgHost, id);
             if files.is_empty() {
                 break;
             }
@@ -113,6 +129,7 @@ pub extern "C-unwind" fn walarch_copy_ahead_main(_arg: pg_sys::Datum) {
             copy_ahead.copy(
                 &PgHost,
                 dest,
+                id,
                 files,
                 parallel,
                 |name, result| match result {
@@ -126,7 +143,7 @@ pub extern "C-unwind" fn walarch_copy_ahead_main(_arg: pg_sys::Datum) {
                     }) => warnings::warn(w, &archive_module::archiving(name, dest)),
                     Ok(_) => {}
                 },
-                stopping,
+                &mut should_stop,
             );
             set_title("idle");
         }

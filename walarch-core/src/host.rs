@@ -24,8 +24,11 @@ pub trait Host {
     /// Whether the process with this PID still runs.
     fn alive(&self, pid: i32) -> bool;
     fn now(&self) -> Instant;
-    /// Now as a PostgreSQL `TimestampTz`, for the statistics.
+    /// Now as a PostgreSQL `TimestampTz`, for the statistics and the
+    /// circuit breaker (shared between processes).
     fn timestamp(&self) -> i64;
+    /// Whether this process was asked to stop: a wait must then end at once.
+    fn shutdown_requested(&self) -> bool;
 }
 
 /// True when a process with this PID exists (signal 0).

@@ -16,6 +16,7 @@ pub mod archive_protocol;
 pub mod archive_status;
 pub mod archiver;
 pub mod blocked_signals;
+pub mod breaker;
 pub mod checksum;
 pub mod compressed;
 pub mod compressing;

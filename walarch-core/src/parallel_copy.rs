@@ -6,7 +6,6 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
@@ -29,22 +28,29 @@ pub struct CopyResult {
 }
 
 /// Archives `jobs` into `dest` on up to `parallel` threads, in order of the
-/// list (the archiver's order). `on_result` runs on the calling thread as
-/// each copy ends; `should_stop` is polled there every `poll`, and once it
-/// says so no further copy starts (running ones finish and are reported).
-/// Returns the number of copies that ran.
+/// list (the archiver's order). The calling thread hands out each job:
+/// `should_stop` is asked right before, and once it says so no further copy
+/// starts (running ones finish and are reported); `on_start` runs as a job
+/// is handed out, `on_result` as it ends. All three run on the calling
+/// thread, which waits for results `poll` at a time. Returns the jobs that
+/// never started.
 pub fn run_parallel(
     jobs: Vec<CopyJob>,
     dest: &dyn Destination,
     parallel: usize,
     poll: Duration,
+    mut on_start: impl FnMut(&CopyJob),
     mut on_result: impl FnMut(CopyResult),
     mut should_stop: impl FnMut() -> bool,
-) -> usize {
+) -> Vec<CopyJob> {
     let threads = parallel.max(1).min(jobs.len());
-    let queue = Mutex::new(VecDeque::from(jobs));
-    let stop = AtomicBool::new(false);
-    let mut done = 0;
+    let mut queue = VecDeque::from(jobs);
+    if threads == 0 {
+        return Vec::new();
+    }
+    let mut stopped = false;
+    let (job_tx, job_rx) = mpsc::channel::<CopyJob>();
+    let job_rx = Mutex::new(job_rx);
     std::thread::scope(|scope| {
         let (tx, rx) = mpsc::channel::<CopyResult>();
         // No signal may land on a copy thread (see blocked_signals). If the mask
@@ -52,56 +58,75 @@ pub fn run_parallel(
         let spawned = crate::blocked_signals::with_signals_blocked(|| {
             for _ in 0..threads {
                 let tx = tx.clone();
-                let (queue, stop) = (&queue, &stop);
-                scope.spawn(move || copy_loop(queue, stop, dest, &tx));
+                let job_rx = &job_rx;
+                scope.spawn(move || copy_loop(job_rx, dest, &tx));
             }
         });
-        if spawned.is_err() {
-            copy_loop(&queue, &stop, dest, &tx);
-        }
         drop(tx);
+        if spawned.is_err() {
+            drop(job_tx);
+            while !queue.is_empty() && !should_stop() {
+                let job = queue.pop_front().expect("not empty");
+                on_start(&job);
+                on_result(copy(dest, job));
+            }
+            stopped = true;
+            return;
+        }
+        let mut idle = threads;
         loop {
+            while idle > 0 && !stopped && !queue.is_empty() {
+                if should_stop() {
+                    stopped = true;
+                    break;
+                }
+                let job = queue.pop_front().expect("not empty");
+                on_start(&job);
+                if let Err(mpsc::SendError(job)) = job_tx.send(job) {
+                    // No copy thread is left: handed back as not started.
+                    queue.push_front(job);
+                    stopped = true;
+                    break;
+                }
+                idle -= 1;
+            }
+            if idle == threads && (stopped || queue.is_empty()) {
+                break;
+            }
             match rx.recv_timeout(poll) {
                 Ok(r) => {
-                    done += 1;
+                    idle += 1;
                     on_result(r);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            if !stop.load(Ordering::Relaxed) && should_stop() {
-                stop.store(true, Ordering::Relaxed);
-            }
         }
+        drop(job_tx);
     });
-    done
+    queue.into()
 }
 
-/// One copy thread: takes jobs in order until none is left, a stop is
-/// requested, or the receiver is gone.
+fn copy(dest: &dyn Destination, job: CopyJob) -> CopyResult {
+    let start = std::time::Instant::now();
+    let result = archive_file(dest, &job.name, &job.source);
+    CopyResult {
+        name: job.name,
+        result,
+        elapsed: start.elapsed(),
+    }
+}
+
+/// One copy thread: copies the jobs it is handed until the sender is gone.
 fn copy_loop(
-    queue: &Mutex<VecDeque<CopyJob>>,
-    stop: &AtomicBool,
+    jobs: &Mutex<mpsc::Receiver<CopyJob>>,
     dest: &dyn Destination,
     tx: &mpsc::Sender<CopyResult>,
 ) {
     loop {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let Some(job) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else {
-            break;
-        };
-        let start = std::time::Instant::now();
-        let result = archive_file(dest, &job.name, &job.source);
-        if tx
-            .send(CopyResult {
-                name: job.name,
-                result,
-                elapsed: start.elapsed(),
-            })
-            .is_err()
-        {
+        let job = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let Ok(job) = job else { break };
+        if tx.send(copy(dest, job)).is_err() {
             break;
         }
     }
@@ -133,11 +158,13 @@ mod tests {
         let (d, jobs) = setup(12);
         let me = std::thread::current().id();
         let mut names = vec![];
-        let n = run_parallel(
+        let mut started = vec![];
+        let left = run_parallel(
             jobs.clone(),
             &LocalDirectory::new(d.path().join("arch"), 0o600),
             4,
             Duration::from_millis(10),
+            |j| started.push(j.name.clone()),
             |r| {
                 assert_eq!(std::thread::current().id(), me);
                 assert!(
@@ -148,7 +175,12 @@ mod tests {
             },
             || false,
         );
-        assert_eq!(n, 12);
+        assert!(left.is_empty());
+        assert_eq!(
+            started,
+            jobs.iter().map(|j| j.name.clone()).collect::<Vec<_>>(),
+            "started in order"
+        );
         names.sort();
         assert_eq!(
             names,
@@ -166,16 +198,22 @@ mod tests {
     fn stop_prevents_new_copies() {
         let (d, jobs) = setup(50);
         let seen = Cell::new(0);
-        let n = run_parallel(
+        let started = Cell::new(0);
+        let left = run_parallel(
             jobs,
             &LocalDirectory::new(d.path().join("arch"), 0o600),
             2,
             Duration::from_millis(1),
+            |_| started.set(started.get() + 1),
             |_| seen.set(seen.get() + 1),
             || seen.get() >= 3,
         );
-        assert_eq!(n, seen.get());
-        assert!(n < 50, "stop was ignored");
+        let n = seen.get();
+        assert_eq!(n, started.get(), "every copy started was reported");
+        assert_eq!(n + left.len(), 50, "the rest is handed back");
+        // Stopped as soon as asked: the copies running then (at most two)
+        // were the only ones after the third result.
+        assert!((3..=4).contains(&n), "{n}");
         let archived = std::fs::read_dir(d.path().join("arch"))
             .unwrap()
             .filter(|e| {
@@ -199,6 +237,7 @@ mod tests {
             &LocalDirectory::new(d.path().join("arch"), 0o600),
             3,
             Duration::from_millis(5),
+            |_| {},
             |r| {
                 if r.result.is_err() {
                     failed.push(r.name)

@@ -12,6 +12,10 @@
 //!   frees the slot), or `WorkerCopying` (waits, never copies in parallel),
 //!   unless the worker holding it is dead, in which case it takes over.
 
+use std::path::Path;
+
+use crate::breaker::{Breaker, DestinationId};
+use crate::checksum::Sha256Digest;
 use crate::time::NO_TIME;
 
 /// Strings in shared memory are inline, fixed-capacity (no pointers).
@@ -50,13 +54,55 @@ pub enum SlotState {
     ArchiverCopying = 3,
 }
 
+/// Which file a WAL file name stood for when it was copied: the same name
+/// re-created (with other content) is another inode or modification time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+impl FileId {
+    pub fn of(path: &Path) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: m.mtime().saturating_mul(1_000_000_000) + m.mtime_nsec(),
+        })
+    }
+}
+
+/// What the worker's copy of a file established: the archiver trusts it
+/// without asking the store when `dest` is the destination configured now
+/// and `file` is still the file it is asked to archive.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Copied {
+    pub bytes: u64,
+    /// What it stored (less than `bytes` when compressed; 0 when it found
+    /// the file already archived).
+    pub stored_bytes: u64,
+    /// The SHA-256 the store acknowledged (or recorded, for a file found
+    /// already archived).
+    pub sha256: Sha256Digest,
+    pub dest: DestinationId,
+    pub file: FileId,
+}
+
 #[derive(Clone, Debug)]
 pub struct Slot {
     pub state: SlotState,
     pub name: WalName,
+    /// The file's length while it is copied (for `bytes_in_flight`).
     pub bytes: u64,
-    /// What the worker's copy stored (less than `bytes` when compressed).
-    pub stored_bytes: u64,
+    /// Being stored right now (a claimed file may still wait its turn).
+    pub running: bool,
+    /// The worker's copy, once `WorkerArchived`.
+    pub copied: Copied,
     pub pid: i32,
 }
 
@@ -66,7 +112,8 @@ impl Default for Slot {
             state: SlotState::Free,
             name: WalName::default(),
             bytes: 0,
-            stored_bytes: 0,
+            running: false,
+            copied: Copied::default(),
             pid: 0,
         }
     }
@@ -130,6 +177,8 @@ pub struct ArchiveState {
     /// The worker's latch (`PGPROC.procLatch`, in shared memory, so valid in
     /// every process), as an integer; 0 when none.
     pub worker_latch: usize,
+    /// Whether the destination is known to be failing.
+    pub breaker: Breaker,
 }
 
 /// What the archiver's callback should do with the file it was asked for.
@@ -137,8 +186,8 @@ pub struct ArchiveState {
 pub enum ArchiverClaim {
     /// The slot is ours: copy inline, then `end_archiver_copy`.
     CopyInline,
-    /// The worker archived it (`bytes` long): confirm and count it.
-    CopiedAhead { bytes: u64, stored_bytes: u64 },
+    /// The worker archived it: confirm and count it.
+    CopiedAhead(Copied),
     /// The worker (this PID) is copying it right now: wait and ask again.
     WorkerBusy { pid: i32 },
 }
@@ -150,6 +199,7 @@ impl ArchiveState {
             slots: std::array::from_fn(|_| Slot::default()),
             worker_pid: 0,
             worker_latch: 0,
+            breaker: Breaker::default(),
         }
     }
 
@@ -204,20 +254,39 @@ impl ArchiveState {
             && self.take_free(name, SlotState::WorkerCopying, pid)
     }
 
+    /// The worker's copy of `name` starts now (`bytes` long).
+    pub fn start_worker_copy(&mut self, name: &str, bytes: u64) {
+        if let Some(i) = self.find(name) {
+            if self.slots[i].state == SlotState::WorkerCopying {
+                self.slots[i].bytes = bytes;
+                self.slots[i].running = true;
+            }
+        }
+    }
+
+    /// The worker gives up a claim it never started on (told to stop, the
+    /// destination changed): no failure, the file is anyone's again.
+    pub fn release_worker_claim(&mut self, name: &str) {
+        if let Some(i) = self.find(name) {
+            if self.slots[i].state == SlotState::WorkerCopying {
+                self.slots[i] = Slot::default();
+            }
+        }
+    }
+
     /// The worker's copy of `name` ended: on success the file waits for the
     /// archiver's confirmation; on failure the slot is freed (the archiver
     /// will copy it inline) and the failure counted.
-    /// `result` is the file's bytes and the bytes stored for it.
-    pub fn finish_worker_copy(&mut self, name: &str, result: Result<(u64, u64), &str>) {
+    pub fn finish_worker_copy(&mut self, name: &str, result: Result<Copied, &str>) {
         let Some(i) = self.find(name) else { return };
         if self.slots[i].state != SlotState::WorkerCopying {
             return;
         }
         match result {
-            Ok((bytes, stored_bytes)) => {
+            Ok(copied) => {
                 self.slots[i].state = SlotState::WorkerArchived;
-                self.slots[i].bytes = bytes;
-                self.slots[i].stored_bytes = stored_bytes;
+                self.slots[i].running = false;
+                self.slots[i].copied = copied;
             }
             Err(e) => {
                 self.slots[i] = Slot::default();
@@ -239,10 +308,7 @@ impl ArchiveState {
             match slot.state {
                 SlotState::WorkerArchived => {
                     self.slots[i] = Slot::default();
-                    return ArchiverClaim::CopiedAhead {
-                        bytes: slot.bytes,
-                        stored_bytes: slot.stored_bytes,
-                    };
+                    return ArchiverClaim::CopiedAhead(slot.copied);
                 }
                 SlotState::WorkerCopying if alive(slot.pid) => {
                     return ArchiverClaim::WorkerBusy { pid: slot.pid };
@@ -297,27 +363,34 @@ impl ArchiveState {
         n
     }
 
-    /// The size of a file just claimed for copying, for `bytes_in_flight`.
+    /// The archiver's inline copy of `name` (`bytes` long) starts now.
     pub fn set_in_flight(&mut self, name: &str, bytes: u64) {
         if let Some(i) = self.find(name) {
-            if matches!(
-                self.slots[i].state,
-                SlotState::WorkerCopying | SlotState::ArchiverCopying
-            ) {
+            if self.slots[i].state == SlotState::ArchiverCopying {
                 self.slots[i].bytes = bytes;
+                self.slots[i].running = true;
             }
         }
     }
 
-    /// Bytes of the files being stored right now.
+    /// Bytes of the files being stored right now by processes that run.
     pub fn bytes_in_flight(&self) -> u64 {
+        self.bytes_in_flight_where(crate::host::process_alive)
+    }
+
+    /// `bytes_in_flight`, with `alive` telling whether a PID still runs:
+    /// a claim waiting its turn is not in flight, nor is the claim of a
+    /// process that died mid-copy (until it is taken over).
+    pub fn bytes_in_flight_where(&self, alive: impl Fn(i32) -> bool) -> u64 {
         self.slots
             .iter()
             .filter(|s| {
-                matches!(
-                    s.state,
-                    SlotState::WorkerCopying | SlotState::ArchiverCopying
-                )
+                s.running
+                    && matches!(
+                        s.state,
+                        SlotState::WorkerCopying | SlotState::ArchiverCopying
+                    )
+                    && alive(s.pid)
             })
             .map(|s| s.bytes)
             .sum()
@@ -389,6 +462,14 @@ mod tests {
         true
     }
 
+    fn copied(bytes: u64, stored_bytes: u64) -> Copied {
+        Copied {
+            bytes,
+            stored_bytes,
+            ..Copied::default()
+        }
+    }
+
     #[test]
     fn worker_copy_is_confirmed_by_archiver() {
         let mut s = ArchiveState::new(0);
@@ -398,13 +479,10 @@ mod tests {
             s.begin_archiver_copy(A, 20, alive),
             ArchiverClaim::WorkerBusy { pid: 10 }
         );
-        s.finish_worker_copy(A, Ok((16, 3)));
+        s.finish_worker_copy(A, Ok(copied(16, 3)));
         assert_eq!(
             s.begin_archiver_copy(A, 20, alive),
-            ArchiverClaim::CopiedAhead {
-                bytes: 16,
-                stored_bytes: 3
-            }
+            ArchiverClaim::CopiedAhead(copied(16, 3))
         );
         assert_eq!(s.slot_state(A), SlotState::Free);
         s.record_archived(A, 16, 3, true, 5);
@@ -468,7 +546,7 @@ mod tests {
     fn confirmed_copies_of_files_no_longer_ready_are_released() {
         let mut s = ArchiveState::new(0);
         s.begin_worker_copy(A, 10);
-        s.finish_worker_copy(A, Ok((1, 1)));
+        s.finish_worker_copy(A, Ok(copied(1, 1)));
         assert_eq!(s.release_stale(alive, |n| n != A), 1);
         assert_eq!(s.free_slots(), SLOTS);
     }
@@ -489,17 +567,37 @@ mod tests {
     }
 
     #[test]
-    fn bytes_in_flight_and_transfer_times() {
+    fn bytes_in_flight_counts_only_copies_running_now() {
+        const C: &str = "000000010000000000000003";
         let mut s = ArchiveState::new(0);
+        let in_flight = |s: &ArchiveState| s.bytes_in_flight_where(|p| p != 66);
         assert!(s.begin_worker_copy(A, 10));
-        s.set_in_flight(A, 100);
+        assert!(s.begin_worker_copy(C, 10));
+        assert_eq!(in_flight(&s), 0, "claimed, waiting its turn");
+        s.start_worker_copy(A, 100);
         s.begin_archiver_copy(B, 20, alive);
         s.set_in_flight(B, 7);
-        assert_eq!(s.bytes_in_flight(), 107);
-        s.finish_worker_copy(A, Ok((100, 100)));
-        assert_eq!(s.bytes_in_flight(), 7, "a finished copy is not in flight");
+        assert_eq!(in_flight(&s), 107);
+        s.finish_worker_copy(A, Ok(copied(100, 100)));
+        assert_eq!(in_flight(&s), 7, "a finished copy is not in flight");
+        s.start_worker_copy(C, 50);
+        s.finish_worker_copy(C, Err("timed out"));
+        assert_eq!(in_flight(&s), 7, "nor a failed one");
         s.end_archiver_copy(B);
-        assert_eq!(s.bytes_in_flight(), 0);
+        assert_eq!(in_flight(&s), 0);
+        // A claim never started is released without counting a failure.
+        assert!(s.begin_worker_copy(C, 10));
+        s.release_worker_claim(C);
+        assert_eq!(s.slot_state(C), SlotState::Free);
+        assert_eq!(s.stats.copy_ahead_failures, 1);
+        // A worker killed mid-copy: not in flight, though its claim stays
+        // until someone takes it over.
+        assert!(s.begin_worker_copy(C, 66));
+        s.start_worker_copy(C, 9);
+        assert_eq!(in_flight(&s), 0);
+        assert_eq!(s.bytes_in_flight_where(alive), 9);
+        s.worker_started(67, 0, |p| p != 66);
+        assert_eq!(s.slot_state(C), SlotState::Free);
         s.record_transfer(3000);
         s.record_transfer(1000);
         assert_eq!(

@@ -138,6 +138,7 @@ struct Shared<'a> {
     waits: Cell<u32>,
     worker_wakes: Cell<u32>,
     archiver_wakes: Cell<u32>,
+    shutdown: Cell<bool>,
     on_wait: RefCell<Option<OnWait<'a>>>,
 }
 
@@ -166,6 +167,7 @@ impl<'a> FakeHost<'a> {
                 waits: Cell::default(),
                 worker_wakes: Cell::default(),
                 archiver_wakes: Cell::default(),
+                shutdown: Cell::default(),
                 on_wait: RefCell::default(),
             }),
             pid: 1000,
@@ -191,6 +193,11 @@ impl<'a> FakeHost<'a> {
     /// Runs `f` at each wait with the wait's number (from 1).
     pub fn on_wait(&self, f: impl FnMut(&mut ArchiveState, u32) + 'a) {
         *self.shared.on_wait.borrow_mut() = Some(Box::new(f));
+    }
+
+    /// The process is asked to stop (PostgreSQL's SIGTERM).
+    pub fn request_shutdown(&self) {
+        self.shared.shutdown.set(true);
     }
 
     pub fn kill(&self, pid: i32) {
@@ -260,5 +267,9 @@ impl Host for FakeHost<'_> {
 
     fn timestamp(&self) -> i64 {
         self.shared.elapsed.get().as_micros() as i64
+    }
+
+    fn shutdown_requested(&self) -> bool {
+        self.shared.shutdown.get()
     }
 }
