@@ -378,7 +378,7 @@ impl S3Destination {
                     stored_bytes: bytes,
                 }),
                 Err(object_store::Error::AlreadyExists { .. }) => Ok(Stored::Exists),
-                Err(e) => Err(classify(&e)),
+                Err(e) => Err(object_failure(&store, &path, &e).await),
             }
         })
     }
@@ -586,7 +586,35 @@ async fn exists(store: &AmazonS3, path: &ObjPath) -> Result<bool, Failure> {
     match store.head(path).await {
         Ok(_) => Ok(true),
         Err(object_store::Error::NotFound { .. }) => Ok(false),
-        Err(e) => Err(classify(&e)),
+        Err(e) => Err(object_failure(store, path, &e).await),
+    }
+}
+
+/// The failure of a request for the object at `path`. A 403 there (a HEAD
+/// has no body to say more) is either refused credentials, an object the
+/// credentials may not access, or, when they may not list the bucket, a
+/// missing object (S3 answers 403 instead of 404 then): one LIST of the key
+/// as a prefix tells which, so that the message says what to grant and a
+/// missing file never reads as refused credentials.
+async fn object_failure(store: &AmazonS3, path: &ObjPath, e: &object_store::Error) -> Failure {
+    let f = classify(e);
+    let (code, message) = match &f {
+        Failure::Credentials { code, message } if code.is_empty() || code == "AccessDenied" => {
+            (code.clone(), message.clone())
+        }
+        _ => return f,
+    };
+    let first = store.list(Some(path)).next().await;
+    match first {
+        None | Some(Ok(_)) => Failure::ObjectForbidden { code, message },
+        Some(Err(le)) => match classify(&le) {
+            Failure::Credentials { code: c, .. } if c.is_empty() || c == "AccessDenied" => {
+                Failure::Unlisted { code, message }
+            }
+            // The listing says more (SignatureDoesNotMatch...).
+            lf @ Failure::Credentials { .. } => lf,
+            _ => f,
+        },
     }
 }
 
@@ -734,9 +762,12 @@ impl Destination for S3Destination {
             let head = match head {
                 Ok(h) => h,
                 Err(object_store::Error::NotFound { .. }) => return Ok(Recorded::Missing),
-                Err(e) => return Err(classify(&e)),
+                Err(e) => return Err(object_failure(&store, &path, &e).await),
             };
-            let sidecar = sidecar.map_err(|e| classify(&e))?;
+            let sidecar = match sidecar {
+                Ok(s) => s,
+                Err(e) => return Err(object_failure(&store, &side, &e).await),
+            };
             if let Some((etag, body)) = sidecar {
                 if etag.is_some() && etag == head.meta.e_tag {
                     return Ok(
@@ -771,10 +802,13 @@ impl Destination for S3Destination {
         let side = self.key(&format!("{name}{SIDECAR_SUFFIX}"));
         let text = format!("{}  {}\n", to_hex(sha256), name);
         self.call("write the checksum record of", Some(name), async move {
-            let head = store.head(&path).await.map_err(|e| match e {
-                object_store::Error::NotFound { .. } => Failure::Other("no such object".into()),
-                e => classify(&e),
-            })?;
+            let head = match store.head(&path).await {
+                Ok(h) => h,
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(Failure::Other("no such object".into()))
+                }
+                Err(e) => return Err(object_failure(&store, &path, &e).await),
+            };
             let mut attributes = Attributes::new();
             if let Some(etag) = head.e_tag {
                 attributes.insert(Attribute::Metadata(META_OBJECT_ETAG.into()), etag.into());
@@ -804,7 +838,7 @@ impl Destination for S3Destination {
             match store.head(&path).await {
                 Ok(m) => Ok(Some(m.size)),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(classify(&e)),
+                Err(e) => Err(object_failure(&store, &path, &e).await),
             }
         })
     }
@@ -817,7 +851,7 @@ impl Destination for S3Destination {
             let r = match store.get(&path).await {
                 Ok(r) => r,
                 Err(object_store::Error::NotFound { .. }) => return Ok(None),
-                Err(e) => return Err(classify(&e)),
+                Err(e) => return Err(object_failure(&store, &path, &e).await),
             };
             let (tx, rx) = tokio::sync::mpsc::channel(4);
             tokio::spawn(async move {
@@ -917,6 +951,10 @@ fn describe_failure(f: &Failure) -> String {
         Failure::TimedOut(_) => "timed out".into(),
         Failure::Credentials { code, .. } => format!("credentials refused {code}"),
         Failure::NoSuchBucket => "no such bucket".into(),
+        Failure::ObjectForbidden { code, .. } => format!("access to the object denied {code}"),
+        Failure::Unlisted { code, .. } => {
+            format!("403 {code}: missing, or not readable (s3:ListBucket not granted)")
+        }
         Failure::Checksum { code, .. } => format!("checksum rejected {code}"),
         Failure::Status { status, code, .. } => format!("HTTP {status} {code}"),
         Failure::Transport(c) | Failure::Other(c) => c.clone(),

@@ -41,6 +41,19 @@ pub enum Failure {
         message: String,
     },
     NoSuchBucket,
+    /// 403 for an object while the credentials may list the bucket: they
+    /// may not read (or write) that object.
+    ObjectForbidden {
+        code: String,
+        message: String,
+    },
+    /// 403 for an object, and listing the bucket is refused too: S3 answers
+    /// 403 instead of 404 for a missing key when the credentials lack
+    /// s3:ListBucket, so the object may as well not exist.
+    Unlisted {
+        code: String,
+        message: String,
+    },
     /// The store rejected the upload's checksum.
     Checksum {
         code: String,
@@ -348,6 +361,38 @@ fn describe(f: Failure, cx: &Context<'_>) -> ArchiveError {
             "Check the keys in walarch.s3_credentials_file (or the server's AWS_ACCESS_KEY_ID \
              and AWS_SECRET_ACCESS_KEY).",
             "Check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.",
+        )),
+        Failure::ObjectForbidden { code, message } => ArchiveError::new(
+            ErrorKind::Configuration,
+            format!("{head}: S3 store denied access to it{}", code_suffix(&code)),
+        )
+        .with_detail(if message.is_empty() {
+            "403 Forbidden, while listing the bucket is allowed: the credentials may not read or write this object.".to_string()
+        } else {
+            format!("{message} (listing the bucket is allowed)")
+        })
+        .with_hint(format!(
+            "Grant s3:GetObject and s3:PutObject on arn:aws:s3:::{}/* to the credentials' user or role.",
+            cx.bucket
+        )),
+        Failure::Unlisted { code, message } => ArchiveError::new(
+            ErrorKind::Configuration,
+            format!(
+                "{head}: S3 store answered 403 Forbidden{}: the file may be missing, or the credentials may not read it",
+                code_suffix(&code)
+            ),
+        )
+        .with_detail(format!(
+            "{}Listing the bucket is refused too: without s3:ListBucket, S3 answers 403 instead of 404 for a missing file, so the two cannot be told apart.",
+            if message.is_empty() {
+                String::new()
+            } else {
+                format!("{}. ", message.trim_end_matches('.'))
+            }
+        ))
+        .with_hint(format!(
+            "Grant s3:ListBucket on arn:aws:s3:::{} and s3:GetObject on arn:aws:s3:::{}/* to the credentials' user or role.",
+            cx.bucket, cx.bucket
         )),
         Failure::NoSuchBucket => ArchiveError::new(
             ErrorKind::Configuration,
