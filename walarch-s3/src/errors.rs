@@ -378,7 +378,7 @@ fn describe(f: Failure, cx: &Context<'_>) -> ArchiveError {
         Failure::Unlisted { code, message } => ArchiveError::new(
             ErrorKind::Configuration,
             format!(
-                "{head}: S3 store answered 403 Forbidden{}: the file may be missing, or the credentials may not read it",
+                "{head}: S3 store answered 403 Forbidden{} and the credentials may not list the bucket (s3:ListBucket): the file may be missing or unreadable",
                 code_suffix(&code)
             ),
         )

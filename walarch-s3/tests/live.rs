@@ -762,11 +762,19 @@ fn a_403_for_an_object_says_what_to_grant() {
         let e = writeonly.open(name).err().expect("not Ok(None): not a 404");
         show("no list, no read, open", &e);
         assert_eq!(e.kind, ErrorKind::Configuration);
-        assert!(e.message.contains("the file may be missing"), "{e}");
+        assert!(
+            e.message
+                .contains("may not list the bucket (s3:ListBucket): the file may be missing"),
+            "{e}"
+        );
         assert!(e.hint.as_deref().unwrap().contains("s3:ListBucket"), "{e}");
         assert!(!e.message.contains("refused the credentials"), "{e}");
         let e = writeonly.size(name).unwrap_err();
-        assert!(e.message.contains("the file may be missing"), "{e}");
+        assert!(
+            e.message
+                .contains("may not list the bucket (s3:ListBucket): the file may be missing"),
+            "{e}"
+        );
     }
 
     // A missing file for credentials that may list and read: a plain 404.
