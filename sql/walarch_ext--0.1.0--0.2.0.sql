@@ -15,6 +15,8 @@ DO $upgrade$
 DECLARE
 	fn_acl aclitem[] := (SELECT proacl FROM pg_proc WHERE oid = 'walarch_stats()'::regprocedure);
 	view_acl aclitem[] := (SELECT relacl FROM pg_class WHERE oid = 'walarch_stat_archiver'::regclass);
+	fn_init aclitem[];
+	view_init aclitem[];
 	r record;
 BEGIN
 	DROP VIEW walarch_stat_archiver;
@@ -51,6 +53,13 @@ BEGIN
 	GRANT EXECUTE ON FUNCTION walarch_stats() TO pg_monitor;
 	REVOKE ALL ON walarch_stat_archiver FROM PUBLIC;
 	GRANT SELECT ON walarch_stat_archiver TO pg_monitor;
+	-- The extension's initial privileges, as a fresh install records them.
+	fn_init := (SELECT initprivs FROM pg_init_privs
+	            WHERE classoid = 'pg_proc'::regclass AND objsubid = 0
+	              AND objoid = 'walarch_stats()'::regprocedure);
+	view_init := (SELECT initprivs FROM pg_init_privs
+	              WHERE classoid = 'pg_class'::regclass AND objsubid = 0
+	                AND objoid = 'walarch_stat_archiver'::regclass);
 
 	-- Grants (not the owner's own entries) that differ from the defaults
 	-- just set: added where the administrator granted, removed where they
@@ -88,6 +97,25 @@ BEGIN
 		EXECUTE format('REVOKE %s ON %s FROM %s', r.privilege_type, r.obj,
 			CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r.grantee)) END);
 	END LOOP;
+
+	-- Run from an extension script, those GRANTs and REVOKEs were also
+	-- recorded as the extension's initial privileges; they are the
+	-- administrator's: put the initial ones back, so that pg_dump still
+	-- dumps them and (PostgreSQL 17+, where roles named in initial
+	-- privileges are shared dependencies 'i') the roles can be dropped once
+	-- revoked.
+	UPDATE pg_init_privs SET initprivs = fn_init
+	WHERE classoid = 'pg_proc'::regclass AND objsubid = 0
+	  AND objoid = 'walarch_stats()'::regprocedure;
+	UPDATE pg_init_privs SET initprivs = view_init
+	WHERE classoid = 'pg_class'::regclass AND objsubid = 0
+	  AND objoid = 'walarch_stat_archiver'::regclass;
+	DELETE FROM pg_shdepend d
+	WHERE d.deptype = 'i' AND d.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+	  AND ((d.classid = 'pg_proc'::regclass AND d.objid = 'walarch_stats()'::regprocedure
+	        AND d.refobjid NOT IN (SELECT a.grantee FROM aclexplode(fn_init) a))
+	    OR (d.classid = 'pg_class'::regclass AND d.objid = 'walarch_stat_archiver'::regclass
+	        AND d.refobjid NOT IN (SELECT a.grantee FROM aclexplode(view_init) a)));
 END
 $upgrade$;
 

@@ -27,6 +27,18 @@ SELECT string_agg(x, E'\n' ORDER BY x) FROM (
   JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
   JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'walarch_ext'
   UNION ALL
+  SELECT format('initial privileges of %s: %s', p.oid::regprocedure, i.initprivs)
+  FROM pg_proc p
+  JOIN pg_init_privs i ON i.classoid = 'pg_proc'::regclass AND i.objoid = p.oid AND i.objsubid = 0
+  JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+  JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'walarch_ext'
+  UNION ALL
+  SELECT format('initial privileges of %s: %s', c.relname, i.initprivs)
+  FROM pg_class c
+  JOIN pg_init_privs i ON i.classoid = 'pg_class'::regclass AND i.objoid = c.oid AND i.objsubid = 0
+  JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e'
+  JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'walarch_ext'
+  UNION ALL
   SELECT format('relation %s kind=%s def=%s acl=%s', c.relname, c.relkind,
                 pg_get_viewdef(c.oid), coalesce(c.relacl::text, 'default'))
   FROM pg_class c
@@ -94,7 +106,18 @@ fn update_from_0_1_0_equals_a_fresh_install() {
     // The role's privileges are recorded as such: it cannot be dropped
     // while they exist.
     assert!(c.psql("DROP ROLE \"Wal Reader\"").is_err());
-    // Undone, for the comparison with a fresh install below.
+    // They are the administrator's, not the extension's initial ones: what
+    // pg_dump dumps is the difference.
+    assert_eq!(
+        c.query(
+            "SELECT count(*) FROM pg_init_privs \
+             WHERE initprivs::text LIKE '%Wal Reader%' \
+                OR (objoid = 'walarch_stat_archiver'::regclass AND initprivs::text NOT LIKE '%pg_monitor=r/%')"
+        ),
+        "0"
+    );
+    // Undone, for the comparison with a fresh install below (the role can
+    // be dropped once its privileges are revoked).
     c.query(
         "REVOKE ALL ON FUNCTION walarch_stats() FROM \"Wal Reader\"; \
          REVOKE ALL ON walarch_stat_archiver FROM \"Wal Reader\" CASCADE; \
