@@ -208,7 +208,7 @@ start() {
       "name": "walarch",
       "credentials": [{"accessKey": "$S3_ACCESS_KEY", "secretKey": "$S3_SECRET_KEY"}],
       "actions": ["Admin", "Read", "Write", "List", "Tagging"]
-    }
+    }${S3_EXTRA_IDENTITIES:+,$S3_EXTRA_IDENTITIES}
   ]
 }
 EOF

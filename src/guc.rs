@@ -18,7 +18,7 @@ use walarch_core::destination_setting::{
     check_ca_file, check_endpoint, read_credentials_file, resolve, DestinationSpec,
 };
 use walarch_core::local_directory::LocalDirectory;
-use walarch_s3::{S3Destination, S3Settings};
+use walarch_s3::{S3Destination, S3Settings, UriStyle};
 
 type Setting = GucSetting<Option<CString>>;
 
@@ -242,14 +242,9 @@ fn s3_settings(bucket: String, prefix: String) -> Result<S3Settings, String> {
         s.secret_access_key = Some(secret);
     }
     s.ca_file = non_empty(&S3_CA_FILE).map(Into::into);
-    s.virtual_hosted_style = match text(&S3_URI_STYLE).as_str() {
-        "host" => true,
-        "path" => false,
-        _ => s.endpoint.is_none(),
-    };
     s.timeout = Duration::from_millis(S3_REQUEST_TIMEOUT.get().max(1_000) as u64);
     // The server's environment fills what the settings leave unset.
-    s.fill_from_env();
+    s.complete(UriStyle::parse(&text(&S3_URI_STYLE)).unwrap_or(UriStyle::Auto));
     Ok(s)
 }
 
@@ -323,9 +318,9 @@ check_hook!(check_s3_region, |v: &str| {
         Err(format!("\"{v}\" is not a region name."))
     }
 });
-check_hook!(check_s3_uri_style, |v: &str| match v {
-    "auto" | "path" | "host" => Ok(()),
-    _ => Err("Use auto, path or host.".to_string()),
+check_hook!(check_s3_uri_style, |v: &str| match UriStyle::parse(v) {
+    Some(_) => Ok(()),
+    None => Err("Use auto, path or host.".to_string()),
 });
 
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]

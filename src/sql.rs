@@ -240,18 +240,23 @@ fn walarch_verify(
     let from = parse("from_wal", from_wal);
     let to = parse("to_wal", to_wal);
     let dest = configured_destination();
-    let report =
-        walarch_core::verify::verify(&*dest, from.as_ref(), to.as_ref()).unwrap_or_else(|e| {
-            ereport!(
-                ERROR,
-                PgSqlErrorCode::ERRCODE_IO_ERROR,
-                format!(
-                    "could not verify archive \"{}\": {}",
-                    dest.describe(),
-                    e.message
-                )
-            );
-        });
+    // Query cancel, statement_timeout and pg_terminate_backend() end it
+    // between files and between reads of one, here on the main thread.
+    let report = walarch_core::verify::verify_with(&*dest, from.as_ref(), to.as_ref(), &mut || {
+        pgrx::check_for_interrupts!();
+        Ok(())
+    })
+    .unwrap_or_else(|e| {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            format!(
+                "could not verify archive \"{}\": {}",
+                dest.describe(),
+                e.message
+            )
+        );
+    });
     TableIterator::new(report.findings.into_iter().map(|f| {
         let detail = (!f.detail.is_empty()).then_some(f.detail);
         (f.walfile, f.status.as_str().to_string(), detail)

@@ -107,6 +107,17 @@ fn bad_destination_settings_are_refused_and_conflicting_names_archive_nothing() 
     let creds = c.root.join("creds");
     fs::write(&creds, "aws_access_key_id = k\naws_secret_access_key = s\n").unwrap();
     sh(&format!("chmod 0644 '{}'", creds.display()));
+    // Private, but someone else's.
+    let foreign = c.root.join("foreign-creds");
+    fs::write(
+        &foreign,
+        "aws_access_key_id = k\naws_secret_access_key = s\n",
+    )
+    .unwrap();
+    sh(&format!(
+        "chmod 0600 '{0}' && chown nobody '{0}'",
+        foreign.display()
+    ));
     let cases = [
         ("walarch.archive_destination", "s3://", "names no bucket"),
         (
@@ -147,7 +158,12 @@ fn bad_destination_settings_are_refused_and_conflicting_names_archive_nothing() 
         (
             "walarch.s3_credentials_file",
             creds.to_str().unwrap(),
-            "accessible to every user",
+            "has group or other access. The file must be owned by the server's operating system user with permissions u=rw (0600) or less, or by root with permissions u=rw,g=r (0640) or less",
+        ),
+        (
+            "walarch.s3_credentials_file",
+            foreign.to_str().unwrap(),
+            "must be owned by the server's operating system user or root",
         ),
         ("walarch.s3_uri_style", "sideways", "Use auto, path or host"),
     ];

@@ -227,3 +227,65 @@ fn compressed_into_a_bucket_and_restored_from_it() {
         "{stored} of {archived}"
     );
 }
+
+/// `walarch restore` of a file the store answers 403 for: "not in the
+/// archive" (exit 1) only on a 404; with credentials that may not list the
+/// bucket (S3 then answers 403 for a missing file) an error naming
+/// s3:ListBucket (exit 3), never "not found" nor "credentials refused".
+#[test]
+fn restore_tells_a_403_from_a_missing_file() {
+    if ![15, 18].contains(&pg_major()) {
+        return; // the command only: nothing version-specific
+    }
+    let identity = |name: &str, actions: &str| {
+        format!(
+            r#"{{"name": "{name}", "credentials": [{{"accessKey": "{name}", "secretKey": "{name}-secret-0123456789"}}], "actions": [{actions}]}}"#
+        )
+    };
+    let s3 = Seaweed::start_with_identities(
+        "pg-perm",
+        &[
+            identity("writeonly", r#""Write""#),
+            identity("nogets", r#""Write", "List""#),
+        ]
+        .join(","),
+    );
+    let dest = std::env::temp_dir().join(format!("walarch-perm-{}", std::process::id()));
+    std::fs::create_dir_all(&dest).unwrap();
+    walarch_integration::chown_to_server(&dest);
+    let target = dest.join("RECOVERYXLOG");
+    let restore = |user: Option<&str>| {
+        let mut cmd = walarch_integration::as_server_user(walarch_integration::walarch_bin());
+        cmd.args([
+            "restore",
+            &s3.url("perm"),
+            "000000010000000000000007",
+            target.to_str().unwrap(),
+        ])
+        .envs(s3.env());
+        if let Some(u) = user {
+            cmd.env("AWS_ACCESS_KEY_ID", u)
+                .env("AWS_SECRET_ACCESS_KEY", format!("{u}-secret-0123456789"));
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = restore(None);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is not in the archive"), "{err}");
+    let (code, err) = restore(Some("writeonly"));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("s3:ListBucket"), "{err}");
+    assert!(
+        !err.contains("not in the archive") && !err.contains("refused the credentials"),
+        "{err}"
+    );
+    let (code, err) = restore(Some("nogets"));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("S3 store denied access to it"), "{err}");
+    assert!(!target.exists());
+    std::fs::remove_dir_all(&dest).unwrap();
+}

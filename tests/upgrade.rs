@@ -1,7 +1,7 @@
 //! Extension upgrades: the schema of 0.1.0 (as that release generated it,
 //! kept in tests/fixtures), updated with `ALTER EXTENSION ... UPDATE`, must
 //! equal a fresh install of the current version: functions, the view, and
-//! privileges.
+//! privileges; and privileges an administrator changed survive it.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -25,6 +25,18 @@ SELECT string_agg(x, E'\n' ORDER BY x) FROM (
   SELECT format('function %s defaults %s', p.oid::regprocedure, pg_get_function_arguments(p.oid))
   FROM pg_proc p
   JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+  JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'walarch_ext'
+  UNION ALL
+  SELECT format('initial privileges of %s: %s', p.oid::regprocedure, i.initprivs)
+  FROM pg_proc p
+  JOIN pg_init_privs i ON i.classoid = 'pg_proc'::regclass AND i.objoid = p.oid AND i.objsubid = 0
+  JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+  JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'walarch_ext'
+  UNION ALL
+  SELECT format('initial privileges of %s: %s', c.relname, i.initprivs)
+  FROM pg_class c
+  JOIN pg_init_privs i ON i.classoid = 'pg_class'::regclass AND i.objoid = c.oid AND i.objsubid = 0
+  JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e'
   JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'walarch_ext'
   UNION ALL
   SELECT format('relation %s kind=%s def=%s acl=%s', c.relname, c.relkind,
@@ -68,10 +80,49 @@ fn update_from_0_1_0_equals_a_fresh_install() {
 
     c.query("CREATE EXTENSION walarch_ext VERSION '0.1.0'");
     let old = c.query(CATALOG);
+    // What an administrator changed on the objects the update recreates:
+    // a grant (one with grant option), and a default revoked.
+    let admin = "CREATE ROLE \"Wal Reader\"; \
+         GRANT EXECUTE ON FUNCTION walarch_stats() TO \"Wal Reader\"; \
+         GRANT SELECT ON walarch_stat_archiver TO \"Wal Reader\" WITH GRANT OPTION; \
+         REVOKE SELECT ON walarch_stat_archiver FROM pg_monitor";
+    c.query(admin);
+    let privileges = "SELECT has_function_privilege('Wal Reader', 'walarch_stats()', 'EXECUTE'), \
+         has_table_privilege('Wal Reader', 'walarch_stat_archiver', 'SELECT WITH GRANT OPTION'), \
+         has_table_privilege('pg_monitor', 'walarch_stat_archiver', 'SELECT'), \
+         has_function_privilege('pg_monitor', 'walarch_stats()', 'EXECUTE'), \
+         has_function_privilege('public', 'walarch_stats()', 'EXECUTE')";
+    assert_eq!(c.query(privileges), "t|t|f|t|f");
     c.query("ALTER EXTENSION walarch_ext UPDATE");
     assert_eq!(
         c.query("SELECT extversion FROM pg_extension WHERE extname = 'walarch_ext'"),
         current
+    );
+    assert_eq!(
+        c.query(privileges),
+        "t|t|f|t|f",
+        "the update lost or changed granted privileges"
+    );
+    // The role's privileges are recorded as such: it cannot be dropped
+    // while they exist.
+    assert!(c.psql("DROP ROLE \"Wal Reader\"").is_err());
+    // They are the administrator's, not the extension's initial ones: what
+    // pg_dump dumps is the difference.
+    assert_eq!(
+        c.query(
+            "SELECT count(*) FROM pg_init_privs \
+             WHERE initprivs::text LIKE '%Wal Reader%' \
+                OR (objoid = 'walarch_stat_archiver'::regclass AND initprivs::text NOT LIKE '%pg_monitor=r/%')"
+        ),
+        "0"
+    );
+    // Undone, for the comparison with a fresh install below (the role can
+    // be dropped once its privileges are revoked).
+    c.query(
+        "REVOKE ALL ON FUNCTION walarch_stats() FROM \"Wal Reader\"; \
+         REVOKE ALL ON walarch_stat_archiver FROM \"Wal Reader\" CASCADE; \
+         GRANT SELECT ON walarch_stat_archiver TO pg_monitor; \
+         DROP ROLE \"Wal Reader\"",
     );
     let upgraded = c.query(CATALOG);
     // The upgraded objects work against the new library.

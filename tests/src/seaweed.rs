@@ -84,16 +84,28 @@ impl Seaweed {
     /// Starts a `weed mini` of its own; stopped and purged on drop (and by
     /// seaweed.sh's watchdog if this process dies).
     pub fn start(tag: &str, tls: Option<(&Path, &Path)>) -> Seaweed {
-        Self::start_topology(tag, tls, "mini")
+        Self::start_topology(tag, tls, "mini", "")
+    }
+
+    /// `start`, with more identities besides the store's own: JSON
+    /// objects of SeaweedFS's `-s3.config` (`{"name": ..., "credentials":
+    /// [...], "actions": [...]}`), comma-separated.
+    pub fn start_with_identities(tag: &str, identities: &str) -> Seaweed {
+        Self::start_topology(tag, None, "mini", identities)
     }
 
     /// Starts a cluster of its own (replication 001 over three volume
     /// servers), like `start`.
     pub fn start_cluster(tag: &str) -> Seaweed {
-        Self::start_topology(tag, None, "cluster")
+        Self::start_topology(tag, None, "cluster", "")
     }
 
-    fn start_topology(tag: &str, tls: Option<(&Path, &Path)>, topology: &str) -> Seaweed {
+    fn start_topology(
+        tag: &str,
+        tls: Option<(&Path, &Path)>,
+        topology: &str,
+        identities: &str,
+    ) -> Seaweed {
         let mut last = String::new();
         for _attempt in 0..5 {
             let base = free_base();
@@ -114,6 +126,7 @@ impl Seaweed {
                 .env("S3_ACCESS_KEY", format!("walarch-{tag}"))
                 .env("S3_SECRET_KEY", &secret)
                 .env("S3_BUCKET", "wal")
+                .env("S3_EXTRA_IDENTITIES", identities)
                 .env("SEAWEED_PARENT_PID", std::process::id().to_string());
             if let Some((cert, key)) = tls {
                 cmd.env("S3_TLS_CERT", cert).env("S3_TLS_KEY", key);

@@ -39,7 +39,7 @@ use walarch_core::restore::{restore_retrying, RecoveryMode, RestoreError, Retry}
 use walarch_core::time::parse_duration;
 use walarch_core::verify::{verify, Report};
 use walarch_core::walname::{WalFileKind, WalFileName};
-use walarch_s3::{S3Destination, S3Settings};
+use walarch_s3::{Naming, S3Destination, S3Settings, UriStyle};
 
 mod expire;
 mod prefetch;
@@ -216,10 +216,10 @@ fn open_archive(arg: &str, o: &S3Options) -> Result<Box<dyn Destination>, OpenEr
         Ok(DestinationSpec::S3 { bucket, prefix }) => {
             let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
             let mut s = S3Settings::new(bucket);
+            s.naming = Naming::CommandLine;
             s.prefix = prefix;
             s.endpoint = o.endpoint.clone();
             s.ca_file = o.ca_file.clone().map(Into::into);
-            s.fill_from_env();
             if let Some(r) = o
                 .region
                 .clone()
@@ -228,11 +228,12 @@ fn open_archive(arg: &str, o: &S3Options) -> Result<Box<dyn Destination>, OpenEr
             {
                 s.region = r;
             }
-            s.virtual_hosted_style = match o.uri_style.as_deref() {
-                Some("host") => true,
-                Some("path") => false,
-                _ => s.endpoint.is_none(),
-            };
+            s.complete(
+                o.uri_style
+                    .as_deref()
+                    .and_then(UriStyle::parse)
+                    .unwrap_or(UriStyle::Auto),
+            );
             if let Some(t) = o.timeout {
                 s.timeout = t;
             }

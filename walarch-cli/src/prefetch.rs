@@ -135,9 +135,13 @@ pub fn restore(
     let log = |m: &str| say!("walarch: {m}");
     let spool = match Spool::create(&p.spool) {
         Ok(s) => s,
+        // One given with --spool must be usable.
+        Err(e) if spool::default_for(dest).is_none_or(|(d, _)| d != p.spool) => {
+            return Err(RestoreError::Usage(format!("cannot use --spool: {e}")));
+        }
         Err(e) => {
             say!(
-                "walarch: warning: could not create the prefetch spool \"{}\": {e}; restoring without prefetching",
+                "walarch: warning: could not use the prefetch spool \"{}\": {e}; restoring without prefetching",
                 p.spool.display()
             );
             return restore_retrying(&archive, walfile, dest, retry, &log).map(|_| ());

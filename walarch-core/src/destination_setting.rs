@@ -147,22 +147,45 @@ pub fn check_ca_file(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The rule a credentials file must follow: PostgreSQL's for
+/// `ssl_key_file`.
+pub const CREDENTIALS_FILE_RULE: &str = "The file must be owned by the server's operating system user with permissions u=rw (0600) or less, or by root with permissions u=rw,g=r (0640) or less, as ssl_key_file.";
+
+/// What is wrong with a credentials file owned by `owner` with `mode`, read
+/// by a process running as `euid`; the same test as PostgreSQL's for its
+/// private key file (be-secure-common.c).
+pub fn credentials_file_problem(path: &str, owner: u32, mode: u32, euid: u32) -> Option<String> {
+    if owner != euid && owner != 0 {
+        return Some(format!(
+            "\"{path}\" must be owned by the server's operating system user or root. {CREDENTIALS_FILE_RULE}"
+        ));
+    }
+    let too_open = if owner == euid {
+        mode & 0o077 != 0
+    } else {
+        // root's: group read is allowed.
+        mode & 0o037 != 0
+    };
+    too_open.then(|| format!("\"{path}\" has group or other access. {CREDENTIALS_FILE_RULE}"))
+}
+
 /// Access key ID and secret from a credentials file in the AWS shared
 /// credentials format (`aws_access_key_id = ...`, `aws_secret_access_key =
-/// ...`, from its `[default]` section or, without one, its first). A file
-/// others can read is refused, as PostgreSQL refuses such a private key.
+/// ...`, from its `[default]` section or, without one, its first). Its
+/// owner and permissions must be those PostgreSQL requires of a private
+/// key (`credentials_file_problem`).
 pub fn read_credentials_file(path: &str) -> Result<(String, String), String> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).map_err(|e| {
         format!(
             "Could not read \"{path}\": {}.",
             crate::error::os_message(&e)
         )
     })?;
-    if meta.permissions().mode() & 0o007 != 0 {
-        return Err(format!(
-            "\"{path}\" is accessible to every user of the machine: chmod o-rwx."
-        ));
+    // SAFETY: geteuid() cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if let Some(problem) = credentials_file_problem(path, meta.uid(), meta.mode(), euid) {
+        return Err(problem);
     }
     let text = std::fs::read_to_string(path).map_err(|e| {
         format!(
@@ -286,13 +309,42 @@ mod tests {
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         let path = f.to_str().unwrap();
         assert_eq!(read_credentials_file(path), Ok(("K".into(), "S".into())));
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(read_credentials_file(path)
-            .unwrap_err()
-            .contains("every user"));
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = read_credentials_file(path).unwrap_err();
+            assert!(e.contains("group or other access"), "{mode:o}: {e}");
+            assert!(e.contains(CREDENTIALS_FILE_RULE), "{e}");
+        }
         assert!(read_credentials_file("/no/such")
             .unwrap_err()
             .contains("Could not read"));
+    }
+
+    #[test]
+    fn credentials_files_follow_the_rule_for_ssl_key_file() {
+        let (server, root, other) = (70, 0, 1000);
+        let p = |owner, mode| credentials_file_problem("f", owner, mode, server);
+        // The server's own: 0600 or less.
+        for ok in [0o600, 0o400, 0o200, 0o100600] {
+            assert_eq!(p(server, ok), None, "{ok:o}");
+        }
+        for bad in [0o640, 0o604, 0o610, 0o644, 0o700 | 0o001] {
+            assert!(p(server, bad).unwrap().contains("group or other access"));
+        }
+        // root's: group read is allowed too.
+        for ok in [0o600, 0o640, 0o440] {
+            assert_eq!(p(root, ok), None, "{ok:o}");
+        }
+        for bad in [0o660, 0o650, 0o644, 0o641] {
+            assert!(p(root, bad).unwrap().contains("group or other access"));
+        }
+        // Anyone else's: refused whatever the mode.
+        let e = p(other, 0o600).unwrap();
+        assert!(e.contains("must be owned by the server's operating system user or root"));
+        assert!(
+            e.ends_with(CREDENTIALS_FILE_RULE) && e.ends_with('.'),
+            "{e}"
+        );
     }
 
     #[test]

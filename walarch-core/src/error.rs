@@ -92,12 +92,16 @@ impl ArchiveError {
             os,
             Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS)
         ) {
+            // Also the command line's: name no setting the user may not have.
             e.hint = Some(
-                "Check that the server's operating system user can write to walarch.archive_directory."
+                "Check that the operating system user doing this (the server's, when archiving) may access the path."
                     .into(),
             );
         } else if os == Some(libc::ENOENT) {
-            e.hint = Some("Check that walarch.archive_directory exists.".into());
+            e.hint = Some(
+                "Check that the archive (walarch.archive_destination, or walarch's ARCHIVE argument) exists."
+                    .into(),
+            );
         }
         e
     }
@@ -197,5 +201,71 @@ mod tests {
             &io::Error::from_raw_os_error(libc::EIO),
         );
         assert_eq!(e.kind, ErrorKind::Io);
+    }
+
+    /// `walarch.NAME` words in `text`.
+    fn setting_names(text: &str) -> Vec<String> {
+        let mut out = vec![];
+        let mut rest = text;
+        while let Some(i) = rest.find("walarch.") {
+            let tail = &rest[i + "walarch.".len()..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                .unwrap_or(tail.len());
+            let before_ok = i == 0 || !rest.as_bytes()[i - 1].is_ascii_alphanumeric();
+            if end > 0 && before_ok {
+                out.push(format!("walarch.{}", &tail[..end]));
+            }
+            rest = &tail[end..];
+        }
+        out
+    }
+
+    /// Every `walarch.NAME` that code (messages, hints, details, queries)
+    /// mentions is a setting the extension defines in src/guc.rs.
+    #[test]
+    fn messages_name_only_settings_that_exist() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let guc = std::fs::read_to_string(root.join("src/guc.rs")).unwrap();
+        let defined: Vec<String> = guc
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("c\"walarch."))
+            .map(|l| format!("walarch.{}", &l[..l.find('"').unwrap()]))
+            .collect();
+        assert!(defined.len() >= 10, "{defined:?}");
+        let mut files = vec![];
+        for dir in [
+            "src",
+            "walarch-core/src",
+            "walarch-s3/src",
+            "walarch-cli/src",
+        ] {
+            for e in std::fs::read_dir(root.join(dir)).unwrap() {
+                let p = e.unwrap().path();
+                if p.extension().is_some_and(|x| x == "rs") {
+                    files.push(p);
+                }
+            }
+        }
+        let mut unknown = vec![];
+        for f in &files {
+            let text = std::fs::read_to_string(f).unwrap();
+            for (i, line) in text.lines().enumerate() {
+                if line.trim_start().starts_with("//") {
+                    continue;
+                }
+                for name in setting_names(line) {
+                    if !defined.contains(&name) {
+                        unknown.push(format!("{}:{}: {name}", f.display(), i + 1));
+                    }
+                }
+            }
+        }
+        assert!(unknown.is_empty(), "not settings: {unknown:#?}");
+        // The scan finds what it looks for.
+        assert_eq!(
+            setting_names("see walarch.s3_endpoint, not xwalarch.y or walarch_ext."),
+            vec!["walarch.s3_endpoint".to_string()]
+        );
     }
 }

@@ -105,13 +105,42 @@ fn parse_ready(name: &str) -> Option<(&str, Sha256Digest)> {
         .and(from_hex(hex).map(|d| (walfile, d)))
 }
 
+/// Why a spool directory cannot be trusted: files in it are restored into
+/// the data directory, so nobody but the user running restore may be able
+/// to place or replace them.
+pub fn spool_problem(dir: &Path, meta: &fs::Metadata, euid: u32) -> Option<String> {
+    let d = dir.display();
+    if meta.file_type().is_symlink() {
+        return Some(format!("\"{d}\" is a symbolic link"));
+    }
+    if !meta.is_dir() {
+        return Some(format!("\"{d}\" is not a directory"));
+    }
+    if meta.uid() != euid {
+        return Some(format!(
+            "\"{d}\" is owned by user ID {}, not by the user running walarch (user ID {euid})",
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    (mode != 0o700).then(|| format!("\"{d}\" has permissions {mode:04o}: it must be 0700"))
+}
+
 impl Spool {
-    /// The spool at `dir`, created (mode 0700) if needed.
+    /// The spool at `dir`, created (mode 0700) if needed. An existing one
+    /// is used only when it is a directory (not a symbolic link) owned by
+    /// this process's user with mode 0700.
     pub fn create(dir: &Path) -> io::Result<Spool> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
+        let meta = fs::symlink_metadata(dir)?;
+        // SAFETY: geteuid() cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        if let Some(problem) = spool_problem(dir, &meta, euid) {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, problem));
+        }
         Ok(Spool {
             dir: dir.to_path_buf(),
         })
@@ -525,6 +554,56 @@ mod tests {
             left,
             vec!["00000002.history", "00000008.history", LOCK, REQUEST]
         );
+    }
+
+    #[test]
+    fn only_a_private_directory_of_ours_is_a_spool() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        // Created 0700 whatever the umask lets through, parents too.
+        let dir = d.path().join("a/spool");
+        Spool::create(&dir).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&dir), 0o700);
+        // Again: the same directory is fine.
+        Spool::create(&dir).unwrap();
+
+        let refused = |p: &Path| {
+            let e = Spool::create(p).err().expect("refused");
+            assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+            e.to_string()
+        };
+        for m in [0o755, 0o750, 0o701, 0o1700, 0o500] {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(m)).unwrap();
+            let e = refused(&dir);
+            assert!(
+                e.contains(&format!("has permissions {m:04o}: it must be 0700")),
+                "{e}"
+            );
+        }
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert!(refused(&link).contains("is a symbolic link"));
+        let file = d.path().join("file");
+        fs::write(&file, "").unwrap();
+        let e = Spool::create(&file).err().unwrap();
+        assert!(e.kind() != io::ErrorKind::NotFound, "{e}");
+
+        // Someone else's (as root, which can give it away).
+        // SAFETY: geteuid() cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        let meta = fs::symlink_metadata(&dir).unwrap();
+        assert_eq!(spool_problem(&dir, &meta, euid), None);
+        let e = spool_problem(&dir, &meta, euid + 1).unwrap();
+        assert!(e.contains("is owned by user ID"), "{e}");
+        if euid == 0 {
+            let c = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+            // SAFETY: a valid C string.
+            assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+            assert!(refused(&dir).contains("is owned by user ID 65534"));
+        }
     }
 
     #[test]

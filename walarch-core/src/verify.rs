@@ -135,6 +135,31 @@ pub fn parse_history(text: &str) -> Vec<(u32, u64)> {
     v
 }
 
+/// Called between files and between reads of a file: an error stops the
+/// verification with it. The SQL function checks for query cancel and
+/// termination here, on its own thread, so that a long verification (or
+/// one large file) can be stopped.
+pub type Check<'a> = &'a mut dyn FnMut() -> Result<(), ArchiveError>;
+
+/// A reader that runs the check before every read; the check's error is
+/// kept for the caller, the read fails.
+struct Checked<'c, 'd, R> {
+    inner: R,
+    check: &'c mut (dyn FnMut() -> Result<(), ArchiveError> + 'd),
+    stopped: Option<ArchiveError>,
+}
+
+impl<R: Read> Read for Checked<'_, '_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Err(e) = (self.check)() {
+            self.stopped = Some(e);
+            // Not Interrupted: readers retry that.
+            return Err(std::io::Error::other("verification stopped"));
+        }
+        self.inner.read(buf)
+    }
+}
+
 /// Verifies the archive in `dest`. `from`/`to` are segment names bounding
 /// the range checked (by segment number, inclusive); history files are
 /// always checked.
@@ -142,6 +167,16 @@ pub fn verify(
     dest: &dyn Destination,
     from: Option<&WalFileName>,
     to: Option<&WalFileName>,
+) -> Result<Report, ArchiveError> {
+    verify_with(dest, from, to, &mut || Ok(()))
+}
+
+/// `verify`, running `check` between files and between reads.
+pub fn verify_with(
+    dest: &dyn Destination,
+    from: Option<&WalFileName>,
+    to: Option<&WalFileName>,
+    check: Check<'_>,
 ) -> Result<Report, ArchiveError> {
     let mut names = dest.list()?;
     names.sort_by(|a, b| archive_order(a, b));
@@ -153,6 +188,7 @@ pub fn verify(
             continue;
         };
         if WalFileName::parse(wal).is_some_and(|w| w.kind == WalFileKind::Segment) {
+            check()?;
             let size = if compressed {
                 compressed_segment_size(dest, n)?
             } else {
@@ -183,6 +219,7 @@ pub fn verify(
         if !in_range(&w) {
             continue;
         }
+        check()?;
         let finding = match dest.recorded(n)? {
             Recorded::Missing => Finding {
                 walfile: n.clone(),
@@ -195,20 +232,29 @@ pub fn verify(
                 detail: "the checksum record is not one for this file".to_string(),
             },
             Recorded::Digest(d) => {
-                let Some(mut r) = dest.open(n)? else {
+                let Some(r) = dest.open(n)? else {
                     // Removed since it was listed (an expiry running).
                     continue;
                 };
-                let (len, actual, decoded) = if compressed {
-                    let mut data = Vec::new();
-                    r.read_to_end(&mut data)
-                        .map_err(|e| read_error(dest, n, &e))?;
-                    let decoded = compressed::decompress(&data[..], std::io::sink()).map(|o| o.len);
-                    (data.len() as u64, sha256(&data), decoded)
-                } else {
-                    let (len, actual) = hash_reader(&mut r).map_err(|e| read_error(dest, n, &e))?;
-                    (len, actual, Ok(len))
+                let mut r = Checked {
+                    inner: r,
+                    check: &mut *check,
+                    stopped: None,
                 };
+                let read = if compressed {
+                    let mut data = Vec::new();
+                    r.read_to_end(&mut data).map(|_| {
+                        let decoded =
+                            compressed::decompress(&data[..], std::io::sink()).map(|o| o.len);
+                        (data.len() as u64, sha256(&data), decoded)
+                    })
+                } else {
+                    hash_reader(&mut r).map(|(len, actual)| (len, actual, Ok(len)))
+                };
+                if let Some(stopped) = r.stopped.take() {
+                    return Err(stopped);
+                }
+                let (len, actual, decoded) = read.map_err(|e| read_error(dest, n, &e))?;
                 if actual == d {
                     match decoded {
                         Ok(wal_len) => {
@@ -557,6 +603,53 @@ mod tests {
         std::fs::remove_file(arch.join("00000002.history")).unwrap();
         let r = verify(&LocalDirectory::new(&arch, 0o600), None, None).unwrap();
         assert!(problems(&r).contains(&("00000002.history".to_string(), Status::Missing)));
+    }
+
+    #[test]
+    fn the_check_runs_between_files_and_while_hashing_one_and_stops_it() {
+        let (_d, arch) = archive(&[(1, 1), (1, 2)], &[], MB);
+        // One large file: 4 MB (64 KiB reads).
+        let big = segment_file_name(1, 3, 4 * MB);
+        let mut data = segment(1, 4 * MB, 3);
+        data.resize(4 * MB as usize, 7);
+        std::fs::write(arch.join(&big), &data).unwrap();
+        let dest = LocalDirectory::new(&arch, 0o600);
+        dest.write_record(&big, &sha256(&data)).unwrap();
+
+        let mut calls = 0;
+        let r = verify_with(&dest, None, None, &mut || {
+            calls += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(r.findings.len(), 3);
+        // At least one per file and one per 64 KiB of the large one.
+        assert!(calls > 64, "{calls}");
+
+        // Stopped in the middle of the large file (the last in order): its
+        // error is returned as it is, and nothing more is read.
+        let stop_at = calls - 10;
+        let mut n = 0;
+        let e = verify_with(&dest, None, None, &mut || {
+            n += 1;
+            if n == stop_at {
+                Err(ArchiveError::new(
+                    crate::error::ErrorKind::Internal,
+                    "canceling statement",
+                ))
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+        assert_eq!(e.message, "canceling statement");
+        assert_eq!(n, stop_at);
+        // Stopped before any file.
+        let e = verify_with(&dest, None, None, &mut || {
+            Err(ArchiveError::new(crate::error::ErrorKind::Internal, "stop"))
+        })
+        .unwrap_err();
+        assert_eq!(e.message, "stop");
     }
 
     #[test]

@@ -36,7 +36,7 @@ use walarch_core::error::{ArchiveError, ErrorKind};
 use walarch_core::walname::stored_form;
 
 use crate::errors::{
-    self as s3_error, classify, classify_reqwest, classify_status, Context, Failure,
+    self as s3_error, classify, classify_reqwest, classify_status, Context, Failure, Naming,
 };
 use crate::runtime;
 
@@ -79,14 +79,55 @@ pub struct S3Settings {
     /// HEAD before storing, for stores that ignore `If-None-Match` (off
     /// only to test that the store itself refuses).
     pub head_before_put: bool,
+    /// Whose settings these are: what the hints of errors name.
+    pub naming: Naming,
+}
+
+/// How the bucket is addressed: `walarch.s3_uri_style` and `--uri-style`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UriStyle {
+    /// Host style for AWS itself, path style for any other endpoint.
+    Auto,
+    /// `https://host/BUCKET/key`
+    Path,
+    /// `https://BUCKET.host/key`
+    Host,
+}
+
+impl UriStyle {
+    pub fn parse(s: &str) -> Option<UriStyle> {
+        match s {
+            "auto" => Some(UriStyle::Auto),
+            "path" => Some(UriStyle::Path),
+            "host" => Some(UriStyle::Host),
+            _ => None,
+        }
+    }
 }
 
 impl S3Settings {
+    /// Fills what the settings leave unset from the environment, then
+    /// decides the URI style. The server and the command line both come
+    /// here, so that an endpoint from `AWS_ENDPOINT_URL` makes `auto` path
+    /// style on both sides.
+    pub fn complete(&mut self, style: UriStyle) {
+        self.complete_with(style, |k| std::env::var(k).ok());
+    }
+
+    fn complete_with(&mut self, style: UriStyle, var: impl Fn(&str) -> Option<String>) {
+        self.fill_with(var);
+        self.virtual_hosted_style = match style {
+            UriStyle::Host => true,
+            UriStyle::Path => false,
+            UriStyle::Auto => self.endpoint.is_none(),
+        };
+    }
+
     /// Fills what the settings leave unset from the standard AWS
     /// environment: `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (as a
     /// pair), `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`, `AWS_CA_BUNDLE`.
-    pub fn fill_from_env(&mut self) {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    fn fill_with(&mut self, var: impl Fn(&str) -> Option<String>) {
+        let var = |k: &str| var(k).filter(|v| !v.is_empty());
         if self.access_key_id.is_none() && self.secret_access_key.is_none() {
             self.access_key_id = var("AWS_ACCESS_KEY_ID");
             self.secret_access_key = var("AWS_SECRET_ACCESS_KEY");
@@ -116,6 +157,7 @@ impl S3Settings {
             part_size: 16 << 20,
             max_retries: 3,
             head_before_put: true,
+            naming: Naming::Server,
         }
     }
 }
@@ -138,7 +180,7 @@ impl S3Destination {
     pub fn new(mut settings: S3Settings) -> Result<Self, ArchiveError> {
         settings.prefix = settings.prefix.trim_matches('/').to_string();
         if settings.bucket.is_empty() {
-            return Err(config_error("walarch.s3_bucket is not set".into()));
+            return Err(config_error("the bucket name is empty".into()));
         }
         if settings.part_size < 5 << 20 {
             return Err(config_error(
@@ -255,6 +297,7 @@ impl S3Destination {
             endpoint: &self.endpoint_text,
             bucket: &self.settings.bucket,
             timeout: self.settings.timeout,
+            naming: self.settings.naming,
         }
     }
 
@@ -335,7 +378,7 @@ impl S3Destination {
                     stored_bytes: bytes,
                 }),
                 Err(object_store::Error::AlreadyExists { .. }) => Ok(Stored::Exists),
-                Err(e) => Err(classify(&e)),
+                Err(e) => Err(object_failure(&store, &path, &e).await),
             }
         })
     }
@@ -543,7 +586,35 @@ async fn exists(store: &AmazonS3, path: &ObjPath) -> Result<bool, Failure> {
     match store.head(path).await {
         Ok(_) => Ok(true),
         Err(object_store::Error::NotFound { .. }) => Ok(false),
-        Err(e) => Err(classify(&e)),
+        Err(e) => Err(object_failure(store, path, &e).await),
+    }
+}
+
+/// The failure of a request for the object at `path`. A 403 there (a HEAD
+/// has no body to say more) is either refused credentials, an object the
+/// credentials may not access, or, when they may not list the bucket, a
+/// missing object (S3 answers 403 instead of 404 then): one LIST of the key
+/// as a prefix tells which, so that the message says what to grant and a
+/// missing file never reads as refused credentials.
+async fn object_failure(store: &AmazonS3, path: &ObjPath, e: &object_store::Error) -> Failure {
+    let f = classify(e);
+    let (code, message) = match &f {
+        Failure::Credentials { code, message } if code.is_empty() || code == "AccessDenied" => {
+            (code.clone(), message.clone())
+        }
+        _ => return f,
+    };
+    let first = store.list(Some(path)).next().await;
+    match first {
+        None | Some(Ok(_)) => Failure::ObjectForbidden { code, message },
+        Some(Err(le)) => match classify(&le) {
+            Failure::Credentials { code: c, .. } if c.is_empty() || c == "AccessDenied" => {
+                Failure::Unlisted { code, message }
+            }
+            // The listing says more (SignatureDoesNotMatch...).
+            lf @ Failure::Credentials { .. } => lf,
+            _ => f,
+        },
     }
 }
 
@@ -691,9 +762,12 @@ impl Destination for S3Destination {
             let head = match head {
                 Ok(h) => h,
                 Err(object_store::Error::NotFound { .. }) => return Ok(Recorded::Missing),
-                Err(e) => return Err(classify(&e)),
+                Err(e) => return Err(object_failure(&store, &path, &e).await),
             };
-            let sidecar = sidecar.map_err(|e| classify(&e))?;
+            let sidecar = match sidecar {
+                Ok(s) => s,
+                Err(e) => return Err(object_failure(&store, &side, &e).await),
+            };
             if let Some((etag, body)) = sidecar {
                 if etag.is_some() && etag == head.meta.e_tag {
                     return Ok(
@@ -728,10 +802,13 @@ impl Destination for S3Destination {
         let side = self.key(&format!("{name}{SIDECAR_SUFFIX}"));
         let text = format!("{}  {}\n", to_hex(sha256), name);
         self.call("write the checksum record of", Some(name), async move {
-            let head = store.head(&path).await.map_err(|e| match e {
-                object_store::Error::NotFound { .. } => Failure::Other("no such object".into()),
-                e => classify(&e),
-            })?;
+            let head = match store.head(&path).await {
+                Ok(h) => h,
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(Failure::Other("no such object".into()))
+                }
+                Err(e) => return Err(object_failure(&store, &path, &e).await),
+            };
             let mut attributes = Attributes::new();
             if let Some(etag) = head.e_tag {
                 attributes.insert(Attribute::Metadata(META_OBJECT_ETAG.into()), etag.into());
@@ -761,7 +838,7 @@ impl Destination for S3Destination {
             match store.head(&path).await {
                 Ok(m) => Ok(Some(m.size)),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(classify(&e)),
+                Err(e) => Err(object_failure(&store, &path, &e).await),
             }
         })
     }
@@ -798,7 +875,7 @@ impl Destination for S3Destination {
                         f => Err(f),
                     };
                 }
-                Err(e) => return Err(classify(&e)),
+                Err(e) => return Err(object_failure(&store, &path, &e).await),
             };
             let expected = r.meta.size;
             let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -923,6 +1000,10 @@ fn describe_failure(f: &Failure) -> String {
         Failure::TimedOut(_) => "timed out".into(),
         Failure::Credentials { code, .. } => format!("credentials refused {code}"),
         Failure::NoSuchBucket => "no such bucket".into(),
+        Failure::ObjectForbidden { code, .. } => format!("access to the object denied {code}"),
+        Failure::Unlisted { code, .. } => {
+            format!("403 {code}: missing, or not readable (s3:ListBucket not granted)")
+        }
         Failure::Checksum { code, .. } => format!("checksum rejected {code}"),
         Failure::Status { status, code, .. } => format!("HTTP {status} {code}"),
         Failure::Transport(c) | Failure::Other(c) => c.clone(),
@@ -938,6 +1019,37 @@ fn _assert_sync() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uri_style_is_decided_after_the_environment_fills_the_endpoint() {
+        let env = |endpoint: Option<&'static str>| {
+            move |k: &str| (k == "AWS_ENDPOINT_URL").then(|| endpoint.map(String::from))?
+        };
+        let decide = |set: Option<&str>, from_env: Option<&'static str>, style| {
+            let mut s = S3Settings::new("b");
+            s.endpoint = set.map(String::from);
+            s.complete_with(style, env(from_env));
+            (s.endpoint, s.virtual_hosted_style)
+        };
+        // AWS itself: host style.
+        assert_eq!(decide(None, None, UriStyle::Auto), (None, true));
+        // An endpoint from the environment is a custom endpoint: path style.
+        assert_eq!(
+            decide(None, Some("http://127.0.0.1:9000"), UriStyle::Auto),
+            (Some("http://127.0.0.1:9000".into()), false)
+        );
+        assert_eq!(
+            decide(Some("http://a:1"), Some("http://b:2"), UriStyle::Auto),
+            (Some("http://a:1".into()), false)
+        );
+        // An empty variable is unset.
+        assert_eq!(decide(None, Some(""), UriStyle::Auto), (None, true));
+        // An explicit style wins either way.
+        assert!(decide(None, Some("http://b:2"), UriStyle::Host).1);
+        assert!(!decide(None, None, UriStyle::Path).1);
+        assert_eq!(UriStyle::parse("auto"), Some(UriStyle::Auto));
+        assert_eq!(UriStyle::parse("sideways"), None);
+    }
 
     #[test]
     fn sidecar_format() {

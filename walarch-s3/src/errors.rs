@@ -41,6 +41,19 @@ pub enum Failure {
         message: String,
     },
     NoSuchBucket,
+    /// 403 for an object while the credentials may list the bucket: they
+    /// may not read (or write) that object.
+    ObjectForbidden {
+        code: String,
+        message: String,
+    },
+    /// 403 for an object, and listing the bucket is refused too: S3 answers
+    /// 403 instead of 404 for a missing key when the credentials lack
+    /// s3:ListBucket, so the object may as well not exist.
+    Unlisted {
+        code: String,
+        message: String,
+    },
     /// The store rejected the upload's checksum.
     Checksum {
         code: String,
@@ -249,6 +262,24 @@ pub fn classify_reqwest(e: &reqwest::Error) -> Failure {
     classify_transport(kind, e)
 }
 
+/// Who set the destination up, so that a hint names what they can change:
+/// the server's settings or the `walarch` command's options and environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Naming {
+    #[default]
+    Server,
+    CommandLine,
+}
+
+impl Naming {
+    fn pick(self, server: &'static str, cli: &'static str) -> &'static str {
+        match self {
+            Naming::Server => server,
+            Naming::CommandLine => cli,
+        }
+    }
+}
+
 /// What the message needs to know about the destination.
 pub struct Context<'a> {
     /// "store", "read", "list", ...
@@ -258,6 +289,7 @@ pub struct Context<'a> {
     pub endpoint: &'a str,
     pub bucket: &'a str,
     pub timeout: Duration,
+    pub naming: Naming,
 }
 
 fn code_suffix(code: &str) -> String {
@@ -286,7 +318,10 @@ fn describe(f: Failure, cx: &Context<'_>) -> ArchiveError {
             format!("{head}: S3 endpoint \"{}\" is unreachable", cx.endpoint),
         )
         .with_detail(cause)
-        .with_hint("Check walarch.s3_endpoint and that the store is running and reachable."),
+        .with_hint(cx.naming.pick(
+            "Check walarch.s3_endpoint and that the store is running and reachable.",
+            "Check --endpoint (or AWS_ENDPOINT_URL) and that the store is running and reachable.",
+        )),
         Failure::Tls(cause) => ArchiveError::new(
             ErrorKind::Configuration,
             format!(
@@ -295,10 +330,12 @@ fn describe(f: Failure, cx: &Context<'_>) -> ArchiveError {
             ),
         )
         .with_detail(cause)
-        .with_hint(
+        .with_hint(cx.naming.pick(
             "Check that the endpoint's certificate is signed by a CA in walarch.s3_ca_file \
              (or the system's) and names the endpoint's host.",
-        ),
+            "Check that the endpoint's certificate is signed by a CA in --ca-file (or \
+             AWS_CA_BUNDLE, or the system's) and names the endpoint's host.",
+        )),
         Failure::TimedOut(d) => ArchiveError::new(
             ErrorKind::Io,
             format!(
@@ -307,7 +344,10 @@ fn describe(f: Failure, cx: &Context<'_>) -> ArchiveError {
                 fmt_duration(d.unwrap_or(cx.timeout))
             ),
         )
-        .with_hint("The store is slow or hung; the archiver will retry. See walarch.s3_timeout."),
+        .with_hint(cx.naming.pick(
+            "The store is slow or hung; the archiver will retry. See walarch.s3_request_timeout.",
+            "The store is slow or hung. See --timeout.",
+        )),
         Failure::Credentials { code, message } => ArchiveError::new(
             ErrorKind::Configuration,
             format!("{head}: S3 store refused the credentials{}", code_suffix(&code)),
@@ -317,15 +357,51 @@ fn describe(f: Failure, cx: &Context<'_>) -> ArchiveError {
         } else {
             message
         })
-        .with_hint(
-            "Check walarch.s3_access_key_id and walarch.s3_secret_access_key, and that they \
-             may read and write the bucket.",
-        ),
+        .with_hint(cx.naming.pick(
+            "Check the keys in walarch.s3_credentials_file (or the server's AWS_ACCESS_KEY_ID \
+             and AWS_SECRET_ACCESS_KEY).",
+            "Check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.",
+        )),
+        Failure::ObjectForbidden { code, message } => ArchiveError::new(
+            ErrorKind::Configuration,
+            format!("{head}: S3 store denied access to it{}", code_suffix(&code)),
+        )
+        .with_detail(if message.is_empty() {
+            "403 Forbidden, while listing the bucket is allowed: the credentials may not read or write this object.".to_string()
+        } else {
+            format!("{message} (listing the bucket is allowed)")
+        })
+        .with_hint(format!(
+            "Grant s3:GetObject and s3:PutObject on arn:aws:s3:::{}/* to the credentials' user or role.",
+            cx.bucket
+        )),
+        Failure::Unlisted { code, message } => ArchiveError::new(
+            ErrorKind::Configuration,
+            format!(
+                "{head}: S3 store answered 403 Forbidden{} and the credentials may not list the bucket (s3:ListBucket): the file may be missing or unreadable",
+                code_suffix(&code)
+            ),
+        )
+        .with_detail(format!(
+            "{}Listing the bucket is refused too: without s3:ListBucket, S3 answers 403 instead of 404 for a missing file, so the two cannot be told apart.",
+            if message.is_empty() {
+                String::new()
+            } else {
+                format!("{}. ", message.trim_end_matches('.'))
+            }
+        ))
+        .with_hint(format!(
+            "Grant s3:ListBucket on arn:aws:s3:::{} and s3:GetObject on arn:aws:s3:::{}/* to the credentials' user or role.",
+            cx.bucket, cx.bucket
+        )),
         Failure::NoSuchBucket => ArchiveError::new(
             ErrorKind::Configuration,
             format!("{head}: bucket \"{}\" does not exist", cx.bucket),
         )
-        .with_hint("Create the bucket or correct walarch.s3_bucket."),
+        .with_hint(cx.naming.pick(
+            "Create the bucket or correct walarch.archive_destination.",
+            "Create the bucket or correct the s3:// URL of ARCHIVE.",
+        )),
         Failure::Checksum { code, message } => ArchiveError::new(
             ErrorKind::Io,
             format!(

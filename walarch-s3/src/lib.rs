@@ -7,6 +7,7 @@
 
 mod bucket;
 mod errors;
+pub use errors::Naming;
 pub mod runtime;
 
-pub use bucket::{S3Destination, S3Settings, META_SHA256, SIDECAR_SUFFIX};
+pub use bucket::{S3Destination, S3Settings, UriStyle, META_SHA256, SIDECAR_SUFFIX};

@@ -703,3 +703,99 @@ fn corrupted_upload_is_rejected_with_the_checksum_message() {
     assert_eq!(direct.size(SEG).unwrap(), None);
     drop(dir);
 }
+
+/// A 403 for an object is told apart: refused credentials, an object the
+/// credentials may not access (they may list the bucket), or, when they
+/// may not list it either, a file that may just be missing (S3 answers 403
+/// for a missing key without s3:ListBucket). Identities with restricted
+/// actions make the store answer 403.
+#[test]
+fn a_403_for_an_object_says_what_to_grant() {
+    let identity = |name: &str, actions: &str| {
+        format!(
+            r#"{{"name": "{name}", "credentials": [{{"accessKey": "{name}", "secretKey": "{name}-secret-0123456789"}}], "actions": [{actions}]}}"#
+        )
+    };
+    let sw = Seaweed::start_with_identities(
+        "perm",
+        &[
+            identity("writeonly", r#""Write""#),
+            identity("nogets", r#""Write", "List""#),
+        ]
+        .join(","),
+    );
+    let as_user = |user: &str| {
+        let mut s = settings(&sw, "perm");
+        s.access_key_id = Some(user.into());
+        s.secret_access_key = Some(format!("{user}-secret-0123456789"));
+        S3Destination::new(s).unwrap()
+    };
+    let full = S3Destination::new(settings(&sw, "perm")).unwrap();
+    let dir = scratch("perm");
+    let f = dir.join("f");
+    make_file(&f, 1000, 9);
+    assert!(matches!(
+        full.store_new(SEG, &f).unwrap(),
+        Stored::Created { .. }
+    ));
+
+    // May list, may not read: access denied, grant s3:GetObject.
+    let nogets = as_user("nogets");
+    for (case, e) in [
+        ("list but no read, open", nogets.open(SEG).err().unwrap()),
+        (
+            "list but no read, recorded",
+            nogets.recorded(SEG).unwrap_err(),
+        ),
+        ("list but no read, size", nogets.size(SEG).unwrap_err()),
+    ] {
+        show(case, &e);
+        assert_eq!(e.kind, ErrorKind::Configuration, "{case}");
+        assert!(
+            e.message.contains("S3 store denied access to it"),
+            "{case}: {e}"
+        );
+        assert!(
+            !e.message.contains("refused the credentials"),
+            "{case}: {e}"
+        );
+        assert!(
+            e.hint.as_deref().unwrap().contains("s3:GetObject"),
+            "{case}"
+        );
+    }
+
+    // May not list either: existing or not, the file may be missing; the
+    // message names s3:ListBucket and never reads as "not found".
+    let writeonly = as_user("writeonly");
+    for name in [SEG, SEG2] {
+        let e = writeonly.open(name).err().expect("not Ok(None): not a 404");
+        show("no list, no read, open", &e);
+        assert_eq!(e.kind, ErrorKind::Configuration);
+        assert!(
+            e.message
+                .contains("may not list the bucket (s3:ListBucket): the file may be missing"),
+            "{e}"
+        );
+        assert!(e.hint.as_deref().unwrap().contains("s3:ListBucket"), "{e}");
+        assert!(!e.message.contains("refused the credentials"), "{e}");
+        let e = writeonly.size(name).unwrap_err();
+        assert!(
+            e.message
+                .contains("may not list the bucket (s3:ListBucket): the file may be missing"),
+            "{e}"
+        );
+    }
+
+    // A missing file for credentials that may list and read: a plain 404.
+    assert!(full.open(SEG2).unwrap().is_none());
+    assert_eq!(full.size(SEG2).unwrap(), None);
+
+    // Refused credentials still say so.
+    let mut s = settings(&sw, "perm");
+    s.secret_access_key = Some("definitely-not-the-secret-0123456789".into());
+    let e = S3Destination::new(s).unwrap().open(SEG).err().unwrap();
+    show("wrong secret, open", &e);
+    assert!(e.message.contains("refused the credentials"), "{e}");
+    drop(dir);
+}
