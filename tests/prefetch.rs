@@ -12,24 +12,9 @@ use std::time::Duration;
 use walarch_core::checksum::{sha256, to_hex};
 use walarch_integration::seaweed::Seaweed;
 use walarch_integration::setups::batch;
-use walarch_integration::{pg_major, quoted, wait_until, BackupOptions, Cluster, InitOptions};
+use walarch_integration::{pg_major, quoted, wait_until, BackupOptions, Cluster};
 
 const T: Duration = Duration::from_secs(120);
-
-/// A primary with 1 MB segments archiving into `prefix`, with table `t`.
-fn primary(s3: &Seaweed, name: &str, prefix: &str) -> Cluster {
-    let c = s3.archiving_cluster_with(
-        name,
-        prefix,
-        &InitOptions {
-            wal_segsize_mb: Some(1),
-            ..Default::default()
-        },
-        &["checkpoint_timeout = '1h'"],
-    );
-    c.query("CREATE TABLE t(id int, note text)");
-    c
-}
 
 /// A cluster recovering from `p`'s backup "base" with `walarch restore
 /// OPTIONS`, each call delayed by `delay` seconds when given (recovery
@@ -108,7 +93,7 @@ fn helper_pids(data: &Path) -> Vec<i32> {
 fn pitr_from_a_bucket_with_prefetch_to_a_restore_point_and_across_a_timeline_switch() {
     let s3 = Seaweed::start("prefetch-pitr", None);
     let prefix = format!("pg{}/prefetch", pg_major());
-    let p = primary(&s3, "pf-primary", &prefix);
+    let p = s3.recovery_primary("pf-primary", &prefix);
     p.backup("base", &BackupOptions::without_wal());
     for i in 0..8 {
         batch(&p, i * 100 + 1, i * 100 + 100, "before");
@@ -183,7 +168,7 @@ fn pitr_from_a_bucket_with_prefetch_to_a_restore_point_and_across_a_timeline_swi
 fn a_corrupt_object_stops_recovery_and_once_repaired_a_restart_completes_it() {
     let s3 = Seaweed::start("prefetch-corrupt", None);
     let prefix = format!("pg{}/corrupt", pg_major());
-    let p = primary(&s3, "pf-corrupt", &prefix);
+    let p = s3.recovery_primary("pf-corrupt", &prefix);
     p.backup("base", &BackupOptions::without_wal());
     let segs: Vec<String> = (0..6)
         .map(|i| batch(&p, i * 100 + 1, i * 100 + 100, &format!("b{i}")))
@@ -258,7 +243,7 @@ fn a_corrupt_object_stops_recovery_and_once_repaired_a_restart_completes_it() {
 fn a_killed_helper_does_not_stop_recovery_and_none_outlives_the_data_directory() {
     let s3 = Seaweed::start("prefetch-kill", None);
     let prefix = format!("pg{}/kill", pg_major());
-    let p = primary(&s3, "pf-kill", &prefix);
+    let p = s3.recovery_primary("pf-kill", &prefix);
     p.backup("base", &BackupOptions::without_wal());
     for i in 0..20 {
         batch(&p, i * 100 + 1, i * 100 + 100, "row");

@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use walarch_integration::seaweed::Seaweed;
 use walarch_integration::setups::batch;
-use walarch_integration::{
-    chown_to_server, pg_major, quoted, wait_until, BackupOptions, Cluster, InitOptions,
-};
+use walarch_integration::{chown_to_server, pg_major, quoted, wait_until, BackupOptions, Cluster};
 
 const T: Duration = Duration::from_secs(120);
 
@@ -26,21 +24,6 @@ fn skipped() -> bool {
         eprintln!("skipped on PostgreSQL {}: run on 15 and 18", pg_major());
     }
     skip
-}
-
-/// A primary with 1 MB segments archiving into `prefix`, with table `t`.
-fn primary(s3: &Seaweed, name: &str, prefix: &str) -> Cluster {
-    let c = s3.archiving_cluster_with(
-        name,
-        prefix,
-        &InitOptions {
-            wal_segsize_mb: Some(1),
-            ..Default::default()
-        },
-        &["checkpoint_timeout = '1h'"],
-    );
-    c.query("CREATE TABLE t(id int, note text)");
-    c
 }
 
 /// `s3.restoring_cluster` with `options` after `walarch restore`, each call
@@ -60,7 +43,7 @@ fn a_store_that_stops_mid_pitr_stops_recovery_and_a_restart_completes_it() {
     }
     let mut s3 = Seaweed::start("stop-mid-pitr", None);
     let prefix = format!("pg{}/stop", pg_major());
-    let p = primary(&s3, "stop-primary", &prefix);
+    let p = s3.recovery_primary("stop-primary", &prefix);
     p.backup("base", &BackupOptions::without_wal());
     let segs: Vec<String> = (0..12)
         .map(|i| batch(&p, i * 100 + 1, i * 100 + 100, "row"))
@@ -113,7 +96,7 @@ fn a_standby_keeps_running_through_a_store_outage_and_catches_up() {
     }
     let mut s3 = Seaweed::start("standby-outage", None);
     let prefix = format!("pg{}/standby", pg_major());
-    let p = primary(&s3, "outage-primary", &prefix);
+    let p = s3.recovery_primary("outage-primary", &prefix);
     p.backup("base", &BackupOptions::without_wal());
     batch(&p, 1, 100, "before");
 

@@ -284,6 +284,22 @@ impl Seaweed {
         c
     }
 
+    /// The bucket recovery tests' primary: 1 MB segments archiving into
+    /// `prefix`, with table `t(id int, note text)` for `setups::batch`.
+    pub fn recovery_primary(&self, name: &str, prefix: &str) -> Cluster {
+        let c = self.archiving_cluster_with(
+            name,
+            prefix,
+            &InitOptions {
+                wal_segsize_mb: Some(1),
+                ..Default::default()
+            },
+            &["checkpoint_timeout = '1h'"],
+        );
+        c.query("CREATE TABLE t(id int, note text)");
+        c
+    }
+
     /// A cluster made from `primary`'s backup `backup` that recovers from
     /// `prefix` of this store with `walarch restore` (started by the caller,
     /// after its recovery target is set).

@@ -215,7 +215,7 @@ impl LeftoverSweep {
 mod tests {
     use super::*;
     use crate::shared_state::SlotState;
-    use crate::testing::{pattern, FakeHost, MemoryDestination};
+    use crate::testing::{down, pattern, FakeHost, MemoryDestination, Unreachable};
 
     const A: &str = "000000010000000000000001";
     const WORKER: i32 = 10;
@@ -258,10 +258,6 @@ mod tests {
             file,
         };
         host.with_state(|s| s.finish_worker_copy(A, Ok(copied)));
-    }
-
-    fn down() -> ArchiveError {
-        ArchiveError::new(ErrorKind::Unavailable, "could not store: timed out")
     }
 
     #[test]
@@ -528,7 +524,7 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Conflict);
         assert!(!host.state().breaker.is_open(here()));
         // A destination that times out.
-        let failing = Failing;
+        let failing = Unreachable;
         let e = archive_one(&host, &target(&failing), A, &src).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Unavailable);
         assert!(host.state().breaker.is_open(here()));
@@ -544,59 +540,6 @@ mod tests {
             ..elsewhere
         };
         assert!(archive_one(&host, &elsewhere, A, &src).is_ok());
-    }
-
-    /// A store that does not answer in time.
-    struct Failing;
-
-    impl Destination for Failing {
-        fn describe(&self) -> String {
-            "failing".into()
-        }
-        fn location(&self, name: &str) -> String {
-            name.into()
-        }
-        fn store_new(&self, _: &str, _: &Path) -> Result<crate::destination::Stored, ArchiveError> {
-            Err(down())
-        }
-        fn store_new_bytes(
-            &self,
-            _: &str,
-            _: &[u8],
-        ) -> Result<crate::destination::Stored, ArchiveError> {
-            Err(down())
-        }
-        fn recorded(&self, _: &str) -> Result<crate::destination::Recorded, ArchiveError> {
-            Err(down())
-        }
-        fn write_record(
-            &self,
-            _: &str,
-            _: &crate::checksum::Sha256Digest,
-        ) -> Result<(), ArchiveError> {
-            Err(down())
-        }
-        fn make_durable(&self, _: &str) -> Result<(), ArchiveError> {
-            Err(down())
-        }
-        fn size(&self, _: &str) -> Result<Option<u64>, ArchiveError> {
-            Err(down())
-        }
-        fn open(
-            &self,
-            _: &str,
-        ) -> Result<Option<Box<dyn std::io::Read + Send + '_>>, ArchiveError> {
-            Err(down())
-        }
-        fn entries(&self) -> Result<Vec<crate::destination::Entry>, ArchiveError> {
-            Err(down())
-        }
-        fn list(&self) -> Result<Vec<String>, ArchiveError> {
-            Err(down())
-        }
-        fn remove(&self, _: &str) -> Result<(), ArchiveError> {
-            Err(down())
-        }
     }
 
     #[test]

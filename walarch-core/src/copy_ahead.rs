@@ -204,7 +204,7 @@ mod tests {
     use super::*;
     use crate::archiver::{archive_one, Archived, Target};
     use crate::error::ErrorKind;
-    use crate::testing::{pattern, FakeHost, MemoryDestination};
+    use crate::testing::{down, pattern, FakeHost, MemoryDestination, Unreachable};
 
     fn pg_wal(files: &[&str]) -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
@@ -251,10 +251,6 @@ mod tests {
         );
         results.sort();
         results
-    }
-
-    fn down() -> ArchiveError {
-        ArchiveError::new(ErrorKind::Unavailable, "could not store: timed out")
     }
 
     #[test]
@@ -419,7 +415,7 @@ mod tests {
         let mut results = 0;
         ca.copy(
             &host,
-            &TimesOut,
+            &Unreachable,
             here(),
             files,
             1,
@@ -465,62 +461,5 @@ mod tests {
         assert_eq!(st.slot_state(F2), SlotState::Free);
         assert_eq!(st.slot_state(F3), SlotState::Free);
         assert_eq!(st.stats.copy_ahead_failures, 0, "not failures");
-    }
-
-    /// A store that does not answer in time.
-    struct TimesOut;
-
-    impl Destination for TimesOut {
-        fn describe(&self) -> String {
-            "times-out".into()
-        }
-        fn location(&self, name: &str) -> String {
-            name.into()
-        }
-        fn store_new(
-            &self,
-            _: &str,
-            _: &std::path::Path,
-        ) -> Result<crate::destination::Stored, ArchiveError> {
-            Err(down())
-        }
-        fn store_new_bytes(
-            &self,
-            _: &str,
-            _: &[u8],
-        ) -> Result<crate::destination::Stored, ArchiveError> {
-            Err(down())
-        }
-        fn recorded(&self, _: &str) -> Result<crate::destination::Recorded, ArchiveError> {
-            Err(down())
-        }
-        fn write_record(
-            &self,
-            _: &str,
-            _: &crate::checksum::Sha256Digest,
-        ) -> Result<(), ArchiveError> {
-            Err(down())
-        }
-        fn make_durable(&self, _: &str) -> Result<(), ArchiveError> {
-            Err(down())
-        }
-        fn size(&self, _: &str) -> Result<Option<u64>, ArchiveError> {
-            Err(down())
-        }
-        fn open(
-            &self,
-            _: &str,
-        ) -> Result<Option<Box<dyn std::io::Read + Send + '_>>, ArchiveError> {
-            Err(down())
-        }
-        fn entries(&self) -> Result<Vec<crate::destination::Entry>, ArchiveError> {
-            Err(down())
-        }
-        fn list(&self) -> Result<Vec<String>, ArchiveError> {
-            Err(down())
-        }
-        fn remove(&self, _: &str) -> Result<(), ArchiveError> {
-            Err(down())
-        }
     }
 }

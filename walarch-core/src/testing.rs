@@ -32,6 +32,57 @@ impl DamageRecord for LocalDirectory {
     }
 }
 
+/// A store that does not answer in time: every operation fails as
+/// unavailable.
+pub struct Unreachable;
+
+/// What `Unreachable` answers.
+pub fn down() -> ArchiveError {
+    ArchiveError::new(
+        crate::error::ErrorKind::Unavailable,
+        "could not store: timed out",
+    )
+}
+
+impl Destination for Unreachable {
+    fn describe(&self) -> String {
+        "unreachable".into()
+    }
+    fn location(&self, name: &str) -> String {
+        name.into()
+    }
+    fn store_new(&self, _: &str, _: &Path) -> Result<Stored, ArchiveError> {
+        Err(down())
+    }
+    fn store_new_bytes(&self, _: &str, _: &[u8]) -> Result<Stored, ArchiveError> {
+        Err(down())
+    }
+    fn recorded(&self, _: &str) -> Result<Recorded, ArchiveError> {
+        Err(down())
+    }
+    fn write_record(&self, _: &str, _: &Sha256Digest) -> Result<(), ArchiveError> {
+        Err(down())
+    }
+    fn make_durable(&self, _: &str) -> Result<(), ArchiveError> {
+        Err(down())
+    }
+    fn size(&self, _: &str) -> Result<Option<u64>, ArchiveError> {
+        Err(down())
+    }
+    fn open(&self, _: &str) -> Result<Option<Box<dyn Read + Send + '_>>, ArchiveError> {
+        Err(down())
+    }
+    fn entries(&self) -> Result<Vec<Entry>, ArchiveError> {
+        Err(down())
+    }
+    fn list(&self) -> Result<Vec<String>, ArchiveError> {
+        Err(down())
+    }
+    fn remove(&self, _: &str) -> Result<(), ArchiveError> {
+        Err(down())
+    }
+}
+
 /// Files and their records in memory: the least a destination can be.
 #[derive(Default)]
 pub struct MemoryDestination {
