@@ -116,6 +116,11 @@ pub extern "C-unwind" fn walarch_copy_ahead_main(_arg: pg_sys::Datum) {
                 unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
                 moved = !active() || guc::configured().map(|c| c.id) != Ok(id);
             }
+            // SAFETY: reads this process's parent and a pid set at start-up.
+            let orphaned = unsafe { libc::getppid() != pg_sys::PostmasterPid };
+            if orphaned {
+                STOPPING.store(true, Ordering::SeqCst);
+            }
             moved || stopping()
         };
         // Rounds until nothing is left to copy ahead or we must stop.

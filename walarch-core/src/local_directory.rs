@@ -60,6 +60,9 @@ pub const MAX_DECORATION_LEN: usize = 64;
 /// A leftover whose PID is alive (PID reuse after a crash) is still removed
 /// once it is this old: no real copy of one WAL file takes a day.
 const STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// A checksum record without its file for this long is an orphan (a
+/// removal interrupted between the two), never a store in progress.
+const ORPHAN_AFTER: Duration = Duration::from_secs(3600);
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -128,10 +131,12 @@ fn sweep(dir: &Path) -> std::io::Result<Leftovers> {
 /// first, so a crash in between leaves one. Harmless to `verify`, but a
 /// record that outlives its file would be read as the record of a new file
 /// stored under the name later if that store died before writing its own.
-/// The record is first moved aside (a temporary name, swept like any), and
-/// put back if its file has appeared meanwhile (a store in progress), unless
-/// that store has already put its own record in place.
+/// Only a record untouched for `ORPHAN_AFTER` is one: a store in progress
+/// writes its record fresh. It is first moved aside (a temporary name, swept
+/// like any), and put back if its file has appeared meanwhile, unless that
+/// store has already put its own record in place.
 fn sweep_orphan_records(dir: &Path, report: &mut Leftovers) -> std::io::Result<()> {
+    let mut put_back = false;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let Ok(name) = entry.file_name().into_string() else {
@@ -141,6 +146,15 @@ fn sweep_orphan_records(dir: &Path, report: &mut Leftovers) -> std::io::Result<(
             continue;
         };
         if stored_form(walfile).is_none() || dir.join(walfile).symlink_metadata().is_ok() {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > ORPHAN_AFTER);
+        if !old {
             continue;
         }
         let side = dir.join(&name);
@@ -155,7 +169,10 @@ fn sweep_orphan_records(dir: &Path, report: &mut Leftovers) -> std::io::Result<(
         }
         let restored = if dir.join(walfile).symlink_metadata().is_ok() {
             match rename_noreplace(&aside, &side) {
-                Ok(()) => true,
+                Ok(()) => {
+                    put_back = true;
+                    true
+                }
                 // The store that made the file has written its record.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
                 Err(e) => {
@@ -172,6 +189,9 @@ fn sweep_orphan_records(dir: &Path, report: &mut Leftovers) -> std::io::Result<(
                 Err(e) => report.failed.push((name, crate::error::os_message(&e))),
             }
         }
+    }
+    if put_back {
+        crate::fsutil::fsync_dir(dir)?;
     }
     Ok(())
 }
@@ -639,6 +659,15 @@ mod tests {
         std::fs::remove_file(arch.join(other)).unwrap();
         // Records that are not walarch's are none of its business.
         std::fs::write(arch.join("notes.txt.sha256"), b"x").unwrap();
+        // A fresh record may be a store's in progress: left alone.
+        assert!(dest.clean_leftovers().unwrap().removed.is_empty());
+        let record = std::fs::File::options()
+            .write(true)
+            .open(arch.join(format!("{other}.sha256")))
+            .unwrap();
+        record
+            .set_modified(std::time::SystemTime::now() - ORPHAN_AFTER * 2)
+            .unwrap();
         let r = dest.clean_leftovers().unwrap();
         assert_eq!(r.removed, [format!("{other}.sha256")]);
         assert!(r.failed.is_empty());

@@ -29,11 +29,11 @@ pub struct CopyResult {
 
 /// Archives `jobs` into `dest` on up to `parallel` threads, in order of the
 /// list (the archiver's order). The calling thread hands out each job:
-/// `should_stop` is asked right before, and once it says so no further copy
-/// starts (running ones finish and are reported); `on_start` runs as a job
-/// is handed out, `on_result` as it ends. All three run on the calling
-/// thread, which waits for results `poll` at a time. Returns the jobs that
-/// never started.
+/// `should_stop` is asked right before, and every `poll` while copies run
+/// (the caller notices a shutdown there and interrupts what runs); once it
+/// says so no further copy starts (running ones finish and are reported);
+/// `on_start` runs as a job is handed out, `on_result` as it ends. All three
+/// run on the calling thread. Returns the jobs that never started.
 pub fn run_parallel(
     jobs: Vec<CopyJob>,
     dest: &dyn Destination,
@@ -98,7 +98,11 @@ pub fn run_parallel(
                     idle += 1;
                     on_result(r);
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if !stopped && should_stop() {
+                        stopped = true;
+                    }
+                }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
@@ -109,7 +113,17 @@ pub fn run_parallel(
 
 fn copy(dest: &dyn Destination, job: CopyJob) -> CopyResult {
     let start = std::time::Instant::now();
-    let result = archive_file(dest, &job.name, &job.source);
+    // A panic is a bug, but it must neither lose the job's result (the
+    // caller counts on one per job) nor kill a copy thread.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        archive_file(dest, &job.name, &job.source)
+    }))
+    .unwrap_or_else(|_| {
+        Err(ArchiveError::new(
+            crate::error::ErrorKind::Internal,
+            format!("internal error while copying \"{}\" ahead", job.name),
+        ))
+    });
     CopyResult {
         name: job.name,
         result,
@@ -135,6 +149,102 @@ fn copy_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Stores nothing: sleeps, then panics (a bug) or times out.
+    struct Slow {
+        panics: bool,
+    }
+
+    impl Destination for Slow {
+        fn describe(&self) -> String {
+            "slow".into()
+        }
+        fn location(&self, name: &str) -> String {
+            name.into()
+        }
+        fn store_new(
+            &self,
+            _: &str,
+            _: &std::path::Path,
+        ) -> Result<crate::destination::Stored, ArchiveError> {
+            std::thread::sleep(Duration::from_millis(200));
+            if self.panics {
+                panic!("a bug in a copy");
+            }
+            Err(crate::testing::down())
+        }
+        fn store_new_bytes(
+            &self,
+            n: &str,
+            _: &[u8],
+        ) -> Result<crate::destination::Stored, ArchiveError> {
+            self.store_new(n, std::path::Path::new("/"))
+        }
+        fn recorded(&self, _: &str) -> Result<crate::destination::Recorded, ArchiveError> {
+            Ok(crate::destination::Recorded::Missing)
+        }
+        fn write_record(
+            &self,
+            _: &str,
+            _: &crate::checksum::Sha256Digest,
+        ) -> Result<(), ArchiveError> {
+            Ok(())
+        }
+        fn make_durable(&self, _: &str) -> Result<(), ArchiveError> {
+            Ok(())
+        }
+        fn size(&self, _: &str) -> Result<Option<u64>, ArchiveError> {
+            Ok(None)
+        }
+        fn open(
+            &self,
+            _: &str,
+        ) -> Result<Option<Box<dyn std::io::Read + Send + '_>>, ArchiveError> {
+            Ok(None)
+        }
+        fn entries(&self) -> Result<Vec<crate::destination::Entry>, ArchiveError> {
+            Ok(vec![])
+        }
+        fn list(&self) -> Result<Vec<String>, ArchiveError> {
+            Ok(vec![])
+        }
+        fn remove(&self, _: &str) -> Result<(), ArchiveError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stop_is_asked_for_while_copies_run_and_a_panic_is_one_failed_result() {
+        for panics in [false, true] {
+            let (_d, jobs) = setup(3);
+            let asked = Cell::new(0u32);
+            let results = std::cell::RefCell::new(vec![]);
+            let left = run_parallel(
+                jobs,
+                &Slow { panics },
+                3,
+                Duration::from_millis(10),
+                |_| {},
+                |r| results.borrow_mut().push(r),
+                || {
+                    asked.set(asked.get() + 1);
+                    false
+                },
+            );
+            assert!(left.is_empty());
+            // Asked before each of the 3 jobs, then again while they ran
+            // (200 ms at 10 ms a look).
+            assert!(asked.get() > 6, "asked {} times", asked.get());
+            let results = results.into_inner();
+            assert_eq!(results.len(), 3, "one result per job, panics included");
+            for r in &results {
+                let e = r.result.as_ref().unwrap_err();
+                if panics {
+                    assert_eq!(e.kind, crate::error::ErrorKind::Internal, "{e}");
+                }
+            }
+        }
+    }
     use crate::local_directory::LocalDirectory;
     use std::cell::Cell;
 

@@ -216,10 +216,19 @@ fn parse_stop_time(text: &str) -> Option<(i64, Option<i64>)> {
 /// `stored_at`); `None` when it lacks its start or stop location.
 pub fn parse_backup(name: &str, text: &str, stored_at: Option<SystemTime>) -> Option<Backup> {
     let w = WalFileName::parse(name).filter(|w| w.kind == WalFileKind::Backup)?;
+    // PostgreSQL writes the label (free text, newlines allowed) between the
+    // start fields and the stop fields: a field before it is the first of
+    // its name, one after it the last, so a label cannot forge either.
+    const AFTER_LABEL: [&str; 3] = ["START TIMELINE", "STOP TIME", "STOP TIMELINE"];
     let mut fields: BTreeMap<&str, &str> = BTreeMap::new();
     for line in text.lines() {
         if let Some((k, v)) = line.split_once(": ") {
-            fields.entry(k.trim()).or_insert(v.trim());
+            let k = k.trim();
+            if AFTER_LABEL.contains(&k) {
+                fields.insert(k, v.trim());
+            } else {
+                fields.entry(k).or_insert(v.trim());
+            }
         }
     }
     let location = |k: &str| parse_lsn(fields.get(k)?.split_whitespace().next()?);
@@ -783,6 +792,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(b.stopped, Some(1_796_469_250));
+        // A label cannot forge the fields around it.
+        let forged = text.replace(
+            "LABEL: pg_basebackup base backup\n",
+            "LABEL: x\nSTART WAL LOCATION: 9/0 (file 000000010000000900000000)\nSTOP TIME: 2099-01-01 00:00:00 UTC\nSTOP TIMELINE: 99\n",
+        );
+        let b = parse_backup("000000010000000000000002.00000028.backup", &forged, None).unwrap();
+        assert_eq!((b.start_lsn, b.stop_timeline), (0x2000028, 1));
+        assert_eq!(b.stopped, Some(1_796_469_243));
         assert_eq!(
             parse_backup(
                 "000000010000000000000002.00000028.backup",
