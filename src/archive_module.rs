@@ -9,8 +9,10 @@
 //! raise an ERROR (on PG15/16 that kills the archiver): failures are WARNINGs
 //! and a `false` return, so the archiver retries and stays up.
 
-use std::ffi::CStr;
+use std::ffi::{c_int, c_void, CStr};
+use std::mem::MaybeUninit;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use pgrx::prelude::*;
@@ -31,8 +33,65 @@ fn sweep(dest: &dyn Destination) {
     }
 }
 
+/// Set when the postmaster asks the archiver for its last round before
+/// shutting down (SIGUSR2; pgarch.c keeps its own flag private). The
+/// archiver then never probes a store known to be failing: one attempt on a
+/// hung store costs a full request timeout, and the shutdown would wait.
+static FINAL_ROUND: AtomicBool = AtomicBool::new(false);
+static CHAINED: AtomicBool = AtomicBool::new(false);
+/// PostgreSQL's own SIGUSR2 action, written once before ours is installed.
+static mut PREVIOUS_USR2: MaybeUninit<libc::sigaction> = MaybeUninit::uninit();
+
+pub fn final_round() -> bool {
+    FINAL_ROUND.load(Ordering::SeqCst)
+}
+
+extern "C" fn on_final_round(sig: c_int, info: *mut libc::siginfo_t, ctx: *mut c_void) {
+    FINAL_ROUND.store(true, Ordering::SeqCst);
+    // SAFETY: PREVIOUS_USR2 was initialised before this handler was
+    // installed and is never written again; the previous handler is
+    // PostgreSQL's (it sets its flag and the latch, and saves errno), called
+    // the way its flags say it expects.
+    unsafe {
+        let prev = (*std::ptr::addr_of!(PREVIOUS_USR2)).assume_init_ref();
+        let h = prev.sa_sigaction;
+        if h == libc::SIG_DFL || h == libc::SIG_IGN {
+            return;
+        }
+        if prev.sa_flags & libc::SA_SIGINFO != 0 {
+            let f: extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) = std::mem::transmute(h);
+            f(sig, info, ctx);
+        } else {
+            let f: extern "C" fn(c_int) = std::mem::transmute(h);
+            f(sig);
+        }
+    }
+}
+
+/// Puts `on_final_round` in front of the archiver's SIGUSR2 handler (set up
+/// before the module is loaded), once per process.
+fn chain_final_round_signal() {
+    if CHAINED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    // SAFETY: sigaction(2) on this process's own SIGUSR2; the previous
+    // action is stored before the new handler can run.
+    unsafe {
+        let mut prev: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGUSR2, std::ptr::null(), &mut prev) != 0 {
+            return;
+        }
+        (*std::ptr::addr_of_mut!(PREVIOUS_USR2)).write(prev);
+        let mut act = prev;
+        act.sa_sigaction = on_final_round as *const () as usize;
+        act.sa_flags |= libc::SA_SIGINFO;
+        libc::sigaction(libc::SIGUSR2, &act, std::ptr::null_mut());
+    }
+}
+
 /// Called when the archiver loads the module.
 fn startup() {
+    chain_final_round_signal();
     // A wait on the object store gives up when the server shuts down.
     walarch_s3::runtime::set_interrupt_check(shutting_down);
     if let Ok(dest) = guc::destination() {

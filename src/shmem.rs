@@ -176,6 +176,7 @@ impl Host for PgHost {
 
     fn shutdown_requested(&self) -> bool {
         // SAFETY: a sig_atomic_t flag set by the SIGTERM handler.
-        unsafe { pg_sys::ShutdownRequestPending != 0 }
+        let sigterm = unsafe { pg_sys::ShutdownRequestPending != 0 };
+        sigterm || crate::archive_module::final_round()
     }
 }

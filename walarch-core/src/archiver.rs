@@ -115,7 +115,15 @@ pub fn archive_one<H: Host>(
         }
     }
     let started = host.timestamp();
-    if let Some(Gate::Open(outage)) = host.with_state(|s| s.breaker.gate(target.id, started)) {
+    let shutting_down = host.shutdown_requested();
+    let gate = host.with_state(|s| {
+        if shutting_down {
+            s.breaker.gate_at_shutdown(target.id)
+        } else {
+            s.breaker.gate(target.id, started)
+        }
+    });
+    if let Some(Gate::Open(outage)) = gate {
         let e = unavailable(&dest.describe(), &outage, started);
         host.with_state(|s| {
             s.end_archiver_copy(name);
@@ -511,6 +519,22 @@ mod tests {
         let r = archive_one(&host, &target(&dest), A, &src).unwrap();
         assert!(matches!(r, Archived::Inline(_)));
         assert!(!host.state().breaker.is_open(here()));
+    }
+
+    #[test]
+    fn at_shutdown_the_archiver_never_takes_the_probe() {
+        let (_d, src) = wal(&pattern(300));
+        let host = FakeHost::default();
+        let dest = MemoryDestination::default();
+        host.with_state(|s| s.breaker.failed(here(), 0, 0, &down()));
+        host.advance(crate::breaker::FIRST_BACKOFF * 2);
+        // The probe is due, but the server is shutting down (the archiver's
+        // last round): refused at once, no request made.
+        host.request_shutdown();
+        let e = archive_one(&host, &target(&dest), A, &src).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+        assert_eq!(dest.size(A).unwrap(), None, "no request was made");
+        assert!(host.state().breaker.is_open(here()));
     }
 
     #[test]

@@ -123,6 +123,21 @@ impl Breaker {
         })
     }
 
+    /// `gate` for a process that is shutting down: it never takes the
+    /// probe (one attempt on a hung store costs a full request timeout, and
+    /// a shutdown must not wait for that), so an open breaker refuses.
+    pub fn gate_at_shutdown(&mut self, dest: DestinationId) -> Gate {
+        self.for_dest(dest);
+        if self.failing_since == NO_TIME {
+            return Gate::Closed;
+        }
+        Gate::Open(Outage {
+            since: self.failing_since,
+            next_probe: self.next_probe,
+            last_error: self.last_error.to_string(),
+        })
+    }
+
     /// An attempt on `dest` begun at `started` failed at `now`.
     pub fn failed(&mut self, dest: DestinationId, started: i64, now: i64, e: &ArchiveError) {
         if e.kind != ErrorKind::Unavailable {
