@@ -177,7 +177,15 @@ pub fn configured() -> Result<Configured, String> {
         .ok_or_else(|| "walarch.archive_destination is not set.".to_string())?;
     match spec {
         DestinationSpec::Directory(dir) => {
-            let id = DestinationId::of(&["directory", &dir.to_string_lossy()]);
+            // The directory itself, not only its name: a repointed link or
+            // another filesystem mounted there is another archive.
+            let behind = std::fs::metadata(&dir)
+                .map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    format!("{}:{}", m.dev(), m.ino())
+                })
+                .unwrap_or_default();
+            let id = DestinationId::of(&["directory", &dir.to_string_lossy(), &behind]);
             Ok(Configured {
                 dest: Arc::new(LocalDirectory::new(dir, file_create_mode())),
                 id,
