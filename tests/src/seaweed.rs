@@ -47,16 +47,40 @@ fn ports_free(base: u16) -> bool {
     (base..base + PORTS_PER_INSTANCE).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
 }
 
-/// A base port whose 13 ports are free now, in 30000..49500: above the
-/// PostgreSQL test clusters' ports (26000..26800); a collision with
-/// anything else is retried by `start`.
+/// A base port whose 13 ports are free now and reserved for this process,
+/// in 20000..25980: below the kernel's ephemeral ports (32768 up, which a
+/// client connection may take while a stopped store's ports are free, so
+/// that `restart` could not have them back) and the PostgreSQL test
+/// clusters' (26000..26800). The reservation (a file naming this process)
+/// keeps other tests off the ports while a store is stopped; `release_base`
+/// ends it, and one left by a dead process is taken over.
 fn free_base() -> u16 {
+    let dir = Path::new("/tmp/walarch-seaweed-ports");
+    let _ = std::fs::create_dir_all(dir);
     loop {
-        let base = 30000 + (pseudo_random() % 1500) as u16 * PORTS_PER_INSTANCE;
+        let base = 20000 + (pseudo_random() % 460) as u16 * PORTS_PER_INSTANCE;
+        let claim = dir.join(base.to_string());
+        let taken = match std::fs::File::create_new(&claim) {
+            Ok(_) => false,
+            Err(_) => std::fs::read_to_string(&claim)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+                // SAFETY: kill(2) with signal 0 only checks for a process.
+                .is_none_or(|pid| unsafe { libc::kill(pid, 0) } == 0),
+        };
+        if taken {
+            continue;
+        }
+        let _ = std::fs::write(&claim, std::process::id().to_string());
         if ports_free(base) {
             return base;
         }
+        release_base(base);
     }
+}
+
+fn release_base(base: u16) {
+    let _ = std::fs::remove_file(Path::new("/tmp/walarch-seaweed-ports").join(base.to_string()));
 }
 
 /// A port with nothing listening on it (bound once, then released).
@@ -141,6 +165,7 @@ impl Seaweed {
                     .arg(&dir)
                     .arg("--purge")
                     .status();
+                release_base(base);
                 continue;
             }
             eprintln!("[{tag}] {}", stdout.trim());
@@ -227,6 +252,7 @@ impl Drop for Seaweed {
             .arg(&self.dir)
             .arg("--purge")
             .status();
+        release_base(self.base_port);
     }
 }
 
