@@ -247,6 +247,8 @@ fn walarch_verify(
         Ok(())
     })
     .unwrap_or_else(|e| {
+        // A wait the interrupt ended: the cancel's own error, not an I/O one.
+        pgrx::check_for_interrupts!();
         ereport!(
             ERROR,
             PgSqlErrorCode::ERRCODE_IO_ERROR,
@@ -263,8 +265,24 @@ fn walarch_verify(
     }))
 }
 
+/// Read from any thread: only flags, no PostgreSQL call.
+fn backend_interrupted() -> bool {
+    // SAFETY: reads of sig_atomic_t flags set by this backend's signal
+    // handlers (cancel, statement_timeout, terminate) and of a pid set at
+    // start-up.
+    unsafe {
+        pg_sys::QueryCancelPending != 0
+            || pg_sys::ProcDiePending != 0
+            || libc::getppid() != pg_sys::PostmasterPid
+    }
+}
+
 /// The configured archive, or an ERROR saying why there is none.
 fn configured_destination() -> guc::SharedDestination {
+    // A wait on the object store gives up on cancel, statement_timeout or
+    // pg_terminate_backend (then CHECK_FOR_INTERRUPTS raises the error):
+    // a hung store must not hold a backend for a request timeout.
+    walarch_s3::runtime::set_interrupt_check(backend_interrupted);
     guc::destination().unwrap_or_else(|detail| {
         ErrorReport::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

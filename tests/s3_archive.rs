@@ -292,3 +292,36 @@ fn restore_tells_a_403_from_a_missing_file() {
     assert!(!target.exists());
     std::fs::remove_dir_all(&dest).unwrap();
 }
+
+/// walarch_verify() on a bucket whose store hangs (SIGSTOP: connections
+/// open, nothing answers) ends at statement_timeout with the timeout's own
+/// error, not after a request timeout. PostgreSQL 15 and 18 only.
+#[test]
+fn verify_of_a_hung_bucket_stops_at_statement_timeout() {
+    if ![15, 18].contains(&pg_major()) {
+        return;
+    }
+    let s3 = Seaweed::start("pg-verify-hung", None);
+    let prefix = format!("pg{}/verify-hung", pg_major());
+    let c = s3.archiving_cluster(
+        "s3-verify-hung",
+        &prefix,
+        &["walarch.s3_request_timeout = '60s'"],
+    );
+    c.switch_wal();
+    c.wait_drained(Duration::from_secs(60));
+    s3.signal(SIGSTOP);
+    let start = std::time::Instant::now();
+    let r = c.psql("SET statement_timeout = '1s'; SELECT count(*) FROM walarch_verify()");
+    let took = start.elapsed();
+    s3.signal(SIGCONT);
+    let err = r.expect_err("verify of a hung store cannot succeed");
+    assert!(
+        err.contains("canceling statement due to statement timeout"),
+        "{err}"
+    );
+    // Bounded by the interrupt, not by the 60 s request timeout.
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    // The store back, verify works again.
+    assert_eq!(c.query("SELECT count(*) > 0 FROM walarch_verify()"), "t");
+}
