@@ -92,7 +92,13 @@ fn wrong_secret_and_a_hung_store_fail_without_killing_the_archiver_then_resume()
     let s3 = Seaweed::start("pg-failures", None);
     let prefix = format!("pg{}/failures", pg_major());
     let wrong = "not-the-secret-4f1d2c";
-    let c = s3.archiving_cluster("s3-failures", &prefix, &[]);
+    // Every wait bounded well within the test's: the archiver waits for a
+    // worker's upload up to twice the request timeout.
+    let c = s3.archiving_cluster(
+        "s3-failures",
+        &prefix,
+        &["walarch.s3_request_timeout = '10s'"],
+    );
     let credentials = c.root.join("s3-credentials");
     s3.write_credentials(&credentials, Some(wrong));
     let archiver = c.archiver_pid().expect("archiver running");
