@@ -100,12 +100,32 @@ fn wrong_secret_and_a_hung_store_fail_without_killing_the_archiver_then_resume()
         &["walarch.s3_request_timeout = '10s'"],
     );
     let credentials = c.root.join("s3-credentials");
+    // The test's premise: the store refuses a wrong secret (SeaweedFS loads
+    // its identities at start; seen accepting anything once under load).
+    wait_until("the store to refuse a wrong secret", T, || {
+        let out = walarch_integration::as_server_user(walarch_integration::walarch_bin())
+            .args(["verify", &s3.url(&prefix)])
+            .envs(s3.env())
+            .env("AWS_SECRET_ACCESS_KEY", wrong)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).contains("refused the credentials")
+    });
     s3.write_credentials(&credentials, Some(wrong));
     let archiver = c.archiver_pid().expect("archiver running");
     let log = c.log_position();
     let base = c.failed_count();
     let stuck = c.switch_wal();
-    c.wait_failures(base, 2, T);
+    if let Err(e) =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.wait_failures(base, 2, T)))
+    {
+        panic!(
+            "{:?}; {stuck} archived: {}; stats: {}",
+            e.downcast_ref::<String>(),
+            c.status_file(&stuck, "done").exists(),
+            c.query("SELECT * FROM walarch_stats()")
+        );
+    }
     c.wait_for_log("refused the credentials", log, T);
     assert!(c.stat("last_error").contains("refused the credentials"));
     assert!(c.stat_i64("copy_ahead_failures") + c.failed_count() > 0);
