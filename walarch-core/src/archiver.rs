@@ -223,22 +223,10 @@ impl LeftoverSweep {
 mod tests {
     use super::*;
     use crate::shared_state::SlotState;
-    use crate::testing::{down, pattern, FakeHost, MemoryDestination, Unreachable};
+    use crate::testing::{down, here, pattern, target, FakeHost, MemoryDestination, Unreachable};
 
     const A: &str = "000000010000000000000001";
     const WORKER: i32 = 10;
-
-    fn here() -> DestinationId {
-        DestinationId::of(&["memory", "here"])
-    }
-
-    fn target(dest: &dyn Destination) -> Target<'_> {
-        Target {
-            dest,
-            id: here(),
-            request_timeout: None,
-        }
-    }
 
     fn wal(data: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
         let d = tempfile::tempdir().unwrap();

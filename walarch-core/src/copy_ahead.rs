@@ -202,9 +202,9 @@ impl CopyAhead {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archiver::{archive_one, Archived, Target};
+    use crate::archiver::{archive_one, Archived};
     use crate::error::ErrorKind;
-    use crate::testing::{down, pattern, FakeHost, MemoryDestination, Unreachable};
+    use crate::testing::{down, here, pattern, target, FakeHost, MemoryDestination, Unreachable};
 
     fn pg_wal(files: &[&str]) -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
@@ -220,18 +220,6 @@ mod tests {
     const F2: &str = "000000010000000000000002";
     const F3: &str = "000000010000000000000003";
     const H2: &str = "00000002.history";
-
-    fn here() -> DestinationId {
-        DestinationId::of(&["memory", "here"])
-    }
-
-    fn target(dest: &dyn Destination) -> Target<'_> {
-        Target {
-            dest,
-            id: here(),
-            request_timeout: None,
-        }
-    }
 
     fn copy_all(
         ca: &mut CopyAhead,

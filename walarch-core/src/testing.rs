@@ -32,6 +32,20 @@ impl DamageRecord for LocalDirectory {
     }
 }
 
+/// The identity the tests' destinations are configured under.
+pub fn here() -> crate::breaker::DestinationId {
+    crate::breaker::DestinationId::of(&["memory", "here"])
+}
+
+/// `dest` as the destination configured now, under `here()`.
+pub fn target(dest: &dyn Destination) -> crate::archiver::Target<'_> {
+    crate::archiver::Target {
+        dest,
+        id: here(),
+        request_timeout: None,
+    }
+}
+
 /// A store that does not answer in time: every operation fails as
 /// unavailable.
 pub struct Unreachable;
