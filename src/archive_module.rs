@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use pgrx::prelude::*;
-use walarch_core::archive_protocol::ArchiveOutcome;
-use walarch_core::archiver::{archive_one, Archived, LeftoverSweep, Target};
+use walarch_core::archiving::archive_protocol::ArchiveOutcome;
+use walarch_core::archiving::archiver::{archive_one, Archived, LeftoverSweep, Target};
 use walarch_core::destination::Destination;
 
 use crate::shmem::{self, PgHost};

@@ -11,13 +11,13 @@ use std::time::Duration;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use walarch_core::breaker::DestinationId;
-use walarch_core::compressing::Compressing;
-use walarch_core::destination::Destination;
-use walarch_core::destination_setting::{
+use walarch_core::archiving::breaker::DestinationId;
+use walarch_core::destination::compressing::Compressing;
+use walarch_core::destination::destination_setting::{
     check_ca_file, check_endpoint, read_credentials_file, resolve, DestinationSpec,
 };
-use walarch_core::local_directory::LocalDirectory;
+use walarch_core::destination::local_directory::LocalDirectory;
+use walarch_core::destination::Destination;
 use walarch_s3::{S3Destination, S3Settings, UriStyle};
 
 type Setting = GucSetting<Option<CString>>;
@@ -313,7 +313,7 @@ macro_rules! check_hook {
 
 check_hook!(check_archive_destination, DestinationSpec::check);
 check_hook!(check_archive_directory, |v| {
-    walarch_core::archive_dir::validate(v).map_err(|p| p.detail().to_string())
+    walarch_core::destination::archive_dir::validate(v).map_err(|p| p.detail().to_string())
 });
 check_hook!(check_s3_endpoint, check_endpoint);
 check_hook!(check_s3_ca_file, check_ca_file);

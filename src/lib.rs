@@ -197,7 +197,10 @@ mod tests {
         // No temporary file of this segment is left behind. Other tests run
         // concurrently and switch WAL too, so a later segment may legitimately
         // be mid-copy: only this file's temporaries must be gone.
-        let ours = format!("{}{walfile}.", walarch_core::local_directory::TEMP_PREFIX);
+        let ours = format!(
+            "{}{walfile}.",
+            walarch_core::destination::local_directory::TEMP_PREFIX
+        );
         let leftovers: Vec<_> = std::fs::read_dir(archive_dir())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())

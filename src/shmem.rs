@@ -1,4 +1,4 @@
-//! The shared state (`walarch_core::shared_state::ArchiveState`) in
+//! The shared state (`walarch_core::archiving::shared_state::ArchiveState`) in
 //! PostgreSQL shared memory, behind one LWLock, and its persistence: written
 //! by the archiver when it exits, read once by the postmaster at start-up if
 //! the cluster was shut down cleanly, discarded after a crash (as PostgreSQL
@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 use pgrx::{pg_shmem_init, PgLwLock};
-use walarch_core::host::{process_alive, Host};
-use walarch_core::shared_state::ArchiveState;
-use walarch_core::stats_file::{self, Taken};
-use walarch_core::time::now_timestamptz;
+use walarch_core::archiving::host::{process_alive, Host};
+use walarch_core::archiving::shared_state::ArchiveState;
+use walarch_core::archiving::stats_file::{self, Taken};
+use walarch_core::wal::time::now_timestamptz;
 
 pub struct Shared(pub ArchiveState);
 

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
-use walarch_core::archive_status;
-use walarch_core::host::Host;
-use walarch_core::shared_state::non_empty;
-use walarch_core::time::{now_timestamptz, to_option};
-use walarch_core::walname::{segment_file_name, WalFileKind, WalFileName};
+use walarch_core::archiving::archive_status;
+use walarch_core::archiving::host::Host;
+use walarch_core::archiving::shared_state::non_empty;
+use walarch_core::wal::time::{now_timestamptz, to_option};
+use walarch_core::wal::walname::{segment_file_name, WalFileKind, WalFileName};
 
 use crate::guc;
 use crate::shmem::{self, PgHost};
@@ -242,10 +242,15 @@ fn walarch_verify(
     let dest = configured_destination();
     // Query cancel, statement_timeout and pg_terminate_backend() end it
     // between files and between reads of one, here on the main thread.
-    let report = walarch_core::verify::verify_with(&*dest, from.as_ref(), to.as_ref(), &mut || {
-        pgrx::check_for_interrupts!();
-        Ok(())
-    })
+    let report = walarch_core::maintenance::verify::verify_with(
+        &*dest,
+        from.as_ref(),
+        to.as_ref(),
+        &mut || {
+            pgrx::check_for_interrupts!();
+            Ok(())
+        },
+    )
     .unwrap_or_else(|e| {
         // A wait the interrupt ended: the cancel's own error, not an I/O one.
         pgrx::check_for_interrupts!();
@@ -326,7 +331,7 @@ fn walarch_expire(
     ),
 > {
     use walarch_core::destination::Destination;
-    use walarch_core::retention::{execute, plan, read_facts, BackupCheck, Rule};
+    use walarch_core::maintenance::retention::{execute, plan, read_facts, BackupCheck, Rule};
     let bad = |msg: &'static str, hint: &'static str| -> ! {
         ErrorReport::new(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -373,7 +378,7 @@ fn walarch_expire(
         .report(PgLogLevel::ERROR);
     }
     let inner = configured_destination();
-    let dest = walarch_core::compressing::Compressing::new(&*inner, None);
+    let dest = walarch_core::destination::compressing::Compressing::new(&*inner, None);
     let entries = dest
         .entries()
         .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_IO_ERROR, &e));

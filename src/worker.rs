@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
-use walarch_core::archive_protocol::ArchiveOutcome;
-use walarch_core::archiver::LeftoverSweep;
-use walarch_core::copy_ahead::CopyAhead;
-use walarch_core::host::process_alive;
+use walarch_core::archiving::archive_protocol::ArchiveOutcome;
+use walarch_core::archiving::archiver::LeftoverSweep;
+use walarch_core::archiving::copy_ahead::CopyAhead;
+use walarch_core::archiving::host::process_alive;
 
 use crate::shmem::{self, PgHost};
 use crate::{archive_module, guc, warnings};

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use walarch_core::checksum::{sha256, to_hex};
+use walarch_core::wal::checksum::{sha256, to_hex};
 use walarch_integration::seaweed::Seaweed;
 use walarch_integration::setups::batch;
 use walarch_integration::{pg_major, quoted, wait_until, BackupOptions, Cluster};

@@ -28,5 +28,5 @@ pub use util::{
 pub use walarch::{restore_command, verify_ok, walarch, walarch_bin, Walarch};
 
 // The archive's naming, from the core that writes it.
-pub use walarch_core::local_directory::SIDECAR_SUFFIX;
-pub use walarch_core::local_directory::TEMP_PREFIX;
+pub use walarch_core::destination::local_directory::SIDECAR_SUFFIX;
+pub use walarch_core::destination::local_directory::TEMP_PREFIX;

@@ -3,12 +3,12 @@
 use std::process::ExitCode;
 use std::time::SystemTime;
 
-use walarch_core::compressing::Compressing;
+use walarch_core::destination::compressing::Compressing;
 use walarch_core::destination::{Destination, Entry};
-use walarch_core::retention::{
+use walarch_core::maintenance::retention::{
     execute, plan, plan_cleanup, read_facts, Action, BackupCheck, Plan, Rule,
 };
-use walarch_core::time::parse_duration;
+use walarch_core::wal::time::parse_duration;
 use walarch_core::ArchiveError;
 
 use crate::{archive, command_args, usage, S3Options};
@@ -140,7 +140,7 @@ fn sweep(dest: &dyn Destination, json: bool) {
 /// Lists (dry run) or carries out the plan: one line per file as it goes,
 /// then a summary; or one JSON document at the end.
 fn run(dest: &dyn Destination, p: &Plan, dry_run: bool, json: bool, dir: &str) -> ExitCode {
-    let line = |d: &walarch_core::retention::Decision| match d.action {
+    let line = |d: &walarch_core::maintenance::retention::Decision| match d.action {
         Action::Remove if dry_run => println!("would remove {}", d.walfile),
         Action::Remove => println!("removed {}", d.walfile),
         Action::Leave => println!("left {}: {}", d.walfile, d.reason),

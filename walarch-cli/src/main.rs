@@ -32,13 +32,15 @@ macro_rules! say {
 }
 use std::time::Duration;
 
+use walarch_core::destination::destination_setting::{
+    check_ca_file, check_endpoint, DestinationSpec,
+};
+use walarch_core::destination::local_directory::LocalDirectory;
 use walarch_core::destination::Destination;
-use walarch_core::destination_setting::{check_ca_file, check_endpoint, DestinationSpec};
-use walarch_core::local_directory::LocalDirectory;
+use walarch_core::maintenance::verify::{verify, Report};
 use walarch_core::restore::{restore_retrying, RecoveryMode, RestoreError, Retry};
-use walarch_core::time::parse_duration;
-use walarch_core::verify::{verify, Report};
-use walarch_core::walname::{WalFileKind, WalFileName};
+use walarch_core::wal::time::parse_duration;
+use walarch_core::wal::walname::{WalFileKind, WalFileName};
 use walarch_s3::{Naming, S3Destination, S3Settings, UriStyle};
 
 mod expire;
@@ -198,10 +200,10 @@ fn open_archive(arg: &str, o: &S3Options) -> Result<Box<dyn Destination>, OpenEr
     // directory that does not exist.
     if !arg.contains("://") {
         if let Err(e) = std::fs::metadata(arg) {
-            if walarch_core::error::is_transient(&e) {
+            if walarch_core::support::error::is_transient(&e) {
                 return Err(OpenError::Unavailable(format!(
                     "could not reach the archive directory \"{arg}\": {}",
-                    walarch_core::error::os_message(&e)
+                    walarch_core::support::error::os_message(&e)
                 )));
             }
         }
@@ -434,7 +436,7 @@ fn to_json(dir: &str, r: &Report) -> String {
         "intact": r.intact(),
         "segment_size": r.segment_size,
         "timelines": r.timelines,
-        "checked": r.findings.iter().filter(|f| f.status != walarch_core::verify::Status::Missing).count(),
+        "checked": r.findings.iter().filter(|f| f.status != walarch_core::maintenance::verify::Status::Missing).count(),
         "problems": r.problems().count(),
         "compressed_files": r.compressed_files,
         "stored_bytes": r.stored_bytes,
@@ -455,7 +457,7 @@ fn print_text(r: &Report) {
     let checked = r
         .findings
         .iter()
-        .filter(|f| f.status != walarch_core::verify::Status::Missing)
+        .filter(|f| f.status != walarch_core::maintenance::verify::Status::Missing)
         .count();
     let problems = r.problems().count();
     let size = r

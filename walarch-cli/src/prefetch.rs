@@ -1,6 +1,6 @@
 //! `walarch restore` with prefetching, and the detached helper it starts
 //! (`walarch prefetch-helper`, internal): the process side of
-//! `walarch_core::prefetch`.
+//! `walarch_core::restore::prefetch`.
 
 use std::cell::OnceCell;
 use std::io::Write;
@@ -10,9 +10,9 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use walarch_core::destination::Destination;
-use walarch_core::prefetch::{restore_through_spool, run_helper, HelperOptions, MAX_JOBS};
+use walarch_core::restore::prefetch::{restore_through_spool, run_helper, HelperOptions, MAX_JOBS};
+use walarch_core::restore::spool::{self, Spool};
 use walarch_core::restore::{restore_retrying, RestoreError, Retry};
-use walarch_core::spool::{self, Spool};
 
 use crate::{archive, command_args, open_for_restore, usage, S3Options};
 

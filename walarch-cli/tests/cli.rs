@@ -2,8 +2,8 @@
 
 use std::process::Command;
 
-use walarch_core::archive_protocol::archive_file;
-use walarch_core::local_directory::LocalDirectory;
+use walarch_core::archiving::archive_protocol::archive_file;
+use walarch_core::destination::local_directory::LocalDirectory;
 
 fn walarch(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_walarch"))

@@ -30,10 +30,10 @@ use object_store::{
 };
 use reqwest::header::{HeaderValue, IF_NONE_MATCH};
 
-use walarch_core::checksum::{from_hex, sha256, to_hex, Hasher, Sha256Digest};
 use walarch_core::destination::{Destination, Entry, Recorded, Stored};
-use walarch_core::error::{ArchiveError, ErrorKind};
-use walarch_core::walname::stored_form;
+use walarch_core::support::error::{ArchiveError, ErrorKind};
+use walarch_core::wal::checksum::{from_hex, sha256, to_hex, Hasher, Sha256Digest};
+use walarch_core::wal::walname::stored_form;
 
 use crate::errors::{
     self as s3_error, classify, classify_reqwest, classify_status, Context, Failure, Naming,

@@ -24,7 +24,7 @@ use std::time::Duration;
 use object_store::client::{HttpError, HttpErrorKind};
 
 use crate::runtime::RunError;
-use walarch_core::error::{os_message, strip_os_error, ArchiveError, ErrorKind};
+use walarch_core::support::error::{os_message, strip_os_error, ArchiveError, ErrorKind};
 
 /// What went wrong, classified.
 #[derive(Debug, Clone, PartialEq, Eq)]

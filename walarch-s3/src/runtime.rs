@@ -30,7 +30,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::runtime::{Builder, Runtime};
-use walarch_core::blocked_signals::with_signals_blocked;
+use walarch_core::support::blocked_signals::with_signals_blocked;
 
 /// Worker threads of the runtime: requests are I/O bound; two keep one
 /// slow response from delaying another.

@@ -8,9 +8,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{make_file, scratch, settings, Seaweed};
-use walarch_core::checksum::{sha256, to_hex};
 use walarch_core::destination::{Destination, Recorded, Stored};
-use walarch_core::error::{ArchiveError, ErrorKind};
+use walarch_core::support::error::{ArchiveError, ErrorKind};
+use walarch_core::wal::checksum::{sha256, to_hex};
 use walarch_s3::{S3Destination, S3Settings};
 
 const SEG: &str = "000000010000000000000001";
@@ -131,8 +131,8 @@ fn store_read_record_list_remove() {
 /// original back, and the duplicate rule spans both forms.
 #[test]
 fn compressed_segments_in_the_bucket() {
-    use walarch_core::archive_protocol::{archive_file, ArchiveOutcome};
-    use walarch_core::compressing::Compressing;
+    use walarch_core::archiving::archive_protocol::{archive_file, ArchiveOutcome};
+    use walarch_core::destination::compressing::Compressing;
 
     let sw = Seaweed::shared();
     let dest = S3Destination::new(settings(sw, "compressed/wal")).unwrap();

@@ -12,19 +12,22 @@
 //! retries by itself (and may stream meanwhile) and a store outage must not
 //! kill the server.
 
+pub mod prefetch;
+pub mod spool;
+
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::archive_protocol::read_error;
-use crate::checksum::{sha256, to_hex, Hasher, Sha256Digest};
-use crate::compressed::{self, DecodeError};
+use crate::archiving::archive_protocol::read_error;
+use crate::destination::compressed::{self, DecodeError};
 use crate::destination::{Destination, Recorded};
-use crate::error::ArchiveError;
-use crate::fsutil::{fsync_dir, read_full};
-use crate::walname::{compressed_name, is_archivable_name};
+use crate::support::error::ArchiveError;
+use crate::support::fsutil::{fsync_dir, read_full};
+use crate::wal::checksum::{sha256, to_hex, Hasher, Sha256Digest};
+use crate::wal::walname::{compressed_name, is_archivable_name};
 
 #[derive(Debug)]
 pub enum RestoreError {
@@ -157,7 +160,7 @@ pub fn restore_retrying<'a>(
                     return Err(RestoreError::Unavailable(if attempt > 1 {
                         format!(
                             "{m} (still failing after {attempt} attempts in {})",
-                            crate::time::describe(spent)
+                            crate::wal::time::describe(spent)
                         )
                     } else {
                         m
@@ -165,8 +168,8 @@ pub fn restore_retrying<'a>(
                 }
                 log(&format!(
                     "could not restore \"{walfile}\" (attempt {attempt}): {m}; retrying in {}, for up to {} in all",
-                    crate::time::describe(wait),
-                    crate::time::describe(retry.retry_for)
+                    crate::wal::time::describe(wait),
+                    crate::wal::time::describe(retry.retry_for)
                 ));
                 std::thread::sleep(wait);
                 wait = (wait * 2).min(retry.max_wait);
@@ -231,7 +234,7 @@ fn confirm_absent(archive: &dyn Destination, walfile: &str, not_found: String) -
 /// within a log: 0x100 of them for 16 MB segments, 0x1000 for 1 MB).
 /// Nothing for other files.
 fn later_segments(walfile: &str) -> Vec<String> {
-    use crate::walname::{WalFileKind, WalFileName};
+    use crate::wal::walname::{WalFileKind, WalFileName};
     if WalFileName::parse(walfile).is_none_or(|w| w.kind != WalFileKind::Segment) {
         return vec![];
     }
@@ -254,7 +257,7 @@ fn io_err(action: &str, p: &Path, e: &io::Error) -> RestoreError {
     RestoreError::Io(format!(
         "could not {action} \"{}\": {}",
         p.display(),
-        crate::error::os_message(e)
+        crate::support::error::os_message(e)
     ))
 }
 
@@ -263,7 +266,7 @@ fn store_err(e: ArchiveError) -> RestoreError {
         Some(d) => format!("{}: {d}", e.message),
         None => e.message,
     };
-    if e.kind == crate::error::ErrorKind::Unavailable {
+    if e.kind == crate::support::error::ErrorKind::Unavailable {
         RestoreError::Unavailable(text)
     } else {
         RestoreError::Io(text)
@@ -402,7 +405,7 @@ impl Fetch<'_> {
     /// Copies a plain archived file to `out`, hashing while copying.
     fn copy(&self, mut src: impl Read, out: &mut impl Write) -> Result<u64, RestoreError> {
         let mut h = Hasher::new();
-        let mut buf = vec![0u8; crate::fsutil::IO_BUFFER];
+        let mut buf = vec![0u8; crate::support::fsutil::IO_BUFFER];
         let mut total = 0u64;
         loop {
             let n = read_full(&mut src, &mut buf).map_err(|e| self.read_failed(&e))?;
@@ -454,8 +457,8 @@ impl Fetch<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive_protocol::archive_file;
-    use crate::local_directory::LocalDirectory;
+    use crate::archiving::archive_protocol::archive_file;
+    use crate::destination::local_directory::LocalDirectory;
 
     const SEG: &str = "000000010000000000000007";
 

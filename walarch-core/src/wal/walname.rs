@@ -110,7 +110,7 @@ pub fn is_archivable_name(name: &str) -> bool {
 /// `.partial` files have a compressed form: history and backup files are a
 /// few hundred bytes of text, kept readable.
 pub fn stored_form(name: &str) -> Option<(&str, bool)> {
-    if let Some(wal) = name.strip_suffix(crate::compressed::SUFFIX) {
+    if let Some(wal) = name.strip_suffix(crate::destination::compressed::SUFFIX) {
         let kind = WalFileName::parse(wal)?.kind;
         return matches!(kind, WalFileKind::Segment | WalFileKind::Partial).then_some((wal, true));
     }
@@ -121,7 +121,7 @@ pub fn stored_form(name: &str) -> Option<(&str, bool)> {
 pub fn compressed_name(walfile: &str) -> Option<String> {
     let kind = WalFileName::parse(walfile)?.kind;
     matches!(kind, WalFileKind::Segment | WalFileKind::Partial)
-        .then(|| format!("{walfile}{}", crate::compressed::SUFFIX))
+        .then(|| format!("{walfile}{}", crate::destination::compressed::SUFFIX))
 }
 
 /// The archiver's order: `.history` files first, then by name.

@@ -59,10 +59,10 @@ impl Default for Hasher {
 /// Reads `r` to its end; returns its length and SHA-256.
 pub fn hash_reader(r: &mut impl Read) -> io::Result<(u64, Sha256Digest)> {
     let mut h = Hasher::new();
-    let mut buf = vec![0u8; crate::fsutil::IO_BUFFER];
+    let mut buf = vec![0u8; crate::support::fsutil::IO_BUFFER];
     let mut total = 0u64;
     loop {
-        let n = crate::fsutil::read_full(r, &mut buf)?;
+        let n = crate::support::fsutil::read_full(r, &mut buf)?;
         if n == 0 {
             return Ok((total, h.finish()));
         }

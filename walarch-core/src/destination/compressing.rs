@@ -12,11 +12,11 @@
 use std::io::{Cursor, Read};
 use std::path::Path;
 
-use crate::checksum::{sha256, to_hex, Sha256Digest};
-use crate::compressed::{self, Original};
+use crate::destination::compressed::{self, Original};
 use crate::destination::{Destination, Entry, Leftovers, Recorded, Stored};
-use crate::error::{ArchiveError, ErrorKind};
-use crate::walname::{compressed_name, stored_form};
+use crate::support::error::{ArchiveError, ErrorKind};
+use crate::wal::checksum::{sha256, to_hex, Sha256Digest};
+use crate::wal::walname::{compressed_name, stored_form};
 
 pub struct Compressing<'a> {
     inner: &'a dyn Destination,
@@ -69,7 +69,7 @@ impl<'a> Compressing<'a> {
         };
         let mut data = Vec::new();
         r.read_to_end(&mut data)
-            .map_err(|e| crate::archive_protocol::read_error(self.inner, z, &e))?;
+            .map_err(|e| crate::archiving::archive_protocol::read_error(self.inner, z, &e))?;
         Ok(Some(data))
     }
 
@@ -206,8 +206,9 @@ impl Destination for Compressing<'_> {
                 let Some(mut r) = self.inner.open(&z)? else {
                     return Ok(None);
                 };
-                let n = crate::fsutil::read_full(&mut r, &mut head)
-                    .map_err(|e| crate::archive_protocol::read_error(self.inner, &z, &e))?;
+                let n = crate::support::fsutil::read_full(&mut r, &mut head).map_err(|e| {
+                    crate::archiving::archive_protocol::read_error(self.inner, &z, &e)
+                })?;
                 match compressed::decode_header(&head[..n]) {
                     Some(Original { len, .. }) => Ok(Some(len)),
                     None => self.inner.size(&z),
@@ -280,9 +281,9 @@ impl Destination for Compressing<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive_protocol::{archive_file, ArchiveOutcome};
-    use crate::local_directory::LocalDirectory;
-    use crate::testing::MemoryDestination;
+    use crate::archiving::archive_protocol::{archive_file, ArchiveOutcome};
+    use crate::destination::local_directory::LocalDirectory;
+    use crate::support::testing::MemoryDestination;
 
     const SEG: &str = "000000010000000000000003";
 

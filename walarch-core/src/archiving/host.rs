@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::shared_state::ArchiveState;
+use crate::archiving::shared_state::ArchiveState;
 
 pub trait Host {
     /// Runs `f` on the shared state under its lock; `None` when this process

@@ -25,12 +25,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::checksum::{from_hex, sha256, to_hex, Sha256Digest};
+use crate::destination::hashed_copy::copy_to_new_file;
 use crate::destination::{Destination, Entry, Leftovers, Recorded, Stored};
-use crate::error::ArchiveError;
-use crate::fsutil::{fsync_dir, fsync_file, rename_noreplace};
-use crate::hashed_copy::copy_to_new_file;
-use crate::walname::stored_form;
+use crate::support::error::ArchiveError;
+use crate::support::fsutil::{fsync_dir, fsync_file, rename_noreplace};
+use crate::wal::checksum::{from_hex, sha256, to_hex, Sha256Digest};
+use crate::wal::walname::stored_form;
 
 pub const SIDECAR_SUFFIX: &str = ".sha256";
 
@@ -112,17 +112,19 @@ fn sweep(dir: &Path) -> std::io::Result<Leftovers> {
             .and_then(|m| m.modified().ok())
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > STALE_AFTER);
-        if pid == me || !crate::host::process_alive(pid) || stale {
+        if pid == me || !crate::archiving::host::process_alive(pid) || stale {
             match std::fs::remove_file(entry.path()) {
                 Ok(()) => report.removed.push(name),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => report.failed.push((name, crate::error::os_message(&e))),
+                Err(e) => report
+                    .failed
+                    .push((name, crate::support::error::os_message(&e))),
             }
         }
     }
     sweep_orphan_records(dir, &mut report)?;
     if !report.removed.is_empty() {
-        crate::fsutil::fsync_dir(dir)?;
+        crate::support::fsutil::fsync_dir(dir)?;
     }
     Ok(report)
 }
@@ -163,7 +165,9 @@ fn sweep_orphan_records(dir: &Path, report: &mut Leftovers) -> std::io::Result<(
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => {
-                report.failed.push((name, crate::error::os_message(&e)));
+                report
+                    .failed
+                    .push((name, crate::support::error::os_message(&e)));
                 continue;
             }
         }
@@ -176,7 +180,9 @@ fn sweep_orphan_records(dir: &Path, report: &mut Leftovers) -> std::io::Result<(
                 // The store that made the file has written its record.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
                 Err(e) => {
-                    report.failed.push((name, crate::error::os_message(&e)));
+                    report
+                        .failed
+                        .push((name, crate::support::error::os_message(&e)));
                     continue;
                 }
             }
@@ -186,12 +192,14 @@ fn sweep_orphan_records(dir: &Path, report: &mut Leftovers) -> std::io::Result<(
         if !restored {
             match std::fs::remove_file(&aside) {
                 Ok(()) => report.removed.push(name),
-                Err(e) => report.failed.push((name, crate::error::os_message(&e))),
+                Err(e) => report
+                    .failed
+                    .push((name, crate::support::error::os_message(&e))),
             }
         }
     }
     if put_back {
-        crate::fsutil::fsync_dir(dir)?;
+        crate::support::fsutil::fsync_dir(dir)?;
     }
     Ok(())
 }
@@ -452,10 +460,10 @@ impl Destination for LocalDirectory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive_protocol::archive_file;
-    use crate::checksum::{hash_file, to_hex};
-    use crate::error::ErrorKind;
-    use crate::testing::pattern;
+    use crate::archiving::archive_protocol::archive_file;
+    use crate::support::error::ErrorKind;
+    use crate::support::testing::pattern;
+    use crate::wal::checksum::{hash_file, to_hex};
     use std::os::unix::fs::PermissionsExt;
 
     const SEG: &str = "000000010000000000000001";
@@ -580,7 +588,7 @@ mod tests {
 
     #[test]
     fn sidecar_round_trip_and_sha256sum_format() {
-        let (_, d) = crate::checksum::hash_reader(&mut &b"abc"[..]).unwrap();
+        let (_, d) = crate::wal::checksum::hash_reader(&mut &b"abc"[..]).unwrap();
         let text = format_sidecar(&d, "000000010000000000000001");
         assert_eq!(text, format!("{}  000000010000000000000001\n", to_hex(&d)));
         assert_eq!(parse_sidecar(&text, "000000010000000000000001"), Some(d));
@@ -641,7 +649,7 @@ mod tests {
         let name = a.file_name().unwrap().to_str().unwrap();
         assert!(name.starts_with(TEMP_PREFIX));
         assert_eq!(temp_owner_pid(name), Some(std::process::id() as i32));
-        assert!(!crate::walname::is_archivable_name(name));
+        assert!(!crate::wal::walname::is_archivable_name(name));
         assert!(name.len() - "000000010000000000000001".len() <= MAX_DECORATION_LEN);
         assert_eq!(temp_owner_pid("000000010000000000000001"), None);
         assert_eq!(temp_owner_pid(".walarch-tmp.x.notapid.1"), None);

@@ -6,12 +6,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 
-use crate::archive_protocol::read_error;
-use crate::checksum::{hash_reader, sha256, to_hex};
-use crate::compressed;
+use crate::archiving::archive_protocol::read_error;
+use crate::destination::compressed;
 use crate::destination::{Destination, Recorded};
-use crate::error::ArchiveError;
-use crate::walname::{archive_order, segment_file_name, stored_form, WalFileKind, WalFileName};
+use crate::support::error::ArchiveError;
+use crate::wal::checksum::{hash_reader, sha256, to_hex};
+use crate::wal::walname::{
+    archive_order, segment_file_name, stored_form, WalFileKind, WalFileName,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -77,7 +79,8 @@ fn segment_size_of(dest: &dyn Destination, name: &str) -> Result<Option<u64>, Ar
     let Some(mut f) = dest.open(name)? else {
         return Ok(None);
     };
-    let n = crate::fsutil::read_full(&mut f, &mut head).map_err(|e| read_error(dest, name, &e))?;
+    let n = crate::support::fsutil::read_full(&mut f, &mut head)
+        .map_err(|e| read_error(dest, name, &e))?;
     if n < head.len() {
         return Ok(None);
     }
@@ -104,7 +107,8 @@ fn compressed_segment_size(
     let Some(mut f) = dest.open(name)? else {
         return Ok(None);
     };
-    let n = crate::fsutil::read_full(&mut f, &mut head).map_err(|e| read_error(dest, name, &e))?;
+    let n = crate::support::fsutil::read_full(&mut f, &mut head)
+        .map_err(|e| read_error(dest, name, &e))?;
     let size = compressed::decode_header(&head[..n]).map(|o| o.len);
     Ok(size.filter(|s| s.is_power_of_two() && (1 << 20..=1 << 30).contains(s)))
 }
@@ -409,8 +413,8 @@ fn read_text(dest: &dyn Destination, name: &str) -> Result<Option<String>, Archi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive_protocol::archive_file;
-    use crate::local_directory::LocalDirectory;
+    use crate::archiving::archive_protocol::archive_file;
+    use crate::destination::local_directory::LocalDirectory;
 
     const MB: u64 = 1 << 20;
 
@@ -634,7 +638,7 @@ mod tests {
             n += 1;
             if n == stop_at {
                 Err(ArchiveError::new(
-                    crate::error::ErrorKind::Internal,
+                    crate::support::error::ErrorKind::Internal,
                     "canceling statement",
                 ))
             } else {
@@ -646,7 +650,10 @@ mod tests {
         assert_eq!(n, stop_at);
         // Stopped before any file.
         let e = verify_with(&dest, None, None, &mut || {
-            Err(ArchiveError::new(crate::error::ErrorKind::Internal, "stop"))
+            Err(ArchiveError::new(
+                crate::support::error::ErrorKind::Internal,
+                "stop",
+            ))
         })
         .unwrap_err();
         assert_eq!(e.message, "stop");

@@ -14,10 +14,10 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::destination::Destination;
+use crate::restore::spool::{identity, Request, Serving, Spool, Taken, FETCHING};
 use crate::restore::{restore_retrying, restore_verified, RestoreError, Retry};
-use crate::spool::{identity, Request, Serving, Spool, Taken, FETCHING};
-use crate::timeline_history::segments_after;
-use crate::walname::{WalFileKind, WalFileName};
+use crate::wal::timeline_history::segments_after;
+use crate::wal::walname::{WalFileKind, WalFileName};
 
 /// Downloads at a time, at most: beyond this, more parallel GETs of 16 MB
 /// segments only share the same bandwidth.
@@ -88,7 +88,7 @@ pub fn restore_through_spool<'a>(
             Ok(Taken::Refused(m)) => warnings.push(m),
             Err(e) => warnings.push(format!(
                 "could not take \"{walfile}\" from the prefetch spool: {}",
-                crate::error::os_message(&e)
+                crate::support::error::os_message(&e)
             )),
         }
     }
@@ -100,7 +100,7 @@ pub fn restore_through_spool<'a>(
                 warnings.push(format!(
                     "could not write to the prefetch spool \"{}\": {}",
                     spool.dir.display(),
-                    crate::error::os_message(&e)
+                    crate::support::error::os_message(&e)
                 ));
             } else {
                 start_helper = serving == Serving::Nobody;
@@ -385,7 +385,10 @@ fn watch(
             }
             last = r;
         } else if active.elapsed() >= idle {
-            return format!("nothing was asked for in {}", crate::time::describe(idle));
+            return format!(
+                "nothing was asked for in {}",
+                crate::wal::time::describe(idle)
+            );
         }
     }
 }
@@ -393,9 +396,9 @@ fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive_protocol::archive_file;
-    use crate::local_directory::LocalDirectory;
-    use crate::walname::segment_file_name;
+    use crate::archiving::archive_protocol::archive_file;
+    use crate::destination::local_directory::LocalDirectory;
+    use crate::wal::walname::segment_file_name;
     use std::fs;
 
     const SEG: u64 = 1 << 20;
@@ -441,7 +444,12 @@ mod tests {
         for s in 1..=n {
             add(&arch, d.path(), 1, s);
         }
-        let spool = Spool::create(&data.join("pg_wal").join(crate::spool::DEFAULT_NAME)).unwrap();
+        let spool = Spool::create(
+            &data
+                .join("pg_wal")
+                .join(crate::restore::spool::DEFAULT_NAME),
+        )
+        .unwrap();
         Setup {
             _d: d,
             data,
@@ -733,7 +741,7 @@ mod tests {
         let f = s.spool.path(&format!("{FETCHING}{name}"));
         fs::write(&f, b"stale").unwrap();
         s.spool
-            .publish(&f, &name, &crate::checksum::sha256(b"stale"))
+            .publish(&f, &name, &crate::wal::checksum::sha256(b"stale"))
             .unwrap();
         let o = through_spool(
             &|| Ok(&s.arch),

@@ -35,9 +35,9 @@ use std::io::Read;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::destination::{Destination, Entry};
-use crate::error::{ArchiveError, ErrorKind};
-use crate::timeline_history::Timelines;
-use crate::walname::{WalFileKind, WalFileName};
+use crate::support::error::{ArchiveError, ErrorKind};
+use crate::wal::timeline_history::Timelines;
+use crate::wal::walname::{WalFileKind, WalFileName};
 
 /// What to keep.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +125,7 @@ pub fn read_facts(dest: &dyn Destination, entries: &[Entry]) -> Result<Facts, Ar
                     format!(
                         "could not read \"{}\": {}",
                         dest.location(&e.name),
-                        crate::error::os_message(&err)
+                        crate::support::error::os_message(&err)
                     ),
                 )
             })?;
@@ -502,7 +502,10 @@ pub fn plan(
                     (w.kind == WalFileKind::Segment).then(|| e.name.clone())
                 })
                 .min_by(|a, b| position(a).cmp(position(b)));
-            let why = format!("archived more than {} ago", crate::time::describe(*age));
+            let why = format!(
+                "archived more than {} ago",
+                crate::wal::time::describe(*age)
+            );
             // None: every segment is older, all of them go.
             (recent, why, vec![])
         }
@@ -1265,7 +1268,7 @@ mod tests {
 
     #[test]
     fn reads_the_history_texts_and_executes_oldest_first() {
-        use crate::testing::MemoryDestination;
+        use crate::support::testing::MemoryDestination;
         let dest = MemoryDestination::default();
         let names = [
             "000000010000000000000001",

@@ -18,9 +18,9 @@
 
 use std::time::Duration;
 
-use crate::error::{ArchiveError, ErrorKind};
-use crate::shared_state::{bounded, ErrorText};
-use crate::time::NO_TIME;
+use crate::archiving::shared_state::{bounded, ErrorText};
+use crate::support::error::{ArchiveError, ErrorKind};
+use crate::wal::time::NO_TIME;
 
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 /// PostgreSQL's archiver sleeps up to 60 s after failing a file three times.
@@ -40,7 +40,7 @@ impl DestinationId {
             joined.extend_from_slice(&(p.len() as u64).to_le_bytes());
             joined.extend_from_slice(p.as_bytes());
         }
-        let d = crate::checksum::sha256(&joined);
+        let d = crate::wal::checksum::sha256(&joined);
         let mut b = [0u8; 8];
         b.copy_from_slice(&d[..8]);
         DestinationId(u64::from_le_bytes(b).max(1))

@@ -26,12 +26,12 @@ use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::archive_protocol::{archive_file, ArchiveOutcome};
-use crate::breaker::{unavailable, DestinationId, Gate};
+use crate::archiving::archive_protocol::{archive_file, ArchiveOutcome};
+use crate::archiving::breaker::{unavailable, DestinationId, Gate};
+use crate::archiving::host::Host;
+use crate::archiving::shared_state::{ArchiverClaim, Copied, FileId};
 use crate::destination::{Destination, Leftovers};
-use crate::error::{ArchiveError, ErrorKind};
-use crate::host::Host;
-use crate::shared_state::{ArchiverClaim, Copied, FileId};
+use crate::support::error::{ArchiveError, ErrorKind};
 
 /// The least the archiver waits for the worker to finish a file it is
 /// copying before failing this attempt (the archiver retries).
@@ -222,8 +222,10 @@ impl LeftoverSweep {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shared_state::SlotState;
-    use crate::testing::{down, here, pattern, target, FakeHost, MemoryDestination, Unreachable};
+    use crate::archiving::shared_state::SlotState;
+    use crate::support::testing::{
+        down, here, pattern, target, FakeHost, MemoryDestination, Unreachable,
+    };
 
     const A: &str = "000000010000000000000001";
     const WORKER: i32 = 10;
@@ -348,7 +350,7 @@ mod tests {
         let host = FakeHost::default();
         host.with_state(|s| assert!(s.begin_worker_copy(A, WORKER)));
         // The worker finishes during the archiver's third wait.
-        let copy = |s: &mut crate::shared_state::ArchiveState, n: u32| {
+        let copy = |s: &mut crate::archiving::shared_state::ArchiveState, n: u32| {
             if n == 3 {
                 archive_file(&dest, A, &src).unwrap();
                 let copied = Copied {
@@ -410,7 +412,7 @@ mod tests {
         let finish_at = timeout * 2 - Duration::from_secs(1);
         let host = FakeHost::default();
         host.with_state(|s| assert!(s.begin_worker_copy(A, WORKER)));
-        let copy = |s: &mut crate::shared_state::ArchiveState, n: u32| {
+        let copy = |s: &mut crate::archiving::shared_state::ArchiveState, n: u32| {
             if WORKER_POLL * n >= finish_at {
                 let copied = Copied {
                     bytes: 100,
@@ -503,7 +505,7 @@ mod tests {
         assert_eq!(dest.size(A).unwrap(), None);
         // The back-off has passed: this attempt is the probe; it succeeds
         // and closes the breaker.
-        host.advance(crate::breaker::FIRST_BACKOFF);
+        host.advance(crate::archiving::breaker::FIRST_BACKOFF);
         let r = archive_one(&host, &target(&dest), A, &src).unwrap();
         assert!(matches!(r, Archived::Inline(_)));
         assert!(!host.state().breaker.is_open(here()));
@@ -515,7 +517,7 @@ mod tests {
         let host = FakeHost::default();
         let dest = MemoryDestination::default();
         host.with_state(|s| s.breaker.failed(here(), 0, 0, &down()));
-        host.advance(crate::breaker::FIRST_BACKOFF * 2);
+        host.advance(crate::archiving::breaker::FIRST_BACKOFF * 2);
         // The probe is due, but the server is shutting down (the archiver's
         // last round): refused at once, no request made.
         host.request_shutdown();
@@ -559,12 +561,13 @@ mod tests {
         let d1 = tempfile::tempdir().unwrap();
         let d2 = tempfile::tempdir().unwrap();
         let mut sweep = LeftoverSweep::default();
-        let one = crate::local_directory::LocalDirectory::new(d1.path(), 0o600);
-        let two = crate::local_directory::LocalDirectory::new(d2.path(), 0o600);
+        let one = crate::destination::local_directory::LocalDirectory::new(d1.path(), 0o600);
+        let two = crate::destination::local_directory::LocalDirectory::new(d2.path(), 0o600);
         assert!(sweep.run_once(&one).is_some());
         assert!(sweep.run_once(&one).is_none());
         assert!(sweep.run_once(&two).is_some());
-        let gone = crate::local_directory::LocalDirectory::new(d1.path().join("x"), 0o600);
+        let gone =
+            crate::destination::local_directory::LocalDirectory::new(d1.path().join("x"), 0o600);
         assert!(sweep.run_once(&gone).is_none());
         assert!(
             sweep.run_once(&one).is_some(),

@@ -8,12 +8,12 @@ use std::rc::Rc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::checksum::{hash_reader, Sha256Digest};
+use crate::archiving::host::Host;
+use crate::archiving::shared_state::ArchiveState;
+use crate::destination::local_directory::LocalDirectory;
 use crate::destination::{Destination, Entry, Recorded, Stored};
-use crate::error::ArchiveError;
-use crate::host::Host;
-use crate::local_directory::LocalDirectory;
-use crate::shared_state::ArchiveState;
+use crate::support::error::ArchiveError;
+use crate::wal::checksum::{hash_reader, Sha256Digest};
 
 /// Bytes that differ from one offset to the next.
 pub fn pattern(len: usize) -> Vec<u8> {
@@ -28,18 +28,22 @@ pub trait DamageRecord: Destination {
 
 impl DamageRecord for LocalDirectory {
     fn drop_record(&self, name: &str) {
-        std::fs::remove_file(self.path().join(crate::local_directory::sidecar_name(name))).unwrap();
+        std::fs::remove_file(
+            self.path()
+                .join(crate::destination::local_directory::sidecar_name(name)),
+        )
+        .unwrap();
     }
 }
 
 /// The identity the tests' destinations are configured under.
-pub fn here() -> crate::breaker::DestinationId {
-    crate::breaker::DestinationId::of(&["memory", "here"])
+pub fn here() -> crate::archiving::breaker::DestinationId {
+    crate::archiving::breaker::DestinationId::of(&["memory", "here"])
 }
 
 /// `dest` as the destination configured now, under `here()`.
-pub fn target(dest: &dyn Destination) -> crate::archiver::Target<'_> {
-    crate::archiver::Target {
+pub fn target(dest: &dyn Destination) -> crate::archiving::archiver::Target<'_> {
+    crate::archiving::archiver::Target {
         dest,
         id: here(),
         request_timeout: None,
@@ -53,7 +57,7 @@ pub struct Unreachable;
 /// What `Unreachable` answers.
 pub fn down() -> ArchiveError {
     ArchiveError::new(
-        crate::error::ErrorKind::Unavailable,
+        crate::support::error::ErrorKind::Unavailable,
         "could not store: timed out",
     )
 }

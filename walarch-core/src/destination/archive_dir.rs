@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::walname::MAX_WAL_NAME_LEN;
+use crate::wal::walname::MAX_WAL_NAME_LEN;
 
 /// PostgreSQL's MAXPGPATH.
 pub const MAXPGPATH: usize = 1024;
@@ -38,7 +38,8 @@ pub fn validate(value: &str) -> Result<(), DirProblem> {
         return Err(DirProblem::Relative);
     }
     // Room for "/", the longest WAL name, and the temporary-file decoration.
-    if value.len() + 1 + MAX_WAL_NAME_LEN + crate::local_directory::MAX_DECORATION_LEN >= MAXPGPATH
+    if value.len() + 1 + MAX_WAL_NAME_LEN + crate::destination::local_directory::MAX_DECORATION_LEN
+        >= MAXPGPATH
     {
         return Err(DirProblem::TooLong);
     }

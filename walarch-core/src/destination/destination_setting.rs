@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::archive_dir::{self, DirProblem};
+use crate::destination::archive_dir::{self, DirProblem};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DestinationSpec {
@@ -138,7 +138,7 @@ pub fn check_ca_file(value: &str) -> Result<(), String> {
     let text = std::fs::read_to_string(value).map_err(|e| {
         format!(
             "Could not read \"{value}\": {}.",
-            crate::error::os_message(&e)
+            crate::support::error::os_message(&e)
         )
     })?;
     if !text.contains("-----BEGIN CERTIFICATE-----") {
@@ -179,7 +179,7 @@ pub fn read_credentials_file(path: &str) -> Result<(String, String), String> {
     let meta = std::fs::metadata(path).map_err(|e| {
         format!(
             "Could not read \"{path}\": {}.",
-            crate::error::os_message(&e)
+            crate::support::error::os_message(&e)
         )
     })?;
     // SAFETY: geteuid() cannot fail.
@@ -190,7 +190,7 @@ pub fn read_credentials_file(path: &str) -> Result<(String, String), String> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         format!(
             "Could not read \"{path}\": {}.",
-            crate::error::os_message(&e)
+            crate::support::error::os_message(&e)
         )
     })?;
     parse_credentials(&text).ok_or_else(|| {

@@ -17,10 +17,10 @@
 use std::io;
 use std::path::Path;
 
-use crate::checksum::{hash_file, hash_reader, to_hex, Sha256Digest};
 use crate::destination::{Destination, Recorded, Stored};
-use crate::error::{ArchiveError, ErrorKind};
-use crate::walname::is_archivable_name;
+use crate::support::error::{ArchiveError, ErrorKind};
+use crate::wal::checksum::{hash_file, hash_reader, to_hex, Sha256Digest};
+use crate::wal::walname::is_archivable_name;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ArchiveOutcome {
@@ -206,8 +206,8 @@ pub fn read_error(dest: &dyn Destination, name: &str, e: &io::Error) -> ArchiveE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::local_directory::LocalDirectory;
-    use crate::testing::{pattern, DamageRecord, MemoryDestination};
+    use crate::destination::local_directory::LocalDirectory;
+    use crate::support::testing::{pattern, DamageRecord, MemoryDestination};
 
     const SEG: &str = "000000010000000000000001";
 

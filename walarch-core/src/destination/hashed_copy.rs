@@ -19,9 +19,11 @@ use std::path::Path;
 use std::sync::mpsc::{self, Sender};
 use std::thread::{Scope, ScopedJoinHandle};
 
-use crate::checksum::{Hasher, Sha256Digest};
-use crate::error::ArchiveError;
-use crate::fsutil::{copy_range, copy_range_unsupported, read_full, start_writeback, IO_BUFFER};
+use crate::support::error::ArchiveError;
+use crate::support::fsutil::{
+    copy_range, copy_range_unsupported, read_full, start_writeback, IO_BUFFER,
+};
+use crate::wal::checksum::{Hasher, Sha256Digest};
 
 /// How much is written before its writeback is started (PostgreSQL's
 /// FLUSH_DISTANCE in copydir.c).
@@ -118,7 +120,7 @@ impl<'scope> TrailingHasher<'scope> {
     /// Starts hashing `file` from its first byte, as `written` reports it.
     fn start<'env>(scope: &'scope Scope<'scope, 'env>, file: &'scope File) -> Self {
         let (tx, rx) = mpsc::channel::<u64>();
-        let spawned = crate::blocked_signals::with_signals_blocked(|| {
+        let spawned = crate::support::blocked_signals::with_signals_blocked(|| {
             std::thread::Builder::new()
                 .name("walarch-hash".into())
                 .spawn_scoped(scope, move || hash_as_written(file, rx))
@@ -200,7 +202,7 @@ fn hash_as_written(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::pattern;
+    use crate::support::testing::pattern;
 
     fn write_and_hash(chunks: &[Vec<u8>]) -> (io::Result<Sha256Digest>, bool) {
         let d = tempfile::tempdir().unwrap();

@@ -23,10 +23,10 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::checksum::{from_hex, hash_file, to_hex, Hasher, Sha256Digest};
-use crate::fsutil::{fsync_dir, read_full, IO_BUFFER};
-use crate::timeline_history::Timelines;
-use crate::walname::{WalFileKind, WalFileName};
+use crate::support::fsutil::{fsync_dir, read_full, IO_BUFFER};
+use crate::wal::checksum::{from_hex, hash_file, to_hex, Hasher, Sha256Digest};
+use crate::wal::timeline_history::Timelines;
+use crate::wal::walname::{WalFileKind, WalFileName};
 
 /// The spool's name inside `pg_wal` by default: a directory, which
 /// PostgreSQL never takes for WAL (it only looks at WAL file names there)
@@ -449,7 +449,7 @@ fn copy_hashed(src: &Path, dest: &Path) -> io::Result<Sha256Digest> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checksum::sha256;
+    use crate::wal::checksum::sha256;
 
     const W: &str = "000000010000000000000005";
 

@@ -18,14 +18,14 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::archive_protocol::ArchiveOutcome;
-use crate::archive_status::ready_files;
-use crate::breaker::{DestinationId, Gate};
+use crate::archiving::archive_protocol::ArchiveOutcome;
+use crate::archiving::archive_status::ready_files;
+use crate::archiving::breaker::{DestinationId, Gate};
+use crate::archiving::host::Host;
+use crate::archiving::parallel_copy::{run_parallel, CopyJob};
+use crate::archiving::shared_state::{Copied, FileId, SlotState};
 use crate::destination::Destination;
-use crate::error::ArchiveError;
-use crate::host::Host;
-use crate::parallel_copy::{run_parallel, CopyJob};
-use crate::shared_state::{Copied, FileId, SlotState};
+use crate::support::error::ArchiveError;
 
 /// How long a file whose copy failed is left to the archiver before the
 /// worker tries it again.
@@ -202,9 +202,11 @@ impl CopyAhead {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archiver::{archive_one, Archived};
-    use crate::error::ErrorKind;
-    use crate::testing::{down, here, pattern, target, FakeHost, MemoryDestination, Unreachable};
+    use crate::archiving::archiver::{archive_one, Archived};
+    use crate::support::error::ErrorKind;
+    use crate::support::testing::{
+        down, here, pattern, target, FakeHost, MemoryDestination, Unreachable,
+    };
 
     fn pg_wal(files: &[&str]) -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
@@ -290,7 +292,7 @@ mod tests {
         assert_eq!(slot.copied.dest, here());
         assert_eq!(
             slot.copied.sha256,
-            crate::checksum::hash_file(&src).unwrap().1
+            crate::wal::checksum::hash_file(&src).unwrap().1
         );
         assert_eq!(Some(slot.copied.file), FileId::of(&src));
         assert_eq!(slot.copied.bytes, 1000);
@@ -301,7 +303,7 @@ mod tests {
         let wal = pg_wal(&[F1]);
         let host = FakeHost::default();
         let inner = MemoryDestination::default();
-        let dest = crate::compressing::Compressing::new(&inner, Some(1));
+        let dest = crate::destination::compressing::Compressing::new(&inner, Some(1));
         let mut ca = CopyAhead::new(wal.path());
         assert_eq!(copy_all(&mut ca, &host, &dest), vec![(F1.into(), true)]);
         let stored = inner.size(&format!("{F1}.zst")).unwrap().unwrap();
@@ -361,7 +363,10 @@ mod tests {
         host.with_state(|s| s.breaker.failed(here(), 0, 0, &down()));
         let mut ca = CopyAhead::new(wal.path());
         assert!(ca.plan(&host, here()).is_empty());
-        assert_eq!(host.state().free_slots(), crate::shared_state::SLOTS);
+        assert_eq!(
+            host.state().free_slots(),
+            crate::archiving::shared_state::SLOTS
+        );
         // Another destination configured is not held back.
         let other = DestinationId::of(&["memory", "other"]);
         assert_eq!(ca.plan(&host, other).len(), 3);
@@ -371,7 +376,7 @@ mod tests {
             }
             s.breaker.failed(here(), 0, 0, &down());
         });
-        host.advance(crate::breaker::FIRST_BACKOFF);
+        host.advance(crate::archiving::breaker::FIRST_BACKOFF);
         // The probe is due, but every file is held (by the archiver): the
         // worker does not take the probe with nothing to try.
         host.with_state(|s| {
@@ -418,7 +423,7 @@ mod tests {
         assert!(st.breaker.is_open(here()));
         assert_eq!(
             st.free_slots(),
-            crate::shared_state::SLOTS,
+            crate::archiving::shared_state::SLOTS,
             "claims released"
         );
         assert_eq!(st.stats.copy_ahead_failures, 1);

@@ -3,7 +3,7 @@
 //! as PostgreSQL picks them (`XLogFileReadAnyTLI`: the newest timeline of
 //! the target's history that had begun by the segment).
 
-use crate::walname::{segment_file_name, WalFileKind, WalFileName};
+use crate::wal::walname::{segment_file_name, WalFileKind, WalFileName};
 
 /// The timelines of one history, oldest first, each with the LSN it begins
 /// at (0 for the first).

@@ -7,12 +7,20 @@
 //! top (name check, duplicate rule, when a file counts as archived) live once
 //! in `archive_protocol`.
 
+pub mod archive_dir;
+pub mod compressed;
+pub mod compressing;
+pub mod destination_setting;
+pub mod local_directory;
+
+mod hashed_copy;
+
 use std::io::Read;
 use std::path::Path;
 use std::time::SystemTime;
 
-use crate::checksum::Sha256Digest;
-use crate::error::ArchiveError;
+use crate::support::error::ArchiveError;
+use crate::wal::checksum::Sha256Digest;
 
 /// What `store_new` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
-use crate::archive_protocol::{archive_file, ArchiveOutcome};
+use crate::archiving::archive_protocol::{archive_file, ArchiveOutcome};
 use crate::destination::Destination;
-use crate::error::ArchiveError;
+use crate::support::error::ArchiveError;
 
 #[derive(Debug, Clone)]
 pub struct CopyJob {
@@ -55,7 +55,7 @@ pub fn run_parallel(
         let (tx, rx) = mpsc::channel::<CopyResult>();
         // No signal may land on a copy thread (see blocked_signals). If the mask
         // cannot be set, copy on this thread alone rather than risk it.
-        let spawned = crate::blocked_signals::with_signals_blocked(|| {
+        let spawned = crate::support::blocked_signals::with_signals_blocked(|| {
             for _ in 0..threads {
                 let tx = tx.clone();
                 let job_rx = &job_rx;
@@ -120,7 +120,7 @@ fn copy(dest: &dyn Destination, job: CopyJob) -> CopyResult {
     }))
     .unwrap_or_else(|_| {
         Err(ArchiveError::new(
-            crate::error::ErrorKind::Internal,
+            crate::support::error::ErrorKind::Internal,
             format!("internal error while copying \"{}\" ahead", job.name),
         ))
     });
@@ -171,7 +171,7 @@ mod tests {
             if self.panics {
                 panic!("a bug in a copy");
             }
-            Err(crate::testing::down())
+            Err(crate::support::testing::down())
         }
         fn store_new_bytes(
             &self,
@@ -186,7 +186,7 @@ mod tests {
         fn write_record(
             &self,
             _: &str,
-            _: &crate::checksum::Sha256Digest,
+            _: &crate::wal::checksum::Sha256Digest,
         ) -> Result<(), ArchiveError> {
             Ok(())
         }
@@ -240,12 +240,12 @@ mod tests {
             for r in &results {
                 let e = r.result.as_ref().unwrap_err();
                 if panics {
-                    assert_eq!(e.kind, crate::error::ErrorKind::Internal, "{e}");
+                    assert_eq!(e.kind, crate::support::error::ErrorKind::Internal, "{e}");
                 }
             }
         }
     }
-    use crate::local_directory::LocalDirectory;
+    use crate::destination::local_directory::LocalDirectory;
     use std::cell::Cell;
 
     fn setup(n: usize) -> (tempfile::TempDir, Vec<CopyJob>) {

@@ -10,7 +10,7 @@
 use std::io;
 use std::path::Path;
 
-use crate::walname::{archive_order, is_archivable_name};
+use crate::wal::walname::{archive_order, is_archivable_name};
 
 /// Names (without `.ready`) of the files waiting to be archived, `.history`
 /// first, then by name, as the archiver takes them.

@@ -14,9 +14,9 @@
 
 use std::path::Path;
 
-use crate::breaker::{Breaker, DestinationId};
-use crate::checksum::Sha256Digest;
-use crate::time::NO_TIME;
+use crate::archiving::breaker::{Breaker, DestinationId};
+use crate::wal::checksum::Sha256Digest;
+use crate::wal::time::NO_TIME;
 
 /// Strings in shared memory are inline, fixed-capacity (no pointers).
 pub type WalName = heapless::String<64>;
@@ -375,7 +375,7 @@ impl ArchiveState {
 
     /// Bytes of the files being stored right now by processes that run.
     pub fn bytes_in_flight(&self) -> u64 {
-        self.bytes_in_flight_where(crate::host::process_alive)
+        self.bytes_in_flight_where(crate::archiving::host::process_alive)
     }
 
     /// `bytes_in_flight`, with `alive` telling whether a PID still runs:

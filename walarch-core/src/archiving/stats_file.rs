@@ -6,7 +6,7 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-use crate::shared_state::{bounded, Stats};
+use crate::archiving::shared_state::{bounded, Stats};
 
 const HEADER: &str = "walarch_ext stats 3";
 
@@ -100,7 +100,7 @@ pub fn write(path: &Path, s: &Stats) -> io::Result<()> {
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, path)?;
-    crate::fsutil::fsync_dir(dir)
+    crate::support::fsutil::fsync_dir(dir)
 }
 
 /// What `take` found.
@@ -163,7 +163,7 @@ pub fn shut_down_cleanly(data_dir: &Path) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shared_state::ArchiveState;
+    use crate::archiving::shared_state::ArchiveState;
 
     fn sample() -> Stats {
         let mut st = ArchiveState::new(42);

@@ -11,7 +11,7 @@
 
 use std::io::{self, Read, Write};
 
-use crate::checksum::{sha256, Hasher, Sha256Digest};
+use crate::wal::checksum::{sha256, Hasher, Sha256Digest};
 
 /// Suffix of the compressed form.
 pub const SUFFIX: &str = ".zst";
@@ -111,7 +111,7 @@ pub enum DecodeError {
 
 impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use crate::checksum::to_hex;
+        use crate::wal::checksum::to_hex;
         match self {
             DecodeError::Header => f.write_str("no walarch header: not a compressed WAL file"),
             DecodeError::Frame(e) => write!(f, "corrupt compressed data: {e}"),
@@ -137,7 +137,7 @@ pub fn decompress(mut r: impl Read, mut w: impl Write) -> Result<Original, Decod
     let mut dec = zstd::stream::Decoder::new(r).map_err(DecodeError::Frame)?;
     let mut h = Hasher::new();
     let mut len = 0u64;
-    let mut buf = vec![0u8; crate::fsutil::IO_BUFFER];
+    let mut buf = vec![0u8; crate::support::fsutil::IO_BUFFER];
     loop {
         let n = match dec.read(&mut buf) {
             Ok(0) => break,
