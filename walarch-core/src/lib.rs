@@ -19,6 +19,7 @@
 //! `fsutil`.
 
 pub mod archiving;
+pub mod backup;
 pub mod destination;
 pub mod maintenance;
 pub mod restore;

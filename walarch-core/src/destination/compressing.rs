@@ -13,7 +13,9 @@ use std::io::{Cursor, Read};
 use std::path::Path;
 
 use crate::destination::compressed::{self, Original};
-use crate::destination::{Destination, Entry, Leftovers, Recorded, Stored};
+use crate::destination::{
+    Destination, Entry, Leftovers, ObjectEntry, ObjectWriter, Recorded, Stored,
+};
 use crate::support::error::{ArchiveError, ErrorKind};
 use crate::wal::checksum::{sha256, to_hex, Sha256Digest};
 use crate::wal::walname::{compressed_name, stored_form};
@@ -232,6 +234,23 @@ impl Destination for Compressing<'_> {
 
     fn stored_size(&self, name: &str) -> Result<Option<u64>, ArchiveError> {
         Ok(self.holder(name)?.map(|(_, n)| n))
+    }
+
+    // A base backup's objects are compressed by the backup writer itself.
+    fn create_object(&self, name: &str) -> Result<Box<dyn ObjectWriter>, ArchiveError> {
+        self.inner.create_object(name)
+    }
+
+    fn objects_under(&self, prefix: &str) -> Result<Vec<ObjectEntry>, ArchiveError> {
+        self.inner.objects_under(prefix)
+    }
+
+    fn open_object(&self, name: &str) -> Result<Option<Box<dyn Read + Send + '_>>, ArchiveError> {
+        self.inner.open_object(name)
+    }
+
+    fn remove_object(&self, name: &str) -> Result<(), ArchiveError> {
+        self.inner.remove_object(name)
     }
 
     /// WAL files by their own names, whichever form holds them (the older

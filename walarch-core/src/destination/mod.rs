@@ -19,7 +19,7 @@ use std::io::Read;
 use std::path::Path;
 use std::time::SystemTime;
 
-use crate::support::error::ArchiveError;
+use crate::support::error::{ArchiveError, ErrorKind};
 use crate::wal::checksum::Sha256Digest;
 
 /// What `store_new` did.
@@ -60,6 +60,31 @@ pub struct Leftovers {
     pub removed: Vec<String>,
     /// Names it could not remove, with the error text.
     pub failed: Vec<(String, String)>,
+}
+
+/// A large object written as a stream (a base backup's tar), create-only.
+/// Nothing is visible under its name until `finish` returns.
+pub trait ObjectWriter: Send {
+    /// Appends `data`. May block while earlier parts are uploaded (a
+    /// bounded number at a time).
+    fn write(&mut self, data: &[u8]) -> Result<(), ArchiveError>;
+
+    /// Makes the object durable under its name (or acknowledged by the store
+    /// with every part's checksum verified) and returns the bytes stored.
+    /// Fails, storing nothing, when the name is already taken.
+    fn finish(self: Box<Self>) -> Result<u64, ArchiveError>;
+
+    /// Discards what was written (a temporary file, an unfinished multipart
+    /// upload). Best effort: what a crash leaves is swept later.
+    fn abort(self: Box<Self>);
+}
+
+/// An object found under a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectEntry {
+    /// The full name, prefix included (`backups/L/base.tar.zst`).
+    pub name: String,
+    pub size: u64,
 }
 
 pub trait Destination: Sync {
@@ -120,6 +145,38 @@ pub trait Destination: Sync {
     /// mount failed looks like this): one cheap look, not a full listing.
     fn is_empty(&self) -> Result<bool, ArchiveError> {
         Ok(self.entries()?.is_empty())
+    }
+
+    /// Starts a streamed, create-only object `name`, which may contain `/`
+    /// (`backups/LABEL/base.tar.zst`); folders are created as needed. These
+    /// objects carry no checksum record of their own: whoever writes them
+    /// records digests (`backup.json`).
+    fn create_object(&self, name: &str) -> Result<Box<dyn ObjectWriter>, ArchiveError> {
+        Err(ArchiveError::new(
+            ErrorKind::Configuration,
+            format!(
+                "{} cannot store objects of base backups (\"{name}\")",
+                self.describe()
+            ),
+        ))
+    }
+
+    /// Every object whose name starts with `prefix` (`backups/`), at any
+    /// depth, temporaries excluded.
+    fn objects_under(&self, prefix: &str) -> Result<Vec<ObjectEntry>, ArchiveError> {
+        let _ = prefix;
+        Ok(Vec::new())
+    }
+
+    /// Reads an object written by `create_object`; `None` when absent.
+    fn open_object(&self, name: &str) -> Result<Option<Box<dyn Read + Send + '_>>, ArchiveError> {
+        self.open(name)
+    }
+
+    /// Removes an object written by `create_object` (and, for a directory,
+    /// its folder once empty). Removing an absent object succeeds.
+    fn remove_object(&self, name: &str) -> Result<(), ArchiveError> {
+        self.remove(name)
     }
 
     /// Removes what interrupted stores left behind (crash leftovers).
