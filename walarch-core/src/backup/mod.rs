@@ -19,8 +19,10 @@
 //! aborts it or by retention.
 
 pub mod info;
+pub mod writer;
 
 pub use info::{BackupInfo, BackupObject, ObjectKind, Tablespace};
+pub use writer::{BackupStart, BackupWriter};
 
 /// The folder (key prefix) of every backup.
 pub const BACKUPS_DIR: &str = "backups";
