@@ -25,8 +25,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::destination::directory_objects::{self, DirectoryObject};
 use crate::destination::hashed_copy::copy_to_new_file;
-use crate::destination::{Destination, Entry, Leftovers, Recorded, Stored};
+use crate::destination::{
+    Destination, Entry, Leftovers, ObjectEntry, ObjectWriter, Recorded, Stored,
+};
 use crate::support::error::ArchiveError;
 use crate::support::fsutil::{fsync_dir, fsync_file, rename_noreplace};
 use crate::wal::checksum::{from_hex, sha256, to_hex, Sha256Digest};
@@ -67,7 +70,7 @@ const ORPHAN_AFTER: Duration = Duration::from_secs(3600);
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A fresh temporary path for archiving `walfile` into `dir`.
-fn temp_path(dir: &Path, walfile: &str) -> PathBuf {
+pub(crate) fn temp_path(dir: &Path, walfile: &str) -> PathBuf {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -450,6 +453,27 @@ impl Destination for LocalDirectory {
             }
         }
         self.fsync_dir()
+    }
+
+    fn create_object(&self, name: &str) -> Result<Box<dyn ObjectWriter>, ArchiveError> {
+        Ok(Box::new(DirectoryObject::create(
+            &self.dir,
+            name,
+            self.file_mode,
+        )?))
+    }
+
+    fn objects_under(&self, prefix: &str) -> Result<Vec<ObjectEntry>, ArchiveError> {
+        directory_objects::objects_under(&self.dir, prefix)
+    }
+
+    fn open_object(&self, name: &str) -> Result<Option<Box<dyn Read + Send + '_>>, ArchiveError> {
+        directory_objects::check_object_name(name)?;
+        self.open(name)
+    }
+
+    fn remove_object(&self, name: &str) -> Result<(), ArchiveError> {
+        directory_objects::remove_object(&self.dir, name)
     }
 
     fn clean_leftovers(&self) -> Result<Leftovers, ArchiveError> {

@@ -11,6 +11,7 @@ pub mod archive_dir;
 pub mod compressed;
 pub mod compressing;
 pub mod destination_setting;
+mod directory_objects;
 pub mod local_directory;
 
 mod hashed_copy;
