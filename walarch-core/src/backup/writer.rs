@@ -828,6 +828,56 @@ mod tests {
     }
 
     #[test]
+    fn into_a_directory_and_aborted_in_a_directory() {
+        use crate::destination::local_directory::LocalDirectory;
+        let archive = tempfile::tempdir().unwrap();
+        let local = LocalDirectory::new(archive.path().to_path_buf(), 0o600);
+        let dest: &dyn Destination = &local;
+        let dir = data_dir_with_tablespace(16385);
+        let base = pattern(2 << 20);
+        let info = full_backup(&mut BackupWriter::new(dest), dir.path(), &base);
+        let folder = archive.path().join("backups/L1");
+        for o in &info.objects {
+            let bytes = std::fs::read(folder.join(&o.name)).unwrap();
+            assert_eq!(to_hex(&sha256(&bytes)), o.sha256, "{}", o.name);
+        }
+        let json = std::fs::read(folder.join(BACKUP_JSON)).unwrap();
+        assert_eq!(BackupInfo::from_json(&json).unwrap(), info);
+        let e = BackupWriter::new(dest)
+            .begin(start("L1", dir.path()))
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Conflict);
+
+        let mut w = BackupWriter::new(dest);
+        w.begin(start("L2", dir.path())).unwrap();
+        w.begin_archive("16385.tar").unwrap();
+        send(&mut w, &pattern(10_000));
+        w.end_archive().unwrap();
+        w.begin_archive("base.tar").unwrap();
+        send(&mut w, &base);
+        let r = w.abort();
+        assert_eq!(r.removed.len(), 2, "{r:?}");
+        assert!(dest.objects_under("backups/L2/").unwrap().is_empty());
+        // No temporary file of the open object is left either.
+        let left: Vec<_> = walk(archive.path())
+            .into_iter()
+            .filter(|p| !p.starts_with(&folder))
+            .filter(|p| p.is_file())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    fn walk(p: &Path) -> Vec<PathBuf> {
+        let mut out = vec![p.to_path_buf()];
+        if p.is_dir() {
+            for e in std::fs::read_dir(p).unwrap() {
+                out.extend(walk(&e.unwrap().path()));
+            }
+        }
+        out
+    }
+
+    #[test]
     fn lsn_and_wal_names() {
         assert_eq!(format_lsn(0x1_6B37_4D48), "1/6B374D48");
         assert_eq!(format_lsn(0), "0/0");
