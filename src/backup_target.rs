@@ -188,18 +188,21 @@ fn abort_active(why: &str) {
     if a.writer.is_complete() {
         return;
     }
+    if let Some(label) = a.writer.label() {
+        log!("walarch_ext: aborting base backup \"{label}\" ({why})");
+    }
     ABORTING.store(true, Ordering::SeqCst);
     let r = a.writer.abort();
     ABORTING.store(false, Ordering::SeqCst);
-    report_abort(&a, &r, why);
+    report_abort(&a, &r);
 }
 
-fn report_abort(a: &Active, r: &AbortReport, why: &str) {
+fn report_abort(a: &Active, r: &AbortReport) {
     if a.writer.label().is_none() {
         return; // never begun: nothing was stored
     }
     log!(
-        "walarch_ext: base backup \"{}\" aborted ({why}); removed {} object(s) from \"{}\"",
+        "walarch_ext: base backup \"{}\" aborted; removed {} object(s) from \"{}\"",
         a.label,
         r.removed.len(),
         a.describe
