@@ -5,6 +5,8 @@
 //!   walarch verify ARCHIVE [--from WALFILE] [--to WALFILE] [--json]
 //!   walarch expire ARCHIVE (--keep-backups N | --before WALFILE | --older-than DURATION)
 //!   walarch cleanup ARCHIVE RESTARTFILE       (archive_cleanup_command = 'walarch cleanup ARCHIVE %r')
+//!   walarch backup list ARCHIVE [--json]
+//!   walarch backup restore ARCHIVE LABEL|latest PGDATA [--target-…] [--tablespace-mapping OLD=NEW]…
 //!
 //! ARCHIVE is a directory or s3://BUCKET[/PREFIX]. For a bucket, the
 //! credentials come from the environment (AWS_ACCESS_KEY_ID,
@@ -17,7 +19,8 @@
 //! (integrity) or I/O error. restore differs, because PostgreSQL reads 1 to
 //! 125 as "not in the archive" (the end of archive recovery): any failure
 //! but a clean "not found" exits 255, which stops recovery, or 1 on a
-//! standby (standby.signal), which retries by itself.
+//! standby (standby.signal), which retries by itself. `backup list` and
+//! `backup restore` document theirs in backup.rs.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -43,6 +46,7 @@ use walarch_core::wal::time::parse_duration;
 use walarch_core::wal::walname::{WalFileKind, WalFileName};
 use walarch_s3::{Naming, S3Destination, S3Settings, UriStyle};
 
+mod backup;
 mod expire;
 mod prefetch;
 
@@ -53,6 +57,11 @@ const USAGE: &str = "usage:
   walarch expire ARCHIVE (--keep-backups N | --before WALFILE | --older-than DURATION)
                  [--dry-run] [--json] [--no-backup-check] [S3 OPTIONS]
   walarch cleanup ARCHIVE RESTARTFILE [--dry-run] [--clean-backup-history] [S3 OPTIONS]
+  walarch backup list ARCHIVE [--json] [S3 OPTIONS]
+  walarch backup restore ARCHIVE LABEL|latest PGDATA
+                 [--target-time TIME | --target-lsn LSN | --target-name NAME]
+                 [--target-action pause|promote|shutdown] [--target-timeline TLI]
+                 [-T|--tablespace-mapping OLD=NEW]... [-j|--jobs N] [--no-clean] [S3 OPTIONS]
 ARCHIVE: a directory or s3://BUCKET[/PREFIX]
 S3 OPTIONS: --endpoint URL --region REGION --ca-file PEM --uri-style auto|path|host
             --timeout SECONDS (credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)";
@@ -84,6 +93,7 @@ fn main() -> ExitCode {
         Some("verify") => cmd_verify(&args[1..]),
         Some("expire") => expire::cmd_expire(&args[1..]),
         Some("cleanup") => expire::cmd_cleanup(&args[1..]),
+        Some("backup") => backup::cmd_backup(&args[1..]),
         // Internal: started by restore.
         Some("prefetch-helper") => prefetch::cmd_helper(&args[1..]),
         Some("-h") | Some("--help") | Some("help") => {
