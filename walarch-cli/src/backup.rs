@@ -238,6 +238,15 @@ fn bucket_options(o: &S3Options) -> Vec<String> {
         }),
     );
     add("--uri-style", o.uri_style.clone());
+    // The file's name, never its contents.
+    add(
+        "--credentials-file",
+        o.credentials_file.clone().map(|p| {
+            std::path::absolute(&p)
+                .map(|a| a.to_string_lossy().into_owned())
+                .unwrap_or(p)
+        }),
+    );
     add("--timeout", o.timeout.map(|t| t.as_secs().to_string()));
     out
 }
@@ -344,9 +353,9 @@ fn cmd_restore(args: &[String]) -> ExitCode {
             for l in r.settings.iter().filter(|l| !l.starts_with('#')) {
                 say!("    {l}");
             }
-            if is_bucket && std::env::var_os("AWS_SECRET_ACCESS_KEY").is_some() {
+            if is_bucket && o.credentials_file.is_none() {
                 say!(
-                    "walarch: restore_command carries no credentials: give the server the same AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in its environment"
+                    "walarch: restore_command carries no credentials: the server needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in its environment (or restore with --credentials-file, whose name restore_command then carries)"
                 );
             }
             // SAFETY: geteuid has no preconditions and cannot fail.

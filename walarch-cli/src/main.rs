@@ -9,9 +9,10 @@
 //!   walarch backup restore ARCHIVE LABEL|latest PGDATA [--target-…] [--tablespace-mapping OLD=NEW]…
 //!
 //! ARCHIVE is a directory or s3://BUCKET[/PREFIX]. For a bucket, the
-//! credentials come from the environment (AWS_ACCESS_KEY_ID,
-//! AWS_SECRET_ACCESS_KEY: never on the command line, where `ps` shows
-//! them), the endpoint, region and CA bundle from --endpoint, --region,
+//! credentials come from --credentials-file (AWS shared credentials format,
+//! as walarch.s3_credentials_file) or the environment (AWS_ACCESS_KEY_ID,
+//! AWS_SECRET_ACCESS_KEY): never from the command line, where `ps` shows
+//! them. The endpoint, region and CA bundle from --endpoint, --region,
 //! --ca-file or AWS_ENDPOINT_URL, AWS_REGION, AWS_CA_BUNDLE.
 //!
 //! Exit status: 0 success; 1 the file is not in the archive (restore) or the
@@ -36,7 +37,7 @@ macro_rules! say {
 use std::time::Duration;
 
 use walarch_core::destination::destination_setting::{
-    check_ca_file, check_endpoint, DestinationSpec,
+    check_ca_file, check_endpoint, read_credentials_file, DestinationSpec,
 };
 use walarch_core::destination::local_directory::LocalDirectory;
 use walarch_core::destination::Destination;
@@ -64,7 +65,8 @@ const USAGE: &str = "usage:
                  [-T|--tablespace-mapping OLD=NEW]... [-j|--jobs N] [--no-clean] [S3 OPTIONS]
 ARCHIVE: a directory or s3://BUCKET[/PREFIX]
 S3 OPTIONS: --endpoint URL --region REGION --ca-file PEM --uri-style auto|path|host
-            --timeout SECONDS (credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)";
+            --timeout SECONDS --credentials-file FILE
+            (else credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)";
 
 fn usage(msg: &str) -> ExitCode {
     say!("walarch: {msg}\n{USAGE}");
@@ -113,6 +115,8 @@ struct S3Options {
     ca_file: Option<String>,
     uri_style: Option<String>,
     timeout: Option<Duration>,
+    /// An AWS shared credentials file (read when the archive is opened).
+    credentials_file: Option<String>,
 }
 
 /// Positional arguments and flags (`--name value`, or `--name` alone when
@@ -143,12 +147,13 @@ fn split_args(args: &[String], with_value: &[&str], switches: &[&str]) -> Result
     Ok(out)
 }
 
-const S3_FLAGS: [&str; 5] = [
+const S3_FLAGS: [&str; 6] = [
     "--endpoint",
     "--region",
     "--ca-file",
     "--uri-style",
     "--timeout",
+    "--credentials-file",
 ];
 
 fn s3_options(flags: &[(String, Option<String>)]) -> Result<S3Options, String> {
@@ -173,6 +178,7 @@ fn s3_options(flags: &[(String, Option<String>)]) -> Result<S3Options, String> {
                 Ok(s) if s > 0 => o.timeout = Some(Duration::from_secs(s)),
                 _ => return Err("--timeout takes a number of seconds".into()),
             },
+            "--credentials-file" => o.credentials_file = Some(v),
             _ => {}
         }
     }
@@ -231,6 +237,12 @@ fn open_archive(arg: &str, o: &S3Options) -> Result<Box<dyn Destination>, OpenEr
             s.naming = Naming::CommandLine;
             s.prefix = prefix;
             s.endpoint = o.endpoint.clone();
+            if let Some(f) = &o.credentials_file {
+                let (key, secret) = read_credentials_file(f)
+                    .map_err(|m| OpenError::Failed(format!("invalid --credentials-file: {m}")))?;
+                s.access_key_id = Some(key);
+                s.secret_access_key = Some(secret);
+            }
             s.ca_file = o.ca_file.clone().map(Into::into);
             if let Some(r) = o
                 .region

@@ -684,6 +684,8 @@ fn finish_restore(
     let manifest_path = req.pgdata.join(crate::backup::MANIFEST);
     write_new(&manifest_path, &manifest_text, 0o600)?;
 
+    // Tablespace files are checked through the links.
+    make_tablespace_links(&req.pgdata, links)?;
     let problems = manifest::verify_files(&req.pgdata, &manifest, req.jobs);
     if !problems.is_empty() {
         let shown: Vec<&str> = problems.iter().take(10).map(String::as_str).collect();
@@ -706,6 +708,8 @@ fn finish_restore(
         "verified {} file(s) against the backup manifest",
         manifest.files.len()
     ));
+
+    rewrite_tablespace_map(&req.pgdata, links)?;
 
     // initdb -g: the backup's global/ is group-readable; the data
     // directory must then be too (PostgreSQL reads its mode for its umask).
@@ -754,6 +758,75 @@ fn finish_restore(
         files_checked: manifest.files.len(),
         settings,
     })
+}
+
+/// A tar backup carries `tablespace_map` instead of `pg_tblspc` links
+/// (PostgreSQL makes the links from it when it starts): it is rewritten
+/// with the mapped directories, after verification since it is in the
+/// manifest.
+fn rewrite_tablespace_map(pgdata: &Path, links: &HashMap<u32, PathBuf>) -> Result<(), Failure> {
+    let map = pgdata.join("tablespace_map");
+    match fs::read(&map) {
+        Ok(text) => {
+            let text = String::from_utf8_lossy(&text);
+            let mut out = String::new();
+            for line in text.lines().filter(|l| !l.is_empty()) {
+                let oid = line
+                    .split_once(' ')
+                    .and_then(|(o, _)| o.parse::<u32>().ok())
+                    .filter(|o| links.contains_key(o))
+                    .ok_or_else(|| {
+                        Failure::new(
+                            FailureKind::Integrity,
+                            format!("tablespace_map names a tablespace backup.json does not list: \"{line}\""),
+                        )
+                    })?;
+                // Escaped as basebackup.c writes it.
+                let mut path = String::new();
+                for c in links[&oid].to_string_lossy().chars() {
+                    if matches!(c, '\n' | '\r' | '\\') {
+                        path.push('\\');
+                    }
+                    path.push(c);
+                }
+                out.push_str(&format!("{oid} {path}\n"));
+            }
+            let tmp = pgdata.join("tablespace_map.walarch-tmp");
+            write_new(&tmp, out.as_bytes(), 0o600)?;
+            fs::rename(&tmp, &map).map_err(|e| Failure::io("rename file", &tmp, &e))?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Failure::io("read file", &map, &e)),
+    }
+    Ok(())
+}
+
+/// Makes the `pg_tblspc` links a tar backup lacks, as pg_basebackup -Fp
+/// leaves them (those of base.tar were made while unpacking).
+fn make_tablespace_links(pgdata: &Path, links: &HashMap<u32, PathBuf>) -> Result<(), Failure> {
+    let dir = pgdata.join("pg_tblspc");
+    for (oid, to) in links {
+        let link = dir.join(oid.to_string());
+        match fs::read_link(&link) {
+            Ok(t) if &t == to => continue,
+            Ok(_) => {
+                return Err(Failure::new(
+                    FailureKind::Integrity,
+                    format!(
+                        "\"{}\" does not point to \"{}\"",
+                        link.display(),
+                        to.display()
+                    ),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Failure::io("read symbolic link", &link, &e)),
+        }
+        fs::create_dir_all(&dir).map_err(|e| Failure::io("create directory", &dir, &e))?;
+        std::os::unix::fs::symlink(to, &link)
+            .map_err(|e| Failure::io("create symbolic link", &link, &e))?;
+    }
+    Ok(())
 }
 
 /// Creates `path` with `data`, durably.
@@ -1068,6 +1141,29 @@ mod tests {
     }
 
     #[test]
+    fn a_tar_backup_s_tablespace_map_is_rewritten_to_the_mapping() {
+        let e = Env::new();
+        e.store(
+            "b1",
+            Options {
+                tablespace_map: true,
+                ..Default::default()
+            },
+        );
+        e.restore(&e.request("b1")).unwrap();
+        let data = e.p("data");
+        assert_eq!(
+            std::fs::read_to_string(data.join("tablespace_map")).unwrap(),
+            format!("16385 {}\n", e.p("ts-new").display())
+        );
+        assert_eq!(
+            std::fs::read_link(data.join("pg_tblspc/16385")).unwrap(),
+            e.p("ts-new")
+        );
+        assert!(e.p("ts-new").join(TS_FILE).is_file());
+    }
+
+    #[test]
     fn latest_is_the_newest_complete_backup_and_server_gzip_is_read() {
         let e = Env::new();
         e.store(
@@ -1147,7 +1243,9 @@ mod tests {
         assert!(err.to_string().contains("do not start it"), "{err}");
         assert!(e.p("data").exists());
         assert!(!e.p("data/recovery.signal").exists());
-        assert!(!conf(&e.p("data")).contains("restore_command"));
+        // (base.tar may not have been unpacked: the failure stops the rest.)
+        let auto = std::fs::read_to_string(e.p("data/postgresql.auto.conf")).unwrap_or_default();
+        assert!(!auto.contains("restore_command"), "{auto}");
     }
 
     #[test]
