@@ -25,8 +25,10 @@ pub mod info;
 pub mod list;
 pub mod manifest;
 pub mod restore;
+pub mod writer;
 
 pub use info::{BackupInfo, BackupObject, ObjectKind, Tablespace};
+pub use writer::{BackupStart, BackupWriter};
 
 /// The folder (key prefix) of every backup.
 pub const BACKUPS_DIR: &str = "backups";
