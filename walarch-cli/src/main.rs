@@ -5,11 +5,14 @@
 //!   walarch verify ARCHIVE [--from WALFILE] [--to WALFILE] [--json]
 //!   walarch expire ARCHIVE (--keep-backups N | --before WALFILE | --older-than DURATION)
 //!   walarch cleanup ARCHIVE RESTARTFILE       (archive_cleanup_command = 'walarch cleanup ARCHIVE %r')
+//!   walarch backup list ARCHIVE [--json]
+//!   walarch backup restore ARCHIVE LABEL|latest PGDATA [--target-…] [--tablespace-mapping OLD=NEW]…
 //!
 //! ARCHIVE is a directory or s3://BUCKET[/PREFIX]. For a bucket, the
-//! credentials come from the environment (AWS_ACCESS_KEY_ID,
-//! AWS_SECRET_ACCESS_KEY: never on the command line, where `ps` shows
-//! them), the endpoint, region and CA bundle from --endpoint, --region,
+//! credentials come from --credentials-file (AWS shared credentials format,
+//! as walarch.s3_credentials_file) or the environment (AWS_ACCESS_KEY_ID,
+//! AWS_SECRET_ACCESS_KEY): never from the command line, where `ps` shows
+//! them. The endpoint, region and CA bundle from --endpoint, --region,
 //! --ca-file or AWS_ENDPOINT_URL, AWS_REGION, AWS_CA_BUNDLE.
 //!
 //! Exit status: 0 success; 1 the file is not in the archive (restore) or the
@@ -17,7 +20,8 @@
 //! (integrity) or I/O error. restore differs, because PostgreSQL reads 1 to
 //! 125 as "not in the archive" (the end of archive recovery): any failure
 //! but a clean "not found" exits 255, which stops recovery, or 1 on a
-//! standby (standby.signal), which retries by itself.
+//! standby (standby.signal), which retries by itself. `backup list` and
+//! `backup restore` document theirs in backup.rs.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -33,7 +37,7 @@ macro_rules! say {
 use std::time::Duration;
 
 use walarch_core::destination::destination_setting::{
-    check_ca_file, check_endpoint, DestinationSpec,
+    check_ca_file, check_endpoint, read_credentials_file, DestinationSpec,
 };
 use walarch_core::destination::local_directory::LocalDirectory;
 use walarch_core::destination::Destination;
@@ -43,6 +47,7 @@ use walarch_core::wal::time::parse_duration;
 use walarch_core::wal::walname::{WalFileKind, WalFileName};
 use walarch_s3::{Naming, S3Destination, S3Settings, UriStyle};
 
+mod backup;
 mod expire;
 mod prefetch;
 
@@ -53,9 +58,15 @@ const USAGE: &str = "usage:
   walarch expire ARCHIVE (--keep-backups N | --before WALFILE | --older-than DURATION)
                  [--dry-run] [--json] [--no-backup-check] [S3 OPTIONS]
   walarch cleanup ARCHIVE RESTARTFILE [--dry-run] [--clean-backup-history] [S3 OPTIONS]
+  walarch backup list ARCHIVE [--json] [S3 OPTIONS]
+  walarch backup restore ARCHIVE LABEL|latest PGDATA
+                 [--target-time TIME | --target-lsn LSN | --target-name NAME]
+                 [--target-action pause|promote|shutdown] [--target-timeline TLI]
+                 [-T|--tablespace-mapping OLD=NEW]... [-j|--jobs N] [--no-clean] [S3 OPTIONS]
 ARCHIVE: a directory or s3://BUCKET[/PREFIX]
 S3 OPTIONS: --endpoint URL --region REGION --ca-file PEM --uri-style auto|path|host
-            --timeout SECONDS (credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)";
+            --timeout SECONDS --credentials-file FILE
+            (else credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)";
 
 fn usage(msg: &str) -> ExitCode {
     say!("walarch: {msg}\n{USAGE}");
@@ -84,6 +95,7 @@ fn main() -> ExitCode {
         Some("verify") => cmd_verify(&args[1..]),
         Some("expire") => expire::cmd_expire(&args[1..]),
         Some("cleanup") => expire::cmd_cleanup(&args[1..]),
+        Some("backup") => backup::cmd_backup(&args[1..]),
         // Internal: started by restore.
         Some("prefetch-helper") => prefetch::cmd_helper(&args[1..]),
         Some("-h") | Some("--help") | Some("help") => {
@@ -103,6 +115,8 @@ struct S3Options {
     ca_file: Option<String>,
     uri_style: Option<String>,
     timeout: Option<Duration>,
+    /// An AWS shared credentials file (read when the archive is opened).
+    credentials_file: Option<String>,
 }
 
 /// Positional arguments and flags (`--name value`, or `--name` alone when
@@ -133,12 +147,13 @@ fn split_args(args: &[String], with_value: &[&str], switches: &[&str]) -> Result
     Ok(out)
 }
 
-const S3_FLAGS: [&str; 5] = [
+const S3_FLAGS: [&str; 6] = [
     "--endpoint",
     "--region",
     "--ca-file",
     "--uri-style",
     "--timeout",
+    "--credentials-file",
 ];
 
 fn s3_options(flags: &[(String, Option<String>)]) -> Result<S3Options, String> {
@@ -163,6 +178,7 @@ fn s3_options(flags: &[(String, Option<String>)]) -> Result<S3Options, String> {
                 Ok(s) if s > 0 => o.timeout = Some(Duration::from_secs(s)),
                 _ => return Err("--timeout takes a number of seconds".into()),
             },
+            "--credentials-file" => o.credentials_file = Some(v),
             _ => {}
         }
     }
@@ -221,6 +237,12 @@ fn open_archive(arg: &str, o: &S3Options) -> Result<Box<dyn Destination>, OpenEr
             s.naming = Naming::CommandLine;
             s.prefix = prefix;
             s.endpoint = o.endpoint.clone();
+            if let Some(f) = &o.credentials_file {
+                let (key, secret) = read_credentials_file(f)
+                    .map_err(|m| OpenError::Failed(format!("invalid --credentials-file: {m}")))?;
+                s.access_key_id = Some(key);
+                s.secret_access_key = Some(secret);
+            }
             s.ca_file = o.ca_file.clone().map(Into::into);
             if let Some(r) = o
                 .region

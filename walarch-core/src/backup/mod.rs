@@ -18,7 +18,13 @@
 //! an incomplete backup: never listed as restorable, removed by whoever
 //! aborts it or by retention.
 
+pub mod extract;
+#[cfg(test)]
+mod fixture;
 pub mod info;
+pub mod list;
+pub mod manifest;
+pub mod restore;
 pub mod writer;
 
 pub use info::{BackupInfo, BackupObject, ObjectKind, Tablespace};

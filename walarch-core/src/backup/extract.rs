@@ -1,0 +1,293 @@
+//! One backup object's way back: read from the destination while hashing
+//! the stored bytes, decompressed, and unpacked as a tar with nothing
+//! allowed outside its directory.
+
+use std::collections::HashMap;
+use std::io::{self, BufReader, Read};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::backup::BackupObject;
+use crate::wal::checksum::{to_hex, Hasher};
+
+/// How an object's stored bytes become the tar (or manifest) PostgreSQL sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoding {
+    /// Stored as sent, not compressed.
+    Plain,
+    Zstd,
+    Gzip,
+}
+
+/// The decoders, outermost first, for `o`; an error names what is not
+/// supported.
+pub fn decodings(o: &BackupObject) -> Result<Vec<Decoding>, String> {
+    let mut steps = Vec::new();
+    match o.compression.as_str() {
+        "zstd" => steps.push(Decoding::Zstd),
+        "none" => {}
+        other => {
+            return Err(format!(
+                "object \"{}\" is stored with compression \"{other}\", which this walarch does not read",
+                o.name
+            ))
+        }
+    }
+    let a = &o.archive_name;
+    if a.ends_with(".zst") {
+        steps.push(Decoding::Zstd);
+    } else if a.ends_with(".gz") {
+        steps.push(Decoding::Gzip);
+    } else if a.ends_with(".lz4") {
+        return Err(format!(
+            "object \"{}\" holds \"{a}\", compressed by the server with lz4, which walarch backup restore does not decompress",
+            o.name
+        ));
+    } else if !(a.ends_with(".tar") || a == crate::backup::MANIFEST) {
+        return Err(format!(
+            "object \"{}\" holds \"{a}\", which is neither a tar nor the manifest",
+            o.name
+        ));
+    }
+    Ok(steps)
+}
+
+/// The stored bytes, counted and hashed as they pass; stops with an error
+/// as soon as `cancel` is set (another object failed).
+pub struct Hashing<'a> {
+    inner: Box<dyn Read + Send + 'a>,
+    hasher: Hasher,
+    pub bytes: u64,
+    cancel: &'a AtomicBool,
+}
+
+impl<'a> Hashing<'a> {
+    pub fn new(inner: Box<dyn Read + Send + 'a>, cancel: &'a AtomicBool) -> Self {
+        Hashing {
+            inner,
+            hasher: Hasher::new(),
+            bytes: 0,
+            cancel,
+        }
+    }
+
+    /// Reads what is left, so that the digest covers the whole object.
+    pub fn drain(&mut self) -> io::Result<()> {
+        io::copy(self, &mut io::sink()).map(|_| ())
+    }
+
+    pub fn finish(self) -> (u64, String) {
+        (self.bytes, to_hex(&self.hasher.finish()))
+    }
+}
+
+impl Read for Hashing<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(io::Error::other("cancelled"));
+        }
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// `r` decoded by `steps`, outermost first.
+pub fn decoder<'r>(r: impl Read + 'r, steps: &[Decoding]) -> io::Result<Box<dyn Read + 'r>> {
+    let mut out: Box<dyn Read + 'r> = Box::new(BufReader::with_capacity(1 << 20, r));
+    for s in steps {
+        out = match s {
+            Decoding::Plain => out,
+            Decoding::Zstd => Box::new(zstd::stream::read::Decoder::new(out)?),
+            Decoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(out)),
+        };
+    }
+    Ok(out)
+}
+
+/// Where a tar is unpacked, and where the tablespace links of `base.tar`
+/// must point.
+pub struct TarTarget<'a> {
+    pub dir: &'a Path,
+    /// For `base.tar`: tablespace OID → its directory (mapped or not).
+    pub tablespace_links: Option<&'a HashMap<u32, PathBuf>>,
+}
+
+/// Unpacks the tar read from `r` into `t.dir`. Refuses an entry whose path
+/// is absolute or has `..`, any entry that is not a file, a directory or a
+/// symbolic link, writing through a link, and anything already there.
+/// Modes are kept (less set-id bits), ownership is the caller's. In
+/// `base.tar`, `pg_tblspc/OID` links are made to the tablespace's directory
+/// (its mapping), whatever the tar says.
+pub fn unpack(r: impl Read, t: &TarTarget) -> Result<u64, String> {
+    let mut ar = tar::Archive::new(r);
+    ar.set_overwrite(false);
+    ar.set_preserve_mtime(true);
+    let mut files = 0u64;
+    for entry in ar
+        .entries()
+        .map_err(|e| format!("could not read tar: {e}"))?
+    {
+        let mut e = entry.map_err(|e| format!("could not read tar: {e}"))?;
+        let path = e
+            .path()
+            .map_err(|err| format!("could not read tar entry name: {err}"))?
+            .into_owned();
+        let shown = path.display().to_string();
+        let normal = path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+            && path.components().any(|c| matches!(c, Component::Normal(_)));
+        if !normal {
+            return Err(format!(
+                "tar entry \"{shown}\" would be written outside \"{}\"",
+                t.dir.display()
+            ));
+        }
+        let kind = e.header().entry_type();
+        if kind.is_symlink() {
+            if let Some(links) = t.tablespace_links {
+                let mut c = path.components();
+                let (Some(Component::Normal(a)), Some(Component::Normal(oid)), None) =
+                    (c.next(), c.next(), c.next())
+                else {
+                    unpack_entry(&mut e, t.dir, &shown)?;
+                    continue;
+                };
+                if a == "pg_tblspc" {
+                    let oid = oid.to_str().and_then(|s| s.parse::<u32>().ok());
+                    let Some(dest) = oid.and_then(|o| links.get(&o)) else {
+                        return Err(format!(
+                            "tar entry \"{shown}\" links to a tablespace that backup.json does not list"
+                        ));
+                    };
+                    let link = t.dir.join(&path);
+                    std::os::unix::fs::symlink(dest, &link).map_err(|err| {
+                        format!(
+                            "could not create symbolic link \"{}\": {err}",
+                            link.display()
+                        )
+                    })?;
+                    continue;
+                }
+            }
+        } else if !(kind.is_file() || kind.is_dir()) {
+            return Err(format!(
+                "tar entry \"{shown}\" is of a type a base backup does not hold ({kind:?})"
+            ));
+        }
+        unpack_entry(&mut e, t.dir, &shown)?;
+        if kind.is_file() {
+            files += 1;
+        }
+    }
+    Ok(files)
+}
+
+fn unpack_entry<R: Read>(e: &mut tar::Entry<R>, dir: &Path, shown: &str) -> Result<(), String> {
+    // unpack_in also refuses a parent that resolves outside `dir` (a link
+    // unpacked earlier).
+    match e.unpack_in(dir) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!(
+            "tar entry \"{shown}\" would be written outside \"{}\"",
+            dir.display()
+        )),
+        Err(err) => Err(format!("could not unpack tar entry \"{shown}\": {err}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_with(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, data, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(if kind.is_dir() { 0o700 } else { 0o600 });
+            h.set_size(data.len() as u64);
+            if let Some(l) = link {
+                h.set_link_name(l).unwrap();
+            }
+            // set_path refuses "..": write the raw name.
+            let raw = &mut h.as_old_mut().name;
+            raw[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn refuses_escapes_and_odd_entries() {
+        use tar::EntryType as K;
+        let tmp = tempfile::tempdir().unwrap();
+        let t = TarTarget {
+            dir: tmp.path(),
+            tablespace_links: None,
+        };
+        for bad in [
+            tar_with(&[("../evil", K::Regular, b"x", None)]),
+            tar_with(&[("a/../../evil", K::Regular, b"x", None)]),
+            tar_with(&[("/abs", K::Regular, b"x", None)]),
+            tar_with(&[("fifo", K::Fifo, b"", None)]),
+            tar_with(&[("hard", K::Link, b"", Some("/etc/passwd"))]),
+            tar_with(&[
+                ("l", K::Symlink, b"", Some("/tmp")),
+                ("l/evil", K::Regular, b"x", None),
+            ]),
+        ] {
+            let err = unpack(&bad[..], &t).unwrap_err();
+            assert!(!err.is_empty());
+        }
+        assert!(!tmp.path().parent().unwrap().join("evil").exists());
+        assert!(!Path::new("/tmp/evil").exists());
+    }
+
+    #[test]
+    fn tablespace_links_point_where_told_and_modes_are_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        use tar::EntryType as K;
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("d");
+        std::fs::create_dir(&data).unwrap();
+        let links: HashMap<u32, PathBuf> = [(16385, tmp.path().join("ts"))].into();
+        let t = TarTarget {
+            dir: &data,
+            tablespace_links: Some(&links),
+        };
+        let ok = tar_with(&[
+            ("global/", K::Directory, b"", None),
+            ("global/pg_control", K::Regular, b"ctl", None),
+            ("pg_tblspc/", K::Directory, b"", None),
+            ("pg_tblspc/16385", K::Symlink, b"", Some("/srv/old")),
+        ]);
+        assert_eq!(unpack(&ok[..], &t).unwrap(), 1);
+        assert_eq!(
+            std::fs::read_link(data.join("pg_tblspc/16385")).unwrap(),
+            tmp.path().join("ts")
+        );
+        let mode = |p: &str| {
+            std::fs::metadata(data.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!((mode("global"), mode("global/pg_control")), (0o700, 0o600));
+        // An unknown tablespace, and a second copy of a file, are refused.
+        let unknown = tar_with(&[("pg_tblspc/99", K::Symlink, b"", Some("/x"))]);
+        assert!(unpack(&unknown[..], &t)
+            .unwrap_err()
+            .contains("does not list"));
+        let again = tar_with(&[("global/pg_control", K::Regular, b"new", None)]);
+        assert!(unpack(&again[..], &t).is_err());
+        assert_eq!(
+            std::fs::read(data.join("global/pg_control")).unwrap(),
+            b"ctl"
+        );
+    }
+}

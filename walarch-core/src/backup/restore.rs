@@ -1,0 +1,1379 @@
+//! `walarch backup restore`: a base backup from the archive into a new data
+//! directory, verified end to end before PostgreSQL may use it.
+//!
+//! Order, and why: every check that needs nothing written comes first (the
+//! backup is complete, its WAL is archived, the targets are empty), so that
+//! a refusal changes nothing. Then the objects are downloaded `jobs` at a
+//! time, each hashed while streaming and checked against `backup.json`,
+//! decompressed and unpacked; the manifest is checked (its own checksum,
+//! then every file it lists, as pg_verifybackup does); everything is
+//! fsynced. Only then are the recovery settings appended to
+//! `postgresql.auto.conf` and `recovery.signal` created: a data directory
+//! without them is never started as a recovering server by mistake.
+//!
+//! On a failure after something was written, what restore created is
+//! removed (directories it made; the contents of empty ones it was given),
+//! as pg_basebackup does, unless `keep_on_failure` asks otherwise: a
+//! half-restored data directory is of no use but to investigate.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use crate::backup::extract::{self, decodings, Decoding, Hashing, TarTarget};
+use crate::backup::list::{list_backups, read_info, stored_wal, wal_status, WalStatus};
+use crate::backup::manifest;
+use crate::backup::{
+    object_name, validate_label, BackupInfo, BackupObject, ObjectKind, BACKUPS_DIR,
+};
+use crate::destination::Destination;
+
+/// Which backup to restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Which {
+    /// The newest complete backup (before the target LSN, when one is given).
+    Latest,
+    Label(String),
+}
+
+impl Which {
+    pub fn parse(s: &str) -> Result<Which, String> {
+        if s == "latest" {
+            return Ok(Which::Latest);
+        }
+        validate_label(s)?;
+        Ok(Which::Label(s.to_string()))
+    }
+}
+
+/// Where recovery stops (at most one, as PostgreSQL allows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Time(String),
+    Lsn(String),
+    Name(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetAction {
+    Pause,
+    Promote,
+    Shutdown,
+}
+
+impl TargetAction {
+    pub fn parse(s: &str) -> Option<TargetAction> {
+        match s {
+            "pause" => Some(TargetAction::Pause),
+            "promote" => Some(TargetAction::Promote),
+            "shutdown" => Some(TargetAction::Shutdown),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            TargetAction::Pause => "pause",
+            TargetAction::Promote => "promote",
+            TargetAction::Shutdown => "shutdown",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub which: Which,
+    /// Absolute.
+    pub pgdata: PathBuf,
+    /// Tablespace location in the backup → where to restore it (absolute).
+    pub tablespace_mapping: Vec<(PathBuf, PathBuf)>,
+    /// Objects downloaded at a time (and files checked at a time).
+    pub jobs: usize,
+    pub target: Option<Target>,
+    /// With a target: what the server does there (PostgreSQL's default,
+    /// pause, when `None`).
+    pub target_action: Option<TargetAction>,
+    /// `recovery_target_timeline`: `latest`, `current` or a number.
+    pub target_timeline: Option<String>,
+    /// The `restore_command` to write (see [`restore_command`]).
+    pub restore_command: String,
+    /// Leave what was written when restore fails.
+    pub keep_on_failure: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The request itself cannot be carried out (a target not empty, a
+    /// mapping naming no tablespace): nothing was changed.
+    Usage,
+    /// No such backup, or it cannot be restored (incomplete, WAL missing,
+    /// compressed in a form not read): nothing was changed.
+    NotRestorable,
+    /// An object or a file failed its check.
+    Integrity,
+    Io,
+}
+
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl Failure {
+    fn new(kind: FailureKind, message: impl Into<String>) -> Failure {
+        Failure {
+            kind,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+    fn detail(mut self, d: impl Into<String>) -> Failure {
+        self.detail = Some(d.into());
+        self
+    }
+    fn hint(mut self, h: impl Into<String>) -> Failure {
+        self.hint = Some(h.into());
+        self
+    }
+    fn io(action: &str, path: &Path, e: &io::Error) -> Failure {
+        Failure::new(
+            FailureKind::Io,
+            format!("could not {action} \"{}\": {e}", path.display()),
+        )
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.message)?;
+        if let Some(d) = &self.detail {
+            write!(f, "\nDETAIL:  {d}")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, "\nHINT:  {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a successful restore did.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub info: BackupInfo,
+    pub objects: usize,
+    pub stored_bytes: u64,
+    pub files_checked: usize,
+    /// The lines appended to `postgresql.auto.conf`.
+    pub settings: Vec<String>,
+}
+
+/// Quotes `arg` for `sh` when it needs it.
+fn shell_quote(arg: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_./:=@%+,-".contains(c);
+    if !arg.is_empty() && arg.chars().all(safe) {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+/// The `restore_command` that runs `walarch` (an absolute path) against
+/// `archive` with `options`, each quoted for the shell and with `%` doubled
+/// (PostgreSQL replaces `%f`, `%p`, `%r` and `%%` in the command).
+pub fn restore_command(walarch: &Path, archive: &str, options: &[String]) -> String {
+    let arg = |s: &str| shell_quote(s).replace('%', "%%");
+    let mut cmd = format!(
+        "{} restore {} %f %p",
+        arg(&walarch.to_string_lossy()),
+        arg(archive)
+    );
+    for o in options {
+        cmd.push(' ');
+        cmd.push_str(&arg(o));
+    }
+    cmd
+}
+
+/// A value quoted for postgresql.conf, as ALTER SYSTEM writes it (the
+/// configuration file reads backslash escapes in quoted strings).
+fn conf_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\\', r"\\").replace('\'', "''"))
+}
+
+/// Parses `X/X` (hexadecimal halves) into a number.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.split_once('/')?;
+    let ok = |p: &str| !p.is_empty() && p.len() <= 8 && p.chars().all(|c| c.is_ascii_hexdigit());
+    if !ok(hi) || !ok(lo) {
+        return None;
+    }
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// Checks what can be checked of the recovery settings before anything is
+/// done; returns the lines to append.
+fn recovery_settings(req: &Request, info: &BackupInfo) -> Result<Vec<String>, Failure> {
+    let usage = |m: String| Failure::new(FailureKind::Usage, m);
+    let mut lines = vec![
+        format!(
+            "# Added by walarch backup restore: recovery from backup \"{}\" through the archive.",
+            info.label
+        ),
+        format!("restore_command = {}", conf_quote(&req.restore_command)),
+    ];
+    match &req.target {
+        None => {
+            if let Some(a) = req.target_action {
+                return Err(usage(format!(
+                    "--target-action {} needs a recovery target",
+                    a.as_str()
+                ))
+                .hint("Give --target-time, --target-lsn or --target-name, or leave out --target-action to recover to the end of the archive."));
+            }
+        }
+        Some(t) => {
+            let (name, value) = match t {
+                Target::Time(v) => ("recovery_target_time", v),
+                Target::Name(v) => ("recovery_target_name", v),
+                Target::Lsn(v) => ("recovery_target_lsn", v),
+            };
+            if value.trim().is_empty() {
+                return Err(usage(format!("{name} must not be empty")));
+            }
+            if let Target::Name(n) = t {
+                if n.len() >= 64 {
+                    return Err(usage(format!(
+                        "restore point name \"{n}\" is too long (at most 63 bytes, as pg_create_restore_point takes)"
+                    )));
+                }
+            }
+            if let Target::Lsn(v) = t {
+                let Some(lsn) = parse_lsn(v) else {
+                    return Err(usage(format!(
+                        "invalid LSN \"{v}\" for --target-lsn (expected X/X)"
+                    )));
+                };
+                let stop = parse_lsn(&info.stop_lsn).unwrap_or(0);
+                if lsn < stop {
+                    return Err(Failure::new(
+                        FailureKind::NotRestorable,
+                        format!(
+                            "recovery target {v} is before the end of backup \"{}\" ({})",
+                            info.label, info.stop_lsn
+                        ),
+                    )
+                    .detail("Recovery from a backup cannot stop before the backup is consistent.")
+                    .hint("Restore an older backup (see walarch backup list)."));
+                }
+            }
+            lines.push(format!("{name} = {}", conf_quote(value)));
+            let action = req.target_action.unwrap_or(TargetAction::Pause);
+            lines.push(format!("recovery_target_action = '{}'", action.as_str()));
+        }
+    }
+    if let Some(tl) = &req.target_timeline {
+        let ok = tl == "latest" || tl == "current" || tl.parse::<u32>().is_ok_and(|n| n > 0);
+        if !ok {
+            return Err(usage(format!(
+                "invalid --target-timeline \"{tl}\": use latest, current or a timeline number"
+            )));
+        }
+        lines.push(format!("recovery_target_timeline = {}", conf_quote(tl)));
+    }
+    Ok(lines)
+}
+
+/// Picks the backup and checks it can be restored.
+fn choose(
+    dest: &dyn Destination,
+    req: &Request,
+    log: &dyn Fn(&str),
+) -> Result<BackupInfo, Failure> {
+    let io = |e: crate::ArchiveError| {
+        Failure::new(
+            FailureKind::Io,
+            format!(
+                "could not read the archive {}: {}",
+                dest.describe(),
+                e.message
+            ),
+        )
+    };
+    let info = match &req.which {
+        Which::Label(label) => match read_info(dest, label).map_err(io)? {
+            Some(Ok(i)) => i,
+            Some(Err(e)) => {
+                return Err(Failure::new(
+                    FailureKind::NotRestorable,
+                    format!("backup \"{label}\" cannot be restored: {e}"),
+                ))
+            }
+            None => {
+                let prefix = format!("{BACKUPS_DIR}/{label}/");
+                let any = !dest.objects_under(&prefix).map_err(io)?.is_empty();
+                let f = if any {
+                    Failure::new(
+                        FailureKind::NotRestorable,
+                        format!("backup \"{label}\" is incomplete"),
+                    )
+                    .detail("It has no backup.json: it was interrupted or is still being taken.")
+                } else {
+                    Failure::new(
+                        FailureKind::NotRestorable,
+                        format!("backup \"{label}\" does not exist"),
+                    )
+                };
+                return Err(f.hint("walarch backup list shows the backups that can be restored."));
+            }
+        },
+        Which::Latest => {
+            let listing = list_backups(dest).map_err(io)?;
+            let before = match &req.target {
+                Some(Target::Lsn(l)) => parse_lsn(l),
+                _ => None,
+            };
+            let pick = listing.complete.iter().rev().find(|b| {
+                before.is_none_or(|t| parse_lsn(&b.info.stop_lsn).is_some_and(|s| s <= t))
+            });
+            match pick {
+                Some(b) => {
+                    log(&format!("latest backup: \"{}\"", b.info.label));
+                    b.info.clone()
+                }
+                None => {
+                    return Err(Failure::new(
+                        FailureKind::NotRestorable,
+                        if listing.complete.is_empty() {
+                            format!("there is no complete backup in {}", dest.describe())
+                        } else {
+                            "no complete backup ends before the recovery target".to_string()
+                        },
+                    )
+                    .hint("walarch backup list shows the backups that can be restored."))
+                }
+            }
+        }
+    };
+    let stored = stored_wal(dest).map_err(io)?;
+    if let WalStatus::Missing(m) = wal_status(&info, &stored) {
+        return Err(Failure::new(
+            FailureKind::NotRestorable,
+            format!(
+                "the WAL that backup \"{}\" needs is not all in the archive",
+                info.label
+            ),
+        )
+        .detail(format!("Missing: {}.", m.join(", ")))
+        .hint("Recovery could not make this backup consistent. Restore another backup (see walarch backup list)."));
+    }
+    Ok(info)
+}
+
+/// Checks the objects `backup.json` lists: one base tar, one tar per
+/// tablespace, one manifest, each in a form this walarch decodes.
+fn check_objects(info: &BackupInfo) -> Result<Vec<(BackupObject, Vec<Decoding>)>, Failure> {
+    let bad = |m: String| {
+        Failure::new(
+            FailureKind::NotRestorable,
+            format!("backup \"{}\" cannot be restored: {m}", info.label),
+        )
+    };
+    let mut out = Vec::new();
+    let (mut bases, mut manifests) = (0, 0);
+    let mut oids = HashSet::new();
+    for o in &info.objects {
+        if o.name.is_empty() || o.name.contains('/') || o.name.starts_with('.') {
+            return Err(bad(format!(
+                "backup.json names an invalid object \"{}\"",
+                o.name
+            )));
+        }
+        crate::wal::checksum::from_hex(&o.sha256).ok_or_else(|| {
+            bad(format!(
+                "backup.json has no valid SHA-256 for \"{}\"",
+                o.name
+            ))
+        })?;
+        match o.kind {
+            ObjectKind::Base => bases += 1,
+            ObjectKind::Manifest => manifests += 1,
+            ObjectKind::Tablespace => {
+                let oid = o.tablespace_oid.ok_or_else(|| {
+                    bad(format!(
+                        "backup.json gives no tablespace OID for \"{}\"",
+                        o.name
+                    ))
+                })?;
+                if !info.tablespaces.iter().any(|t| t.oid == oid) || !oids.insert(oid) {
+                    return Err(bad(format!(
+                        "backup.json's object \"{}\" is for tablespace {oid}, which it does not list once",
+                        o.name
+                    )));
+                }
+            }
+        }
+        let steps = decodings(o).map_err(|m| {
+            bad(m).hint("Take backups with --compress=server-zstd, server-gzip, or none (walarch compresses them).")
+        })?;
+        out.push((o.clone(), steps));
+    }
+    if bases != 1 || manifests != 1 {
+        return Err(bad(format!(
+            "backup.json lists {bases} base archive(s) and {manifests} manifest(s), not one of each"
+        )));
+    }
+    if let Some(t) = info.tablespaces.iter().find(|t| !oids.contains(&t.oid)) {
+        return Err(bad(format!(
+            "backup.json lists no archive for tablespace {}",
+            t.oid
+        )));
+    }
+    Ok(out)
+}
+
+/// A directory restore writes into, and what it was before.
+struct OwnDir {
+    path: PathBuf,
+    /// Made by restore (else it existed, empty).
+    created: bool,
+}
+
+/// Fails unless `p` is absent or an empty directory; returns whether it exists.
+fn check_empty(p: &Path, what: &str) -> Result<bool, Failure> {
+    match fs::symlink_metadata(p) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Failure::io("access", p, &e)),
+        Ok(m) if !m.is_dir() => Err(Failure::new(
+            FailureKind::Usage,
+            format!("{what} \"{}\" exists but is not a directory", p.display()),
+        )),
+        Ok(_) => {
+            let mut rd = fs::read_dir(p).map_err(|e| Failure::io("open directory", p, &e))?;
+            if rd.next().is_some() {
+                return Err(Failure::new(
+                    FailureKind::Usage,
+                    format!("{what} \"{}\" exists but is not empty", p.display()),
+                )
+                .hint("Restore into a new or empty directory; restore never overwrites."));
+            }
+            Ok(true)
+        }
+    }
+}
+
+/// Restores a base backup from `dest` as `req` says. `log` receives
+/// progress lines.
+pub fn restore_backup(
+    dest: &dyn Destination,
+    req: &Request,
+    log: &dyn Fn(&str),
+) -> Result<Restored, Failure> {
+    let usage = |m: String| Failure::new(FailureKind::Usage, m);
+    if !req.pgdata.is_absolute() {
+        return Err(usage(format!(
+            "the data directory \"{}\" must be an absolute path",
+            req.pgdata.display()
+        )));
+    }
+    for (old, new) in &req.tablespace_mapping {
+        if !old.is_absolute() || !new.is_absolute() {
+            return Err(usage(format!(
+                "tablespace mapping \"{}={}\" needs absolute directories",
+                old.display(),
+                new.display()
+            )));
+        }
+    }
+    let info = choose(dest, req, log)?;
+    let objects = check_objects(&info)?;
+    let settings = recovery_settings(req, &info)?;
+
+    // Where each tablespace goes.
+    let mut links: HashMap<u32, PathBuf> = HashMap::new();
+    let mut used = HashSet::new();
+    for t in &info.tablespaces {
+        let old = Path::new(&t.location);
+        let new = req
+            .tablespace_mapping
+            .iter()
+            .find(|(o, _)| o == old)
+            .map(|(_, n)| n.clone());
+        if new.is_some() {
+            used.insert(old.to_path_buf());
+        }
+        let to = new.unwrap_or_else(|| old.to_path_buf());
+        if !to.is_absolute() {
+            return Err(usage(format!(
+                "tablespace {} is at \"{}\" in the backup, which is not an absolute path",
+                t.oid, t.location
+            ))
+            .hint("Map it with --tablespace-mapping OLD=NEW."));
+        }
+        links.insert(t.oid, to);
+    }
+    if let Some((old, _)) = req
+        .tablespace_mapping
+        .iter()
+        .find(|(o, _)| !used.contains(o))
+    {
+        let known: Vec<&str> = info
+            .tablespaces
+            .iter()
+            .map(|t| t.location.as_str())
+            .collect();
+        return Err(usage(format!(
+            "--tablespace-mapping names \"{}\", which is no tablespace of backup \"{}\"",
+            old.display(),
+            info.label
+        ))
+        .detail(if known.is_empty() {
+            "The backup has no tablespaces.".to_string()
+        } else {
+            format!("Its tablespaces are at: {}.", known.join(", "))
+        }));
+    }
+    let mut dirs: Vec<(&Path, &str)> = vec![(&req.pgdata, "data directory")];
+    for p in links.values() {
+        dirs.push((p, "tablespace directory"));
+    }
+    for (i, (a, _)) in dirs.iter().enumerate() {
+        for (b, _) in &dirs[i + 1..] {
+            if a.starts_with(b) || b.starts_with(a) {
+                return Err(usage(format!(
+                    "directories \"{}\" and \"{}\" overlap",
+                    a.display(),
+                    b.display()
+                ))
+                .hint("Give each tablespace its own directory outside the data directory (--tablespace-mapping)."));
+            }
+        }
+    }
+    let mut targets = Vec::new();
+    for (p, what) in &dirs {
+        let exists = check_empty(p, what)?;
+        targets.push(OwnDir {
+            path: p.to_path_buf(),
+            created: !exists,
+        });
+    }
+
+    log(&format!(
+        "restoring backup \"{}\" (taken {} to {}, {} object(s), {} bytes stored) into \"{}\"",
+        info.label,
+        info.start_time,
+        info.stop_time,
+        objects.len(),
+        info.sizes().0,
+        req.pgdata.display()
+    ));
+    let made: Mutex<Vec<&OwnDir>> = Mutex::new(Vec::new());
+    let result = (|| {
+        for t in &targets {
+            if t.created {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&t.path)
+                    .map_err(|e| Failure::io("create directory", &t.path, &e))?;
+            }
+            made.lock().unwrap_or_else(|e| e.into_inner()).push(t);
+            // As initdb and pg_basebackup leave them.
+            fs::set_permissions(&t.path, fs::Permissions::from_mode(0o700))
+                .map_err(|e| Failure::io("change permissions of", &t.path, &e))?;
+        }
+        finish_restore(dest, req, &info, &objects, &links, settings, log)
+    })();
+    match result {
+        Ok(r) => Ok(r),
+        Err(mut f) => {
+            let made = made.into_inner().unwrap_or_else(|e| e.into_inner());
+            if req.keep_on_failure {
+                f.detail = Some(
+                    [
+                        f.detail.take().unwrap_or_default(),
+                        format!(
+                            "What was restored is left in \"{}\" for investigation, without recovery settings; do not start it.",
+                            req.pgdata.display()
+                        ),
+                    ]
+                    .join(" ")
+                    .trim()
+                    .to_string(),
+                );
+            } else if !made.is_empty() {
+                let mut left = Vec::new();
+                for t in made {
+                    let r = if t.created {
+                        fs::remove_dir_all(&t.path)
+                    } else {
+                        empty_dir(&t.path)
+                    };
+                    if let Err(e) = r {
+                        left.push(format!("\"{}\" ({e})", t.path.display()));
+                    }
+                }
+                let note = if left.is_empty() {
+                    "What restore had written was removed.".to_string()
+                } else {
+                    format!(
+                        "Restore could not remove what it wrote in {}.",
+                        left.join(", ")
+                    )
+                };
+                f.detail = Some(
+                    [f.detail.take().unwrap_or_default(), note]
+                        .join(" ")
+                        .trim()
+                        .to_string(),
+                );
+            }
+            Err(f)
+        }
+    }
+}
+
+fn empty_dir(p: &Path) -> io::Result<()> {
+    for e in fs::read_dir(p)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            fs::remove_dir_all(e.path())?;
+        } else {
+            fs::remove_file(e.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn finish_restore(
+    dest: &dyn Destination,
+    req: &Request,
+    info: &BackupInfo,
+    objects: &[(BackupObject, Vec<Decoding>)],
+    links: &HashMap<u32, PathBuf>,
+    settings: Vec<String>,
+    log: &dyn Fn(&str),
+) -> Result<Restored, Failure> {
+    let manifest_text = fetch_all(dest, req, info, objects, links, log)?;
+
+    let manifest = manifest::parse(&manifest_text).map_err(|m| {
+        Failure::new(
+            FailureKind::Integrity,
+            format!("backup \"{}\": {m}", info.label),
+        )
+    })?;
+    if let Some(id) = manifest.system_identifier {
+        if id.to_string() != info.system_identifier {
+            return Err(Failure::new(
+                FailureKind::Integrity,
+                format!(
+                    "backup \"{}\": the manifest is of system {id}, backup.json of system {}",
+                    info.label, info.system_identifier
+                ),
+            ));
+        }
+    }
+    let manifest_path = req.pgdata.join(crate::backup::MANIFEST);
+    write_new(&manifest_path, &manifest_text, 0o600)?;
+
+    // Tablespace files are checked through the links.
+    make_tablespace_links(&req.pgdata, links)?;
+    let problems = manifest::verify_files(&req.pgdata, &manifest, req.jobs);
+    if !problems.is_empty() {
+        let shown: Vec<&str> = problems.iter().take(10).map(String::as_str).collect();
+        let more = if problems.len() > 10 {
+            format!(" (and {} more)", problems.len() - 10)
+        } else {
+            String::new()
+        };
+        return Err(Failure::new(
+            FailureKind::Integrity,
+            format!(
+                "backup \"{}\" does not match its manifest: {} problem(s)",
+                info.label,
+                problems.len()
+            ),
+        )
+        .detail(format!("{}{more}.", shown.join("; "))));
+    }
+    log(&format!(
+        "verified {} file(s) against the backup manifest",
+        manifest.files.len()
+    ));
+
+    rewrite_tablespace_map(&req.pgdata, links)?;
+
+    // initdb -g: the backup's global/ is group-readable; the data
+    // directory must then be too (PostgreSQL reads its mode for its umask).
+    if let Ok(m) = fs::metadata(req.pgdata.join("global")) {
+        if m.permissions().mode() & 0o070 == 0o050 {
+            let _ = fs::set_permissions(&req.pgdata, fs::Permissions::from_mode(0o750));
+        }
+    }
+    let mut roots = vec![req.pgdata.clone()];
+    roots.extend(links.values().cloned());
+    for r in &roots {
+        sync_tree(r)?;
+    }
+
+    // Last: the settings that make the server recover.
+    let conf = req.pgdata.join("postgresql.auto.conf");
+    let mut text = String::new();
+    if fs::metadata(&conf).is_ok_and(|m| m.len() > 0) {
+        let existing = fs::read(&conf).map_err(|e| Failure::io("read file", &conf, &e))?;
+        if existing.last() != Some(&b'\n') {
+            text.push('\n');
+        }
+    }
+    for l in &settings {
+        text.push_str(l);
+        text.push('\n');
+    }
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(&conf)
+        .map_err(|e| Failure::io("open file", &conf, &e))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Failure::io("write file", &conf, &e))?;
+    write_new(&req.pgdata.join("recovery.signal"), b"", 0o600)?;
+    crate::support::fsutil::fsync_dir(&req.pgdata)
+        .map_err(|e| Failure::io("fsync directory", &req.pgdata, &e))?;
+
+    let (stored, _) = info.sizes();
+    Ok(Restored {
+        info: info.clone(),
+        objects: objects.len(),
+        stored_bytes: stored,
+        files_checked: manifest.files.len(),
+        settings,
+    })
+}
+
+/// A tar backup carries `tablespace_map` instead of `pg_tblspc` links
+/// (PostgreSQL makes the links from it when it starts): it is rewritten
+/// with the mapped directories, after verification since it is in the
+/// manifest.
+fn rewrite_tablespace_map(pgdata: &Path, links: &HashMap<u32, PathBuf>) -> Result<(), Failure> {
+    let map = pgdata.join("tablespace_map");
+    match fs::read(&map) {
+        Ok(text) => {
+            let text = String::from_utf8_lossy(&text);
+            let mut out = String::new();
+            for line in text.lines().filter(|l| !l.is_empty()) {
+                let oid = line
+                    .split_once(' ')
+                    .and_then(|(o, _)| o.parse::<u32>().ok())
+                    .filter(|o| links.contains_key(o))
+                    .ok_or_else(|| {
+                        Failure::new(
+                            FailureKind::Integrity,
+                            format!("tablespace_map names a tablespace backup.json does not list: \"{line}\""),
+                        )
+                    })?;
+                // Escaped as basebackup.c writes it.
+                let mut path = String::new();
+                for c in links[&oid].to_string_lossy().chars() {
+                    if matches!(c, '\n' | '\r' | '\\') {
+                        path.push('\\');
+                    }
+                    path.push(c);
+                }
+                out.push_str(&format!("{oid} {path}\n"));
+            }
+            let tmp = pgdata.join("tablespace_map.walarch-tmp");
+            write_new(&tmp, out.as_bytes(), 0o600)?;
+            fs::rename(&tmp, &map).map_err(|e| Failure::io("rename file", &tmp, &e))?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Failure::io("read file", &map, &e)),
+    }
+    Ok(())
+}
+
+/// Makes the `pg_tblspc` links a tar backup lacks, as pg_basebackup -Fp
+/// leaves them (those of base.tar were made while unpacking).
+fn make_tablespace_links(pgdata: &Path, links: &HashMap<u32, PathBuf>) -> Result<(), Failure> {
+    let dir = pgdata.join("pg_tblspc");
+    for (oid, to) in links {
+        let link = dir.join(oid.to_string());
+        match fs::read_link(&link) {
+            Ok(t) if &t == to => continue,
+            Ok(_) => {
+                return Err(Failure::new(
+                    FailureKind::Integrity,
+                    format!(
+                        "\"{}\" does not point to \"{}\"",
+                        link.display(),
+                        to.display()
+                    ),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Failure::io("read symbolic link", &link, &e)),
+        }
+        fs::create_dir_all(&dir).map_err(|e| Failure::io("create directory", &dir, &e))?;
+        std::os::unix::fs::symlink(to, &link)
+            .map_err(|e| Failure::io("create symbolic link", &link, &e))?;
+    }
+    Ok(())
+}
+
+/// Creates `path` with `data`, durably.
+fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), Failure> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| Failure::io("create file", path, &e))?;
+    f.write_all(data)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Failure::io("write file", path, &e))
+}
+
+/// fsyncs every file and directory under `root` (not following links), as
+/// pg_basebackup does before it reports success.
+fn sync_tree(root: &Path) -> Result<(), Failure> {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).map_err(|e| Failure::io("open directory", &dir, &e))? {
+            let e = e.map_err(|e| Failure::io("read directory", &dir, &e))?;
+            let t = e
+                .file_type()
+                .map_err(|err| Failure::io("stat", &e.path(), &err))?;
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                File::open(e.path())
+                    .and_then(|f| f.sync_all())
+                    .map_err(|err| Failure::io("fsync file", &e.path(), &err))?;
+            }
+        }
+        crate::support::fsutil::fsync_dir(&dir)
+            .map_err(|e| Failure::io("fsync directory", &dir, &e))?;
+    }
+    Ok(())
+}
+
+/// Downloads, checks and unpacks every object, `jobs` at a time, largest
+/// first; returns the manifest's text. The first failure stops the rest.
+fn fetch_all(
+    dest: &dyn Destination,
+    req: &Request,
+    info: &BackupInfo,
+    objects: &[(BackupObject, Vec<Decoding>)],
+    links: &HashMap<u32, PathBuf>,
+    log: &dyn Fn(&str),
+) -> Result<Vec<u8>, Failure> {
+    let mut order: Vec<&(BackupObject, Vec<Decoding>)> = objects.iter().collect();
+    order.sort_by_key(|(o, _)| std::cmp::Reverse(o.stored_size));
+    let next = AtomicUsize::new(0);
+    let cancel = AtomicBool::new(false);
+    let first_error: Mutex<Option<Failure>> = Mutex::new(None);
+    let manifest: Mutex<Option<Vec<u8>>> = Mutex::new(None);
+    let done: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..req.jobs.clamp(1, order.len().max(1)) {
+            s.spawn(|| loop {
+                if cancel.load(Ordering::Relaxed) {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((o, steps)) = order.get(i) else {
+                    break;
+                };
+                match fetch_one(dest, req, info, o, steps, links, &cancel) {
+                    Ok(text) => {
+                        if let Some(t) = text {
+                            *manifest.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+                        }
+                        done.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(format!("{} ({} bytes) verified", o.name, o.stored_size));
+                    }
+                    Err(f) => {
+                        let mut slot = first_error.lock().unwrap_or_else(|e| e.into_inner());
+                        // The first real failure, not another job's cancellation.
+                        if slot.is_none() {
+                            *slot = Some(f);
+                        }
+                        cancel.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(f) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(f);
+    }
+    for d in done.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        log(&d);
+    }
+    manifest
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .ok_or_else(|| Failure::new(FailureKind::Integrity, "the backup manifest was not read"))
+}
+
+/// One object: returns the manifest's text for the manifest, else `None`.
+fn fetch_one(
+    dest: &dyn Destination,
+    req: &Request,
+    info: &BackupInfo,
+    o: &BackupObject,
+    steps: &[Decoding],
+    links: &HashMap<u32, PathBuf>,
+    cancel: &AtomicBool,
+) -> Result<Option<Vec<u8>>, Failure> {
+    let name = object_name(&info.label, &o.name);
+    let at = dest.location(&name);
+    let reader = dest
+        .open_object(&name)
+        .map_err(|e| {
+            Failure::new(
+                FailureKind::Io,
+                format!("could not read \"{at}\": {}", e.message),
+            )
+        })?
+        .ok_or_else(|| {
+            Failure::new(
+                FailureKind::Integrity,
+                format!("object \"{at}\" of backup \"{}\" is missing", info.label),
+            )
+        })?;
+    let mut hashing = Hashing::new(reader, cancel);
+    let outcome = (|| -> Result<Option<Vec<u8>>, String> {
+        let mut r = extract::decoder(&mut hashing, steps).map_err(|e| e.to_string())?;
+        let text = match o.kind {
+            ObjectKind::Manifest => {
+                let mut t = Vec::new();
+                r.read_to_end(&mut t).map_err(|e| e.to_string())?;
+                Some(t)
+            }
+            ObjectKind::Base | ObjectKind::Tablespace => {
+                let (dir, tl) = match o.kind {
+                    ObjectKind::Base => (req.pgdata.as_path(), Some(links)),
+                    _ => (
+                        links
+                            .get(&o.tablespace_oid.unwrap_or_default())
+                            .map(PathBuf::as_path)
+                            .ok_or("no directory for its tablespace")?,
+                        None,
+                    ),
+                };
+                extract::unpack(
+                    &mut r,
+                    &TarTarget {
+                        dir,
+                        tablespace_links: tl,
+                    },
+                )?;
+                // The tar's padding, and the end of the compressed frames.
+                io::copy(&mut r, &mut io::sink()).map_err(|e| e.to_string())?;
+                None
+            }
+        };
+        Ok(text)
+    })();
+    if cancel.load(Ordering::Relaxed) && outcome.is_err() {
+        return Err(Failure::new(FailureKind::Io, "cancelled"));
+    }
+    // Whatever happened, judge the stored bytes first: a damaged object is
+    // the cause, whatever the decoder or tar then said.
+    let drained = hashing.drain();
+    let (bytes, sha) = hashing.finish();
+    let damaged = |what: String| {
+        let f = Failure::new(
+            FailureKind::Integrity,
+            format!("object \"{at}\" of backup \"{}\" is damaged: {what}", info.label),
+        )
+        .hint("The backup cannot be restored as stored. Restore another backup (see walarch backup list).");
+        match &outcome {
+            Err(e) => f.detail(format!("Reading it failed: {e}.")),
+            Ok(_) => f,
+        }
+    };
+    if drained.is_ok() {
+        if sha != o.sha256.to_ascii_lowercase() {
+            return Err(damaged(format!(
+                "SHA-256 {sha}, but backup.json records {}",
+                o.sha256
+            )));
+        }
+        if bytes != o.stored_size {
+            return Err(damaged(format!(
+                "{bytes} bytes, but backup.json records {}",
+                o.stored_size
+            )));
+        }
+    }
+    match (outcome, drained) {
+        (Err(e), _) => Err(Failure::new(
+            FailureKind::Integrity,
+            format!(
+                "could not restore object \"{at}\" of backup \"{}\": {e}",
+                info.label
+            ),
+        )),
+        (Ok(_), Err(e)) => Err(Failure::new(
+            FailureKind::Io,
+            format!("could not read \"{at}\": {e}"),
+        )),
+        (Ok(t), Ok(())) => Ok(t),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::fixture::{store_backup, Options, TS_FILE};
+    use crate::destination::local_directory::LocalDirectory;
+
+    struct Env {
+        tmp: tempfile::TempDir,
+        d: LocalDirectory,
+    }
+
+    impl Env {
+        fn new() -> Env {
+            let tmp = tempfile::tempdir().unwrap();
+            std::fs::create_dir(tmp.path().join("archive")).unwrap();
+            let d = LocalDirectory::new(tmp.path().join("archive"), 0o600);
+            Env { tmp, d }
+        }
+        fn archive(&self) -> PathBuf {
+            self.tmp.path().join("archive")
+        }
+        fn p(&self, s: &str) -> PathBuf {
+            self.tmp.path().join(s)
+        }
+        fn store(&self, label: &str, opts: Options) -> BackupInfo {
+            store_backup(&self.d, &self.archive(), label, &self.p("ts-old"), opts)
+        }
+        fn request(&self, which: &str) -> Request {
+            Request {
+                which: Which::parse(which).unwrap(),
+                pgdata: self.p("data"),
+                tablespace_mapping: vec![(self.p("ts-old"), self.p("ts-new"))],
+                jobs: 3,
+                target: None,
+                target_action: None,
+                target_timeline: None,
+                restore_command: restore_command(
+                    Path::new("/usr/bin/walarch"),
+                    &self.archive().to_string_lossy(),
+                    &[],
+                ),
+                keep_on_failure: false,
+            }
+        }
+        fn restore(&self, req: &Request) -> Result<Restored, Failure> {
+            restore_backup(&self.d, req, &|_| {})
+        }
+        fn corrupt(&self, label: &str, object: &str) {
+            let p = self.archive().join(object_name(label, object));
+            let mut b = std::fs::read(&p).unwrap();
+            let mid = b.len() / 2;
+            b[mid] ^= 0x55;
+            std::fs::write(&p, b).unwrap();
+        }
+    }
+
+    fn conf(pgdata: &Path) -> String {
+        std::fs::read_to_string(pgdata.join("postgresql.auto.conf")).unwrap()
+    }
+
+    #[test]
+    fn restores_verified_backup_with_mapped_tablespace_then_writes_recovery_settings() {
+        let e = Env::new();
+        e.store("b1", Options::default());
+        let mut req = e.request("b1");
+        req.target = Some(Target::Time("2026-12-05 15:00:00+00".into()));
+        let r = e.restore(&req).unwrap();
+        assert_eq!((r.objects, r.files_checked), (3, 5));
+        let data = e.p("data");
+        assert_eq!(
+            std::fs::read(data.join("base/1/1259")).unwrap(),
+            b"pg_class"
+        );
+        assert_eq!(
+            std::fs::read_link(data.join("pg_tblspc/16385")).unwrap(),
+            e.p("ts-new")
+        );
+        assert_eq!(
+            std::fs::read(e.p("ts-new").join(TS_FILE)).unwrap(),
+            b"tablespace table"
+        );
+        assert!(!e.p("ts-old").exists());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&data.join("global/pg_control")), 0o600);
+        assert!(data.join("backup_manifest").is_file());
+        assert!(data.join("recovery.signal").is_file());
+        let c = conf(&data);
+        assert!(
+            c.starts_with(
+                "# Do not edit this file manually!\nwork_mem = '8MB'\n# Added by walarch"
+            ),
+            "{c}"
+        );
+        let archive = e.archive();
+        assert!(
+            c.contains(&format!(
+                "restore_command = '/usr/bin/walarch restore {} %f %p'\n",
+                archive.display()
+            )),
+            "{c}"
+        );
+        assert!(c.contains("recovery_target_time = '2026-12-05 15:00:00+00'\nrecovery_target_action = 'pause'\n"), "{c}");
+    }
+
+    #[test]
+    fn a_tar_backup_s_tablespace_map_is_rewritten_to_the_mapping() {
+        let e = Env::new();
+        e.store(
+            "b1",
+            Options {
+                tablespace_map: true,
+                ..Default::default()
+            },
+        );
+        e.restore(&e.request("b1")).unwrap();
+        let data = e.p("data");
+        assert_eq!(
+            std::fs::read_to_string(data.join("tablespace_map")).unwrap(),
+            format!("16385 {}\n", e.p("ts-new").display())
+        );
+        assert_eq!(
+            std::fs::read_link(data.join("pg_tblspc/16385")).unwrap(),
+            e.p("ts-new")
+        );
+        assert!(e.p("ts-new").join(TS_FILE).is_file());
+    }
+
+    #[test]
+    fn latest_is_the_newest_complete_backup_and_server_gzip_is_read() {
+        let e = Env::new();
+        e.store(
+            "old",
+            Options {
+                start_time: Some("2026-12-01T00:00:00Z"),
+                ..Default::default()
+            },
+        );
+        e.store(
+            "new",
+            Options {
+                start_time: Some("2026-12-02T00:00:00Z"),
+                server_gzip: true,
+                ..Default::default()
+            },
+        );
+        // Incomplete, and newer: never chosen.
+        let mut w = e.d.create_object("backups/newest/base.tar.zst").unwrap();
+        w.write(b"x").unwrap();
+        w.finish().unwrap();
+        let mut req = e.request("latest");
+        req.target = Some(Target::Name("before".into()));
+        req.target_action = Some(TargetAction::Promote);
+        req.target_timeline = Some("current".into());
+        let r = e.restore(&req).unwrap();
+        assert_eq!(r.info.label, "new");
+        let c = conf(&e.p("data"));
+        assert!(c.contains("recovery_target_name = 'before'\nrecovery_target_action = 'promote'\nrecovery_target_timeline = 'current'\n"), "{c}");
+
+        let e2 = Env::new();
+        let err = e2.restore(&e2.request("latest")).unwrap_err();
+        assert_eq!(err.kind, FailureKind::NotRestorable);
+        let err = e
+            .restore(&Request {
+                pgdata: e.p("data2"),
+                ..e.request("newest")
+            })
+            .unwrap_err();
+        assert!(err.message.contains("incomplete"), "{err}");
+        let err = e
+            .restore(&Request {
+                pgdata: e.p("data2"),
+                ..e.request("nope")
+            })
+            .unwrap_err();
+        assert!(err.message.contains("does not exist"), "{err}");
+        assert!(!e.p("data2").exists());
+    }
+
+    /// Nothing of a failed restore may be started: no recovery.signal, no
+    /// settings; by default nothing is left at all.
+    fn assert_refused_cleanly(e: &Env, err: &Failure, kind: FailureKind, text: &str) {
+        assert_eq!(err.kind, kind, "{err}");
+        assert!(err.to_string().contains(text), "{err}");
+        assert!(!e.p("data").exists(), "{err}");
+        assert!(!e.p("ts-new").exists(), "{err}");
+    }
+
+    #[test]
+    fn corrupt_object_is_refused_before_any_recovery_setting() {
+        let e = Env::new();
+        e.store("b1", Options::default());
+        e.corrupt("b1", "16385.tar.zst");
+        let err = e.restore(&e.request("b1")).unwrap_err();
+        assert_refused_cleanly(&e, &err, FailureKind::Integrity, "is damaged: SHA-256");
+        assert!(
+            err.to_string()
+                .contains("What restore had written was removed"),
+            "{err}"
+        );
+
+        // Kept for investigation when asked, but never with recovery settings.
+        let mut req = e.request("b1");
+        req.keep_on_failure = true;
+        let err = e.restore(&req).unwrap_err();
+        assert!(err.to_string().contains("do not start it"), "{err}");
+        assert!(e.p("data").exists());
+        assert!(!e.p("data/recovery.signal").exists());
+        // (base.tar may not have been unpacked: the failure stops the rest.)
+        let auto = std::fs::read_to_string(e.p("data/postgresql.auto.conf")).unwrap_or_default();
+        assert!(!auto.contains("restore_command"), "{auto}");
+    }
+
+    #[test]
+    fn truncated_object_is_refused() {
+        let e = Env::new();
+        e.store("b1", Options::default());
+        let p = e.archive().join(object_name("b1", "base.tar.zst"));
+        let b = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &b[..b.len() - 10]).unwrap();
+        let err = e.restore(&e.request("b1")).unwrap_err();
+        assert_refused_cleanly(&e, &err, FailureKind::Integrity, "is damaged");
+    }
+
+    #[test]
+    fn file_not_matching_the_manifest_is_refused() {
+        let e = Env::new();
+        e.store(
+            "b1",
+            Options {
+                manifest_1259: Some(b"pg_clasS"),
+                ..Default::default()
+            },
+        );
+        let err = e.restore(&e.request("b1")).unwrap_err();
+        assert_refused_cleanly(
+            &e,
+            &err,
+            FailureKind::Integrity,
+            "checksum mismatch for file \"base/1/1259\"",
+        );
+    }
+
+    #[test]
+    fn path_traversal_in_a_tar_is_refused() {
+        let e = Env::new();
+        e.store(
+            "b1",
+            Options {
+                extra_base: vec![("../escaped", tar::EntryType::Regular, b"x", None)],
+                ..Default::default()
+            },
+        );
+        let err = e.restore(&e.request("b1")).unwrap_err();
+        assert_refused_cleanly(&e, &err, FailureKind::Integrity, "outside");
+        assert!(!e.p("escaped").exists());
+    }
+
+    #[test]
+    fn non_empty_targets_are_refused_and_left_untouched() {
+        let e = Env::new();
+        e.store("b1", Options::default());
+        std::fs::create_dir(e.p("data")).unwrap();
+        std::fs::write(e.p("data/PG_VERSION"), b"17\n").unwrap();
+        let err = e.restore(&e.request("b1")).unwrap_err();
+        assert_eq!(err.kind, FailureKind::Usage);
+        assert!(err.message.contains("exists but is not empty"), "{err}");
+        let left: Vec<_> = std::fs::read_dir(e.p("data")).unwrap().collect();
+        assert_eq!(left.len(), 1);
+        assert!(!e.p("ts-new").exists());
+
+        // An empty data directory is used (and emptied again on failure);
+        // a non-empty tablespace target is refused.
+        std::fs::remove_file(e.p("data/PG_VERSION")).unwrap();
+        std::fs::create_dir(e.p("ts-new")).unwrap();
+        std::fs::write(e.p("ts-new/x"), b"").unwrap();
+        let err = e.restore(&e.request("b1")).unwrap_err();
+        assert!(err.message.contains("tablespace directory"), "{err}");
+        std::fs::remove_file(e.p("ts-new/x")).unwrap();
+        e.restore(&e.request("b1")).unwrap();
+        assert!(e.p("data/recovery.signal").exists());
+    }
+
+    #[test]
+    fn requests_that_cannot_be_carried_out_change_nothing() {
+        let e = Env::new();
+        e.store(
+            "b1",
+            Options {
+                wal: Some("000000010000000000000009"),
+                ..Default::default()
+            },
+        );
+        let mut req = e.request("b1");
+        req.tablespace_mapping = vec![(e.p("elsewhere"), e.p("ts-new"))];
+        let err = e.restore(&req).unwrap_err();
+        assert!(err.message.contains("no tablespace of backup"), "{err}");
+        let mut req = e.request("b1");
+        req.target_action = Some(TargetAction::Shutdown);
+        assert!(e
+            .restore(&req)
+            .unwrap_err()
+            .message
+            .contains("needs a recovery target"));
+        let mut req = e.request("b1");
+        req.target = Some(Target::Lsn("0/1000000".into()));
+        assert_eq!(
+            e.restore(&req).unwrap_err().kind,
+            FailureKind::NotRestorable
+        );
+        let mut req = e.request("b1");
+        req.tablespace_mapping = vec![(e.p("ts-old"), e.p("data/ts"))];
+        assert!(e.restore(&req).unwrap_err().message.contains("overlap"));
+        std::fs::remove_file(e.archive().join("000000010000000000000009")).unwrap();
+        let err = e.restore(&e.request("b1")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("Missing: 000000010000000000000009"),
+            "{err}"
+        );
+        assert!(!e.p("data").exists());
+    }
+
+    #[test]
+    fn restore_command_quoting() {
+        let c = restore_command(
+            Path::new("/opt/wal arch/walarch"),
+            "/srv/it's 100%",
+            &["--endpoint".into(), "http://127.0.0.1:9000".into()],
+        );
+        assert_eq!(
+            c,
+            r"'/opt/wal arch/walarch' restore '/srv/it'\''s 100%%' %f %p --endpoint http://127.0.0.1:9000"
+        );
+        assert_eq!(
+            conf_quote(&c),
+            r"'''/opt/wal arch/walarch'' restore ''/srv/it''\\''''s 100%%'' %f %p --endpoint http://127.0.0.1:9000'"
+        );
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(parse_lsn("16/"), None);
+    }
+}
