@@ -18,8 +18,10 @@
 //! an incomplete backup: never listed as restorable, removed by whoever
 //! aborts it or by retention.
 
+pub mod catalog;
 pub mod info;
 
+pub use catalog::{Catalog, Incomplete, StoredBackup, INCOMPLETE_AFTER};
 pub use info::{BackupInfo, BackupObject, ObjectKind, Tablespace};
 
 /// The folder (key prefix) of every backup.
