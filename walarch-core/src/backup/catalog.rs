@@ -198,10 +198,18 @@ mod tests {
         info.label = "A".into();
         put(&d, &object_name("A", STARTED), b"");
         put(&d, &object_name("A", "base.tar.zst"), b"x");
-        put(&d, &object_name("A", BACKUP_JSON), info.to_json().as_bytes());
+        put(
+            &d,
+            &object_name("A", BACKUP_JSON),
+            info.to_json().as_bytes(),
+        );
         put(&d, &object_name("B", STARTED), b"");
         put(&d, &object_name("C", BACKUP_JSON), b"{not json");
-        put(&d, &object_name("D", BACKUP_JSON), info.to_json().as_bytes());
+        put(
+            &d,
+            &object_name("D", BACKUP_JSON),
+            info.to_json().as_bytes(),
+        );
         put(&d, "backups/loose", b"?");
         let c = Catalog::read(&d).unwrap();
         assert_eq!(c.complete.len(), 1);
