@@ -887,7 +887,7 @@ pub fn execute(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const T0: u64 = 1_800_000_000;
@@ -1529,7 +1529,7 @@ mod tests {
     }
 
     /// Backups taken through the walarch target, in a directory archive.
-    mod target_backups {
+    pub(crate) mod target_backups {
         use super::*;
         use crate::backup::{
             object_name, BackupInfo, BackupObject, ObjectKind, BACKUP_JSON, STARTED,
@@ -1608,7 +1608,7 @@ mod tests {
             i
         }
 
-        fn archive_wal(d: &dyn Destination, segs: std::ops::RangeInclusive<u64>) {
+        pub(crate) fn archive_wal(d: &dyn Destination, segs: std::ops::RangeInclusive<u64>) {
             for s in segs {
                 let n = segment_file_name(1, s, SEG);
                 d.store_new_bytes(&n, n.as_bytes()).unwrap();
@@ -1629,7 +1629,7 @@ mod tests {
                 .collect()
         }
 
-        fn set_age(dir: &std::path::Path, label: &str, age: Duration) {
+        pub(crate) fn set_age(dir: &std::path::Path, label: &str, age: Duration) {
             for e in std::fs::read_dir(dir.join("backups").join(label)).unwrap() {
                 let f = std::fs::File::options()
                     .write(true)
