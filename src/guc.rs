@@ -30,6 +30,7 @@ pub static S3_CREDENTIALS_FILE: Setting = Setting::new(None);
 pub static S3_CA_FILE: Setting = Setting::new(None);
 pub static S3_URI_STYLE: Setting = Setting::new(Some(c"auto"));
 pub static S3_REQUEST_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(60_000);
+pub static BACKUP_ROLE: Setting = Setting::new(None);
 
 /// A string setting with a check hook, sighup, superuser-only.
 ///
@@ -119,6 +120,14 @@ pub fn define() {
             Some(check_s3_uri_style),
             None,
         );
+        define_string(
+            c"walarch.backup_role",
+            c"Role whose members may take base backups with pg_basebackup --target=walarch.",
+            c"Empty: superusers only. The backup also needs a replication connection.",
+            &BACKUP_ROLE,
+            None,
+            None,
+        );
     }
     GucRegistry::define_int_guc(
         c"walarch.s3_request_timeout",
@@ -148,6 +157,11 @@ fn text(s: &Setting) -> String {
 
 fn non_empty(s: &Setting) -> Option<String> {
     Some(text(s)).filter(|v| !v.is_empty())
+}
+
+/// `walarch.backup_role`, when set.
+pub fn backup_role() -> Option<String> {
+    non_empty(&BACKUP_ROLE)
 }
 
 pub type SharedDestination = Arc<dyn Destination + Send + Sync>;

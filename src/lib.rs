@@ -8,6 +8,7 @@
 use pgrx::prelude::*;
 
 mod archive_module;
+mod backup_target;
 mod guc;
 mod shmem;
 mod sql;
@@ -30,6 +31,8 @@ pub extern "C-unwind" fn _PG_init() {
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         shmem::init_in_postmaster();
         worker::register();
+        // pg_basebackup --target=walarch (PostgreSQL 15+).
+        backup_target::register();
     }
 }
 

@@ -43,6 +43,21 @@ pub fn warn(e: &ArchiveError, context: &str) {
     r.report(PgLogLevel::WARNING);
 }
 
+/// Raises `e` as an ERROR, with `context` prepended to the detail.
+pub fn error(e: &ArchiveError, context: &str) -> ! {
+    let detail = match &e.detail {
+        Some(d) => format!("{context} {d}"),
+        None => context.to_string(),
+    };
+    let mut r =
+        ErrorReport::new(sqlstate(e), e.message.clone(), function_name!()).set_detail(detail);
+    if let Some(h) = &e.hint {
+        r = r.set_hint(h.clone());
+    }
+    r.report(PgLogLevel::ERROR);
+    unreachable!("an ERROR does not return")
+}
+
 /// A WARNING with a message, an optional detail and hint.
 pub fn warning(code: PgSqlErrorCode, message: &str, detail: Option<&str>, hint: Option<&str>) {
     let mut r = ErrorReport::new(code, message.to_string(), function_name!());

@@ -30,7 +30,7 @@ use object_store::{
 };
 use reqwest::header::{HeaderValue, IF_NONE_MATCH};
 
-use walarch_core::destination::{Destination, Entry, Recorded, Stored};
+use walarch_core::destination::{Destination, Entry, ObjectEntry, ObjectWriter, Recorded, Stored};
 use walarch_core::support::error::{ArchiveError, ErrorKind};
 use walarch_core::wal::checksum::{from_hex, sha256, to_hex, Hasher, Sha256Digest};
 use walarch_core::wal::walname::stored_form;
@@ -38,6 +38,7 @@ use walarch_core::wal::walname::stored_form;
 use crate::errors::{
     self as s3_error, classify, classify_reqwest, classify_status, Context, Failure, Naming,
 };
+use crate::objects::S3ObjectWriter;
 use crate::runtime;
 
 /// User metadata key of the digest: `x-amz-meta-sha256`.
@@ -162,6 +163,8 @@ impl S3Settings {
     }
 }
 
+/// Cheap to clone: the client and its connections are shared.
+#[derive(Clone)]
 pub struct S3Destination {
     store: Arc<AmazonS3>,
     /// For the one request object_store cannot send (create-only
@@ -282,7 +285,11 @@ impl S3Destination {
         &self.settings
     }
 
-    fn key(&self, name: &str) -> ObjPath {
+    pub(crate) fn store(&self) -> &Arc<AmazonS3> {
+        &self.store
+    }
+
+    pub(crate) fn key(&self, name: &str) -> ObjPath {
         if self.settings.prefix.is_empty() {
             ObjPath::from(name)
         } else {
@@ -290,7 +297,7 @@ impl S3Destination {
         }
     }
 
-    fn cx<'a>(&'a self, action: &'a str, location: &'a str) -> Context<'a> {
+    pub(crate) fn cx<'a>(&'a self, action: &'a str, location: &'a str) -> Context<'a> {
         Context {
             action,
             location,
@@ -301,7 +308,7 @@ impl S3Destination {
         }
     }
 
-    fn fail(&self, action: &str, name: Option<&str>, f: Failure) -> ArchiveError {
+    pub(crate) fn fail(&self, action: &str, name: Option<&str>, f: Failure) -> ArchiveError {
         let loc = match name {
             Some(n) => self.location(n),
             None => self.describe(),
@@ -310,7 +317,12 @@ impl S3Destination {
     }
 
     /// Runs `fut` with the call deadline; maps every failure.
-    fn call<T, F>(&self, action: &str, name: Option<&str>, fut: F) -> Result<T, ArchiveError>
+    pub(crate) fn call<T, F>(
+        &self,
+        action: &str,
+        name: Option<&str>,
+        fut: F,
+    ) -> Result<T, ArchiveError>
     where
         T: Send + 'static,
         F: std::future::Future<Output = Result<T, Failure>> + Send + 'static,
@@ -318,7 +330,7 @@ impl S3Destination {
         self.call_within(self.settings.timeout, action, name, fut)
     }
 
-    fn call_within<T, F>(
+    pub(crate) fn call_within<T, F>(
         &self,
         deadline: Duration,
         action: &str,
@@ -353,7 +365,7 @@ impl S3Destination {
     }
 
     /// One create-only PUT of `data`, checksummed.
-    fn put_new(&self, name: &str, data: Vec<u8>) -> Result<Stored, ArchiveError> {
+    pub(crate) fn put_new(&self, name: &str, data: Vec<u8>) -> Result<Stored, ArchiveError> {
         let digest = sha256(&data);
         let bytes = data.len() as u64;
         let store = Arc::clone(&self.store);
@@ -516,7 +528,7 @@ impl S3Destination {
         self.complete_create_only(name, path, upload_id, parts, total, *expected)
     }
 
-    fn wait_part(
+    pub(crate) fn wait_part(
         &self,
         name: &str,
         p: runtime::Pending<Result<PartId, Failure>>,
@@ -536,7 +548,7 @@ impl S3Destination {
     /// `MultipartStore::complete_multipart` both pass
     /// `CompleteMultipartMode::Overwrite`), so the request is presigned by
     /// object_store's `Signer` (the header signed too) and sent here.
-    fn complete_create_only(
+    pub(crate) fn complete_create_only(
         &self,
         name: &str,
         path: &ObjPath,
@@ -582,7 +594,7 @@ impl S3Destination {
 }
 
 /// Whether `path` exists (HEAD).
-async fn exists(store: &AmazonS3, path: &ObjPath) -> Result<bool, Failure> {
+pub(crate) async fn exists(store: &AmazonS3, path: &ObjPath) -> Result<bool, Failure> {
     match store.head(path).await {
         Ok(_) => Ok(true),
         Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -596,7 +608,11 @@ async fn exists(store: &AmazonS3, path: &ObjPath) -> Result<bool, Failure> {
 /// missing object (S3 answers 403 instead of 404 then): one LIST of the key
 /// as a prefix tells which, so that the message says what to grant and a
 /// missing file never reads as refused credentials.
-async fn object_failure(store: &AmazonS3, path: &ObjPath, e: &object_store::Error) -> Failure {
+pub(crate) async fn object_failure(
+    store: &AmazonS3,
+    path: &ObjPath,
+    e: &object_store::Error,
+) -> Failure {
     let f = classify(e);
     let (code, message) = match &f {
         Failure::Credentials { code, message } if code.is_empty() || code == "AccessDenied" => {
@@ -989,6 +1005,19 @@ impl Destination for S3Destination {
                 Err(e) => Err(classify(&e)),
             }
         })
+    }
+
+    fn create_object(&self, name: &str) -> Result<Box<dyn ObjectWriter>, ArchiveError> {
+        Ok(Box::new(S3ObjectWriter::new(self, name)))
+    }
+
+    fn objects_under(&self, prefix: &str) -> Result<Vec<ObjectEntry>, ArchiveError> {
+        self.objects_under_prefix(prefix)
+    }
+
+    fn remove_object(&self, name: &str) -> Result<(), ArchiveError> {
+        // These objects have no checksum sidecar: one DELETE.
+        self.delete_object(name)
     }
 }
 

@@ -7,7 +7,9 @@
 
 mod bucket;
 mod errors;
+mod objects;
 pub use errors::Naming;
 pub mod runtime;
+pub use objects::MAX_PARTS_IN_FLIGHT;
 
 pub use bucket::{S3Destination, S3Settings, UriStyle, META_SHA256, SIDECAR_SUFFIX};

@@ -20,9 +20,11 @@
 
 pub mod catalog;
 pub mod info;
+pub mod writer;
 
 pub use catalog::{Catalog, Incomplete, StoredBackup, INCOMPLETE_AFTER};
 pub use info::{BackupInfo, BackupObject, ObjectKind, Tablespace};
+pub use writer::{BackupStart, BackupWriter};
 
 /// The folder (key prefix) of every backup.
 pub const BACKUPS_DIR: &str = "backups";

@@ -5,14 +5,15 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::path::Path;
 use std::rc::Rc;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::archiving::host::Host;
 use crate::archiving::shared_state::ArchiveState;
 use crate::destination::local_directory::LocalDirectory;
-use crate::destination::{Destination, Entry, Recorded, Stored};
-use crate::support::error::ArchiveError;
+use crate::destination::{Destination, Entry, ObjectEntry, ObjectWriter, Recorded, Stored};
+use crate::support::error::{ArchiveError, ErrorKind};
 use crate::wal::checksum::{hash_reader, Sha256Digest};
 
 /// Bytes that differ from one offset to the next.
@@ -105,6 +106,59 @@ impl Destination for Unreachable {
 #[derive(Default)]
 pub struct MemoryDestination {
     files: Mutex<BTreeMap<String, (Vec<u8>, Recorded)>>,
+    /// Streamed objects (`create_object`), shared with their writers.
+    objects: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+    /// When set, an object writer fails once it holds this many bytes.
+    pub fail_objects_after: Mutex<Option<usize>>,
+    /// Writers started and not yet finished or aborted.
+    open_writers: Arc<AtomicUsize>,
+}
+
+impl MemoryDestination {
+    /// Objects stored, by name.
+    pub fn objects(&self) -> BTreeMap<String, Vec<u8>> {
+        self.objects.lock().unwrap().clone()
+    }
+
+    pub fn open_writers(&self) -> usize {
+        self.open_writers.load(Ordering::SeqCst)
+    }
+}
+
+struct MemoryObject {
+    name: String,
+    data: Vec<u8>,
+    fail_after: Option<usize>,
+    objects: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+    open: Arc<AtomicUsize>,
+}
+
+impl ObjectWriter for MemoryObject {
+    fn write(&mut self, data: &[u8]) -> Result<(), ArchiveError> {
+        self.data.extend_from_slice(data);
+        if self.fail_after.is_some_and(|n| self.data.len() >= n) {
+            return Err(down());
+        }
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<u64, ArchiveError> {
+        self.open.fetch_sub(1, Ordering::SeqCst);
+        let mut objects = self.objects.lock().unwrap();
+        if objects.contains_key(&self.name) {
+            return Err(ArchiveError::new(
+                ErrorKind::Conflict,
+                format!("object \"{}\" already exists", self.name),
+            ));
+        }
+        let n = self.data.len() as u64;
+        objects.insert(self.name, self.data);
+        Ok(n)
+    }
+
+    fn abort(self: Box<Self>) {
+        self.open.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl DamageRecord for MemoryDestination {
@@ -192,6 +246,41 @@ impl Destination for MemoryDestination {
 
     fn remove(&self, name: &str) -> Result<(), ArchiveError> {
         self.files.lock().unwrap().remove(name);
+        Ok(())
+    }
+
+    fn create_object(&self, name: &str) -> Result<Box<dyn ObjectWriter>, ArchiveError> {
+        self.open_writers.fetch_add(1, Ordering::SeqCst);
+        Ok(Box::new(MemoryObject {
+            name: name.to_string(),
+            data: Vec::new(),
+            fail_after: *self.fail_objects_after.lock().unwrap(),
+            objects: Arc::clone(&self.objects),
+            open: Arc::clone(&self.open_writers),
+        }))
+    }
+
+    fn objects_under(&self, prefix: &str) -> Result<Vec<ObjectEntry>, ArchiveError> {
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(n, d)| ObjectEntry {
+                name: n.clone(),
+                size: d.len() as u64,
+            })
+            .collect())
+    }
+
+    fn open_object(&self, name: &str) -> Result<Option<Box<dyn Read + Send + '_>>, ArchiveError> {
+        let data = self.objects.lock().unwrap().get(name).cloned();
+        Ok(data.map(|d| Box::new(std::io::Cursor::new(d)) as Box<dyn Read + Send>))
+    }
+
+    fn remove_object(&self, name: &str) -> Result<(), ArchiveError> {
+        self.objects.lock().unwrap().remove(name);
         Ok(())
     }
 }

@@ -1,0 +1,300 @@
+//! Streamed objects (a base backup's tars) in the bucket.
+//!
+//! An object smaller than a part is one create-only PUT. A larger one is a
+//! multipart upload: parts of `part_size` are uploaded while the next is
+//! filled, at most `MAX_PARTS_IN_FLIGHT` at a time (memory stays bounded
+//! at that many parts plus the one filling), each with its SHA-256 sent and
+//! verified by the store (the client's checksum algorithm), and the upload
+//! is completed create-only (`If-None-Match: *`). Nothing is visible under
+//! the name before the completion; an aborted or failed upload is
+//! discarded with AbortMultipartUpload (a crash leaves it for the bucket's
+//! lifecycle rule: it is never visible as an object).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMultipartOptions, PutPayload};
+
+use walarch_core::destination::{Destination, ObjectEntry, ObjectWriter, Stored};
+use walarch_core::support::error::{ArchiveError, ErrorKind};
+
+use crate::bucket::{exists, S3Destination};
+use crate::errors::{self as s3_error, classify, Failure};
+use crate::runtime;
+
+/// Parts uploading at once per object.
+pub const MAX_PARTS_IN_FLIGHT: usize = 4;
+
+fn taken(dest: &S3Destination, name: &str) -> ArchiveError {
+    ArchiveError::new(
+        ErrorKind::Conflict,
+        format!(
+            "could not store \"{}\": it already exists",
+            dest.location(name)
+        ),
+    )
+}
+
+pub(crate) struct S3ObjectWriter {
+    dest: S3Destination,
+    name: String,
+    path: ObjPath,
+    /// The part being filled.
+    buf: Vec<u8>,
+    upload: Option<String>,
+    in_flight: VecDeque<runtime::Pending<Result<PartId, Failure>>>,
+    /// Parts acknowledged, in order.
+    done: Vec<PartId>,
+    total: u64,
+}
+
+impl S3ObjectWriter {
+    pub(crate) fn new(dest: &S3Destination, name: &str) -> S3ObjectWriter {
+        S3ObjectWriter {
+            dest: dest.clone(),
+            name: name.to_string(),
+            path: dest.key(name),
+            buf: Vec::new(),
+            upload: None,
+            in_flight: VecDeque::new(),
+            done: Vec::new(),
+            total: 0,
+        }
+    }
+
+    fn part_size(&self) -> usize {
+        self.dest.settings().part_size
+    }
+
+    /// Creates the multipart upload (first part only).
+    fn upload_id(&mut self) -> Result<String, ArchiveError> {
+        if let Some(id) = &self.upload {
+            return Ok(id.clone());
+        }
+        let store = Arc::clone(self.dest.store());
+        let path = self.path.clone();
+        let head_first = self.dest.settings().head_before_put;
+        let created = self.dest.call("store", Some(&self.name), async move {
+            // Some stores ignore If-None-Match: look first, so that a taken
+            // name is refused before any part is sent.
+            if head_first && exists(&store, &path).await? {
+                return Ok(None);
+            }
+            store
+                .create_multipart_opts(&path, PutMultipartOptions::default())
+                .await
+                .map(Some)
+                .map_err(|e| classify(&e))
+        })?;
+        let id = created.ok_or_else(|| taken(&self.dest, &self.name))?;
+        self.upload = Some(id.clone());
+        Ok(id)
+    }
+
+    /// Waits for the oldest part in flight.
+    fn wait_oldest(&mut self) -> Result<(), ArchiveError> {
+        if let Some(p) = self.in_flight.pop_front() {
+            let part = self.dest.wait_part(&self.name, p)?;
+            self.done.push(part);
+        }
+        Ok(())
+    }
+
+    /// Sends the filled part (waiting first when enough are in flight).
+    fn send_part(&mut self) -> Result<(), ArchiveError> {
+        let id = self.upload_id()?;
+        while self.in_flight.len() >= MAX_PARTS_IN_FLIGHT {
+            self.wait_oldest()?;
+        }
+        let data = std::mem::take(&mut self.buf);
+        let idx = self.done.len() + self.in_flight.len();
+        let store = Arc::clone(self.dest.store());
+        let path = self.path.clone();
+        let payload = PutPayload::from(Bytes::from(data));
+        let pending = runtime::spawn(self.dest.settings().timeout, async move {
+            store
+                .put_part(&path, &id, idx, payload)
+                .await
+                .map_err(|e| classify(&e))
+        })
+        .map_err(|e| {
+            let loc = self.dest.location(&self.name);
+            s3_error::run_error(e, &self.dest.cx("store", &loc))
+        })?;
+        self.in_flight.push_back(pending);
+        Ok(())
+    }
+
+    fn finish_inner(&mut self) -> Result<u64, ArchiveError> {
+        if self.upload.is_none() {
+            // Smaller than a part: one create-only PUT.
+            let data = std::mem::take(&mut self.buf);
+            return match self.dest.put_new(&self.name, data)? {
+                Stored::Created { bytes, .. } => Ok(bytes),
+                Stored::Exists => Err(taken(&self.dest, &self.name)),
+            };
+        }
+        if !self.buf.is_empty() {
+            self.send_part()?;
+        }
+        while !self.in_flight.is_empty() {
+            self.wait_oldest()?;
+        }
+        let id = self.upload.clone().unwrap_or_default();
+        let parts = std::mem::take(&mut self.done);
+        // The digest is recorded by the caller (backup.json), not here.
+        match self
+            .dest
+            .complete_create_only(&self.name, &self.path, &id, parts, self.total, [0; 32])?
+        {
+            Stored::Created { .. } => {
+                self.upload = None;
+                Ok(self.total)
+            }
+            Stored::Exists => Err(taken(&self.dest, &self.name)),
+        }
+    }
+
+    fn abort_upload(&mut self) {
+        // Dropping a pending part aborts its task.
+        self.in_flight.clear();
+        if let Some(id) = self.upload.take() {
+            let store = Arc::clone(self.dest.store());
+            let path = self.path.clone();
+            let _ = runtime::run(self.dest.settings().timeout, async move {
+                store.abort_multipart(&path, &id).await
+            });
+        }
+    }
+}
+
+impl ObjectWriter for S3ObjectWriter {
+    fn write(&mut self, mut data: &[u8]) -> Result<(), ArchiveError> {
+        let part = self.part_size();
+        while !data.is_empty() {
+            // A full part is sent only once more bytes come: the last part
+            // is then never empty, and an object of exactly one part is a
+            // plain PUT.
+            if self.buf.len() == part {
+                self.send_part()?;
+            }
+            if self.buf.capacity() < part {
+                self.buf.reserve_exact(part - self.buf.len());
+            }
+            let k = (part - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..k]);
+            self.total += k as u64;
+            data = &data[k..];
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<u64, ArchiveError> {
+        let r = self.finish_inner();
+        if r.is_err() {
+            self.abort_upload();
+        }
+        r
+    }
+
+    fn abort(mut self: Box<Self>) {
+        self.abort_upload();
+    }
+}
+
+impl S3Destination {
+    pub(crate) fn objects_under_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<ObjectEntry>, ArchiveError> {
+        // Listing is by whole path segments: list the folder the prefix is
+        // in, keep the names that start with it.
+        let folder = prefix.rsplit_once('/').map_or("", |(f, _)| f).to_string();
+        let root = self.settings().prefix.clone();
+        let under = match (root.is_empty(), folder.is_empty()) {
+            (true, true) => None,
+            (true, false) => Some(ObjPath::from(folder)),
+            (false, true) => Some(ObjPath::from(root.clone())),
+            (false, false) => Some(ObjPath::from(format!("{root}/{folder}"))),
+        };
+        let store = Arc::clone(self.store());
+        let strip = if root.is_empty() {
+            String::new()
+        } else {
+            format!("{root}/")
+        };
+        let prefix = prefix.to_string();
+        self.call_within(self.settings().timeout * 4, "list", None, async move {
+            let mut out = Vec::new();
+            let mut s = store.list(under.as_ref());
+            while let Some(item) = s.next().await {
+                let o = item.map_err(|e| classify(&e))?;
+                let full = o.location.to_string();
+                let Some(name) = full.strip_prefix(&strip) else {
+                    continue;
+                };
+                if name.starts_with(&prefix) {
+                    out.push(ObjectEntry {
+                        name: name.to_string(),
+                        size: o.size,
+                    });
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    pub(crate) fn delete_object(&self, name: &str) -> Result<(), ArchiveError> {
+        let store = Arc::clone(self.store());
+        let path = self.key(name);
+        self.call("remove", Some(name), async move {
+            match store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(classify(&e)),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::S3Settings;
+
+    #[test]
+    fn small_object_and_an_unreachable_store_fail_cleanly() {
+        // Nothing listens there: the PUT fails as unreachable, nothing hangs.
+        let mut s = S3Settings::new("b");
+        s.endpoint = Some("http://127.0.0.1:9".into());
+        s.access_key_id = Some("k".into());
+        s.secret_access_key = Some("secret-value".into());
+        s.timeout = std::time::Duration::from_secs(3);
+        s.max_retries = 0;
+        let dest = S3Destination::new(s).unwrap();
+        let mut w = dest.create_object("backups/L/backup.started").unwrap();
+        w.write(b"x").unwrap();
+        let e = w.finish().unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unavailable, "{e:?}");
+        assert!(!format!("{e}").contains("secret-value"));
+    }
+
+    #[test]
+    fn parts_are_cut_at_the_part_size_and_the_last_is_never_empty() {
+        let mut s = S3Settings::new("b");
+        s.endpoint = Some("http://127.0.0.1:9".into());
+        s.part_size = 5 << 20;
+        let dest = S3Destination::new(s).unwrap();
+        let mut w = S3ObjectWriter::new(&dest, "x");
+        // Exactly one part's worth, in pieces: held back until more comes.
+        for c in vec![0u8; 5 << 20].chunks(32 << 10) {
+            ObjectWriter::write(&mut w, c).unwrap();
+        }
+        assert_eq!(w.total, 5 << 20);
+        assert!(w.upload.is_none() && w.in_flight.is_empty());
+        assert_eq!(w.buf.len(), 5 << 20);
+    }
+}
