@@ -234,11 +234,6 @@ fn into_a_directory_with_a_tablespace_faults_privileges_labels() {
     let (ok, out) = basebackup(&c, "rep", &["--target=walarch:byrep"]);
     assert!(ok, "{out}");
     assert!(folder("byrep").join("backup.json").exists());
-    // Only a superuser may change it.
-    let e = c
-        .psql("SET ROLE rep; ALTER SYSTEM SET walarch.backup_role = ''")
-        .unwrap_err();
-    assert!(e.contains("permission denied"), "{e}");
 
     // 5. Faults: the walsender terminated, the client killed.
     let gone = |l: &str| {
@@ -288,7 +283,9 @@ fn into_a_directory_with_a_tablespace_faults_privileges_labels() {
 fn list(s3: &Seaweed, prefix: &str) -> Vec<(String, u64)> {
     let url = format!(
         "{}/{}?list-type=2&prefix={}",
-        s3.endpoint, s3.bucket, prefix
+        s3.endpoint,
+        s3.bucket,
+        prefix.replace('/', "%2F")
     );
     let out = Command::new("curl")
         .args(["-sS", "--fail", "--aws-sigv4", "aws:amz:us-east-1:s3", "-u"])
