@@ -209,7 +209,10 @@ fn walarch_switch_wal(
 
 /// Verifies the configured archive from inside the server, as `walarch
 /// verify` does: one row per file checked (`ok`, `corrupt`,
-/// `missing_checksum`) and one per gap (`missing`).
+/// `missing_checksum`) and one per gap (`missing`); then, for the base
+/// backups taken through the target, one per object (`ok`, `corrupt`,
+/// `missing`), one per WAL file a backup needs that is missing, and one per
+/// incomplete backup (`in_progress`, or `incomplete` once abandoned).
 #[pg_extern(volatile, parallel_unsafe)]
 fn walarch_verify(
     from_wal: default!(Option<String>, "NULL"),
@@ -315,7 +318,8 @@ fn raise(code: PgSqlErrorCode, e: &walarch_core::ArchiveError) -> ! {
 /// Removes from the configured archive what a retention rule no longer
 /// needs, as `walarch expire` does: exactly one rule; with `dry_run` (the
 /// default) it only says what would go. One row per file: `remove` (dry
-/// run), `removed`, or `left` (not a WAL file name, never touched).
+/// run), `removed`, or `left` (not a WAL file name, never touched); the
+/// objects of the base backups it expires (`backups/LABEL/…`) come first.
 #[pg_extern(volatile, parallel_unsafe)]
 fn walarch_expire(
     keep_backups: default!(Option<i32>, "NULL"),

@@ -467,3 +467,121 @@ fn keep_backups_on_a_bucket_and_recovery_from_the_oldest_kept() {
     r.start_and_wait_promoted(T);
     assert_eq!(r.query("SELECT count(*) FROM t"), "300");
 }
+
+/// `pg_basebackup --target=walarch:LABEL -X none`: the backup goes into the
+/// archive (`backups/LABEL/`), and PostgreSQL archives its `.backup` file
+/// too (the `n`th); returns that file's name.
+fn target_backup(c: &Cluster, label: &str, n: usize) -> String {
+    let archive = c.archive_dir();
+    let out = as_server_user(walarch_integration::bindir().join("pg_basebackup"))
+        .args([
+            &format!("--target=walarch:{label}"),
+            "-X",
+            "none",
+            "-c",
+            "fast",
+        ])
+        .args(["-U", "postgres", "-h"])
+        .arg(&c.sockdir)
+        .args(["-p", &c.port.to_string()])
+        .output()
+        .expect("run pg_basebackup");
+    assert!(
+        out.status.success(),
+        "pg_basebackup --target=walarch:{label}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = archive.join("backups").join(label).join("backup.json");
+    wait_until(&format!("backup {label} complete and archived"), T, || {
+        json.exists() && backups(&archive).len() >= n
+    });
+    backups(&archive).pop().unwrap()
+}
+
+/// The objects of backup `label` in a directory archive, sorted.
+fn target_objects(archive: &Path, label: &str) -> Vec<String> {
+    let dir = archive.join("backups").join(label);
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return vec![];
+    };
+    let mut v: Vec<String> = rd
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn expire_with_two_backups_taken_through_the_target_keeps_exactly_what_the_newest_n_need() {
+    // The target exists on 15+; run on the oldest and the newest supported.
+    if ![15, 18].contains(&pg_major()) {
+        return;
+    }
+    let c = recovery_primary("expire-target");
+    let archive = c.archive_dir();
+    let dir = archive.to_str().unwrap();
+    c.switch_many(3);
+    let b1 = target_backup(&c, "t1", 1);
+    batch(&c, 1, 100, "t1");
+    c.switch_many(2);
+    let b2 = target_backup(&c, "t2", 2);
+    batch(&c, 101, 200, "t2");
+    let t1 = target_objects(&archive, "t1");
+    let t2 = target_objects(&archive, "t2");
+    assert!(t1.contains(&"backup.json".to_string()), "{t1:?}");
+    assert!(t2.contains(&"backup.json".to_string()), "{t2:?}");
+    let before = segments(&archive);
+    verify_ok(&archive);
+
+    // Each backup counts once (its backup.json and its .backup file):
+    // keeping two keeps both, and only the WAL before the first goes.
+    let (code, out, err) = walarch(&["expire", dir, "--keep-backups", "2", "--dry-run"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("backups/"), "{out}");
+    assert!(
+        out.contains(&format!("would remove {}", before[0])),
+        "{out}"
+    );
+
+    // Keeping one: t1's objects first, backup.json first of them, then the
+    // WAL before t2's start.
+    let (code, out, err) = walarch(&["expire", dir, "--keep-backups", "1", "--dry-run"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "would remove backups/t1/backup.json", "{out}");
+    let objects_listed = lines
+        .iter()
+        .take_while(|l| l.starts_with("would remove backups/t1/"))
+        .count();
+    assert_eq!(objects_listed, t1.len(), "{out}");
+    assert!(!out.contains("backups/t2"), "{out}");
+    assert_eq!(target_objects(&archive, "t1"), t1, "a dry run removed");
+    // The SQL function agrees.
+    let sql = c.query(
+        "SELECT count(*) FILTER (WHERE walfile LIKE 'backups/t1/%'), \
+                count(*) FILTER (WHERE walfile LIKE 'backups/t2/%') \
+         FROM walarch_expire(keep_backups => 1) WHERE action = 'remove'",
+    );
+    assert_eq!(sql, format!("{}|0", t1.len()));
+
+    let (code, out, err) = walarch(&["expire", dir, "--keep-backups", "1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!archive.join("backups/t1").exists(), "{out}");
+    assert_eq!(target_objects(&archive, "t2"), t2, "{out}");
+    let after = segments(&archive);
+    assert_eq!(after.first().map(String::as_str), Some(&b2[..24]), "{out}");
+    let want: Vec<&String> = before.iter().filter(|s| s[8..] < b2[8..24]).collect();
+    let gone: Vec<&String> = before.iter().filter(|s| !after.contains(s)).collect();
+    assert_eq!(gone, want, "{out}");
+    assert_eq!(
+        backups(&archive),
+        std::slice::from_ref(&b2),
+        "{b1} kept: {out}"
+    );
+    // t2 is whole: its objects match backup.json, its WAL is archived.
+    verify_ok(&archive);
+    let (code, out, err) = walarch(&["verify", dir, "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("backups/t2/base.tar"), "{out}");
+}

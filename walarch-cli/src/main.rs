@@ -458,7 +458,7 @@ fn to_json(dir: &str, r: &Report) -> String {
         "intact": r.intact(),
         "segment_size": r.segment_size,
         "timelines": r.timelines,
-        "checked": r.findings.iter().filter(|f| f.status != walarch_core::maintenance::verify::Status::Missing).count(),
+        "checked": checked(r),
         "problems": r.problems().count(),
         "compressed_files": r.compressed_files,
         "stored_bytes": r.stored_bytes,
@@ -472,15 +472,27 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
+/// Files (WAL files, backup objects) read and checked.
+fn checked(r: &Report) -> usize {
+    use walarch_core::maintenance::verify::Status;
+    r.findings
+        .iter()
+        .filter(|f| {
+            !matches!(
+                f.status,
+                Status::Missing | Status::InProgress | Status::Incomplete
+            )
+        })
+        .count()
+}
+
 fn print_text(r: &Report) {
-    for f in r.problems() {
+    use walarch_core::maintenance::verify::Status;
+    // Problems, and the backups that may be in progress (not problems).
+    for f in r.findings.iter().filter(|f| f.status != Status::Ok) {
         println!("{}: {}: {}", f.walfile, f.status.as_str(), f.detail);
     }
-    let checked = r
-        .findings
-        .iter()
-        .filter(|f| f.status != walarch_core::maintenance::verify::Status::Missing)
-        .count();
+    let checked = checked(r);
     let problems = r.problems().count();
     let size = r
         .segment_size

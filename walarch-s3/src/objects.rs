@@ -241,6 +241,7 @@ impl S3Destination {
                     out.push(ObjectEntry {
                         name: name.to_string(),
                         size: o.size,
+                        stored_at: Some(o.last_modified.into()),
                     });
                 }
             }

@@ -103,7 +103,7 @@ impl BackupInfo {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> BackupInfo {

@@ -18,6 +18,7 @@
 //! an incomplete backup: never listed as restorable, removed by whoever
 //! aborts it or by retention.
 
+pub mod catalog;
 pub mod extract;
 #[cfg(test)]
 mod fixture;
@@ -27,6 +28,7 @@ pub mod manifest;
 pub mod restore;
 pub mod writer;
 
+pub use catalog::{Catalog, Incomplete, StoredBackup, INCOMPLETE_AFTER};
 pub use info::{BackupInfo, BackupObject, ObjectKind, Tablespace};
 pub use writer::{BackupStart, BackupWriter};
 

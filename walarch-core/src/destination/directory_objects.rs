@@ -188,6 +188,7 @@ pub(crate) fn objects_under(root: &Path, prefix: &str) -> Result<Vec<ObjectEntry
                 out.push(ObjectEntry {
                     name,
                     size: meta.len(),
+                    stored_at: meta.modified().ok(),
                 });
             }
         }

@@ -86,6 +86,10 @@ pub struct ObjectEntry {
     /// The full name, prefix included (`backups/L/base.tar.zst`).
     pub name: String,
     pub size: u64,
+    /// When it was stored (last modified), when the destination says:
+    /// retention judges an incomplete backup's age by it; `None` counts as
+    /// recent (kept).
+    pub stored_at: Option<SystemTime>,
 }
 
 pub trait Destination: Sync {

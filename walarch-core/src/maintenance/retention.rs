@@ -28,12 +28,24 @@
 //! Files go oldest first, each data before its record, so an expiry that
 //! stops midway leaves a shorter archive without a hole, and never a record
 //! without its file.
+//!
+//! Backups taken through the target (`backups/LABEL/`, see `crate::backup`)
+//! count too, by their `backup.json`; the `.backup` file PostgreSQL also
+//! archives for such a backup is the same backup (same start timeline and
+//! location, which its name encodes), counted once. A backup taken through
+//! the target that the rule expires loses its objects before any WAL goes,
+//! `backup.json` first: a crash midway leaves an incomplete backup, never a
+//! listed one with objects missing. Incomplete backups (no `backup.json`)
+//! untouched for `INCOMPLETE_AFTER` are removed too, unless a backup is in
+//! progress.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::backup::catalog::{removal_order, Catalog, StoredBackup};
+use crate::backup::{BACKUPS_DIR, INCOMPLETE_AFTER};
 use crate::destination::{Destination, Entry};
 use crate::support::error::{ArchiveError, ErrorKind};
 use crate::wal::timeline_history::Timelines;
@@ -74,6 +86,15 @@ pub struct Decision {
     pub reason: String,
 }
 
+impl Decision {
+    /// Whether it names an object of a backup (`backups/LABEL/…`), removed
+    /// with `remove_object`, rather than a WAL file: WAL file names have no
+    /// `/`.
+    pub fn is_backup_object(&self) -> bool {
+        self.walfile.contains('/')
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     /// The oldest segment position kept (`None`: nothing to cut at).
@@ -91,21 +112,27 @@ impl Plan {
 }
 
 /// The texts retention reads besides the names: every backup history file
-/// (by name) and timeline history file (by timeline).
+/// (by name) and timeline history file (by timeline), and the backups taken
+/// through the target.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Facts {
     pub backups: BTreeMap<String, String>,
     pub histories: BTreeMap<u32, String>,
+    pub stored: Catalog,
 }
 
 /// History files are a few hundred bytes; anything much larger is not one.
 const MAX_HISTORY_TEXT: u64 = 1 << 20;
 
-/// Reads the `.backup` and `.history` files among `entries` from `dest`.
-/// One that vanished meanwhile is skipped (a `.backup` then counts as
-/// unreadable and `plan` refuses); one that cannot be read is an error.
+/// Reads the `.backup` and `.history` files among `entries` from `dest`,
+/// and the backups under `backups/`. One that vanished meanwhile is skipped
+/// (a `.backup` then counts as unreadable and `plan` refuses); one that
+/// cannot be read is an error.
 pub fn read_facts(dest: &dyn Destination, entries: &[Entry]) -> Result<Facts, ArchiveError> {
-    let mut facts = Facts::default();
+    let mut facts = Facts {
+        stored: Catalog::read(dest)?,
+        ..Facts::default()
+    };
     for e in entries {
         let Some(w) = WalFileName::parse(&e.name) else {
             continue;
@@ -154,6 +181,8 @@ pub struct Backup {
     /// Seconds since the Unix epoch: the stop time when its zone is known,
     /// else when the archive stored the file, else the stop time read as UTC.
     pub stopped: Option<i64>,
+    /// The label of a backup taken through the target (`backups/LABEL/`).
+    pub label: Option<String>,
 }
 
 impl Backup {
@@ -161,6 +190,66 @@ impl Backup {
     fn start_position(&self) -> &str {
         position(&self.name)
     }
+
+    /// For messages: the label of a backup taken through the target, with
+    /// the backup history file name that stands for it.
+    pub fn describe(&self) -> String {
+        match &self.label {
+            Some(l) => format!("{l} ({})", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// The backup history file name of a backup starting at `lsn` on `tli`:
+/// `TTTTTTTTLLLLLLLLSSSSSSSS.OOOOOOOO.backup`, as PostgreSQL names it.
+fn backup_file_name(tli: u32, lsn: u64, seg_size: u64) -> String {
+    format!(
+        "{}.{:08X}.backup",
+        crate::wal::walname::segment_file_name(tli, lsn / seg_size, seg_size),
+        lsn % seg_size
+    )
+}
+
+/// `2026-12-05T14:45:09Z` (fractions of a second and `+00:00` accepted) as
+/// seconds since the Unix epoch.
+fn parse_rfc3339_utc(text: &str) -> Option<i64> {
+    let (date, time) = text.split_once('T')?;
+    let time = time
+        .strip_suffix('Z')
+        .or_else(|| time.strip_suffix("+00:00"))?;
+    let time = time.split('.').next()?;
+    let (local, offset) = parse_stop_time(&format!("{date} {time} UTC"))?;
+    Some(local - offset?)
+}
+
+/// A backup taken through the target as retention sees it; `None` when
+/// its `backup.json` lacks a usable start or stop.
+fn stored_backup(s: &StoredBackup) -> Option<Backup> {
+    let i = &s.info;
+    let size = i.wal_segment_size;
+    if !(size.is_power_of_two() && (1 << 20..=1 << 30).contains(&size)) {
+        return None;
+    }
+    let start_lsn = parse_lsn(&i.start_lsn)?;
+    let stop_lsn = parse_lsn(&i.stop_lsn)?;
+    let json = crate::backup::object_name(&s.label, crate::backup::BACKUP_JSON);
+    let stored = s
+        .objects
+        .iter()
+        .find(|o| o.name == json)
+        .and_then(|o| o.stored_at)
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64);
+    Some(Backup {
+        name: backup_file_name(i.start_timeline, start_lsn, size),
+        start_timeline: i.start_timeline,
+        stop_timeline: i.stop_timeline,
+        start_lsn,
+        stop_lsn,
+        stopped: parse_rfc3339_utc(&i.stop_time).or(stored),
+        label: Some(s.label.clone()),
+    })
 }
 
 fn parse_lsn(s: &str) -> Option<u64> {
@@ -252,6 +341,7 @@ pub fn parse_backup(name: &str, text: &str, stored_at: Option<SystemTime>) -> Op
         start_lsn,
         stop_lsn,
         stopped,
+        label: None,
     })
 }
 
@@ -328,6 +418,36 @@ fn backups_ordered(
                 .with_hint("Check the file; if it does not belong to the archive, move it out of the archive.")
             })?;
         left.push(b);
+    }
+    // Backups taken through the target: the same as their `.backup` file
+    // when PostgreSQL archived one (same start timeline and location).
+    if let Some(u) = facts.stored.unreadable.first() {
+        return Err(refused(
+            &format!(
+                "could not read \"{}\", so nothing is removed",
+                crate::backup::object_name(&u.label, crate::backup::BACKUP_JSON)
+            ),
+            format!("Retention reads the start and stop of each base backup taken through the walarch target from its backup.json: {}.", u.error),
+        )
+        .with_hint("Check the file; if the backup does not belong to the archive, move its folder out of the archive."));
+    }
+    for s in &facts.stored.complete {
+        let b = stored_backup(s).ok_or_else(|| {
+            refused(
+                &format!(
+                    "could not read \"{}\", so nothing is removed",
+                    crate::backup::object_name(&s.label, crate::backup::BACKUP_JSON)
+                ),
+                "Its start or stop location or its WAL segment size is not valid.".into(),
+            )
+        })?;
+        match left
+            .iter_mut()
+            .find(|o| o.name == b.name && o.label.is_none())
+        {
+            Some(o) => o.label = b.label,
+            None => left.push(b),
+        }
     }
     let older = |a: &Backup, b: &Backup| {
         a.stopped
@@ -430,6 +550,10 @@ pub fn plan(
     let mut wal: Vec<(String, WalFileName)> = Vec::new();
     let mut foreign = Vec::new();
     for e in entries {
+        // The backups taken through the target: read from `facts.stored`.
+        if e.name == BACKUPS_DIR || e.name.starts_with(&format!("{BACKUPS_DIR}/")) {
+            continue;
+        }
         match WalFileName::parse(&e.name) {
             // Never removed: recovery needs every timeline's history.
             Some(w) if w.kind == WalFileKind::History => {}
@@ -470,12 +594,12 @@ pub fn plan(
             if backups.is_empty() {
                 return Err(refused(
                     "no base backup is recorded in the archive, so nothing is removed",
-                    "--keep-backups counts the backup history files (.backup) that pg_basebackup and pg_backup_stop() archive; the archive holds none.".into(),
+                    "--keep-backups counts the backup history files (.backup) that pg_basebackup and pg_backup_stop() archive, and the backups taken through the walarch target (backups/LABEL/backup.json); the archive holds none.".into(),
                 )
                 .with_hint("Take a base backup first, or use --before to name the first WAL file to keep."));
             }
             let kept: Vec<&Backup> = backups.iter().take(*n as usize).collect();
-            let names: Vec<&str> = kept.iter().map(|b| b.name.as_str()).collect();
+            let names: Vec<String> = kept.iter().map(|b| b.describe()).collect();
             (
                 None,
                 format!(
@@ -530,9 +654,9 @@ pub fn plan(
     // newest one of the latest timeline.
     let mut spared = vec![];
     for b in backups.first().into_iter().chain(of_latest) {
-        if !kept.iter().any(|k| k.name == b.name) {
+        if !kept.iter().any(|k| k.name == b.name && k.label == b.label) {
             kept.push(b);
-            spared.push(b.name.as_str());
+            spared.push(b.describe());
         }
     }
     let needed = |(n, w): &(String, WalFileName)| {
@@ -574,20 +698,111 @@ pub fn plan(
         .filter(|(n, w)| w.kind == WalFileKind::Segment && !removed.contains(n.as_str()))
         .map(|(n, _)| n.clone())
         .next();
-    let mut decisions: Vec<Decision> = removals
-        .into_iter()
-        .map(|n| Decision {
-            walfile: n,
-            action: Action::Remove,
-            reason: why.clone(),
-        })
+    // Backups taken through the target: the objects of those the rule
+    // expires, and of abandoned incomplete ones, go before any WAL.
+    let mut decisions = backup_objects(&backups, &kept, facts, rule, cut.as_deref(), now);
+    let left_objects: Vec<Decision> = decisions
+        .iter()
+        .filter(|d| d.action == Action::Leave)
+        .cloned()
         .collect();
+    decisions.retain(|d| d.action == Action::Remove);
+    decisions.extend(removals.into_iter().map(|n| Decision {
+        walfile: n,
+        action: Action::Remove,
+        reason: why.clone(),
+    }));
     decisions.extend(leave(foreign));
+    decisions.extend(left_objects);
     Ok(Plan {
         cut: oldest_kept,
         why,
         decisions,
     })
+}
+
+/// What happens to the objects under `backups/`: a backup taken through the
+/// target that the rule expires (not `kept`; under `--before` and
+/// `--older-than`, one whose start segment is cut) loses them all,
+/// `backup.json` first; an incomplete backup untouched for
+/// `INCOMPLETE_AFTER` too, unless a backup is in progress; other incomplete
+/// backups and stray objects are left, and reported.
+fn backup_objects(
+    backups: &[Backup],
+    kept: &[&Backup],
+    facts: &Facts,
+    rule: &Rule,
+    cut: Option<&str>,
+    now: SystemTime,
+) -> Vec<Decision> {
+    let remove = |label: &str, objects, reason: &str| {
+        removal_order(label, objects)
+            .into_iter()
+            .map(|walfile| Decision {
+                walfile,
+                action: Action::Remove,
+                reason: reason.to_string(),
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut out = vec![];
+    // Oldest first.
+    for b in backups.iter().rev() {
+        let Some(label) = &b.label else {
+            continue;
+        };
+        if kept.iter().any(|k| k.name == b.name && k.label == b.label) {
+            continue;
+        }
+        let reason = match rule {
+            Rule::KeepBackups(n) => {
+                format!("base backup {label} is not among the {n} most recent base backup(s)")
+            }
+            _ if cut.is_none_or(|c| b.start_position() < position(c)) => format!(
+                "base backup {label} starts in WAL that this rule removes ({})",
+                b.name
+            ),
+            _ => continue,
+        };
+        if let Some(s) = facts.stored.complete.iter().find(|s| &s.label == label) {
+            out.extend(remove(label, &s.objects, &reason));
+        }
+    }
+    let age = crate::wal::time::describe(INCOMPLETE_AFTER);
+    let busy = facts.stored.in_progress(now);
+    for i in &facts.stored.incomplete {
+        let folder = format!("{BACKUPS_DIR}/{}/", i.label);
+        let left = |reason: String| Decision {
+            walfile: folder.clone(),
+            action: Action::Leave,
+            reason,
+        };
+        if !i.abandoned(now) {
+            out.push(left(format!(
+                "incomplete base backup (no backup.json) changed less than {age} ago: it may be in progress, left alone"
+            )));
+        } else if let Some(b) = busy {
+            out.push(left(format!(
+                "incomplete base backup (no backup.json), left alone while a base backup may be in progress ({})",
+                crate::backup::object_name(&b.label, crate::backup::STARTED)
+            )));
+        } else {
+            out.extend(remove(
+                &i.label,
+                &i.objects,
+                &format!(
+                    "incomplete base backup {} (no backup.json), untouched for more than {age}",
+                    i.label
+                ),
+            ));
+        }
+    }
+    out.extend(facts.stored.stray.iter().map(|o| Decision {
+        walfile: o.name.clone(),
+        action: Action::Leave,
+        reason: "not in a base backup's folder: left alone".into(),
+    }));
+    out
 }
 
 fn leave(names: Vec<String>) -> Vec<Decision> {
@@ -651,7 +866,8 @@ pub fn plan_cleanup(
 
 /// Carries out `plan` on `dest`, oldest first, calling `done` after each
 /// removal. Stops at the first failure: what was removed before it is a
-/// prefix of the archive, so it stays without a hole.
+/// prefix of the archive, so it stays without a hole; the objects of
+/// backups go first, each backup's `backup.json` before its other objects.
 pub fn execute(
     dest: &dyn Destination,
     plan: &Plan,
@@ -659,7 +875,11 @@ pub fn execute(
 ) -> Result<usize, ArchiveError> {
     let mut n = 0;
     for d in plan.removals() {
-        dest.remove(&d.walfile)?;
+        if d.is_backup_object() {
+            dest.remove_object(&d.walfile)?;
+        } else {
+            dest.remove(&d.walfile)?;
+        }
         n += 1;
         done(d);
     }
@@ -667,7 +887,7 @@ pub fn execute(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const T0: u64 = 1_800_000_000;
@@ -730,6 +950,7 @@ mod tests {
                 .map(|&(n, t)| (n.to_string(), backup_text(n, t)))
                 .collect(),
             histories: histories.iter().map(|&(t, h)| (t, h.to_string())).collect(),
+            stored: Catalog::default(),
         }
     }
 
@@ -1305,5 +1526,356 @@ mod tests {
         let mut left = dest.list().unwrap();
         left.sort();
         assert_eq!(left, [names[2], names[3], names[4]]);
+    }
+
+    /// Backups taken through the walarch target, in a directory archive.
+    pub(crate) mod target_backups {
+        use super::*;
+        use crate::backup::{
+            object_name, BackupInfo, BackupObject, ObjectKind, BACKUP_JSON, STARTED,
+        };
+        use crate::destination::local_directory::LocalDirectory;
+        use crate::wal::checksum::{sha256, to_hex};
+        use crate::wal::walname::segment_file_name;
+
+        const SEG: u64 = 16 << 20;
+
+        pub(crate) fn put(d: &dyn Destination, name: &str, data: &[u8]) {
+            let mut w = d.create_object(name).unwrap();
+            w.write(data).unwrap();
+            w.finish().unwrap();
+        }
+
+        /// The backup.json of a backup starting at 0x28 into segment `seg`
+        /// of timeline 1 and stopping 0x100 later, `stopped` s after T0.
+        pub(crate) fn info(label: &str, seg: u64, stopped: u64) -> BackupInfo {
+            let start = (seg << 24) + 0x28;
+            BackupInfo {
+                format: crate::backup::info::FORMAT,
+                label: label.into(),
+                system_identifier: "7301234567890123456".into(),
+                pg_version: 150010,
+                wal_segment_size: SEG,
+                start_lsn: format!("0/{start:X}"),
+                start_timeline: 1,
+                start_wal: segment_file_name(1, seg, SEG),
+                stop_lsn: format!("0/{:X}", start + 0x100),
+                stop_timeline: 1,
+                stop_wal: segment_file_name(1, seg, SEG),
+                start_time: crate::wal::time::format_utc(at(T0 + stopped - 5)),
+                stop_time: crate::wal::time::format_utc(at(T0 + stopped)),
+                tablespaces: vec![],
+                objects: vec![],
+                based_on: None,
+            }
+        }
+
+        /// Stores a backup as the target does (backup.started, the tar,
+        /// the manifest, backup.json last) and, with `history`, the
+        /// `.backup` file PostgreSQL archives for it too.
+        pub(crate) fn take_backup(
+            d: &dyn Destination,
+            label: &str,
+            seg: u64,
+            stopped: u64,
+            history: bool,
+        ) -> BackupInfo {
+            let mut i = info(label, seg, stopped);
+            put(d, &object_name(label, STARTED), b"");
+            for (file, kind) in [
+                ("base.tar.zst", ObjectKind::Base),
+                ("backup_manifest.zst", ObjectKind::Manifest),
+            ] {
+                let data = format!("{label}/{file}").repeat(100);
+                put(d, &object_name(label, file), data.as_bytes());
+                i.objects.push(BackupObject {
+                    name: file.into(),
+                    kind,
+                    tablespace_oid: None,
+                    archive_name: file.trim_end_matches(".zst").into(),
+                    size: data.len() as u64 * 3,
+                    stored_size: data.len() as u64,
+                    sha256: to_hex(&sha256(data.as_bytes())),
+                    compression: "zstd".into(),
+                });
+            }
+            put(d, &object_name(label, BACKUP_JSON), i.to_json().as_bytes());
+            if history {
+                let name = format!("{}.00000028.backup", segment_file_name(1, seg, SEG));
+                d.store_new_bytes(&name, backup_text(&name, stopped).as_bytes())
+                    .unwrap();
+            }
+            i
+        }
+
+        pub(crate) fn archive_wal(d: &dyn Destination, segs: std::ops::RangeInclusive<u64>) {
+            for s in segs {
+                let n = segment_file_name(1, s, SEG);
+                d.store_new_bytes(&n, n.as_bytes()).unwrap();
+            }
+        }
+
+        fn plan_now(d: &dyn Destination, rule: Rule, now: SystemTime) -> Plan {
+            let e = d.entries().unwrap();
+            let f = read_facts(d, &e).unwrap();
+            plan(&e, &f, &rule, now, BackupCheck::Required).unwrap()
+        }
+
+        fn objects(d: &dyn Destination) -> Vec<String> {
+            d.objects_under("backups/")
+                .unwrap()
+                .into_iter()
+                .map(|o| o.name)
+                .collect()
+        }
+
+        pub(crate) fn set_age(dir: &std::path::Path, label: &str, age: Duration) {
+            for e in std::fs::read_dir(dir.join("backups").join(label)).unwrap() {
+                let f = std::fs::File::options()
+                    .write(true)
+                    .open(e.unwrap().path())
+                    .unwrap();
+                f.set_modified(SystemTime::now() - age).unwrap();
+            }
+        }
+
+        #[test]
+        fn two_backups_through_the_target_keep_one() {
+            let tmp = tempfile::tempdir().unwrap();
+            let d = LocalDirectory::new(tmp.path(), 0o600);
+            archive_wal(&d, 1..=5);
+            take_backup(&d, "A", 2, 100, true);
+            take_backup(&d, "B", 4, 200, true);
+            let now = SystemTime::now();
+
+            // Each counts once (backup.json and its .backup file are one
+            // backup): keeping 2 keeps both, and only segment 1 goes.
+            let p = plan_now(&d, Rule::KeepBackups(2), now);
+            assert_eq!(removed(&p), ["000000010000000000000001"]);
+            assert!(p.why.contains("2 most recent"), "{}", p.why);
+            assert!(p
+                .why
+                .contains("A (000000010000000000000002.00000028.backup)"));
+            // The backups/ folder is neither a WAL file nor reported.
+            assert!(p.decisions.iter().all(|d| d.action == Action::Remove));
+
+            let p = plan_now(&d, Rule::KeepBackups(1), now);
+            assert_eq!(
+                removed(&p),
+                [
+                    "backups/A/backup.json",
+                    "backups/A/backup_manifest.zst",
+                    "backups/A/base.tar.zst",
+                    "backups/A/backup.started",
+                    "000000010000000000000001",
+                    "000000010000000000000002",
+                    "000000010000000000000002.00000028.backup",
+                    "000000010000000000000003",
+                ]
+            );
+            assert!(p.decisions[0]
+                .reason
+                .contains("base backup A is not among the 1 most recent"));
+            assert_eq!(p.cut.as_deref(), Some("000000010000000000000004"));
+            assert_eq!(execute(&d, &p, |_| {}).unwrap(), 8);
+            assert_eq!(
+                objects(&d),
+                [
+                    "backups/B/backup.json",
+                    "backups/B/backup.started",
+                    "backups/B/backup_manifest.zst",
+                    "backups/B/base.tar.zst",
+                ]
+            );
+            assert!(!tmp.path().join("backups/A").exists());
+            let mut left = d.list().unwrap();
+            left.sort();
+            assert_eq!(
+                left,
+                [
+                    "000000010000000000000004",
+                    "000000010000000000000004.00000028.backup",
+                    "000000010000000000000005",
+                ]
+            );
+            // B is intact: verify passes.
+            let r = crate::maintenance::verify::verify(&d, None, None).unwrap();
+            assert!(r.intact(), "{:?}", r.findings);
+
+            // Again: nothing more to do.
+            let p = plan_now(&d, Rule::KeepBackups(1), now);
+            assert!(removed(&p).is_empty(), "{:?}", removed(&p));
+        }
+
+        #[test]
+        fn a_backup_without_its_history_file_counts_and_orders_by_its_json() {
+            let tmp = tempfile::tempdir().unwrap();
+            let d = LocalDirectory::new(tmp.path(), 0o600);
+            archive_wal(&d, 1..=6);
+            // An older backup taken otherwise, a newer one through the target
+            // whose .backup file is not (yet) archived.
+            let n = "000000010000000000000002.00000028.backup";
+            d.store_new_bytes(n, backup_text(n, 100).as_bytes())
+                .unwrap();
+            take_backup(&d, "B", 4, 200, false);
+            let p = plan_now(&d, Rule::KeepBackups(1), SystemTime::now());
+            assert_eq!(
+                removed(&p),
+                [
+                    "000000010000000000000001",
+                    "000000010000000000000002",
+                    "000000010000000000000002.00000028.backup",
+                    "000000010000000000000003",
+                ]
+            );
+            // Keeping the one taken otherwise is not possible alone: the
+            // newest (B) always counts first.
+            let p = plan_now(&d, Rule::KeepBackups(2), SystemTime::now());
+            assert_eq!(removed(&p), ["000000010000000000000001"]);
+            // --before also expires a target backup whose start it cuts.
+            take_backup(&d, "C", 5, 300, true);
+            let p = plan_now(
+                &d,
+                Rule::Before("000000010000000000000005".into()),
+                SystemTime::now(),
+            );
+            let r = removed(&p);
+            assert_eq!(r[0], "backups/B/backup.json", "{r:?}");
+            assert!(r.contains(&"000000010000000000000004"));
+            assert!(!r.contains(&"000000010000000000000005"));
+            assert!(!r.iter().any(|n| n.starts_with("backups/C/")));
+        }
+
+        #[test]
+        fn backup_json_goes_first_and_a_failure_after_it_leaves_no_listed_backup_damaged() {
+            let tmp = tempfile::tempdir().unwrap();
+            let d = LocalDirectory::new(tmp.path(), 0o600);
+            archive_wal(&d, 1..=5);
+            take_backup(&d, "A", 2, 100, true);
+            take_backup(&d, "B", 4, 200, true);
+            let p = plan_now(&d, Rule::KeepBackups(1), SystemTime::now());
+            // A removal that fails after backup.json: the manifest's file
+            // replaced by a folder that cannot be unlinked.
+            let m = tmp.path().join("backups/A/backup_manifest.zst");
+            std::fs::remove_file(&m).unwrap();
+            std::fs::create_dir(&m).unwrap();
+            std::fs::write(m.join("x"), b"x").unwrap();
+            let mut done = vec![];
+            let err = execute(&d, &p, |x| done.push(x.walfile.clone())).unwrap_err();
+            assert_eq!(done, ["backups/A/backup.json"], "{err}");
+            // A is no longer listed complete; no WAL went.
+            let c = Catalog::read(&d).unwrap();
+            assert_eq!(c.complete.len(), 1);
+            assert_eq!(c.complete[0].label, "B");
+            assert_eq!(c.incomplete[0].label, "A");
+            assert!(tmp.path().join("000000010000000000000001").exists());
+            // Verify reports it as incomplete, not as a damaged backup.
+            let r = crate::maintenance::verify::verify(&d, None, None).unwrap();
+            assert!(r.intact(), "{:?}", r.findings);
+
+            // Repaired, an hour later the next expiry finishes the job.
+            std::fs::remove_dir_all(&m).unwrap();
+            std::fs::write(&m, b"m").unwrap();
+            set_age(tmp.path(), "A", INCOMPLETE_AFTER * 2);
+            let p = plan_now(&d, Rule::KeepBackups(1), SystemTime::now());
+            execute(&d, &p, |_| {}).unwrap();
+            assert!(!tmp.path().join("backups/A").exists());
+            assert!(!tmp.path().join("000000010000000000000003").exists());
+            assert!(tmp.path().join("000000010000000000000004").exists());
+        }
+
+        #[test]
+        fn incomplete_backups_go_when_old_and_none_is_in_progress() {
+            let tmp = tempfile::tempdir().unwrap();
+            let d = LocalDirectory::new(tmp.path(), 0o600);
+            archive_wal(&d, 1..=5);
+            take_backup(&d, "B", 4, 200, true);
+            put(&d, &object_name("X", STARTED), b"");
+            put(&d, &object_name("X", "base.tar.zst"), b"partial");
+            let now = SystemTime::now();
+            // Young: left, and said so.
+            let p = plan_now(&d, Rule::KeepBackups(1), now);
+            assert!(!removed(&p).iter().any(|n| n.starts_with("backups/")));
+            let x = p
+                .decisions
+                .iter()
+                .find(|d| d.walfile == "backups/X/")
+                .unwrap();
+            assert_eq!(x.action, Action::Leave);
+            assert!(x.reason.contains("may be in progress"), "{}", x.reason);
+
+            // Old, but another backup was started a moment ago: left.
+            set_age(tmp.path(), "X", INCOMPLETE_AFTER * 2);
+            put(&d, &object_name("Y", STARTED), b"");
+            let p = plan_now(&d, Rule::KeepBackups(1), now);
+            assert!(!removed(&p).iter().any(|n| n.starts_with("backups/")));
+            let x = p
+                .decisions
+                .iter()
+                .find(|d| d.walfile == "backups/X/")
+                .unwrap();
+            assert!(
+                x.reason.contains("backups/Y/backup.started"),
+                "{}",
+                x.reason
+            );
+
+            // Nothing in progress: the old one goes, claim last.
+            d.remove_object(&object_name("Y", STARTED)).unwrap();
+            let p = plan_now(&d, Rule::KeepBackups(1), SystemTime::now());
+            let r = removed(&p);
+            assert_eq!(
+                &r[..2],
+                ["backups/X/base.tar.zst", "backups/X/backup.started"]
+            );
+            assert!(p.decisions[0].reason.contains("incomplete base backup X"));
+            execute(&d, &p, |_| {}).unwrap();
+            assert_eq!(objects(&d).len(), 4);
+            assert!(!tmp.path().join("backups/X").exists());
+        }
+
+        #[test]
+        fn an_unreadable_backup_json_refuses_everything() {
+            let tmp = tempfile::tempdir().unwrap();
+            let d = LocalDirectory::new(tmp.path(), 0o600);
+            archive_wal(&d, 1..=5);
+            take_backup(&d, "B", 4, 200, true);
+            put(&d, &object_name("Z", BACKUP_JSON), b"{");
+            let e = d.entries().unwrap();
+            let f = read_facts(&d, &e).unwrap();
+            let err = plan(
+                &e,
+                &f,
+                &Rule::KeepBackups(1),
+                SystemTime::now(),
+                BackupCheck::Required,
+            )
+            .unwrap_err();
+            assert!(err.message.contains("backups/Z/backup.json"), "{err}");
+        }
+
+        #[test]
+        fn names_under_backups_in_a_listing_are_not_reported() {
+            // An object store lists keys at any depth.
+            let mut e = entries(&[
+                "000000010000000000000001",
+                "backups/A/base.tar.zst",
+                "backups",
+            ]);
+            e.push(Entry {
+                name: "README".into(),
+                stored_at: None,
+            });
+            let p = plan(
+                &e,
+                &Facts::default(),
+                &Rule::Before("000000010000000000000001".into()),
+                at(T0),
+                BackupCheck::Skipped,
+            )
+            .unwrap();
+            let left: Vec<_> = p.decisions.iter().map(|d| d.walfile.as_str()).collect();
+            assert_eq!(left, ["README"]);
+        }
     }
 }

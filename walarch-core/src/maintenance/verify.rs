@@ -2,9 +2,19 @@
 //! its recorded SHA-256, and the segment sequence for gaps, following timeline history
 //! files across switches. The segment size is read from the files (the long
 //! page header of a segment), never assumed.
+//!
+//! Then the base backups taken through the target (`backups/LABEL/`): each
+//! complete one's `backup.json` parses, every object it lists is there with
+//! the recorded size and SHA-256 (read and hashed), and the WAL from its
+//! start file to its stop file is archived. Incomplete backups are reported
+//! as such: in progress while young, a problem once abandoned.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
+use std::time::SystemTime;
+
+use crate::backup::catalog::Catalog;
+use crate::backup::{object_name, BACKUPS_DIR, BACKUP_JSON, INCOMPLETE_AFTER};
 
 use crate::archiving::archive_protocol::read_error;
 use crate::destination::compressed;
@@ -22,8 +32,15 @@ pub enum Status {
     Corrupt,
     /// No checksum is recorded for the file.
     MissingChecksum,
-    /// A file the sequence needs is not in the archive (a gap).
+    /// A file the sequence needs is not in the archive (a gap), or an
+    /// object or WAL file a base backup needs.
     Missing,
+    /// A base backup without `backup.json` that changed recently: it may be
+    /// being written. Not a problem.
+    InProgress,
+    /// A base backup without `backup.json`, untouched for long: abandoned
+    /// (`walarch expire` removes it).
+    Incomplete,
 }
 
 impl Status {
@@ -33,6 +50,8 @@ impl Status {
             Status::Corrupt => "corrupt",
             Status::MissingChecksum => "missing_checksum",
             Status::Missing => "missing",
+            Status::InProgress => "in_progress",
+            Status::Incomplete => "incomplete",
         }
     }
 }
@@ -60,10 +79,12 @@ pub struct Report {
 
 impl Report {
     pub fn intact(&self) -> bool {
-        self.findings.iter().all(|f| f.status == Status::Ok)
+        self.problems().next().is_none()
     }
     pub fn problems(&self) -> impl Iterator<Item = &Finding> {
-        self.findings.iter().filter(|f| f.status != Status::Ok)
+        self.findings
+            .iter()
+            .filter(|f| !matches!(f.status, Status::Ok | Status::InProgress))
     }
 }
 
@@ -177,6 +198,18 @@ pub fn verify(
 
 /// `verify`, running `check` between files and between reads.
 pub fn verify_with(
+    dest: &dyn Destination,
+    from: Option<&WalFileName>,
+    to: Option<&WalFileName>,
+    check: Check<'_>,
+) -> Result<Report, ArchiveError> {
+    let mut report = verify_wal(dest, from, to, &mut *check)?;
+    verify_backups(dest, SystemTime::now(), check, &mut report)?;
+    Ok(report)
+}
+
+/// The WAL files: checksums, then gaps.
+fn verify_wal(
     dest: &dyn Destination,
     from: Option<&WalFileName>,
     to: Option<&WalFileName>,
@@ -395,6 +428,174 @@ pub fn verify_with(
         });
     }
     Ok(report)
+}
+
+/// Checks the base backups under `backups/` (whatever `from`/`to` say),
+/// adding one finding per object and per problem to `report`.
+fn verify_backups(
+    dest: &dyn Destination,
+    now: SystemTime,
+    check: Check<'_>,
+    report: &mut Report,
+) -> Result<(), ArchiveError> {
+    let catalog = Catalog::read(dest)?;
+    if catalog.complete.is_empty() && catalog.unreadable.is_empty() && catalog.incomplete.is_empty()
+    {
+        return Ok(());
+    }
+    let wal: BTreeSet<String> = dest
+        .list()?
+        .iter()
+        .filter_map(|n| stored_form(n).map(|(w, _)| w.to_string()))
+        .collect();
+    let mut push = |walfile: String, status: Status, detail: String| {
+        report.findings.push(Finding {
+            walfile,
+            status,
+            detail,
+        })
+    };
+    for u in &catalog.unreadable {
+        push(
+            object_name(&u.label, BACKUP_JSON),
+            Status::Corrupt,
+            format!("base backup {} cannot be read: {}", u.label, u.error),
+        );
+    }
+    for b in &catalog.complete {
+        check()?;
+        let label = &b.label;
+        push(object_name(label, BACKUP_JSON), Status::Ok, String::new());
+        for o in &b.info.objects {
+            let name = object_name(label, &o.name);
+            let listed = b.objects.iter().find(|x| x.name == name);
+            let (status, detail) = match listed {
+                _ if o.name.contains('/') || o.name.is_empty() => (
+                    Status::Corrupt,
+                    format!("backup.json of base backup {label} names an object outside its folder"),
+                ),
+                None => (
+                    Status::Missing,
+                    format!("object of base backup {label} is not in the archive"),
+                ),
+                Some(x) if x.size != o.stored_size => (
+                    Status::Corrupt,
+                    format!(
+                        "size mismatch in base backup {label}: backup.json records {} bytes, found {}",
+                        o.stored_size, x.size
+                    ),
+                ),
+                Some(_) => match hash_object(dest, &name, &mut *check)? {
+                    None => (
+                        Status::Missing,
+                        format!("object of base backup {label} is not in the archive"),
+                    ),
+                    Some((len, actual)) if to_hex(&actual).eq_ignore_ascii_case(&o.sha256) && len == o.stored_size => {
+                        (Status::Ok, String::new())
+                    }
+                    Some((len, actual)) => (
+                        Status::Corrupt,
+                        format!(
+                            "SHA-256 mismatch in base backup {label} ({len} bytes): recorded {}, found {}",
+                            o.sha256,
+                            to_hex(&actual)
+                        ),
+                    ),
+                },
+            };
+            push(name, status, detail);
+        }
+        // The WAL from its start file to its stop file.
+        let i = &b.info;
+        let size = i.wal_segment_size;
+        let (start, stop) = match (
+            WalFileName::parse(&i.start_wal),
+            WalFileName::parse(&i.stop_wal),
+        ) {
+            (Some(a), Some(z))
+                if size.is_power_of_two()
+                    && (1 << 20..=1 << 30).contains(&size)
+                    && a.kind == WalFileKind::Segment
+                    && z.kind == WalFileKind::Segment
+                    && a.segno(size) <= z.segno(size) =>
+            {
+                (a, z)
+            }
+            _ => {
+                push(
+                    object_name(label, BACKUP_JSON),
+                    Status::Corrupt,
+                    format!(
+                        "base backup {label}: backup.json's start and stop WAL files (\"{}\", \"{}\") or segment size ({size}) are not valid",
+                        i.start_wal, i.stop_wal
+                    ),
+                );
+                continue;
+            }
+        };
+        let (first, last) = (start.segno(size), stop.segno(size));
+        for segno in first..=last {
+            let on = |t: u32| segment_file_name(t, segno, size);
+            if wal.contains(&on(start.timeline)) || wal.contains(&on(stop.timeline)) {
+                continue;
+            }
+            let t = if segno == last {
+                stop.timeline
+            } else {
+                start.timeline
+            };
+            push(
+                on(t),
+                Status::Missing,
+                format!(
+                    "WAL file needed by base backup {label} ({} to {}) is not in the archive",
+                    i.start_wal, i.stop_wal
+                ),
+            );
+        }
+    }
+    let age = crate::wal::time::describe(INCOMPLETE_AFTER);
+    for i in &catalog.incomplete {
+        let n = i.objects.len();
+        let last = i
+            .newest()
+            .map(|t| format!(", last stored {}", crate::wal::time::format_utc(t)))
+            .unwrap_or_default();
+        let (status, detail) = if i.abandoned(now) {
+            (
+                Status::Incomplete,
+                format!("incomplete base backup {} (no backup.json, {n} object(s){last}), untouched for more than {age}: abandoned; walarch expire removes it", i.label),
+            )
+        } else {
+            (
+                Status::InProgress,
+                format!("incomplete base backup {} (no backup.json, {n} object(s){last}): it may be in progress", i.label),
+            )
+        };
+        push(format!("{BACKUPS_DIR}/{}/", i.label), status, detail);
+    }
+    Ok(())
+}
+
+/// Reads and hashes a stored object, streaming; `None` when it is gone.
+fn hash_object(
+    dest: &dyn Destination,
+    name: &str,
+    check: Check<'_>,
+) -> Result<Option<(u64, crate::wal::checksum::Sha256Digest)>, ArchiveError> {
+    let Some(r) = dest.open_object(name)? else {
+        return Ok(None);
+    };
+    let mut r = Checked {
+        inner: r,
+        check,
+        stopped: None,
+    };
+    let read = hash_reader(&mut r);
+    if let Some(stopped) = r.stopped.take() {
+        return Err(stopped);
+    }
+    read.map(Some).map_err(|e| read_error(dest, name, &e))
 }
 
 /// A small stored file as text; `None` when absent or not text.
@@ -663,5 +864,106 @@ mod tests {
     fn parses_history_files() {
         let h = "1\t0/3000000\tno recovery target specified\n\n2\t1/A0000028\tbefore 2020\n";
         assert_eq!(parse_history(h), vec![(1, 0x3000000), (2, 0x1_A000_0028)]);
+    }
+
+    #[test]
+    fn checks_base_backups_objects_and_wal() {
+        use crate::backup::object_name;
+        use crate::destination::Destination;
+        use crate::maintenance::retention::tests::target_backups::{
+            archive_wal, put, set_age, take_backup,
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let d = LocalDirectory::new(tmp.path(), 0o600);
+        archive_wal(&d, 1..=5);
+        take_backup(&d, "A", 2, 100, true);
+        take_backup(&d, "B", 4, 200, true);
+        let r = verify(&d, None, None).unwrap();
+        assert!(r.intact(), "{:?}", r.findings);
+        let ok: Vec<_> = r
+            .findings
+            .iter()
+            .filter(|f| f.walfile.starts_with("backups/"))
+            .map(|f| (f.walfile.as_str(), f.status))
+            .collect();
+        assert_eq!(ok.len(), 6, "{ok:?}");
+        assert!(ok.contains(&("backups/A/base.tar.zst", Status::Ok)));
+        assert!(ok.contains(&("backups/B/backup.json", Status::Ok)));
+
+        // An incomplete backup just started: reported, not a problem.
+        put(&d, &object_name("X", crate::backup::STARTED), b"");
+        let r = verify(&d, None, None).unwrap();
+        assert!(r.intact(), "{:?}", r.findings);
+        let x = r
+            .findings
+            .iter()
+            .find(|f| f.walfile == "backups/X/")
+            .unwrap();
+        assert_eq!(x.status, Status::InProgress);
+        assert!(x.detail.contains("may be in progress"), "{}", x.detail);
+        // Abandoned: a problem.
+        set_age(tmp.path(), "X", crate::backup::INCOMPLETE_AFTER * 2);
+        let r = verify(&d, None, None).unwrap();
+        assert_eq!(
+            problems(&r),
+            [("backups/X/".to_string(), Status::Incomplete)]
+        );
+        d.remove_object(&object_name("X", crate::backup::STARTED))
+            .unwrap();
+
+        // A flipped byte, same size.
+        let tar = tmp.path().join("backups/A/base.tar.zst");
+        let mut bytes = std::fs::read(&tar).unwrap();
+        bytes[7] ^= 1;
+        std::fs::write(&tar, &bytes).unwrap();
+        // A missing object; a grown one.
+        std::fs::remove_file(tmp.path().join("backups/B/backup_manifest.zst")).unwrap();
+        let man = tmp.path().join("backups/A/backup_manifest.zst");
+        let mut bytes = std::fs::read(&man).unwrap();
+        bytes.push(b'!');
+        std::fs::write(&man, &bytes).unwrap();
+        // WAL missing in B's range (and a gap the WAL check sees too).
+        d.remove("000000010000000000000004").unwrap();
+        let r = verify(&d, None, None).unwrap();
+        assert!(!r.intact());
+        let p = problems(&r);
+        assert!(
+            p.contains(&("backups/A/base.tar.zst".into(), Status::Corrupt)),
+            "{p:?}"
+        );
+        assert!(
+            p.contains(&("backups/A/backup_manifest.zst".into(), Status::Corrupt)),
+            "{p:?}"
+        );
+        assert!(
+            p.contains(&("backups/B/backup_manifest.zst".into(), Status::Missing)),
+            "{p:?}"
+        );
+        let wal = r
+            .problems()
+            .find(|f| f.detail.contains("needed by base backup B"))
+            .unwrap();
+        assert_eq!(wal.walfile, "000000010000000000000004");
+        assert_eq!(wal.status, Status::Missing);
+        let flipped = r
+            .findings
+            .iter()
+            .find(|f| f.walfile == "backups/A/base.tar.zst")
+            .unwrap();
+        assert!(
+            flipped.detail.contains("SHA-256 mismatch"),
+            "{}",
+            flipped.detail
+        );
+        assert_eq!(p.len(), 4, "{p:?}");
+
+        // A backup.json that does not parse.
+        std::fs::write(tmp.path().join("backups/B/backup.json"), b"{").unwrap();
+        let r = verify(&d, None, None).unwrap();
+        let p = problems(&r);
+        assert!(
+            p.contains(&("backups/B/backup.json".into(), Status::Corrupt)),
+            "{p:?}"
+        );
     }
 }

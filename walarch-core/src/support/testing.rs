@@ -270,6 +270,7 @@ impl Destination for MemoryDestination {
             .map(|(n, d)| ObjectEntry {
                 name: n.clone(),
                 size: d.len() as u64,
+                stored_at: None,
             })
             .collect())
     }
