@@ -436,7 +436,7 @@ fn to_json(dir: &str, r: &Report) -> String {
         "intact": r.intact(),
         "segment_size": r.segment_size,
         "timelines": r.timelines,
-        "checked": r.findings.iter().filter(|f| f.status != walarch_core::maintenance::verify::Status::Missing).count(),
+        "checked": r.findings.iter().filter(|f| !matches!(f.status, walarch_core::maintenance::verify::Status::Missing | walarch_core::maintenance::verify::Status::Dropped)).count(),
         "problems": r.problems().count(),
         "compressed_files": r.compressed_files,
         "stored_bytes": r.stored_bytes,
@@ -457,7 +457,13 @@ fn print_text(r: &Report) {
     let checked = r
         .findings
         .iter()
-        .filter(|f| f.status != walarch_core::maintenance::verify::Status::Missing)
+        .filter(|f| {
+            !matches!(
+                f.status,
+                walarch_core::maintenance::verify::Status::Missing
+                    | walarch_core::maintenance::verify::Status::Dropped
+            )
+        })
         .count();
     let problems = r.problems().count();
     let size = r

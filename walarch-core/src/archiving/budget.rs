@@ -168,6 +168,16 @@ pub fn dropped_range_of(
     Ok(markers(dest)?.into_iter().find(|m| m.covers(walfile)))
 }
 
+/// A marker's contents; `None` when gone or not text.
+pub fn marker_contents(dest: &dyn Destination, name: &str) -> Result<Option<String>, ArchiveError> {
+    use std::io::Read;
+    let Some(mut r) = dest.open(name)? else {
+        return Ok(None);
+    };
+    let mut text = String::new();
+    Ok(r.read_to_string(&mut text).ok().map(|_| text))
+}
+
 /// A marker's text field (`dropped_from`, `reason`, ...).
 pub fn marker_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines()

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 
 use crate::archiving::archive_protocol::read_error;
+use crate::archiving::budget::{marker_field, Marker};
 use crate::destination::compressed;
 use crate::destination::{Destination, Recorded};
 use crate::support::error::ArchiveError;
@@ -24,6 +25,9 @@ pub enum Status {
     MissingChecksum,
     /// A file the sequence needs is not in the archive (a gap).
     Missing,
+    /// Missing because `walarch.max_backlog` dropped it: a gap explained by
+    /// a `DROPPED.` marker (still a gap recovery cannot pass).
+    Dropped,
 }
 
 impl Status {
@@ -33,6 +37,7 @@ impl Status {
             Status::Corrupt => "corrupt",
             Status::MissingChecksum => "missing_checksum",
             Status::Missing => "missing",
+            Status::Dropped => "dropped",
         }
     }
 }
@@ -365,6 +370,14 @@ pub fn verify_with(
     };
     let start = from.map(|f| f.segno(size)).unwrap_or(first);
     let end = to.map(|t| t.segno(size)).unwrap_or(last);
+    // Markers of ranges dropped by walarch.max_backlog, read once a gap
+    // is found.
+    let mut markers: Option<Vec<(Marker, String)>> = None;
+    let mut marker_of = |markers: &mut Option<Vec<(Marker, String)>>, s: u64| {
+        let name = segment_file_name(timeline_of(s), s, size);
+        let found = load_markers(dest, markers)?;
+        Ok::<_, ArchiveError>(found.iter().position(|(m, _)| m.covers(&name)))
+    };
     let mut s = start;
     while s <= end {
         let t = timeline_of(s);
@@ -372,10 +385,30 @@ pub fn verify_with(
             s += 1;
             continue;
         }
-        // Collapse a run of missing segments into one finding.
+        // Collapse a run of missing segments into one finding (a run
+        // explained by one marker, or one not explained).
         let run_start = s;
-        while s <= end && !segments.contains(&(timeline_of(s), s)) {
+        let marker = marker_of(&mut markers, s)?;
+        while s <= end
+            && !segments.contains(&(timeline_of(s), s))
+            && marker_of(&mut markers, s)? == marker
+        {
             s += 1;
+        }
+        if let Some(i) = marker {
+            let (m, when) = &markers.as_ref().unwrap()[i];
+            report.findings.push(Finding {
+                walfile: segment_file_name(t, run_start, size),
+                status: Status::Dropped,
+                detail: format!(
+                    "dropped by walarch.max_backlog at {when}: {} files missing, {} through {} (marker \"{}\"); point-in-time recovery cannot pass them",
+                    s - run_start,
+                    segment_file_name(t, run_start, size),
+                    segment_file_name(timeline_of(s - 1), s - 1, size),
+                    m.name
+                ),
+            });
+            continue;
         }
         let first_missing = segment_file_name(t, run_start, size);
         let detail = if s - run_start == 1 {
@@ -395,6 +428,25 @@ pub fn verify_with(
         });
     }
     Ok(report)
+}
+
+/// The markers of dropped ranges with when each was dropped, read on first
+/// use.
+fn load_markers<'m>(
+    dest: &dyn Destination,
+    cache: &'m mut Option<Vec<(Marker, String)>>,
+) -> Result<&'m [(Marker, String)], ArchiveError> {
+    if cache.is_none() {
+        let mut v = vec![];
+        for m in crate::archiving::budget::markers(dest)? {
+            let when = crate::archiving::budget::marker_contents(dest, &m.name)?
+                .and_then(|t| marker_field(&t, "dropped_from").map(str::to_string))
+                .unwrap_or_else(|| "an unknown time".into());
+            v.push((m, when));
+        }
+        *cache = Some(v);
+    }
+    Ok(cache.as_deref().unwrap_or_default())
 }
 
 /// A small stored file as text; `None` when absent or not text.
@@ -663,5 +715,39 @@ mod tests {
     fn parses_history_files() {
         let h = "1\t0/3000000\tno recovery target specified\n\n2\t1/A0000028\tbefore 2020\n";
         assert_eq!(parse_history(h), vec![(1, 0x3000000), (2, 0x1_A000_0028)]);
+    }
+
+    #[test]
+    fn a_gap_with_a_dropped_marker_is_reported_as_dropped_not_unexplained() {
+        let (_d, arch) = archive(&[(1, 1), (1, 2), (1, 6), (1, 9)], &[], MB);
+        let dest = LocalDirectory::new(&arch, 0o600);
+        let mut b = crate::archiving::budget::BudgetState::default();
+        for n in 3..=5 {
+            b.record_drop(&segment_file_name(1, n, MB), MB, MB, 0, "down")
+                .unwrap();
+        }
+        crate::archiving::budget::store_markers(&dest, &b.pending);
+        let r = verify(&dest, None, None).unwrap();
+        assert!(!r.intact(), "a dropped range is still a gap");
+        let dropped: Vec<_> = r
+            .problems()
+            .map(|f| (f.walfile.clone(), f.status))
+            .collect();
+        assert_eq!(
+            dropped,
+            vec![
+                (segment_file_name(1, 3, MB), Status::Dropped),
+                (segment_file_name(1, 7, MB), Status::Missing),
+            ]
+        );
+        let f = r.problems().next().unwrap();
+        assert!(
+            f.detail.starts_with(
+                "dropped by walarch.max_backlog at 2000-01-01 00:00:00 UTC: 3 files missing"
+            ),
+            "{}",
+            f.detail
+        );
+        assert_eq!(f.status.as_str(), "dropped");
     }
 }
