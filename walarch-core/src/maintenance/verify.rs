@@ -373,7 +373,7 @@ pub fn verify_with(
     // Markers of ranges dropped by walarch.max_backlog, read once a gap
     // is found.
     let mut markers: Option<Vec<(Marker, String)>> = None;
-    let mut marker_of = |markers: &mut Option<Vec<(Marker, String)>>, s: u64| {
+    let marker_of = |markers: &mut Option<Vec<(Marker, String)>>, s: u64| {
         let name = segment_file_name(timeline_of(s), s, size);
         let found = load_markers(dest, markers)?;
         Ok::<_, ArchiveError>(found.iter().position(|(m, _)| m.covers(&name)))
