@@ -101,7 +101,7 @@ pub fn dropped(file: &str, dest: &dyn Destination, d: &Dropped) {
             size(d.max_backlog),
             dest.describe(),
             format_timestamp(d.failing_since),
-            d.error.message,
+            d.cause,
             d.range.describe(),
             d.range.marker_name(),
         )),

@@ -84,8 +84,9 @@ pub struct Dropped {
     pub range: DroppedRange,
     /// Since when the destination has been failing.
     pub failing_since: i64,
-    /// Why this attempt failed.
-    pub error: ArchiveError,
+    /// Why the destination fails: this attempt's error, or the failure
+    /// behind the circuit breaker's refusal.
+    pub cause: String,
 }
 
 /// Archives `name` (the WAL file at `source`) for the archiver, coordinating
@@ -145,8 +146,8 @@ pub fn archive_one<H: Host>(
             s.breaker.gate(target.id, started)
         }
     });
-    // Why the destination fails, for a drop's record: the breaker's refusal
-    // names the failure behind it.
+    // Why the destination fails, for a drop's record: behind a refusal by
+    // the breaker, the failure that opened it.
     let mut cause = None;
     let (result, attempted) = match gate {
         Some(Gate::Open(outage)) => {
@@ -323,7 +324,7 @@ fn try_drop<H: Host>(
         max_backlog: b.max_backlog,
         range,
         failing_since,
-        error: e.clone(),
+        cause: cause.to_string(),
     })
 }
 
