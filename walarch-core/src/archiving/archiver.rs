@@ -205,7 +205,7 @@ pub fn archive_one<H: Host>(
             });
             if dest_failed {
                 let cause = cause.unwrap_or_else(|| e.message.clone());
-                if let Some(d) = try_drop(host, target, name, source, e, &cause, now) {
+                if let Some(d) = try_drop(host, target, name, source, &cause, now) {
                     return Ok(Archived::Dropped(Box::new(d)));
                 }
             }
@@ -263,7 +263,6 @@ fn try_drop<H: Host>(
     target: &Target<'_>,
     name: &str,
     source: &Path,
-    e: &ArchiveError,
     cause: &str,
     now: i64,
 ) -> Option<Dropped> {
