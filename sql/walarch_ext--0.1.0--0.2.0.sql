@@ -1,7 +1,8 @@
 -- walarch_ext 0.1.0 -> 0.2.0
 --
--- walarch_stats() gains four columns (last_transfer_ms, mean_transfer_ms,
--- bytes_in_flight, stored_bytes): the function and the view over it are
+-- walarch_stats() gains eight columns (last_transfer_ms, mean_transfer_ms,
+-- bytes_in_flight, stored_bytes, and for walarch.max_backlog dropped_count,
+-- dropped_bytes, last_dropped_wal, last_dropped_time): the function and the view over it are
 -- recreated, keeping the privileges granted on them. walarch_expire() is new. The library's
 -- shared-memory layout and its statistics file format changed too: the new library takes effect only after a server
 -- restart (it is in shared_preload_libraries), and a statistics file of
@@ -41,7 +42,11 @@ BEGIN
 		"last_transfer_ms" double precision,
 		"mean_transfer_ms" double precision,
 		"bytes_in_flight" bigint,
-		"stored_bytes" bigint
+		"stored_bytes" bigint,
+		"dropped_count" bigint,
+		"dropped_bytes" bigint,
+		"last_dropped_wal" TEXT,
+		"last_dropped_time" timestamp with time zone
 	)
 	STRICT VOLATILE PARALLEL SAFE
 	LANGUAGE c

@@ -173,6 +173,7 @@ fn archive(file: &CStr, path: &CStr) -> bool {
         dest,
         id: configured.id,
         request_timeout: configured.request_timeout,
+        budget: guc::budget(),
     };
     match archive_one(&PgHost, &target, file, Path::new(path)) {
         Ok(Archived::CopiedAhead { .. }) => {
@@ -199,6 +200,10 @@ fn archive(file: &CStr, path: &CStr) -> bool {
                     ),
                 },
             }
+            true
+        }
+        Ok(Archived::Dropped(d)) => {
+            warnings::dropped(file, dest, &d);
             true
         }
         Err(e) => {

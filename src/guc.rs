@@ -375,6 +375,20 @@ pub fn archive_view(dest: &dyn Destination) -> Compressing<'_> {
     Compressing::new(dest, compression_level())
 }
 
+/// `walarch.max_backlog`, in MB; 0 = off.
+pub static MAX_BACKLOG: GucSetting<i32> = GucSetting::<i32>::new(0);
+
+/// The budget in force, when `walarch.max_backlog` is set.
+pub fn budget() -> Option<walarch_core::archiving::budget::Budget> {
+    let mb = MAX_BACKLOG.get();
+    // SAFETY: a plain int fixed at server start.
+    let segment_size = unsafe { pg_sys::wal_segment_size } as u64;
+    (mb > 0).then_some(walarch_core::archiving::budget::Budget {
+        max_backlog: (mb as u64) << 20,
+        segment_size,
+    })
+}
+
 pub static COPY_AHEAD: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static PARALLEL_COPIES: GucSetting<i32> = GucSetting::<i32>::new(4);
 
@@ -398,6 +412,16 @@ pub fn define_worker_settings() {
         64,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"walarch.max_backlog",
+        c"How much WAL may wait to be archived while the archive destination is failing, before the oldest is dropped; 0 keeps it all.",
+        c"Dropped WAL files are reported archived without being stored (a WARNING per file, walarch_stats().dropped_count, a DROPPED marker in the archive): point-in-time recovery cannot pass them. History and backup files are never dropped, nor anything while the destination takes files.",
+        &MAX_BACKLOG,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MB,
     );
     GucRegistry::define_enum_guc(
         c"walarch.compression",

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 use pgrx::{pg_shmem_init, PgLwLock};
-use walarch_core::archiving::host::{process_alive, Host};
+use walarch_core::archiving::budget::{self, DroppedRange};
+use walarch_core::archiving::host::{process_alive, Host, Note};
 use walarch_core::archiving::shared_state::ArchiveState;
 use walarch_core::archiving::stats_file::{self, Taken};
 use walarch_core::wal::time::now_timestamptz;
@@ -38,6 +39,10 @@ static mut ATTACHED: bool = false;
 
 /// Relative to the data directory, beside PostgreSQL's own statistics.
 const STATS_FILE: &str = "pg_stat/walarch_ext.stat";
+/// The ranges dropped by walarch.max_backlog whose marker is not yet in the
+/// archive. Unlike the statistics, kept across a crash: no drop may go
+/// unrecorded.
+const DROPPED_FILE: &str = "pg_stat/walarch_ext.dropped";
 
 static mut PREV_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 
@@ -90,6 +95,21 @@ unsafe extern "C-unwind" fn restore_stats() {
         }
     }
     // The postmaster's working directory is the data directory.
+    match budget::load(Path::new(DROPPED_FILE)) {
+        Ok(pending) if !pending.is_empty() => {
+            let n = pending.len();
+            let mut g = STATE.exclusive();
+            for r in pending.into_iter().take(budget::MAX_PENDING) {
+                let _ = g.0.budget.pending.push(r);
+            }
+            log!("walarch_ext: {n} range(s) of WAL dropped by walarch.max_backlog wait to be recorded in the archive");
+        }
+        Ok(_) => {}
+        // Left in place for the next start and for whoever investigates.
+        Err(e) => warning!(
+            "walarch_ext: could not read \"{DROPPED_FILE}\": {e}; the WAL ranges it lists as dropped will not be marked in the archive"
+        ),
+    }
     let file = Path::new(STATS_FILE);
     match stats_file::shut_down_cleanly(Path::new(".")) {
         Ok(true) => match stats_file::take(file) {
@@ -178,5 +198,16 @@ impl Host for PgHost {
         // SAFETY: a sig_atomic_t flag set by the SIGTERM handler.
         let sigterm = unsafe { pg_sys::ShutdownRequestPending != 0 };
         sigterm || crate::archive_module::final_round()
+    }
+
+    fn save_dropped(&self, pending: &[DroppedRange]) -> std::io::Result<()> {
+        budget::save(Path::new(DROPPED_FILE), pending)
+    }
+
+    fn log(&self, level: Note, message: &str) {
+        match level {
+            Note::Log => log!("{message}"),
+            Note::Warning => warning!("{message}"),
+        }
     }
 }

@@ -57,6 +57,10 @@ fn walarch_stats() -> TableIterator<
         name!(mean_transfer_ms, Option<f64>),
         name!(bytes_in_flight, i64),
         name!(stored_bytes, i64),
+        name!(dropped_count, i64),
+        name!(dropped_bytes, i64),
+        name!(last_dropped_wal, Option<String>),
+        name!(last_dropped_time, Option<TimestampWithTimeZone>),
     ),
 > {
     require_shared_memory();
@@ -87,6 +91,10 @@ fn walarch_stats() -> TableIterator<
         ms(stats.transfer_us_total / stats.transfers.max(1)),
         in_flight as i64,
         stats.stored_bytes,
+        stats.dropped_count,
+        stats.dropped_bytes,
+        non_empty(&stats.last_dropped_wal),
+        ts(stats.last_dropped_time),
     ))
 }
 
@@ -209,10 +217,11 @@ fn walarch_switch_wal(
 
 /// Verifies the configured archive from inside the server, as `walarch
 /// verify` does: one row per file checked (`ok`, `corrupt`,
-/// `missing_checksum`) and one per gap (`missing`); then, for the base
-/// backups taken through the target, one per object (`ok`, `corrupt`,
-/// `missing`), one per WAL file a backup needs that is missing, and one per
-/// incomplete backup (`in_progress`, or `incomplete` once abandoned).
+/// `missing_checksum`) and one per gap (`missing`, or `dropped` when
+/// `walarch.max_backlog` dropped it); then, for the base backups taken
+/// through the target, one per object (`ok`, `corrupt`, `missing`), one per
+/// WAL file a backup needs that is missing, and one per incomplete backup
+/// (`in_progress`, or `incomplete` once abandoned).
 #[pg_extern(volatile, parallel_unsafe)]
 fn walarch_verify(
     from_wal: default!(Option<String>, "NULL"),

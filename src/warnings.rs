@@ -5,6 +5,8 @@
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
+use walarch_core::archiving::archiver::Dropped;
+use walarch_core::archiving::breaker::format_timestamp;
 use walarch_core::destination::{Destination, Leftovers};
 use walarch_core::{ArchiveError, ErrorKind};
 
@@ -90,4 +92,36 @@ pub fn leftovers_removed(dest: &dyn Destination, r: &Leftovers) {
             None,
         );
     }
+}
+
+/// `bytes` as PostgreSQL's sizes read: MB above a megabyte.
+fn size(bytes: u64) -> String {
+    if bytes >= 1 << 20 {
+        format!("{} MB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// The WARNING for a WAL file dropped by `walarch.max_backlog`.
+pub fn dropped(file: &str, dest: &dyn Destination, d: &Dropped) {
+    warning(
+        PgSqlErrorCode::ERRCODE_WARNING,
+        &format!(
+            "dropped WAL file \"{file}\" without archiving it: the archive backlog exceeds walarch.max_backlog"
+        ),
+        Some(&format!(
+            "{} of WAL waited to be archived, more than walarch.max_backlog ({}), and archive destination \"{}\" has been failing since {}: {}. Dropped so far in this range: {}. Point-in-time recovery cannot pass this range; marker \"{}\" is stored in the archive once it takes files again.",
+            size(d.backlog),
+            size(d.max_backlog),
+            dest.describe(),
+            format_timestamp(d.failing_since),
+            d.cause,
+            d.range.describe(),
+            d.range.marker_name(),
+        )),
+        Some(
+            "Take a new base backup once archiving works again: earlier base backups cannot recover past this range. Set walarch.max_backlog higher, or to 0, to keep more WAL waiting instead.",
+        ),
+    );
 }

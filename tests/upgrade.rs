@@ -147,6 +147,7 @@ fn update_from_0_1_0_equals_a_fresh_install() {
         "relation walarch_stat_archiver kind=v",
         "bytes_in_flight bigint",
         "stored_bytes bigint",
+        "last_dropped_time timestamp with time zone",
         "pg_monitor=X/postgres",
         "pg_monitor=r/postgres",
     ] {

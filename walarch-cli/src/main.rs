@@ -480,7 +480,7 @@ fn checked(r: &Report) -> usize {
         .filter(|f| {
             !matches!(
                 f.status,
-                Status::Missing | Status::InProgress | Status::Incomplete
+                Status::Missing | Status::Dropped | Status::InProgress | Status::Incomplete
             )
         })
         .count()

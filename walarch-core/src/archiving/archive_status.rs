@@ -39,6 +39,17 @@ pub fn is_archived(pg_wal: &Path, walfile: &str) -> bool {
         && (status.join(format!("{walfile}.done")).exists() || !pg_wal.join(walfile).exists())
 }
 
+/// `ready_files` with each file's size in `pg_wal` (0 when it is gone).
+pub fn ready_with_sizes(pg_wal: &Path) -> io::Result<Vec<(String, u64)>> {
+    Ok(ready_files(pg_wal)?
+        .into_iter()
+        .map(|f| {
+            let size = std::fs::metadata(pg_wal.join(&f)).map_or(0, |m| m.len());
+            (f, size)
+        })
+        .collect())
+}
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PendingSummary {
     pub count: i64,
@@ -49,16 +60,11 @@ pub struct PendingSummary {
 }
 
 pub fn summary(pg_wal: &Path) -> io::Result<PendingSummary> {
-    let files = ready_files(pg_wal)?;
-    let bytes = files
-        .iter()
-        .filter_map(|f| std::fs::metadata(pg_wal.join(f)).ok())
-        .map(|m| m.len() as i64)
-        .sum();
+    let files = ready_with_sizes(pg_wal)?;
     Ok(PendingSummary {
         count: files.len() as i64,
-        bytes,
-        oldest: files.first().cloned(),
+        bytes: files.iter().map(|(_, s)| *s as i64).sum(),
+        oldest: files.first().map(|(f, _)| f.clone()),
     })
 }
 

@@ -27,8 +27,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::archiving::archive_protocol::{archive_file, ArchiveOutcome};
+use crate::archiving::archive_status::ready_with_sizes;
 use crate::archiving::breaker::{unavailable, DestinationId, Gate};
-use crate::archiving::host::Host;
+use crate::archiving::budget::{self, Budget, Decision, DroppedRange};
+use crate::archiving::host::{Host, Note};
 use crate::archiving::shared_state::{ArchiverClaim, Copied, FileId};
 use crate::destination::{Destination, Leftovers};
 use crate::support::error::{ArchiveError, ErrorKind};
@@ -46,6 +48,8 @@ pub struct Target<'a> {
     /// The longest one request to it may take, when it has such a limit
     /// (`walarch.s3_request_timeout` for a bucket).
     pub request_timeout: Option<Duration>,
+    /// `walarch.max_backlog`, when set.
+    pub budget: Option<Budget>,
 }
 
 /// How long the archiver waits for a worker's copy in progress: a slow but
@@ -64,6 +68,25 @@ pub enum Archived {
     CopiedAhead { bytes: u64 },
     /// Stored (or found already stored) by this call.
     Inline(ArchiveOutcome),
+    /// Reported archived without being stored: the backlog exceeded
+    /// `walarch.max_backlog` while the destination was failing.
+    Dropped(Box<Dropped>),
+}
+
+/// A drop, for the WARNING that names it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Dropped {
+    pub bytes: u64,
+    /// The WAL waiting before the drop, this file included.
+    pub backlog: u64,
+    pub max_backlog: u64,
+    /// The range the file is now part of.
+    pub range: DroppedRange,
+    /// Since when the destination has been failing.
+    pub failing_since: i64,
+    /// Why the destination fails: this attempt's error, or the failure
+    /// behind the circuit breaker's refusal.
+    pub cause: String,
 }
 
 /// Archives `name` (the WAL file at `source`) for the archiver, coordinating
@@ -123,45 +146,185 @@ pub fn archive_one<H: Host>(
             s.breaker.gate(target.id, started)
         }
     });
-    if let Some(Gate::Open(outage)) = gate {
-        let e = unavailable(&dest.describe(), &outage, started);
-        host.with_state(|s| {
-            s.end_archiver_copy(name);
-            s.record_failed(name, &e.message, started);
-        });
-        return Err(e);
-    }
-    // Let the worker start on the files after this one meanwhile.
-    host.wake_worker();
-    let size = std::fs::metadata(source).map_or(0, |m| m.len());
-    host.with_state(|s| s.set_in_flight(name, size));
-    let start = host.now();
-    // A panic here is a bug, but it must not take the archiver down.
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| archive_file(dest, name, source)))
-        .unwrap_or_else(|_| {
-            Err(ArchiveError::new(
-                ErrorKind::Internal,
-                format!("internal error while archiving \"{name}\""),
-            )
-            .with_detail("The file was not archived; the archiver will retry it."))
-        });
+    // Why the destination fails, for a drop's record: behind a refusal by
+    // the breaker, the failure that opened it.
+    let mut cause = None;
+    let (result, attempted) = match gate {
+        Some(Gate::Open(outage)) => {
+            let e = unavailable(&dest.describe(), &outage, started);
+            cause = Some(format!(
+                "{}; last failure: {}",
+                e.message, outage.last_error
+            ));
+            (Err(e), false)
+        }
+        _ => {
+            // Let the worker start on the files after this one meanwhile.
+            host.wake_worker();
+            let size = std::fs::metadata(source).map_or(0, |m| m.len());
+            host.with_state(|s| s.set_in_flight(name, size));
+            let start = host.now();
+            // The markers of dropped ranges go in before any later file.
+            let result = mark_dropped_ranges(host, dest).and_then(|()| {
+                // A panic here is a bug, but it must not take the archiver down.
+                std::panic::catch_unwind(AssertUnwindSafe(|| archive_file(dest, name, source)))
+                    .unwrap_or_else(|_| {
+                        Err(ArchiveError::new(
+                            ErrorKind::Internal,
+                            format!("internal error while archiving \"{name}\""),
+                        )
+                        .with_detail("The file was not archived; the archiver will retry it."))
+                    })
+            });
+            let micros = host.now().saturating_duration_since(start).as_micros() as i64;
+            if result.is_ok() {
+                host.with_state(|s| s.record_transfer(micros));
+            }
+            (result, true)
+        }
+    };
     let now = host.timestamp();
-    let micros = host.now().saturating_duration_since(start).as_micros() as i64;
+    match &result {
+        Ok(o) => {
+            host.with_state(|s| {
+                s.end_archiver_copy(name);
+                s.record_archived(name, o.bytes(), o.stored_bytes(), false, now);
+                s.breaker.succeeded(target.id, started);
+                s.budget.streak.succeeded(target.id);
+            });
+        }
+        Err(e) => {
+            let dest_failed = budget::destination_error(e, source);
+            host.with_state(|s| {
+                if attempted {
+                    s.breaker.failed(target.id, started, now, e);
+                }
+                if dest_failed {
+                    s.budget.streak.failed(target.id, now);
+                }
+            });
+            if dest_failed {
+                let cause = cause.unwrap_or_else(|| e.message.clone());
+                if let Some(d) = try_drop(host, target, name, source, &cause, now) {
+                    return Ok(Archived::Dropped(Box::new(d)));
+                }
+            }
+            host.with_state(|s| {
+                s.end_archiver_copy(name);
+                s.record_failed(name, &e.message, now);
+            });
+        }
+    }
+    result.map(Archived::Inline)
+}
+
+/// Stores the marker of every dropped range not yet in the archive; an
+/// error when one could not be stored (the destination still fails).
+fn mark_dropped_ranges<H: Host>(host: &H, dest: &dyn Destination) -> Result<(), ArchiveError> {
+    let pending: Vec<DroppedRange> = host
+        .with_state(|s| s.budget.pending.to_vec())
+        .unwrap_or_default();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let (done, err) = budget::store_markers(dest, &pending);
+    if !done.is_empty() {
+        let left = host
+            .with_state(|s| {
+                s.budget.marked(&done);
+                s.budget.pending.to_vec()
+            })
+            .unwrap_or_default();
+        for r in &done {
+            host.log(
+                Note::Log,
+                &format!(
+                    "walarch_ext: stored \"{}\": WAL {} was dropped by walarch.max_backlog",
+                    dest.location(&r.marker_name()),
+                    r.describe()
+                ),
+            );
+        }
+        // Harmless: a marker listed again is found stored at the next start.
+        if let Err(e) = host.save_dropped(&left) {
+            host.log(
+                Note::Warning,
+                &format!("walarch_ext: could not update the list of dropped WAL ranges: {e}"),
+            );
+        }
+    }
+    err.map_or(Ok(()), Err)
+}
+
+/// The failed attempt on `name` is turned into a drop when the budget's
+/// rule says so (see `budget`), recorded durably first.
+fn try_drop<H: Host>(
+    host: &H,
+    target: &Target<'_>,
+    name: &str,
+    source: &Path,
+    cause: &str,
+    now: i64,
+) -> Option<Dropped> {
+    let b = target.budget.filter(|b| b.max_backlog > 0)?;
+    if !budget::droppable(name) {
+        return None;
+    }
+    let failing_since = host
+        .with_state(|s| {
+            let st = &s.budget.streak;
+            st.confirmed(target.id, now)
+                .then(|| st.since(target.id))
+                .flatten()
+        })
+        .flatten()?;
+    let ready = ready_with_sizes(source.parent()?).ok()?;
+    let Decision::Drop { backlog } = budget::decide(&b, name, &ready, true) else {
+        return None;
+    };
+    let bytes = ready.iter().find(|(n, _)| n == name).map_or(0, |(_, s)| *s);
+    let recorded = host.with_state(|s| {
+        let before = s.budget.pending.clone();
+        let range = s
+            .budget
+            .record_drop(name, b.segment_size, bytes, now, cause);
+        (before, range, s.budget.pending.to_vec())
+    })?;
+    let (before, range, pending) = recorded;
+    let range = match range {
+        Ok(r) => r,
+        Err(budget::TooManyRanges) => {
+            host.log(
+                Note::Warning,
+                &format!(
+                    "walarch_ext: not dropping \"{name}\" although the backlog exceeds walarch.max_backlog: {} dropped ranges already wait to be recorded in the archive",
+                    budget::MAX_PENDING
+                ),
+            );
+            return None;
+        }
+    };
+    // Never a drop that is not recorded.
+    if let Err(io) = host.save_dropped(&pending) {
+        host.with_state(|s| s.budget.pending = before);
+        host.log(
+            Note::Warning,
+            &format!("walarch_ext: not dropping \"{name}\": could not record the drop: {io}"),
+        );
+        return None;
+    }
     host.with_state(|s| {
         s.end_archiver_copy(name);
-        match &result {
-            Ok(o) => {
-                s.record_archived(name, o.bytes(), o.stored_bytes(), false, now);
-                s.record_transfer(micros);
-                s.breaker.succeeded(target.id, started);
-            }
-            Err(e) => {
-                s.record_failed(name, &e.message, now);
-                s.breaker.failed(target.id, started, now, e);
-            }
-        }
+        s.record_dropped(name, bytes, now);
     });
-    result.map(Archived::Inline)
+    Some(Dropped {
+        bytes,
+        backlog,
+        max_backlog: b.max_backlog,
+        range,
+        failing_since,
+        cause: cause.to_string(),
+    })
 }
 
 /// The worker's copy is trusted as it is when it went to the destination
@@ -554,6 +717,295 @@ mod tests {
             ..elsewhere
         };
         assert!(archive_one(&host, &elsewhere, A, &src).is_ok());
+    }
+
+    mod budget {
+        use super::*;
+        use crate::archiving::budget::{Budget, CONFIRM_FAILING};
+
+        const SEG_SIZE: u64 = 16 << 20;
+
+        fn seg(n: u64) -> String {
+            crate::wal::walname::segment_file_name(1, n, SEG_SIZE)
+        }
+
+        /// A pg_wal with segments 1..=n waiting, 1000 bytes each (and a
+        /// history file first when asked).
+        fn pg_wal(n: u64, history: bool) -> tempfile::TempDir {
+            let d = tempfile::tempdir().unwrap();
+            std::fs::create_dir(d.path().join("archive_status")).unwrap();
+            let mut names: Vec<String> = (1..=n).map(seg).collect();
+            if history {
+                names.push("00000002.history".into());
+            }
+            for f in names {
+                std::fs::write(d.path().join(&f), pattern(1000)).unwrap();
+                std::fs::write(d.path().join(format!("archive_status/{f}.ready")), b"").unwrap();
+            }
+            d
+        }
+
+        /// What PostgreSQL's archiver does after a success: `.ready` -> `.done`.
+        fn done(wal: &Path, name: &str) {
+            let st = wal.join("archive_status");
+            std::fs::rename(
+                st.join(format!("{name}.ready")),
+                st.join(format!("{name}.done")),
+            )
+            .unwrap();
+        }
+
+        fn with_budget<'a>(dest: &'a dyn Destination, bytes: u64) -> Target<'a> {
+            Target {
+                budget: Some(Budget {
+                    max_backlog: bytes,
+                    segment_size: SEG_SIZE,
+                }),
+                ..target(dest)
+            }
+        }
+
+        /// The archiver's turn on `name`: archived (dropped or stored) or not.
+        fn call(
+            host: &FakeHost,
+            t: &Target<'_>,
+            wal: &Path,
+            name: &str,
+        ) -> Result<Archived, ArchiveError> {
+            let r = archive_one(host, t, name, &wal.join(name));
+            if r.is_ok() {
+                done(wal, name);
+            }
+            r
+        }
+
+        #[test]
+        fn over_budget_while_failing_the_oldest_are_dropped_until_under_it_then_marked() {
+            let wal = pg_wal(10, false);
+            let w = wal.path();
+            let host = FakeHost::default();
+            let down = Unreachable;
+            // 10 000 bytes waiting, a budget of 5 000.
+            let t = with_budget(&down, 5000);
+            // The first failure is a one-off: nothing dropped.
+            assert!(call(&host, &t, w, &seg(1)).is_err());
+            host.advance(CONFIRM_FAILING / 2);
+            assert!(call(&host, &t, w, &seg(1)).is_err(), "not yet confirmed");
+            host.advance(CONFIRM_FAILING / 2);
+            // Failing for CONFIRM_FAILING with no success: the oldest go.
+            let mut dropped = vec![];
+            for n in 1..=10 {
+                match call(&host, &t, w, &seg(n)) {
+                    Ok(Archived::Dropped(d)) => dropped.push(*d),
+                    Ok(other) => panic!("{other:?}"),
+                    Err(e) => {
+                        assert_eq!(e.kind, ErrorKind::Unavailable);
+                        break;
+                    }
+                }
+            }
+            assert_eq!(dropped.len(), 5, "down to the budget, not below");
+            let last = dropped.last().unwrap();
+            assert_eq!(last.backlog, 6000);
+            assert_eq!(last.max_backlog, 5000);
+            assert_eq!(last.failing_since, 0);
+            assert_eq!(
+                (last.range.first.as_str(), last.range.last.as_str()),
+                (&*seg(1), &*seg(5))
+            );
+            assert_eq!((last.range.files, last.range.bytes), (5, 5000));
+            assert!(
+                last.range.reason.contains("timed out"),
+                "{:?}",
+                last.range.reason
+            );
+            // Recorded before being reported: persisted, counted apart.
+            assert_eq!(host.saved_dropped().unwrap(), vec![last.range.clone()]);
+            let st = host.state();
+            assert_eq!(
+                (
+                    st.stats.dropped_count,
+                    st.stats.dropped_bytes,
+                    st.stats.archived_count
+                ),
+                (5, 5000, 0)
+            );
+            assert_eq!(st.stats.last_dropped_wal.as_str(), seg(5));
+            assert_eq!(st.stats.failed_count, 3, "the failures before and after");
+            assert_eq!(st.slot_state(&seg(5)), SlotState::Free);
+            // More WAL arrives: over budget again, the oldest goes.
+            std::fs::write(w.join(seg(11)), pattern(1000)).unwrap();
+            std::fs::write(w.join(format!("archive_status/{}.ready", seg(11))), b"").unwrap();
+            host.advance(Duration::from_secs(1));
+            let r = call(&host, &t, w, &seg(6)).unwrap();
+            let Archived::Dropped(d) = r else {
+                panic!("{r:?}")
+            };
+            assert_eq!(d.range.files, 6, "the same range, extended");
+
+            // The store is back: the marker goes in first, then the file.
+            let back = MemoryDestination::default();
+            let t = with_budget(&back, 5000);
+            host.advance(Duration::from_secs(120));
+            let r = call(&host, &t, w, &seg(7)).unwrap();
+            assert!(
+                matches!(r, Archived::Inline(ArchiveOutcome::Archived { .. })),
+                "{r:?}"
+            );
+            let marker = format!("DROPPED.{}-{}", seg(1), seg(6));
+            assert!(back.size(&marker).unwrap().is_some(), "{:?}", back.list());
+            assert!(back.size(&seg(6)).unwrap().is_none());
+            assert_eq!(host.saved_dropped().unwrap(), vec![]);
+            assert!(
+                host.logged().iter().any(|l| l.contains(&marker)),
+                "{:?}",
+                host.logged()
+            );
+            let st = host.state();
+            assert!(!st.budget.has_pending());
+            assert_eq!(st.stats.archived_count, 1);
+            // Over budget still, but the destination takes files: kept.
+            assert!(matches!(
+                call(&host, &t, w, &seg(8)).unwrap(),
+                Archived::Inline(_)
+            ));
+            assert_eq!(host.state().stats.dropped_count, 6);
+        }
+
+        #[test]
+        fn a_healthy_destination_never_drops_however_large_the_backlog() {
+            let wal = pg_wal(10, false);
+            let w = wal.path();
+            let host = FakeHost::default();
+            let dest = MemoryDestination::default();
+            let t = with_budget(&dest, 1);
+            for n in 1..=10 {
+                host.advance(CONFIRM_FAILING);
+                assert!(matches!(
+                    call(&host, &t, w, &seg(n)).unwrap(),
+                    Archived::Inline(_)
+                ));
+            }
+            assert_eq!(dest.list().unwrap().len(), 10);
+            assert_eq!(host.state().stats.dropped_count, 0);
+            assert_eq!(host.saved_dropped(), None);
+        }
+
+        #[test]
+        fn a_success_between_failures_restarts_the_count() {
+            let wal = pg_wal(10, false);
+            let w = wal.path();
+            let host = FakeHost::default();
+            let down = Unreachable;
+            let up = MemoryDestination::default();
+            assert!(call(&host, &t_(&down), w, &seg(1)).is_err());
+            host.advance(CONFIRM_FAILING - Duration::from_secs(1));
+            // The worker stored a file meanwhile: the destination takes files.
+            host.with_state(|s| s.budget.streak.succeeded(here()));
+            host.advance(Duration::from_secs(2));
+            let e = call(&host, &t_(&down), w, &seg(1)).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Unavailable);
+            let _ = up;
+            assert_eq!(host.state().stats.dropped_count, 0);
+
+            fn t_(d: &dyn Destination) -> Target<'_> {
+                with_budget(d, 1)
+            }
+        }
+
+        #[test]
+        fn off_by_default_and_never_for_history_or_a_later_file() {
+            let wal = pg_wal(4, true);
+            let w = wal.path();
+            let host = FakeHost::default();
+            let down = Unreachable;
+            assert!(call(&host, &target(&down), w, &seg(1)).is_err());
+            host.advance(CONFIRM_FAILING * 2);
+            // No budget: the file stays, however long the outage.
+            assert!(call(&host, &target(&down), w, &seg(1)).is_err());
+            let t = with_budget(&down, 1);
+            assert!(call(&host, &t, w, "00000002.history").is_err());
+            assert!(call(&host, &t, w, &seg(2)).is_err(), "not the oldest");
+            assert!(matches!(
+                call(&host, &t, w, &seg(1)).unwrap(),
+                Archived::Dropped(_)
+            ));
+            assert_eq!(host.state().stats.dropped_count, 1);
+        }
+
+        #[test]
+        fn an_unwritable_directory_is_a_failing_destination_an_unreadable_wal_file_is_not() {
+            let wal = pg_wal(3, false);
+            let w = wal.path();
+            let host = FakeHost::default();
+            let gone = crate::destination::local_directory::LocalDirectory::new(
+                w.join("no-such-archive"),
+                0o600,
+            );
+            let t = with_budget(&gone, 1);
+            let e = call(&host, &t, w, &seg(1)).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Io, "{e}");
+            host.advance(CONFIRM_FAILING);
+            // The WAL file itself unreadable: the destination is not to blame.
+            let missing = w.join("elsewhere").join(seg(1));
+            assert!(archive_one(&host, &t, &seg(1), &missing).is_err());
+            assert_eq!(host.state().stats.dropped_count, 0);
+            let r = call(&host, &t, w, &seg(1)).unwrap();
+            assert!(matches!(r, Archived::Dropped(_)), "{r:?}");
+        }
+
+        #[test]
+        fn a_drop_that_cannot_be_recorded_does_not_happen() {
+            let wal = pg_wal(3, false);
+            let w = wal.path();
+            let host = FakeHost::default();
+            let down = Unreachable;
+            let t = with_budget(&down, 1);
+            assert!(call(&host, &t, w, &seg(1)).is_err());
+            host.advance(CONFIRM_FAILING);
+            host.fail_saves(true);
+            let e = call(&host, &t, w, &seg(1)).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Unavailable);
+            let st = host.state();
+            assert_eq!(st.stats.dropped_count, 0);
+            assert!(!st.budget.has_pending(), "rolled back");
+            assert!(host
+                .logged()
+                .iter()
+                .any(|l| l.contains("could not record the drop")));
+            assert!(w.join(format!("archive_status/{}.ready", seg(1))).exists());
+            host.fail_saves(false);
+            assert!(matches!(
+                call(&host, &t, w, &seg(1)).unwrap(),
+                Archived::Dropped(_)
+            ));
+        }
+
+        #[test]
+        fn a_marker_that_cannot_be_stored_fails_the_attempt_and_stays_pending() {
+            let wal = pg_wal(3, false);
+            let w = wal.path();
+            let host = FakeHost::default();
+            host.with_state(|s| {
+                s.budget
+                    .record_drop(&seg(1), SEG_SIZE, 1000, 0, "x")
+                    .unwrap();
+            });
+            done(w, &seg(1));
+            // A store that takes nothing under that name (a directory there).
+            let d = tempfile::tempdir().unwrap();
+            let dir = crate::destination::local_directory::LocalDirectory::new(d.path(), 0o600);
+            let marker = format!("DROPPED.{}-{}", seg(1), seg(1));
+            std::fs::create_dir(d.path().join(format!("{marker}.sha256"))).unwrap();
+            let e = call(&host, &target(&dir), w, &seg(2)).unwrap_err();
+            assert!(e.message.contains("DROPPED"), "{e}");
+            assert!(dir.size(&seg(2)).unwrap().is_none(), "no later file first");
+            assert!(host.state().budget.has_pending());
+            std::fs::remove_dir(d.path().join(format!("{marker}.sha256"))).unwrap();
+            assert!(call(&host, &target(&dir), w, &seg(2)).is_ok());
+            assert!(dir.size(&marker).unwrap().is_some());
+            assert!(!host.state().budget.has_pending());
+        }
     }
 
     #[test]

@@ -74,8 +74,10 @@ impl CopyAhead {
                 .filter(|n| !retry_at.contains_key(*n) && s.slot_state(n) == SlotState::Free)
                 .collect();
             // A probe granted with nothing to try would hold the archiver's
-            // back for another back-off.
-            if candidates.is_empty() {
+            // back for another back-off. While dropped ranges wait for their
+            // markers, the archiver stores those first, before any later
+            // file: nothing is copied ahead meanwhile.
+            if candidates.is_empty() || s.budget.has_pending() {
                 return (Vec::new(), false);
             }
             let (limit, probe) = match s.breaker.gate(dest, ts) {
@@ -169,6 +171,7 @@ impl CopyAhead {
                         Ok(_) => {
                             s.record_transfer(micros);
                             s.breaker.succeeded(dest_id, started);
+                            s.budget.streak.succeeded(dest_id);
                         }
                         Err(e) => s.breaker.failed(dest_id, started, now, e),
                     }
@@ -254,6 +257,20 @@ mod tests {
         assert_eq!(host.state().bytes_in_flight_where(|_| true), 0);
         // Claimed now: a second plan finds nothing new.
         assert!(ca.plan(&host, here()).is_empty());
+    }
+
+    #[test]
+    fn nothing_is_copied_ahead_while_dropped_ranges_wait_for_their_markers() {
+        let wal = pg_wal(&[F2, F3]);
+        let host = FakeHost::default();
+        host.with_state(|s| s.budget.record_drop(F1, 16 << 20, 1000, 0, "down").unwrap());
+        let mut ca = CopyAhead::new(wal.path());
+        assert!(ca.plan(&host, here()).is_empty(), "the marker goes first");
+        host.with_state(|s| {
+            let p = s.budget.pending.to_vec();
+            s.budget.marked(&p)
+        });
+        assert_eq!(ca.plan(&host, here()), vec![F2, F3]);
     }
 
     #[test]

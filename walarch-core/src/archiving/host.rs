@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::archiving::budget::DroppedRange;
 use crate::archiving::shared_state::ArchiveState;
 
 pub trait Host {
@@ -29,6 +30,18 @@ pub trait Host {
     fn timestamp(&self) -> i64;
     /// Whether this process was asked to stop: a wait must then end at once.
     fn shutdown_requested(&self) -> bool;
+    /// Persists the dropped ranges whose marker is not yet in the archive
+    /// (`walarch.max_backlog`), durably: a drop is reported only after this
+    /// succeeded. Only the archiver calls it.
+    fn save_dropped(&self, pending: &[DroppedRange]) -> std::io::Result<()>;
+    /// A line for the server log.
+    fn log(&self, level: Note, message: &str);
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Note {
+    Log,
+    Warning,
 }
 
 /// True when a process with this PID exists (signal 0).

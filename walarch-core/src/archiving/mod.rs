@@ -6,6 +6,7 @@ pub mod archive_protocol;
 pub mod archive_status;
 pub mod archiver;
 pub mod breaker;
+pub mod budget;
 pub mod copy_ahead;
 pub mod host;
 pub(crate) mod parallel_copy;

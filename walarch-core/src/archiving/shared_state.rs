@@ -15,6 +15,7 @@
 use std::path::Path;
 
 use crate::archiving::breaker::{Breaker, DestinationId};
+use crate::archiving::budget::BudgetState;
 use crate::wal::checksum::Sha256Digest;
 use crate::wal::time::NO_TIME;
 
@@ -144,6 +145,12 @@ pub struct Stats {
     pub last_transfer_us: i64,
     pub transfer_us_total: i64,
     pub transfers: i64,
+    /// Files reported archived without being stored (`walarch.max_backlog`);
+    /// counted in neither `archived_count` nor `failed_count`.
+    pub dropped_count: i64,
+    pub dropped_bytes: i64,
+    pub last_dropped_wal: WalName,
+    pub last_dropped_time: i64,
 }
 
 impl Stats {
@@ -164,6 +171,10 @@ impl Stats {
             last_transfer_us: 0,
             transfer_us_total: 0,
             transfers: 0,
+            dropped_count: 0,
+            dropped_bytes: 0,
+            last_dropped_wal: WalName::default(),
+            last_dropped_time: NO_TIME,
         }
     }
 }
@@ -179,6 +190,9 @@ pub struct ArchiveState {
     pub worker_latch: usize,
     /// Whether the destination is known to be failing.
     pub breaker: Breaker,
+    /// `walarch.max_backlog`: how long the destination has been failing,
+    /// and the dropped ranges not yet marked in the archive.
+    pub budget: BudgetState,
 }
 
 /// What the archiver's callback should do with the file it was asked for.
@@ -200,6 +214,7 @@ impl ArchiveState {
             worker_pid: 0,
             worker_latch: 0,
             breaker: Breaker::default(),
+            budget: BudgetState::default(),
         }
     }
 
@@ -435,6 +450,15 @@ impl ArchiveState {
         if copied_ahead {
             s.copied_ahead_count += 1;
         }
+    }
+
+    /// An `archive_file` call reported `name` archived without storing it.
+    pub fn record_dropped(&mut self, name: &str, bytes: u64, now: i64) {
+        let s = &mut self.stats;
+        s.dropped_count += 1;
+        s.dropped_bytes += bytes as i64;
+        s.last_dropped_wal = bounded(name);
+        s.last_dropped_time = now;
     }
 
     /// An `archive_file` call failed.

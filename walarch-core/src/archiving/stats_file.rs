@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::archiving::shared_state::{bounded, Stats};
 
-const HEADER: &str = "walarch_ext stats 3";
+const HEADER: &str = "walarch_ext stats 4";
 
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('\n', "\\n")
@@ -49,6 +49,10 @@ pub fn serialize(s: &Stats) -> String {
     line("last_transfer_us", s.last_transfer_us.to_string());
     line("transfer_us_total", s.transfer_us_total.to_string());
     line("transfers", s.transfers.to_string());
+    line("dropped_count", s.dropped_count.to_string());
+    line("dropped_bytes", s.dropped_bytes.to_string());
+    line("last_dropped_wal", escape(s.last_dropped_wal.as_str()));
+    line("last_dropped_time", s.last_dropped_time.to_string());
     out.push_str("end\n");
     out
 }
@@ -84,11 +88,15 @@ pub fn parse(text: &str) -> Option<Stats> {
             "last_transfer_us" => s.last_transfer_us = int()?,
             "transfer_us_total" => s.transfer_us_total = int()?,
             "transfers" => s.transfers = int()?,
+            "dropped_count" => s.dropped_count = int()?,
+            "dropped_bytes" => s.dropped_bytes = int()?,
+            "last_dropped_wal" => s.last_dropped_wal = bounded(&unescape(v)),
+            "last_dropped_time" => s.last_dropped_time = int()?,
             _ => return None,
         }
         seen += 1;
     }
-    (ended && seen == 15).then_some(s)
+    (ended && seen == 19).then_some(s)
 }
 
 /// Writes the file atomically: temporary file, fsync, rename, directory fsync.
@@ -168,6 +176,7 @@ mod tests {
     fn sample() -> Stats {
         let mut st = ArchiveState::new(42);
         st.record_archived("000000010000000000000001", 100, 40, true, 50);
+        st.record_dropped("000000010000000000000003", 16, 55);
         st.record_failed(
             "000000010000000000000002",
             "could not \"x\":\nline two \\ back",

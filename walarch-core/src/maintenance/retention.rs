@@ -809,9 +809,13 @@ fn leave(names: Vec<String>) -> Vec<Decision> {
     names
         .into_iter()
         .map(|n| Decision {
+            reason: if crate::archiving::budget::Marker::parse(&n).is_some() {
+                "marker of WAL dropped by walarch.max_backlog: kept, it explains a gap".into()
+            } else {
+                "not a WAL file name: left alone".into()
+            },
             walfile: n,
             action: Action::Leave,
-            reason: "not a WAL file name: left alone".into(),
         })
         .collect()
 }

@@ -17,6 +17,7 @@ use crate::backup::catalog::Catalog;
 use crate::backup::{object_name, BACKUPS_DIR, BACKUP_JSON, INCOMPLETE_AFTER};
 
 use crate::archiving::archive_protocol::read_error;
+use crate::archiving::budget::{marker_field, Marker};
 use crate::destination::compressed;
 use crate::destination::{Destination, Recorded};
 use crate::support::error::ArchiveError;
@@ -41,6 +42,9 @@ pub enum Status {
     /// A base backup without `backup.json`, untouched for long: abandoned
     /// (`walarch expire` removes it).
     Incomplete,
+    /// Missing because `walarch.max_backlog` dropped it: a gap explained by
+    /// a `DROPPED.` marker (still a gap recovery cannot pass).
+    Dropped,
 }
 
 impl Status {
@@ -52,6 +56,7 @@ impl Status {
             Status::Missing => "missing",
             Status::InProgress => "in_progress",
             Status::Incomplete => "incomplete",
+            Status::Dropped => "dropped",
         }
     }
 }
@@ -398,6 +403,14 @@ fn verify_wal(
     };
     let start = from.map(|f| f.segno(size)).unwrap_or(first);
     let end = to.map(|t| t.segno(size)).unwrap_or(last);
+    // Markers of ranges dropped by walarch.max_backlog, read once a gap
+    // is found.
+    let mut markers: Option<Vec<(Marker, String)>> = None;
+    let marker_of = |markers: &mut Option<Vec<(Marker, String)>>, s: u64| {
+        let name = segment_file_name(timeline_of(s), s, size);
+        let found = load_markers(dest, markers)?;
+        Ok::<_, ArchiveError>(found.iter().position(|(m, _)| m.covers(&name)))
+    };
     let mut s = start;
     while s <= end {
         let t = timeline_of(s);
@@ -405,10 +418,30 @@ fn verify_wal(
             s += 1;
             continue;
         }
-        // Collapse a run of missing segments into one finding.
+        // Collapse a run of missing segments into one finding (a run
+        // explained by one marker, or one not explained).
         let run_start = s;
-        while s <= end && !segments.contains(&(timeline_of(s), s)) {
+        let marker = marker_of(&mut markers, s)?;
+        while s <= end
+            && !segments.contains(&(timeline_of(s), s))
+            && marker_of(&mut markers, s)? == marker
+        {
             s += 1;
+        }
+        if let Some(i) = marker {
+            let (m, when) = &markers.as_ref().unwrap()[i];
+            report.findings.push(Finding {
+                walfile: segment_file_name(t, run_start, size),
+                status: Status::Dropped,
+                detail: format!(
+                    "dropped by walarch.max_backlog at {when}: {} files missing, {} through {} (marker \"{}\"); point-in-time recovery cannot pass them",
+                    s - run_start,
+                    segment_file_name(t, run_start, size),
+                    segment_file_name(timeline_of(s - 1), s - 1, size),
+                    m.name
+                ),
+            });
+            continue;
         }
         let first_missing = segment_file_name(t, run_start, size);
         let detail = if s - run_start == 1 {
@@ -596,6 +629,25 @@ fn hash_object(
         return Err(stopped);
     }
     read.map(Some).map_err(|e| read_error(dest, name, &e))
+}
+
+/// The markers of dropped ranges with when each was dropped, read on first
+/// use.
+fn load_markers<'m>(
+    dest: &dyn Destination,
+    cache: &'m mut Option<Vec<(Marker, String)>>,
+) -> Result<&'m [(Marker, String)], ArchiveError> {
+    if cache.is_none() {
+        let mut v = vec![];
+        for m in crate::archiving::budget::markers(dest)? {
+            let when = crate::archiving::budget::marker_contents(dest, &m.name)?
+                .and_then(|t| marker_field(&t, "dropped_from").map(str::to_string))
+                .unwrap_or_else(|| "an unknown time".into());
+            v.push((m, when));
+        }
+        *cache = Some(v);
+    }
+    Ok(cache.as_deref().unwrap_or_default())
 }
 
 /// A small stored file as text; `None` when absent or not text.
@@ -965,5 +1017,39 @@ mod tests {
             p.contains(&("backups/B/backup.json".into(), Status::Corrupt)),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn a_gap_with_a_dropped_marker_is_reported_as_dropped_not_unexplained() {
+        let (_d, arch) = archive(&[(1, 1), (1, 2), (1, 6), (1, 9)], &[], MB);
+        let dest = LocalDirectory::new(&arch, 0o600);
+        let mut b = crate::archiving::budget::BudgetState::default();
+        for n in 3..=5 {
+            b.record_drop(&segment_file_name(1, n, MB), MB, MB, 0, "down")
+                .unwrap();
+        }
+        crate::archiving::budget::store_markers(&dest, &b.pending);
+        let r = verify(&dest, None, None).unwrap();
+        assert!(!r.intact(), "a dropped range is still a gap");
+        let dropped: Vec<_> = r
+            .problems()
+            .map(|f| (f.walfile.clone(), f.status))
+            .collect();
+        assert_eq!(
+            dropped,
+            vec![
+                (segment_file_name(1, 3, MB), Status::Dropped),
+                (segment_file_name(1, 7, MB), Status::Missing),
+            ]
+        );
+        let f = r.problems().next().unwrap();
+        assert!(
+            f.detail.starts_with(
+                "dropped by walarch.max_backlog at 2000-01-01 00:00:00 UTC: 3 files missing"
+            ),
+            "{}",
+            f.detail
+        );
+        assert_eq!(f.status.as_str(), "dropped");
     }
 }

@@ -209,7 +209,30 @@ fn confirm_absent(archive: &dyn Destination, walfile: &str, not_found: String) -
         Ok(false) => {}
         Err(e) => return store_err(e),
     }
-    for next in later_segments(walfile) {
+    let later = later_segments(walfile);
+    if !later.is_empty() {
+        // Inside a range dropped by walarch.max_backlog: recovery must stop
+        // there, however long the range (the next segment is missing too).
+        match crate::archiving::budget::dropped_range_of(archive, walfile) {
+            Ok(Some(m)) => {
+                let when = crate::archiving::budget::marker_contents(archive, &m.name)
+                    .ok()
+                    .flatten()
+                    .and_then(|t| {
+                        crate::archiving::budget::marker_field(&t, "dropped_from")
+                            .map(|w| format!(" at {w}"))
+                    })
+                    .unwrap_or_default();
+                return RestoreError::Integrity(format!(
+                    "\"{walfile}\" is not in the archive: it was dropped by walarch.max_backlog{when} (marker \"{}\"): recovery cannot pass this range; recover to a target before it, or restore a base backup taken after it",
+                    archive.location(&m.name)
+                ));
+            }
+            Ok(None) => {}
+            Err(e) => return store_err(e),
+        }
+    }
+    for next in later {
         for form in [Some(next.clone()), compressed_name(&next)]
             .into_iter()
             .flatten()
@@ -743,6 +766,27 @@ mod tests {
             ["000000010000000300000100", "000000010000000400000000"]
         );
         assert!(later_segments("00000001.history").is_empty());
+        // A range dropped by walarch.max_backlog: a hole however long, and
+        // the message names its marker.
+        let mut b = crate::archiving::budget::BudgetState::default();
+        for n in ["00000001000000000000000A", "00000001000000000000000B"] {
+            b.record_drop(n, 16 << 20, 16 << 20, 0, "down").unwrap();
+        }
+        let (done, _) = crate::archiving::budget::store_markers(&a, &b.pending);
+        assert_eq!(done.len(), 1);
+        for w in ["00000001000000000000000A", "00000001000000000000000B"] {
+            let e = r(w).unwrap_err();
+            assert!(
+                matches!(e, RestoreError::Integrity(ref m)
+                    if m.contains("dropped by walarch.max_backlog at 2000-01-01 00:00:00 UTC")
+                        && m.contains("DROPPED.00000001000000000000000A-00000001000000000000000B")),
+                "{e}"
+            );
+        }
+        assert!(matches!(
+            r("00000001000000000000000C"),
+            Err(RestoreError::NotFound(_))
+        ));
         // An empty archive (a mount that failed) never says "not found".
         let empty = d.path().join("empty");
         std::fs::create_dir(&empty).unwrap();

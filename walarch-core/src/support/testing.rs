@@ -48,6 +48,7 @@ pub fn target(dest: &dyn Destination) -> crate::archiving::archiver::Target<'_> 
         dest,
         id: here(),
         request_timeout: None,
+        budget: None,
     }
 }
 
@@ -299,6 +300,10 @@ struct Shared<'a> {
     archiver_wakes: Cell<u32>,
     shutdown: Cell<bool>,
     on_wait: RefCell<Option<OnWait<'a>>>,
+    /// What `save_dropped` wrote last, and whether it fails.
+    saved_dropped: RefCell<Option<Vec<crate::archiving::budget::DroppedRange>>>,
+    save_fails: Cell<bool>,
+    logged: RefCell<Vec<String>>,
 }
 
 /// A host whose clock moves only when it waits (or is advanced), so that
@@ -328,6 +333,9 @@ impl<'a> FakeHost<'a> {
                 archiver_wakes: Cell::default(),
                 shutdown: Cell::default(),
                 on_wait: RefCell::default(),
+                saved_dropped: RefCell::default(),
+                save_fails: Cell::default(),
+                logged: RefCell::default(),
             }),
             pid: 1000,
         }
@@ -382,6 +390,20 @@ impl<'a> FakeHost<'a> {
     pub fn archiver_wakes(&self) -> u32 {
         self.shared.archiver_wakes.get()
     }
+
+    /// The dropped ranges last persisted (`None`: never saved).
+    pub fn saved_dropped(&self) -> Option<Vec<crate::archiving::budget::DroppedRange>> {
+        self.shared.saved_dropped.borrow().clone()
+    }
+
+    /// Makes persisting dropped ranges fail (a full data directory).
+    pub fn fail_saves(&self, fail: bool) {
+        self.shared.save_fails.set(fail);
+    }
+
+    pub fn logged(&self) -> Vec<String> {
+        self.shared.logged.borrow().clone()
+    }
 }
 
 impl Host for FakeHost<'_> {
@@ -430,5 +452,20 @@ impl Host for FakeHost<'_> {
 
     fn shutdown_requested(&self) -> bool {
         self.shared.shutdown.get()
+    }
+
+    fn save_dropped(
+        &self,
+        pending: &[crate::archiving::budget::DroppedRange],
+    ) -> std::io::Result<()> {
+        if self.shared.save_fails.get() {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        *self.shared.saved_dropped.borrow_mut() = Some(pending.to_vec());
+        Ok(())
+    }
+
+    fn log(&self, _level: crate::archiving::host::Note, message: &str) {
+        self.shared.logged.borrow_mut().push(message.to_string());
     }
 }
