@@ -143,7 +143,7 @@ pub fn list_backups(dest: &dyn Destination) -> Result<Listing, ArchiveError> {
 }
 
 /// The WAL files stored, by their plain names (compressed or not).
-pub fn stored_wal(dest: &dyn Destination) -> Result<HashSet<String>, ArchiveError> {
+pub fn stored_wal<T: Destination + ?Sized>(dest: &T) -> Result<HashSet<String>, ArchiveError> {
     Ok(dest
         .list()?
         .iter()
@@ -182,6 +182,41 @@ pub fn needed_segments(info: &BackupInfo) -> Result<Vec<Vec<String>>, String> {
                 .collect()
         })
         .collect())
+}
+
+/// Above this many segments, one listing of the archive is cheaper than a
+/// lookup per segment.
+const LOOKUPS_AT_MOST: usize = 32;
+
+/// The segments of `needed` (each: the names that would do, one per
+/// timeline, as `needed_segments` gives them) of which no name is stored, plain or compressed: a
+/// lookup per name, or one listing for a long range.
+pub fn unstored_segments<T: Destination + ?Sized>(
+    dest: &T,
+    needed: Vec<Vec<String>>,
+) -> Result<Vec<Vec<String>>, ArchiveError> {
+    if needed.len() > LOOKUPS_AT_MOST {
+        let stored = stored_wal(dest)?;
+        return Ok(needed
+            .into_iter()
+            .filter(|any| !any.iter().any(|w| stored.contains(w)))
+            .collect());
+    }
+    let mut out = Vec::new();
+    for any in needed {
+        let mut found = false;
+        for w in &any {
+            let z = crate::wal::walname::compressed_name(w);
+            if dest.size(w)?.is_some() || z.map_or(Ok(None), |z| dest.size(&z))?.is_some() {
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            out.push(any);
+        }
+    }
+    Ok(out)
 }
 
 /// Whether every segment `info` needs is among `stored` (plain names).

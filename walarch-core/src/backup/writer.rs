@@ -12,7 +12,7 @@
 use std::io::{self, Write};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::backup::{
     object_name, server_compressed, validate_label, BackupInfo, BackupObject, ObjectKind,
@@ -43,6 +43,60 @@ pub struct BackupStart {
     pub data_dir: PathBuf,
     /// zstd level of the archives the server did not compress already.
     pub level: i32,
+    /// The label is the default one (a time, to the second): when it is
+    /// taken, `LABEL-2`, `LABEL-3`... are tried. An explicit label that is
+    /// taken is refused.
+    pub numbered: bool,
+}
+
+/// Default labels tried after the first (`LABEL-2` to `LABEL-N`).
+const MAX_NUMBERED: u32 = 99;
+
+/// How `end_backup` waits for the archiver to store the WAL the backup
+/// needs (it may still be storing the last file).
+pub struct WalWait<'a> {
+    pub timeout: Duration,
+    pub poll: Duration,
+    /// True when the wait must give up (cancel, terminate): read flags only.
+    pub interrupted: &'a dyn Fn() -> bool,
+}
+
+impl WalWait<'_> {
+    /// One look, no waiting.
+    pub fn once() -> WalWait<'static> {
+        WalWait {
+            timeout: Duration::ZERO,
+            poll: Duration::ZERO,
+            interrupted: &|| false,
+        }
+    }
+}
+
+/// Looks for `INCREMENTAL.` files in the manifest as it streams by: the
+/// manifest of a PostgreSQL 17+ incremental backup lists them.
+#[derive(Default)]
+struct IncrementalScan {
+    tail: Vec<u8>,
+    found: bool,
+}
+
+const INCREMENTAL_MARKS: [&[u8]; 2] = [b"/INCREMENTAL.", b"\"Path\": \"INCREMENTAL."];
+
+impl IncrementalScan {
+    fn feed(&mut self, data: &[u8]) {
+        if self.found {
+            return;
+        }
+        // The tail carries a mark cut between two chunks.
+        let keep = INCREMENTAL_MARKS.iter().map(|m| m.len()).max().unwrap_or(0) - 1;
+        let mut window = std::mem::take(&mut self.tail);
+        window.extend_from_slice(data);
+        self.found = INCREMENTAL_MARKS
+            .iter()
+            .any(|m| window.windows(m.len()).any(|w| w == *m));
+        let from = window.len().saturating_sub(keep);
+        self.tail = window.split_off(from);
+    }
 }
 
 /// `X/X`, as PostgreSQL prints an LSN.
@@ -149,11 +203,16 @@ enum Output {
 struct Open {
     entry: BackupObject,
     out: Output,
+    /// For the manifest.
+    scan: Option<IncrementalScan>,
 }
 
 impl Open {
     fn write(&mut self, data: &[u8]) -> Result<(), ArchiveError> {
         self.entry.size += data.len() as u64;
+        if let Some(scan) = &mut self.scan {
+            scan.feed(data);
+        }
         match &mut self.out {
             Output::Plain(s) => s.push(data),
             Output::Zstd(z) => z.write_all(data).map_err(|e| {
@@ -216,6 +275,9 @@ pub struct AbortReport {
     pub removed: Vec<String>,
     /// Names left, with why.
     pub left: Vec<(String, String)>,
+    /// `backup.json` may be stored and could not be removed (why): then
+    /// nothing else was removed, so that it names no missing object.
+    pub record_left: Option<String>,
 }
 
 /// One base backup on its way into the archive. `D` is whatever holds the
@@ -234,6 +296,8 @@ where
     open: Option<Open>,
     objects: Vec<BackupObject>,
     tablespaces: Vec<Tablespace>,
+    /// The manifest lists `INCREMENTAL.` files.
+    incremental: bool,
 }
 
 impl<D> BackupWriter<D>
@@ -251,7 +315,13 @@ where
             open: None,
             objects: Vec::new(),
             tablespaces: Vec::new(),
+            incremental: false,
         }
+    }
+
+    /// Whether the manifest received says this is an incremental backup.
+    pub fn is_incremental(&self) -> bool {
+        self.incremental
     }
 
     pub fn label(&self) -> Option<&str> {
@@ -284,17 +354,42 @@ where
         if start.wal_segment_size == 0 {
             return Err(internal("the WAL segment size is 0"));
         }
-        let label = start.label.clone();
+        let mut start = start;
+        let first = start.label.clone();
         let taken = || {
             ArchiveError::new(
                 ErrorKind::Conflict,
-                format!("backup label \"{label}\" is already used in the archive"),
+                format!("backup label \"{first}\" is already used in the archive"),
             )
             .with_hint("Choose another label: pg_basebackup --target=walarch:LABEL.")
         };
+        let last = if start.numbered { MAX_NUMBERED } else { 1 };
+        for n in 1..=last {
+            let label = if n == 1 {
+                first.clone()
+            } else {
+                format!("{first}-{n}")
+            };
+            match self.claim(&label, &start) {
+                Ok(true) => {
+                    start.label = label;
+                    self.start = Some(start);
+                    self.phase = Phase::Started;
+                    return Ok(());
+                }
+                Ok(false) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(taken())
+    }
+
+    /// Stores `backup.started` under `label`: false when the label is taken.
+    fn claim(&mut self, label: &str, start: &BackupStart) -> Result<bool, ArchiveError> {
+        validate_label(label).map_err(|m| ArchiveError::new(ErrorKind::Configuration, m))?;
         let prefix = format!("{BACKUPS_DIR}/{label}/");
         if !self.dest().objects_under(&prefix)?.is_empty() {
-            return Err(taken());
+            return Ok(false);
         }
         let now = SystemTime::now();
         self.start_time = format_utc(now);
@@ -303,7 +398,7 @@ where
             format_lsn(start.start_lsn),
             self.start_time
         );
-        let name = object_name(&label, STARTED);
+        let name = object_name(label, STARTED);
         let mut w = self.dest().create_object(&name)?;
         if let Err(e) = w.write(claim.as_bytes()) {
             w.abort();
@@ -312,13 +407,14 @@ where
         match w.finish() {
             Ok(_) => {}
             // Another backup claimed it since the look above.
-            Err(e) if e.kind == ErrorKind::Conflict => return Err(taken()),
+            Err(e) if e.kind == ErrorKind::Conflict => return Ok(false),
+            // Whether the claim was stored is unknown: it cannot be told
+            // from another backup's, so it is left (retention removes an
+            // abandoned claim).
             Err(e) => return Err(e),
         }
         self.written.push(name);
-        self.start = Some(start);
-        self.phase = Phase::Started;
-        Ok(())
+        Ok(true)
     }
 
     /// Starts the object of one archive: `base.tar`, `OID.tar`, possibly
@@ -370,8 +466,14 @@ where
             .take()
             .ok_or_else(|| internal("no archive is open"))?;
         let name = object_name(self.label().unwrap_or_default(), &open.entry.name);
-        let entry = open.finish()?;
+        if let Some(scan) = &open.scan {
+            self.incremental |= scan.found;
+        }
+        // Recorded before it is finished: a completion whose reply was lost
+        // may have stored it, and abort must remove it then too (removing
+        // an absent object succeeds).
         self.written.push(name);
+        let entry = open.finish()?;
         self.objects.push(entry);
         Ok(())
     }
@@ -430,12 +532,33 @@ where
                 compression: if compress { "zstd" } else { "none" }.into(),
             },
             out,
+            scan: (kind == ObjectKind::Manifest).then(IncrementalScan::default),
         });
         Ok(())
     }
 
-    /// Stores `backup.json`, last: from then on the backup is complete.
-    pub fn end_backup(&mut self, stop_lsn: u64, stop_tli: u32) -> Result<BackupInfo, ArchiveError> {
+    /// Checks what the backup needs, then stores `backup.json`, last: from
+    /// then on the backup is complete.
+    pub fn end_backup(
+        &mut self,
+        stop_lsn: u64,
+        stop_tli: u32,
+        wal: &WalWait,
+    ) -> Result<BackupInfo, ArchiveError> {
+        let info = self.check_end(stop_lsn, stop_tli, wal)?;
+        self.store_record(&info)?;
+        Ok(info)
+    }
+
+    /// Everything before `backup.json`: the record it will be, once the WAL
+    /// from start to stop is in the archive and every object is still
+    /// there as stored.
+    pub fn check_end(
+        &mut self,
+        stop_lsn: u64,
+        stop_tli: u32,
+        wal: &WalWait,
+    ) -> Result<BackupInfo, ArchiveError> {
         let start = self.started()?;
         if self.open.is_some() {
             return Err(internal("an archive is still open"));
@@ -445,6 +568,9 @@ where
         }
         if stop_lsn < start.start_lsn || stop_lsn == 0 {
             return Err(internal("the backup ends before it starts"));
+        }
+        if self.incremental {
+            return Err(incremental_refused());
         }
         let seg = start.wal_segment_size;
         let info = BackupInfo {
@@ -466,22 +592,126 @@ where
             objects: self.objects.clone(),
             based_on: None,
         };
+        self.wait_for_wal(&info, wal)?;
+        self.check_objects(&info.label)?;
+        Ok(info)
+    }
+
+    /// PostgreSQL waits for the archiving of the backup's WAL only when
+    /// archiving is on and the client asked to wait: the archive is what
+    /// says. The archiver may still be storing the last file: wait a while.
+    fn wait_for_wal(&self, info: &BackupInfo, wal: &WalWait) -> Result<(), ArchiveError> {
+        let mut pending = crate::backup::list::needed_segments(info).map_err(|m| internal(&m))?;
+        let began = Instant::now();
+        loop {
+            pending = crate::backup::list::unstored_segments(self.dest(), pending)?;
+            let Some(first) = pending.first().and_then(|any| any.first()) else {
+                return Ok(());
+            };
+            if began.elapsed() >= wal.timeout {
+                return Err(ArchiveError::new(
+                    ErrorKind::Configuration,
+                    format!(
+                        "WAL file \"{first}\" needed by base backup \"{}\" is not in the archive",
+                        info.label
+                    ),
+                )
+                .with_detail(format!(
+                    "{} of the WAL files from {} to {} are missing after {} s.",
+                    pending.len(),
+                    info.start_wal,
+                    info.stop_wal,
+                    wal.timeout.as_secs()
+                ))
+                .with_hint(
+                    "Backups through target \"walarch\" need the server to archive its WAL through walarch_ext (archive_mode = on or always, archive_library = 'walarch_ext') and archiving to keep up: see pg_stat_archiver.",
+                ));
+            }
+            let until = Instant::now() + wal.poll;
+            loop {
+                if (wal.interrupted)() {
+                    return Err(ArchiveError::new(
+                        ErrorKind::Unavailable,
+                        format!(
+                            "could not wait for WAL file \"{first}\" of base backup \"{}\": interrupted",
+                            info.label
+                        ),
+                    ));
+                }
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                std::thread::sleep(left.min(Duration::from_millis(100)));
+            }
+        }
+    }
+
+    /// Every object this backup stored is still there, as stored: retention
+    /// removes an incomplete backup none of whose objects changed for
+    /// `INCOMPLETE_AFTER`, and a backup can stream for longer than that.
+    fn check_objects(&self, label: &str) -> Result<(), ArchiveError> {
+        let prefix = format!("{BACKUPS_DIR}/{label}/");
+        let listed: std::collections::HashMap<String, u64> = self
+            .dest()
+            .objects_under(&prefix)?
+            .into_iter()
+            .map(|o| (o.name, o.size))
+            .collect();
+        let gone = |name: &str, detail: String| {
+            ArchiveError::new(
+                ErrorKind::Io,
+                format!("object \"{name}\" of base backup \"{label}\" is not in the archive as stored"),
+            )
+            .with_detail(detail)
+            .with_hint("Was it removed while the backup was streaming (walarch retention removes incomplete backups unchanged for 24 hours)? Take the backup again.")
+        };
+        for name in &self.written {
+            if !listed.contains_key(name) {
+                return Err(gone(name, "It is missing.".into()));
+            }
+        }
+        for o in &self.objects {
+            let name = object_name(label, &o.name);
+            match listed.get(&name) {
+                Some(&n) if n == o.stored_size => {}
+                Some(&n) => {
+                    return Err(gone(
+                        &name,
+                        format!("It has {n} bytes; {} were stored.", o.stored_size),
+                    ))
+                }
+                None => return Err(gone(&name, "It is missing.".into())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores `backup.json` (what `check_end` returned): the backup is
+    /// complete once the destination acknowledged it.
+    pub fn store_record(&mut self, info: &BackupInfo) -> Result<(), ArchiveError> {
+        let start = self.started()?;
         let name = object_name(&start.label, BACKUP_JSON);
         let mut w = self.dest().create_object(&name)?;
         if let Err(e) = w.write(info.to_json().as_bytes()) {
             w.abort();
             return Err(e);
         }
+        // Recorded first: a reply lost after the store took it leaves it
+        // there, and abort must remove it before anything it names.
+        self.written.push(name);
         w.finish()?;
         self.phase = Phase::Complete;
-        Ok(info)
+        Ok(())
     }
 
-    /// Discards this backup: the open object, then every object stored,
-    /// `backup.started` last (the label stays claimed until the rest is
-    /// gone). Best effort; does nothing once the backup is complete. After
-    /// the first failure that says the store is unreachable it stops trying
-    /// (each attempt would wait a full timeout): retention removes the rest.
+    /// Discards this backup: the open object, `backup.json` if it may be
+    /// stored (when that cannot be removed, nothing else is: it would name
+    /// missing objects), then every object stored, `backup.started` last
+    /// (the label stays claimed until the rest is gone). Best effort; does
+    /// nothing once the backup is complete. After the first failure that
+    /// says the store is unreachable it stops trying (each attempt would
+    /// wait a full timeout): retention removes the rest.
     pub fn abort(&mut self) -> AbortReport {
         let mut report = AbortReport::default();
         if matches!(self.phase, Phase::Complete | Phase::Aborted) {
@@ -491,8 +721,29 @@ where
         if let Some(open) = self.open.take() {
             open.abort();
         }
+        let mut written = std::mem::take(&mut self.written);
+        let record = self
+            .start
+            .as_ref()
+            .map(|s| object_name(&s.label, BACKUP_JSON));
+        if let Some(pos) = record.and_then(|r| written.iter().position(|n| *n == r)) {
+            let name = written.remove(pos);
+            match self.dest.remove_object(&name) {
+                Ok(()) => report.removed.push(name),
+                Err(e) => {
+                    report.record_left = Some(e.message.clone());
+                    report.left.push((name, e.message));
+                    for n in written.into_iter().rev() {
+                        report
+                            .left
+                            .push((n, "kept: backup.json could not be removed".into()));
+                    }
+                    return report;
+                }
+            }
+        }
         let mut unreachable: Option<String> = None;
-        for name in std::mem::take(&mut self.written).into_iter().rev() {
+        for name in written.into_iter().rev() {
             if let Some(why) = &unreachable {
                 report.left.push((name, why.clone()));
                 continue;
@@ -509,6 +760,16 @@ where
         }
         report
     }
+}
+
+/// What an incremental backup (PostgreSQL 17+ `--incremental`) gets: it
+/// would be recorded as full and could not be restored.
+pub fn incremental_refused() -> ArchiveError {
+    ArchiveError::new(
+        ErrorKind::Configuration,
+        "incremental backups are not supported by basebackup target \"walarch\"",
+    )
+    .with_hint("Take a full backup: pg_basebackup without --incremental.")
 }
 
 /// `base.tar[.gz|.lz4|.zst]` or `OID.tar[...]`.
@@ -562,6 +823,15 @@ mod tests {
             wal_segment_size: SEG,
             data_dir: data_dir.to_path_buf(),
             level: 1,
+            numbered: false,
+        }
+    }
+
+    /// The WAL of every backup here (2/28 to at most 3/0) in the archive.
+    fn with_wal(dest: &dyn Destination) {
+        for seg in 0x200..=0x2FF {
+            let name = segment_file_name(1, seg, SEG);
+            dest.store_new_bytes(&name, b"wal").unwrap();
         }
     }
 
@@ -591,7 +861,8 @@ mod tests {
         w.manifest_contents(b"{\"PostgreSQL-Backup-Manifest-Version\": 1}")
             .unwrap();
         w.end_manifest().unwrap();
-        w.end_backup(0x3_0000_0000, 1).unwrap()
+        with_wal(w.dest());
+        w.end_backup(0x3_0000_0000, 1, &WalWait::once()).unwrap()
     }
 
     fn read(dest: &dyn Destination, name: &str) -> Vec<u8> {
@@ -684,7 +955,8 @@ mod tests {
         w.begin_manifest().unwrap();
         w.manifest_contents(b"{}").unwrap();
         w.end_manifest().unwrap();
-        let info = w.end_backup(0x2_0000_0100, 1).unwrap();
+        with_wal(dest);
+        let info = w.end_backup(0x2_0000_0100, 1, &WalWait::once()).unwrap();
         let o = &info.objects[0];
         assert_eq!(
             (
@@ -783,7 +1055,7 @@ mod tests {
         full_backup(&mut BackupWriter::new(dest), dir.path(), b"y");
         // A writer used after abort refuses.
         assert!(w.archive_contents(b"x").is_err());
-        assert!(w.end_backup(0x3_0000_0000, 1).is_err());
+        assert!(w.end_backup(0x3_0000_0000, 1, &WalWait::once()).is_err());
     }
 
     #[test]
@@ -823,7 +1095,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w = BackupWriter::new(dest);
         w.begin(start("n", dir.path())).unwrap();
-        assert!(w.end_backup(0x3_0000_0000, 1).is_err());
+        assert!(w.end_backup(0x3_0000_0000, 1, &WalWait::once()).is_err());
         assert!(!mem.objects().contains_key("backups/n/backup.json"));
     }
 
@@ -863,6 +1135,13 @@ mod tests {
             .into_iter()
             .filter(|p| !p.starts_with(&folder))
             .filter(|p| p.is_file())
+            // The WAL the backups needed.
+            .filter(|p| {
+                !p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("00000001")
+            })
             .collect();
         assert!(left.is_empty(), "{left:?}");
     }
@@ -875,6 +1154,221 @@ mod tests {
             }
         }
         out
+    }
+
+    /// A backup up to its manifest (base.tar and a tablespace stored).
+    fn up_to_manifest(w: &mut BackupWriter<&dyn Destination>, dir: &Path, label: &str) {
+        w.begin(start(label, dir)).unwrap();
+        w.begin_archive("16385.tar").unwrap();
+        send(w, &pattern(10_000));
+        w.end_archive().unwrap();
+        w.begin_archive("base.tar").unwrap();
+        send(w, &pattern(10_000));
+        w.end_archive().unwrap();
+    }
+
+    fn manifest(w: &mut BackupWriter<&dyn Destination>, text: &[u8]) {
+        w.begin_manifest().unwrap();
+        // Small chunks: a mark may be cut between two.
+        for c in text.chunks(7) {
+            w.manifest_contents(c).unwrap();
+        }
+        w.end_manifest().unwrap();
+    }
+
+    #[test]
+    fn an_archive_stored_whose_reply_was_lost_is_removed_by_abort() {
+        let mem = MemoryDestination::default();
+        let dest: &dyn Destination = &mem;
+        let dir = data_dir_with_tablespace(16385);
+        let mut w = BackupWriter::new(dest);
+        w.begin(start("R", dir.path())).unwrap();
+        *mem.lose_reply_of.lock().unwrap() = Some("base.tar.zst".into());
+        w.begin_archive("base.tar").unwrap();
+        send(&mut w, &pattern(10_000));
+        assert!(w.end_archive().is_err());
+        assert!(mem.objects().contains_key("backups/R/base.tar.zst"));
+        let r = w.abort();
+        assert_eq!(
+            r.removed,
+            ["backups/R/base.tar.zst", "backups/R/backup.started"]
+        );
+        assert!(mem.objects().is_empty());
+    }
+
+    #[test]
+    fn a_backup_json_whose_reply_was_lost_is_removed_first() {
+        let mem = MemoryDestination::default();
+        let dest: &dyn Destination = &mem;
+        let dir = data_dir_with_tablespace(16385);
+        with_wal(dest);
+        let mut w = BackupWriter::new(dest);
+        up_to_manifest(&mut w, dir.path(), "J");
+        manifest(&mut w, b"{}");
+        *mem.lose_reply_of.lock().unwrap() = Some(BACKUP_JSON.into());
+        assert!(w.end_backup(0x3_0000_0000, 1, &WalWait::once()).is_err());
+        assert!(!w.is_complete());
+        assert!(mem.objects().contains_key("backups/J/backup.json"));
+        let r = w.abort();
+        assert_eq!(r.removed[0], "backups/J/backup.json");
+        assert_eq!(r.removed.len(), 5, "{r:?}");
+        assert!(mem.objects().is_empty());
+    }
+
+    #[test]
+    fn when_backup_json_cannot_be_removed_nothing_else_is() {
+        let mem = MemoryDestination::default();
+        let dest: &dyn Destination = &mem;
+        let dir = data_dir_with_tablespace(16385);
+        with_wal(dest);
+        let mut w = BackupWriter::new(dest);
+        up_to_manifest(&mut w, dir.path(), "K");
+        manifest(&mut w, b"{}");
+        *mem.lose_reply_of.lock().unwrap() = Some(BACKUP_JSON.into());
+        assert!(w.end_backup(0x3_0000_0000, 1, &WalWait::once()).is_err());
+        let before = mem.objects();
+        *mem.fail_removes.lock().unwrap() = true;
+        let r = w.abort();
+        assert!(r.record_left.is_some());
+        assert!(r.removed.is_empty());
+        assert_eq!(r.left.len(), 5, "{r:?}");
+        assert_eq!(r.left[0].0, "backups/K/backup.json");
+        // What backup.json names is all still there.
+        assert_eq!(mem.objects(), before);
+    }
+
+    #[test]
+    fn an_incremental_backup_is_refused() {
+        let mem = MemoryDestination::default();
+        let dest: &dyn Destination = &mem;
+        let dir = data_dir_with_tablespace(16385);
+        with_wal(dest);
+        for text in [
+            &b"{ \"Path\": \"base/5/INCREMENTAL.16384\", \"Size\": 8 }"[..],
+            &b"{ \"Path\": \"INCREMENTAL.x\" }"[..],
+        ] {
+            let mut w = BackupWriter::new(dest);
+            up_to_manifest(&mut w, dir.path(), "I");
+            manifest(&mut w, text);
+            assert!(w.is_incremental());
+            let e = w
+                .end_backup(0x3_0000_0000, 1, &WalWait::once())
+                .unwrap_err();
+            assert_eq!(
+                e.message,
+                "incremental backups are not supported by basebackup target \"walarch\""
+            );
+            w.abort();
+            assert!(dest.objects_under("backups/").unwrap().is_empty());
+        }
+        let mut w = BackupWriter::new(dest);
+        up_to_manifest(&mut w, dir.path(), "F");
+        manifest(&mut w, b"{ \"Path\": \"base/5/16384\", \"Size\": 8 }");
+        assert!(!w.is_incremental());
+        w.end_backup(0x3_0000_0000, 1, &WalWait::once()).unwrap();
+    }
+
+    #[test]
+    fn missing_wal_is_waited_for_then_fails_the_backup() {
+        let mem = MemoryDestination::default();
+        let dest: &dyn Destination = &mem;
+        let dir = data_dir_with_tablespace(16385);
+        let mut w = BackupWriter::new(dest);
+        up_to_manifest(&mut w, dir.path(), "W");
+        manifest(&mut w, b"{}");
+        // 2/28 to 2/3000100: segments 2/00 to 2/03; 2/01 is stored
+        // compressed, 2/03 is missing.
+        dest.store_new_bytes("000000010000000200000000", b"w")
+            .unwrap();
+        dest.store_new_bytes("000000010000000200000001.zst", b"w")
+            .unwrap();
+        dest.store_new_bytes("000000010000000200000002", b"w")
+            .unwrap();
+        let stop = 0x2_0300_0100;
+        let wait = WalWait {
+            timeout: Duration::from_millis(300),
+            poll: Duration::from_millis(50),
+            interrupted: &|| false,
+        };
+        let t = Instant::now();
+        let e = w.end_backup(stop, 1, &wait).unwrap_err();
+        assert!(t.elapsed() >= Duration::from_millis(300));
+        assert_eq!(
+            e.message,
+            "WAL file \"000000010000000200000003\" needed by base backup \"W\" is not in the archive"
+        );
+        assert!(e.hint.unwrap().contains("archive_library"));
+        assert!(!mem.objects().contains_key("backups/W/backup.json"));
+
+        // An interrupt ends the wait at once.
+        let stop_now = || true;
+        let wait = WalWait {
+            timeout: Duration::from_secs(60),
+            poll: Duration::from_secs(1),
+            interrupted: &stop_now,
+        };
+        let t = Instant::now();
+        let e = w.end_backup(stop, 1, &wait).unwrap_err();
+        assert!(e.message.contains("interrupted"), "{}", e.message);
+        assert!(t.elapsed() < Duration::from_secs(2));
+
+        // The archiver stores it during the wait: the backup completes.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(200));
+                dest.store_new_bytes("000000010000000200000003", b"w")
+                    .unwrap();
+            });
+            let wait = WalWait {
+                timeout: Duration::from_secs(10),
+                poll: Duration::from_millis(50),
+                interrupted: &|| false,
+            };
+            w.end_backup(stop, 1, &wait).unwrap();
+        });
+        assert!(w.is_complete());
+    }
+
+    #[test]
+    fn an_object_removed_while_streaming_fails_the_backup() {
+        let mem = MemoryDestination::default();
+        let dest: &dyn Destination = &mem;
+        let dir = data_dir_with_tablespace(16385);
+        with_wal(dest);
+        let mut w = BackupWriter::new(dest);
+        up_to_manifest(&mut w, dir.path(), "G");
+        // Retention took the oldest objects of what looked abandoned.
+        dest.remove_object("backups/G/16385.tar.zst").unwrap();
+        manifest(&mut w, b"{}");
+        let e = w
+            .end_backup(0x3_0000_0000, 1, &WalWait::once())
+            .unwrap_err();
+        assert!(
+            e.message.contains("backups/G/16385.tar.zst"),
+            "{}",
+            e.message
+        );
+        assert!(!mem.objects().contains_key("backups/G/backup.json"));
+    }
+
+    #[test]
+    fn a_taken_default_label_gets_a_number_an_explicit_one_is_refused() {
+        let mem = MemoryDestination::default();
+        let dest: &dyn Destination = &mem;
+        let dir = data_dir_with_tablespace(16385);
+        full_backup(&mut BackupWriter::new(dest), dir.path(), b"x");
+        let mut numbered = start("L1", dir.path());
+        numbered.numbered = true;
+        let mut w = BackupWriter::new(dest);
+        w.begin(numbered.clone()).unwrap();
+        assert_eq!(w.label(), Some("L1-2"));
+        let mut w3 = BackupWriter::new(dest);
+        w3.begin(numbered).unwrap();
+        assert_eq!(w3.label(), Some("L1-3"));
+        let e = BackupWriter::new(dest)
+            .begin(start("L1", dir.path()))
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Conflict);
     }
 
     #[test]

@@ -113,6 +113,11 @@ pub struct MemoryDestination {
     pub fail_objects_after: Mutex<Option<usize>>,
     /// Writers started and not yet finished or aborted.
     open_writers: Arc<AtomicUsize>,
+    /// Objects whose name ends so are stored by `finish`, which then fails
+    /// as if the store's reply were lost.
+    pub lose_reply_of: Arc<Mutex<Option<String>>>,
+    /// When set, `remove_object` fails (the store unreachable).
+    pub fail_removes: Mutex<bool>,
 }
 
 impl MemoryDestination {
@@ -132,6 +137,7 @@ struct MemoryObject {
     fail_after: Option<usize>,
     objects: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
     open: Arc<AtomicUsize>,
+    lose_reply_of: Arc<Mutex<Option<String>>>,
 }
 
 impl ObjectWriter for MemoryObject {
@@ -153,7 +159,12 @@ impl ObjectWriter for MemoryObject {
             ));
         }
         let n = self.data.len() as u64;
+        let lost = (self.lose_reply_of.lock().unwrap().as_deref())
+            .is_some_and(|suffix| self.name.ends_with(suffix));
         objects.insert(self.name, self.data);
+        if lost {
+            return Err(down());
+        }
         Ok(n)
     }
 
@@ -258,6 +269,7 @@ impl Destination for MemoryDestination {
             fail_after: *self.fail_objects_after.lock().unwrap(),
             objects: Arc::clone(&self.objects),
             open: Arc::clone(&self.open_writers),
+            lose_reply_of: Arc::clone(&self.lose_reply_of),
         }))
     }
 
@@ -282,6 +294,9 @@ impl Destination for MemoryDestination {
     }
 
     fn remove_object(&self, name: &str) -> Result<(), ArchiveError> {
+        if *self.fail_removes.lock().unwrap() {
+            return Err(down());
+        }
         self.objects.lock().unwrap().remove(name);
         Ok(())
     }
