@@ -1,10 +1,14 @@
 //! Streamed objects (a base backup's tars) in the bucket.
 //!
 //! An object smaller than a part is one create-only PUT. A larger one is a
-//! multipart upload: parts of `part_size` are uploaded while the next is
-//! filled, at most `MAX_PARTS_IN_FLIGHT` at a time (memory stays bounded
-//! at that many parts plus the one filling), each with its SHA-256 sent and
-//! verified by the store (the client's checksum algorithm), and the upload
+//! multipart upload: parts are uploaded while the next is filled, at most
+//! `MAX_PARTS_IN_FLIGHT` at a time and fewer once parts are large (memory
+//! stays bounded at about `IN_FLIGHT_BYTES` plus the part filling). S3
+//! allows 10,000 parts: they start at `part_size` and double every
+//! `PARTS_PER_SIZE` parts (at most 5 GiB), which reaches S3's 5 TiB object
+//! limit; every part but the last is at least 5 MiB. A large part must
+//! fit in the request timeout. Each part's SHA-256 is sent and verified by
+//! the store (the client's checksum algorithm), and the upload
 //! is completed create-only (`If-None-Match: *`). Nothing is visible under
 //! the name before the completion; an aborted or failed upload is
 //! discarded with AbortMultipartUpload (a crash leaves it for the bucket's
@@ -28,6 +32,31 @@ use crate::runtime;
 
 /// Parts uploading at once per object.
 pub const MAX_PARTS_IN_FLIGHT: usize = 4;
+/// Bytes of parts in flight past which fewer are sent at once (one at least).
+pub const IN_FLIGHT_BYTES: usize = 1 << 30;
+/// S3's limits: parts per upload, and the largest part.
+pub const MAX_PARTS: usize = 10_000;
+pub const MAX_PART_SIZE: usize = 5 << 30;
+/// Parts of one size before the size doubles.
+pub const PARTS_PER_SIZE: usize = 1000;
+
+/// The size of part `idx` (from 0) when they start at `base`. Past the
+/// first `PARTS_PER_SIZE` parts they grow from 16 MiB at least, so that a
+/// 5 MiB `base` reaches 5 TiB too.
+pub fn part_size_at(base: usize, idx: usize) -> usize {
+    let doublings = (idx / PARTS_PER_SIZE).min(20) as u32;
+    let from = if doublings == 0 {
+        base
+    } else {
+        base.max(16 << 20)
+    };
+    from.saturating_mul(1 << doublings).min(MAX_PART_SIZE)
+}
+
+/// Parts in flight at once when they are `part` bytes.
+fn parts_in_flight(part: usize) -> usize {
+    (IN_FLIGHT_BYTES / part.max(1)).clamp(1, MAX_PARTS_IN_FLIGHT)
+}
 
 fn taken(dest: &S3Destination, name: &str) -> ArchiveError {
     ArchiveError::new(
@@ -66,8 +95,14 @@ impl S3ObjectWriter {
         }
     }
 
+    /// Parts sent so far.
+    fn parts(&self) -> usize {
+        self.done.len() + self.in_flight.len()
+    }
+
+    /// The size of the part being filled.
     fn part_size(&self) -> usize {
-        self.dest.settings().part_size
+        part_size_at(self.dest.settings().part_size, self.parts())
     }
 
     /// Creates the multipart upload (first part only).
@@ -106,12 +141,22 @@ impl S3ObjectWriter {
 
     /// Sends the filled part (waiting first when enough are in flight).
     fn send_part(&mut self) -> Result<(), ArchiveError> {
+        let idx = self.parts();
+        if idx >= MAX_PARTS {
+            return Err(ArchiveError::new(
+                ErrorKind::Io,
+                format!(
+                    "could not store \"{}\": it would take more than {MAX_PARTS} parts",
+                    self.dest.location(&self.name)
+                ),
+            )
+            .with_detail("An object in S3 is at most 5 TiB."));
+        }
         let id = self.upload_id()?;
-        while self.in_flight.len() >= MAX_PARTS_IN_FLIGHT {
+        while self.in_flight.len() >= parts_in_flight(self.buf.len()) {
             self.wait_oldest()?;
         }
         let data = std::mem::take(&mut self.buf);
-        let idx = self.done.len() + self.in_flight.len();
         let store = Arc::clone(self.dest.store());
         let path = self.path.clone();
         let payload = PutPayload::from(Bytes::from(data));
@@ -174,13 +219,14 @@ impl S3ObjectWriter {
 
 impl ObjectWriter for S3ObjectWriter {
     fn write(&mut self, mut data: &[u8]) -> Result<(), ArchiveError> {
-        let part = self.part_size();
         while !data.is_empty() {
+            let part = self.part_size();
             // A full part is sent only once more bytes come: the last part
             // is then never empty, and an object of exactly one part is a
             // plain PUT.
             if self.buf.len() == part {
                 self.send_part()?;
+                continue; // the next part may be larger
             }
             if self.buf.capacity() < part {
                 self.buf.reserve_exact(part - self.buf.len());
@@ -281,6 +327,26 @@ mod tests {
         let e = w.finish().unwrap_err();
         assert_eq!(e.kind, ErrorKind::Unavailable, "{e:?}");
         assert!(!format!("{e}").contains("secret-value"));
+    }
+
+    #[test]
+    fn part_sizes_grow_to_reach_5_tib_within_10000_parts() {
+        for base in [5 << 20, 16 << 20, 64 << 20] {
+            let sizes: Vec<usize> = (0..MAX_PARTS).map(|i| part_size_at(base, i)).collect();
+            assert!(sizes
+                .iter()
+                .all(|&p| (5 << 20..=MAX_PART_SIZE).contains(&p)));
+            assert!(sizes.windows(2).all(|w| w[0] <= w[1]));
+            let total: u64 = sizes.iter().map(|&p| p as u64).sum();
+            assert!(total >= 5 << 40, "base {base}: {total}");
+        }
+        assert_eq!(part_size_at(16 << 20, 999), 16 << 20);
+        assert_eq!(part_size_at(16 << 20, 1000), 32 << 20);
+        assert_eq!(part_size_at(16 << 20, 9999), MAX_PART_SIZE);
+        // Memory in flight stays bounded as parts grow.
+        assert_eq!(parts_in_flight(16 << 20), MAX_PARTS_IN_FLIGHT);
+        assert_eq!(parts_in_flight(512 << 20), 2);
+        assert_eq!(parts_in_flight(MAX_PART_SIZE), 1);
     }
 
     #[test]

@@ -67,20 +67,24 @@ pub fn runtime() -> io::Result<&'static Runtime> {
     Ok(rt)
 }
 
-/// Set once per process by its host: true when a waiting caller must give
-/// up at once (shutdown requested, postmaster gone). Called on the waiting
-/// thread, which may not be the main one: it must only read flags.
-static INTERRUPTED: std::sync::OnceLock<fn() -> bool> = std::sync::OnceLock::new();
+/// Set by the host before its calls: true when a waiting caller must give
+/// up at once (cancel, shutdown requested, postmaster gone). Replaced by
+/// each caller: one process can be a SQL backend and then a base backup's
+/// walsender (replication=database), whose checks differ. Called on the
+/// waiting thread, which may not be the main one: it must only read flags.
+static INTERRUPTED: Mutex<Option<fn() -> bool>> = Mutex::new(None);
 
 /// How often a waiting caller checks for an interruption.
 const INTERRUPT_POLL: Duration = Duration::from_millis(100);
 
+/// Installs `check`, replacing the previous one.
 pub fn set_interrupt_check(check: fn() -> bool) {
-    let _ = INTERRUPTED.set(check);
+    *INTERRUPTED.lock().unwrap_or_else(|p| p.into_inner()) = Some(check);
 }
 
 fn interrupted() -> bool {
-    INTERRUPTED.get().is_some_and(|check| check())
+    let check = *INTERRUPTED.lock().unwrap_or_else(|p| p.into_inner());
+    check.is_some_and(|check| check())
 }
 
 /// Why a call did not produce its result.
@@ -248,6 +252,26 @@ mod tests {
                 assert_ne!(blk & bit, 0, "{name}: SigBlk {blk:x}");
             }
         }
+    }
+
+    thread_local! {
+        // Per thread: other tests waiting meanwhile are not interrupted.
+        static STOP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    #[test]
+    fn the_interrupt_check_is_replaced() {
+        // The first caller's check (that never stops)...
+        set_interrupt_check(|| false);
+        // ...is replaced by the next one's (read on the waiting thread).
+        set_interrupt_check(|| STOP.with(|s| s.get()));
+        STOP.with(|s| s.set(true));
+        let t = Instant::now();
+        let r = run(Duration::from_secs(30), async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        assert!(matches!(r, Err(RunError::Interrupted)), "{r:?}");
+        assert!(t.elapsed() < Duration::from_secs(2));
     }
 
     #[test]
