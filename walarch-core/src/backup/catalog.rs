@@ -13,9 +13,12 @@ use crate::support::error::{os_message, ArchiveError, ErrorKind};
 
 /// An incomplete backup none of whose objects changed for this long is
 /// abandoned (a crash, a killed pg_basebackup), and a `backup.started`
-/// younger than this means a backup may be in progress: the spirit of the
-/// orphaned-record rule of a directory archive.
-pub const INCOMPLETE_AFTER: Duration = Duration::from_secs(3600);
+/// younger than this means a backup may be in progress. A day: a backup of
+/// several TB streams one archive for hours, its early objects untouched
+/// meanwhile. The backup target checks every object it stored is still
+/// there before it writes `backup.json`, so a removal of a slower backup
+/// fails it rather than leaving it with objects missing.
+pub const INCOMPLETE_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// `backup.json` lists a few objects; anything this large is not one.
 const MAX_BACKUP_JSON: u64 = 64 << 20;
