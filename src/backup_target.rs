@@ -13,18 +13,21 @@
 //! the same in 15, 16, 17 and 18 (checked against each branch's
 //! basebackup_sink.h; sizes asserted below).
 //!
-//! Cleanup: PostgreSQL calls `cleanup` after `end_backup` and on an ERROR.
-//! A FATAL (pg_terminate_backend, the client gone) exits the process without
-//! it, so an exit callback aborts a backup still in progress too.
+//! Cleanup: PostgreSQL calls `cleanup` after `end_backup` and on an ERROR,
+//! but not always ours: with `--compress=server-zstd` or `server-lz4` the
+//! compressing sink's cleanup does not forward the call (15 to 18). A FATAL
+//! (pg_terminate_backend, the client gone) exits the process without any.
+//! So a backup still in progress is also aborted by an exit callback and by
+//! the next `get_sink` of the same walsender.
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
-use walarch_core::backup::writer::AbortReport;
+use walarch_core::backup::writer::{incremental_refused, AbortReport, WalWait};
 use walarch_core::backup::{default_label, validate_label, BackupStart, BackupWriter};
 use walarch_core::ArchiveError;
 
@@ -118,7 +121,10 @@ pub fn register() {
 
 /// The backup in progress in this walsender (one at a time).
 struct Active {
+    /// As asked (the writer's may be numbered).
     label: String,
+    /// The default label: numbered when taken.
+    numbered: bool,
     describe: String,
     writer: BackupWriter<guc::SharedDestination>,
 }
@@ -127,14 +133,24 @@ thread_local! {
     static ACTIVE: RefCell<Option<Active>> = const { RefCell::new(None) };
 }
 
-/// Set while aborting: the waits of the abort must not give up because a
-/// terminate is pending (that is why we abort).
-static ABORTING: AtomicBool = AtomicBool::new(false);
+/// Set while aborting and while storing `backup.json`: those waits must
+/// not give up because a cancel or terminate is pending (an abort is why,
+/// and an unclear `backup.json` is worse than a late error); the request
+/// timeout still bounds them.
+static SHIELDED: AtomicBool = AtomicBool::new(false);
 static EXIT_HOOKED: AtomicBool = AtomicBool::new(false);
+
+/// How long `end_backup` waits for the archiver to store the backup's last
+/// WAL file.
+const WAL_WAIT: Duration = Duration::from_secs(60);
+
+/// What check_detail returns before a default label: `get_sink` numbers it
+/// when taken. Not a label character.
+const DEFAULT_MARK: char = '*';
 
 /// Read from any thread: only flags, no PostgreSQL call.
 fn walsender_interrupted() -> bool {
-    if ABORTING.load(Ordering::SeqCst) {
+    if SHIELDED.load(Ordering::SeqCst) {
         return false;
     }
     // SAFETY: reads of sig_atomic_t flags set by this process's signal
@@ -148,6 +164,9 @@ fn walsender_interrupted() -> bool {
 }
 
 fn raise(e: &ArchiveError, label: &str, describe: &str) -> ! {
+    // A wait given up for a cancel or terminate: PostgreSQL's own error
+    // says what happened.
+    pgrx::check_for_interrupts!();
     warnings::error(
         e,
         &format!("While storing base backup \"{label}\" into \"{describe}\"."),
@@ -162,7 +181,8 @@ fn with_active<R>(
     let r = ACTIVE.with(|a| {
         let mut a = a.borrow_mut();
         let a = a.as_mut()?;
-        Some((f(&mut a.writer), a.label.clone(), a.describe.clone()))
+        let label = a.writer.label().unwrap_or(&a.label).to_string();
+        Some((f(&mut a.writer), label, a.describe.clone()))
     });
     match r {
         Some((Ok(v), _, _)) => v,
@@ -191,26 +211,37 @@ fn abort_active(why: &str) {
     if let Some(label) = a.writer.label() {
         log!("walarch_ext: aborting base backup \"{label}\" ({why})");
     }
-    ABORTING.store(true, Ordering::SeqCst);
+    // A SQL function of this walsender (replication=database) may have
+    // installed its own check since.
+    walarch_s3::runtime::set_interrupt_check(walsender_interrupted);
+    SHIELDED.store(true, Ordering::SeqCst);
     let r = a.writer.abort();
-    ABORTING.store(false, Ordering::SeqCst);
+    SHIELDED.store(false, Ordering::SeqCst);
     report_abort(&a, &r);
 }
 
 fn report_abort(a: &Active, r: &AbortReport) {
-    if a.writer.label().is_none() {
+    let Some(label) = a.writer.label() else {
         return; // never begun: nothing was stored
-    }
+    };
     log!(
-        "walarch_ext: base backup \"{}\" aborted; removed {} object(s) from \"{}\"",
-        a.label,
+        "walarch_ext: base backup \"{label}\" aborted; removed {} object(s) from \"{}\"",
         r.removed.len(),
         a.describe
     );
+    if let Some(err) = &r.record_left {
+        warnings::warning(
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            &format!("could not remove backup.json of aborted base backup \"{label}\"; none of its objects were removed"),
+            Some(err),
+            Some("Its backup.json may be stored: then the backup is listed, and its objects are kept so that it names none missing. Check it with walarch verify, or remove the whole folder."),
+        );
+        return;
+    }
     for (name, err) in &r.left {
         warnings::warning(
             PgSqlErrorCode::ERRCODE_IO_ERROR,
-            &format!("could not remove \"{name}\" of aborted base backup \"{}\"", a.label),
+            &format!("could not remove \"{name}\" of aborted base backup \"{label}\""),
             Some(err),
             Some("An incomplete backup (one without backup.json) is never restored; remove it later."),
         );
@@ -225,23 +256,34 @@ unsafe extern "C-unwind" fn on_exit(_code: c_int, _arg: pg_sys::Datum) {
 fn check_role() {
     let role = guc::backup_role();
     // SAFETY: catalog look-ups inside a transaction of their own, as
-    // PostgreSQL's own "server" target does in the walsender.
-    let allowed = unsafe {
+    // PostgreSQL's own "server" target does in the walsender. Committing
+    // leaves TopMemoryContext current (15 to 17): the BASE_BACKUP command's
+    // context is restored, where check_detail's result must be allocated.
+    let (allowed, exists) = unsafe {
+        let cx = pg_sys::CurrentMemoryContext;
         pg_sys::StartTransactionCommand();
-        let ok = match &role {
-            None => pg_sys::superuser(),
+        let r = match &role {
+            None => (pg_sys::superuser(), true),
             Some(r) => {
                 let name = CString::new(r.as_str()).unwrap_or_default();
                 let oid = pg_sys::get_role_oid(name.as_ptr(), true);
-                pg_sys::has_privs_of_role(pg_sys::GetUserId(), oid)
+                let exists = oid != pg_sys::InvalidOid;
+                (
+                    exists && pg_sys::has_privs_of_role(pg_sys::GetUserId(), oid),
+                    exists,
+                )
             }
         };
         pg_sys::CommitTransactionCommand();
-        ok
+        pg_sys::CurrentMemoryContext = cx;
+        r
     };
     if !allowed {
         let detail = match &role {
             None => "Only superusers may use it while walarch.backup_role is not set.".to_string(),
+            Some(r) if !exists => {
+                format!("Role \"{r}\" named by walarch.backup_role does not exist.")
+            }
             Some(r) => format!(
                 "Only roles with privileges of role \"{r}\" (walarch.backup_role) may use it."
             ),
@@ -261,7 +303,9 @@ fn check_role() {
 #[pg_guard]
 unsafe extern "C-unwind" fn check_detail(_target: *mut c_char, detail: *mut c_char) -> *mut c_void {
     check_role();
-    let label = if detail.is_null() {
+    check_archiving();
+    let numbered = detail.is_null();
+    let label = if numbered {
         default_label(SystemTime::now())
     } else {
         // SAFETY: PostgreSQL passes the TARGET_DETAIL option as a C string.
@@ -278,10 +322,47 @@ unsafe extern "C-unwind" fn check_detail(_target: *mut c_char, detail: *mut c_ch
         .set_hint("The label names the backup's folder in the archive: pg_basebackup --target=walarch:LABEL.")
         .report(PgLogLevel::ERROR);
     }
+    let label = if numbered {
+        format!("{DEFAULT_MARK}{label}")
+    } else {
+        label
+    };
     let c = CString::new(label).unwrap_or_default();
     // SAFETY: copied into the current memory context, which lives as long
     // as the BASE_BACKUP command.
     unsafe { pg_sys::pstrdup(c.as_ptr()).cast() }
+}
+
+/// A setting's value as SHOW gives it (`None`: unknown).
+fn setting(name: &CStr) -> Option<String> {
+    // SAFETY: main thread; GetConfigOption with missing_ok returns NULL or
+    // a string valid until the setting changes, copied at once.
+    unsafe {
+        let v = pg_sys::GetConfigOption(name.as_ptr(), true, false);
+        (!v.is_null()).then(|| CStr::from_ptr(v).to_string_lossy().into_owned())
+    }
+}
+
+/// The backup's WAL reaches the archive only when this server archives
+/// through walarch_ext: refused before anything is stored otherwise
+/// (end_backup checks the WAL is there in any case).
+fn check_archiving() {
+    let mode = setting(c"archive_mode").unwrap_or_default();
+    let library = setting(c"archive_library").unwrap_or_default();
+    let mode_ok = mode == "on" || mode == "always";
+    if mode_ok && library == "walarch_ext" {
+        return;
+    }
+    ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "basebackup target \"walarch\" needs WAL archiving through walarch_ext",
+        function_name!(),
+    )
+    .set_detail(format!(
+        "archive_mode is \"{mode}\" and archive_library is \"{library}\": the WAL the backup needs would not be in the archive."
+    ))
+    .set_hint("Set archive_mode = on and archive_library = 'walarch_ext', then restart the server.")
+    .report(PgLogLevel::ERROR);
 }
 
 static OPS: bbsink_ops = bbsink_ops {
@@ -302,8 +383,12 @@ unsafe extern "C-unwind" fn get_sink(next: *mut bbsink, detail: *mut c_void) -> 
     let label = unsafe { CStr::from_ptr(detail.cast()) }
         .to_string_lossy()
         .into_owned();
+    let (label, numbered) = match label.strip_prefix(DEFAULT_MARK) {
+        Some(l) => (l.to_string(), true),
+        None => (label, false),
+    };
     // A wait on the object store gives up on cancel or terminate (then the
-    // error path aborts the backup).
+    // error path aborts the backup); set again below, after abort_active.
     walarch_s3::runtime::set_interrupt_check(walsender_interrupted);
     let dest = guc::destination().unwrap_or_else(|detail| {
         ErrorReport::new(
@@ -320,12 +405,15 @@ unsafe extern "C-unwind" fn get_sink(next: *mut bbsink, detail: *mut c_void) -> 
         // SAFETY: registers a guarded callback with no argument.
         unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0usize)) };
     }
-    // A previous backup of this process ended without cleanup: not ours.
-    abort_active("superseded");
+    // A previous backup of this walsender ended in an ERROR whose cleanup
+    // did not reach us (server-side zstd or lz4): abort it now.
+    abort_active("superseded: its cleanup was not called");
+    walarch_s3::runtime::set_interrupt_check(walsender_interrupted);
     let describe = dest.describe();
     ACTIVE.with(|a| {
         *a.borrow_mut() = Some(Active {
             label,
+            numbered,
             describe,
             writer: BackupWriter::new(dest),
         })
@@ -355,9 +443,15 @@ unsafe extern "C-unwind" fn sink_begin_backup(sink: *mut bbsink) {
             pg_sys::GetSystemIdentifier(),
         )
     };
-    let label = ACTIVE.with(|a| a.borrow().as_ref().map(|a| a.label.clone()));
+    let (label, numbered) = ACTIVE.with(|a| {
+        a.borrow()
+            .as_ref()
+            .map(|a| (a.label.clone(), a.numbered))
+            .unwrap_or_default()
+    });
     let start = BackupStart {
-        label: label.unwrap_or_default(),
+        label,
+        numbered,
         start_lsn: startptr,
         start_tli: starttli,
         system_identifier: sysid,
@@ -431,8 +525,35 @@ unsafe extern "C-unwind" fn sink_end_manifest(sink: *mut bbsink) {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn sink_end_backup(sink: *mut bbsink, endptr: u64, endtli: u32) {
-    // backup.json first: the client hears of success only once it is stored.
-    let info = with_active(|w| w.end_backup(endptr, endtli));
+    if with_active(|w| Ok(w.is_incremental())) {
+        // Recorded as full it could not be restored (backup.json's
+        // based_on is reserved for the chain).
+        let e = incremental_refused();
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            e.message,
+            function_name!(),
+        )
+        .set_hint(e.hint.unwrap_or_default())
+        .report(PgLogLevel::ERROR);
+    }
+    // The WAL the backup needs and its objects, checked; then backup.json,
+    // so the client hears of success only once it is stored.
+    let info = with_active(|w| {
+        let interrupted = walsender_interrupted;
+        let wait = WalWait {
+            timeout: WAL_WAIT,
+            poll: Duration::from_secs(1),
+            interrupted: &interrupted,
+        };
+        w.check_end(endptr, endtli, &wait)
+    });
+    with_active(|w| {
+        SHIELDED.store(true, Ordering::SeqCst);
+        let r = w.store_record(&info);
+        SHIELDED.store(false, Ordering::SeqCst);
+        r
+    });
     let (stored, sent) = info.sizes();
     let describe = ACTIVE.with(|a| a.borrow().as_ref().map(|a| a.describe.clone()));
     notice!(

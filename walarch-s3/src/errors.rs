@@ -437,11 +437,13 @@ fn describe(f: Failure, cx: &Context<'_>) -> ArchiveError {
 pub fn run_error(e: RunError, cx: &Context<'_>) -> ArchiveError {
     match e {
         RunError::TimedOut(d) => to_archive_error(Failure::TimedOut(Some(d)), cx),
-        // A shutdown, not the store's fault: the caller is going away.
+        // The caller gave up (cancel, terminate, shutdown, the postmaster
+        // gone), not the store's fault. A backend raises PostgreSQL's own
+        // error for a cancel or terminate before this one.
         RunError::Interrupted => ArchiveError::new(
             ErrorKind::Io,
             format!(
-                "could not {} \"{}\": interrupted by shutdown",
+                "could not {} \"{}\": interrupted (canceled, terminated or shutting down)",
                 cx.action, cx.location
             ),
         ),
