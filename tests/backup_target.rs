@@ -235,6 +235,23 @@ fn into_a_directory_with_a_tablespace_faults_privileges_labels() {
     assert!(ok, "{out}");
     assert!(folder("byrep").join("backup.json").exists());
 
+    // 4b. Archiving not through walarch_ext: refused before anything is
+    //     stored (the backup's WAL would not be in the archive).
+    c.query("ALTER SYSTEM SET archive_library = ''");
+    c.query("SELECT pg_reload_conf()");
+    std::thread::sleep(Duration::from_secs(1));
+    let (ok, out) = basebackup(&c, "postgres", &["--target=walarch:noarch"]);
+    assert!(!ok);
+    assert!(
+        out.contains("basebackup target \"walarch\" needs WAL archiving through walarch_ext"),
+        "{out}"
+    );
+    assert!(out.contains("archive_library"), "{out}");
+    assert!(!folder("noarch").exists());
+    c.query("ALTER SYSTEM RESET archive_library");
+    c.query("SELECT pg_reload_conf()");
+    std::thread::sleep(Duration::from_secs(1));
+
     // 5. Faults: the walsender terminated, the client killed.
     let gone = |l: &str| {
         let f = folder(l);
