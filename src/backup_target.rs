@@ -388,7 +388,7 @@ unsafe extern "C-unwind" fn get_sink(next: *mut bbsink, detail: *mut c_void) -> 
         None => (label, false),
     };
     // A wait on the object store gives up on cancel or terminate (then the
-    // error path aborts the backup); set again below, after abort_active.
+    // error path aborts the backup). Replaces a SQL function's check.
     walarch_s3::runtime::set_interrupt_check(walsender_interrupted);
     let dest = guc::destination().unwrap_or_else(|detail| {
         ErrorReport::new(
@@ -408,7 +408,6 @@ unsafe extern "C-unwind" fn get_sink(next: *mut bbsink, detail: *mut c_void) -> 
     // A previous backup of this walsender ended in an ERROR whose cleanup
     // did not reach us (server-side zstd or lz4): abort it now.
     abort_active("superseded: its cleanup was not called");
-    walarch_s3::runtime::set_interrupt_check(walsender_interrupted);
     let describe = dest.describe();
     ACTIVE.with(|a| {
         *a.borrow_mut() = Some(Active {
