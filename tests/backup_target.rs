@@ -388,3 +388,40 @@ fn into_a_bucket_with_a_tablespace_and_a_store_that_stops() {
     );
     assert!(log.contains("base backup \"stopped\" aborted"), "{log}");
 }
+
+/// PostgreSQL 17+: an incremental backup would be recorded as full and be
+/// unrestorable: refused, nothing left under its label.
+#[test]
+fn an_incremental_backup_is_refused() {
+    if pg_major() < 17 || skipped() {
+        return;
+    }
+    let c = started_with_walarch("bt-incr");
+    c.query("ALTER SYSTEM SET summarize_wal = on");
+    c.query("SELECT pg_reload_conf()");
+    c.query("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    // The full backup it is based on, plain, next to the cluster.
+    let full = c.root.join("full");
+    chown_to_server(&c.root);
+    let (ok, out) = basebackup(&c, "postgres", &["-Fp", "-D", &full.display().to_string()]);
+    assert!(ok, "{out}");
+    c.query("INSERT INTO t SELECT g FROM generate_series(1, 1000) g");
+    let manifest = full.join("backup_manifest").display().to_string();
+    let (ok, out) = basebackup(
+        &c,
+        "postgres",
+        &[
+            "--target=walarch:incr",
+            &format!("--incremental={manifest}"),
+        ],
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("incremental backups are not supported by basebackup target \"walarch\""),
+        "{out}"
+    );
+    let folder = c.archive_dir().join("backups").join("incr");
+    wait_until("the refused backup removed", T, || {
+        !folder.exists() || std::fs::read_dir(&folder).unwrap().next().is_none()
+    });
+}
