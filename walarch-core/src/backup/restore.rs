@@ -32,6 +32,7 @@ use crate::backup::{
     object_name, validate_label, BackupInfo, BackupObject, ObjectKind, BACKUPS_DIR,
 };
 use crate::destination::Destination;
+use crate::wal::time::parse_iso_time;
 
 /// Which backup to restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -337,12 +338,35 @@ fn choose(
         },
         Which::Latest => {
             let listing = list_backups(dest).map_err(io)?;
-            let before = match &req.target {
+            // Recovery can reach a target only from a backup that ends
+            // before it: `latest` is the newest such backup.
+            let before_lsn = match &req.target {
                 Some(Target::Lsn(l)) => parse_lsn(l),
                 _ => None,
             };
+            let before_time = match &req.target {
+                Some(Target::Time(t)) => match parse_iso_time(t) {
+                    Ok(Some(secs)) => Some(secs),
+                    Ok(None) => {
+                        return Err(Failure::new(
+                            FailureKind::Usage,
+                            format!("--target-time \"{t}\" has no time zone, so the latest backup before it cannot be chosen"),
+                        )
+                        .detail("PostgreSQL reads such a time in its own timezone setting, which walarch does not know.")
+                        .hint("Give the zone (for example \"2026-12-05 14:45:00+00\"), or name the backup (see walarch backup list)."))
+                    }
+                    Err(e) => {
+                        return Err(Failure::new(FailureKind::Usage, format!("invalid --target-time: {e}"))
+                            .hint("With latest, give the time as YYYY-MM-DD HH:MM:SS+ZZ, or name the backup (see walarch backup list)."))
+                    }
+                },
+                _ => None,
+            };
             let pick = listing.complete.iter().rev().find(|b| {
-                before.is_none_or(|t| parse_lsn(&b.info.stop_lsn).is_some_and(|s| s <= t))
+                before_lsn.is_none_or(|t| parse_lsn(&b.info.stop_lsn).is_some_and(|s| s <= t))
+                    && before_time.is_none_or(|t| {
+                        parse_iso_time(&b.info.stop_time).is_ok_and(|s| s.is_some_and(|s| s <= t))
+                    })
             });
             match pick {
                 Some(b) => {
@@ -1161,6 +1185,61 @@ mod tests {
             e.p("ts-new")
         );
         assert!(e.p("ts-new").join(TS_FILE).is_file());
+    }
+
+    #[test]
+    fn latest_with_a_target_time_is_the_newest_backup_ending_before_it() {
+        let e = Env::new();
+        for (label, t) in [
+            ("old", "2026-12-01T00:00:00Z"),
+            ("new", "2026-12-02T00:00:00Z"),
+        ] {
+            e.store(
+                label,
+                Options {
+                    start_time: Some(t),
+                    ..Default::default()
+                },
+            );
+        }
+        let with_time = |t: &str, dir: &str| Request {
+            pgdata: e.p(dir),
+            tablespace_mapping: vec![(e.p("ts-old"), e.p(&format!("ts-{dir}")))],
+            target: Some(Target::Time(t.into())),
+            ..e.request("latest")
+        };
+        let r = e
+            .restore(&with_time("2026-12-01 12:00:00+00", "a"))
+            .unwrap();
+        assert_eq!(r.info.label, "old");
+        let r = e
+            .restore(&with_time("2026-12-03 00:00:00+01", "b"))
+            .unwrap();
+        assert_eq!(r.info.label, "new");
+        let err = e
+            .restore(&with_time("2026-11-30 00:00:00Z", "c"))
+            .unwrap_err();
+        assert!(
+            err.message.contains("no complete backup ends before"),
+            "{err}"
+        );
+        // Without a zone the choice cannot be made: refused, nothing made.
+        let err = e
+            .restore(&with_time("2026-12-03 00:00:00", "d"))
+            .unwrap_err();
+        assert_eq!(err.kind, FailureKind::Usage);
+        assert!(err.message.contains("no time zone"), "{err}");
+        assert!(!e.p("d").exists());
+        // A named backup takes any time as given (PostgreSQL reads it).
+        let e2 = Env::new();
+        e2.store("new", Options::default());
+        let r = e2
+            .restore(&Request {
+                target: Some(Target::Time("2026-12-03 00:00:00".into())),
+                ..e2.request("new")
+            })
+            .unwrap();
+        assert_eq!(r.info.label, "new");
     }
 
     #[test]
