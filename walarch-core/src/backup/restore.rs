@@ -220,13 +220,16 @@ pub fn parse_lsn(s: &str) -> Option<u64> {
     Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
+/// The first line of what restore adds to postgresql.auto.conf.
+const SETTINGS_MARK: &str = "# Added by walarch backup restore";
+
 /// Checks what can be checked of the recovery settings before anything is
 /// done; returns the lines to append.
 fn recovery_settings(req: &Request, info: &BackupInfo) -> Result<Vec<String>, Failure> {
     let usage = |m: String| Failure::new(FailureKind::Usage, m);
     let mut lines = vec![
         format!(
-            "# Added by walarch backup restore: recovery from backup \"{}\" through the archive.",
+            "{SETTINGS_MARK}: recovery from backup \"{}\" through the archive.",
             info.label
         ),
         format!("restore_command = {}", conf_quote(&req.restore_command)),
@@ -471,27 +474,130 @@ struct OwnDir {
     created: bool,
 }
 
-/// Fails unless `p` is absent or an empty directory; returns whether it exists.
+/// Taken (create-only) in each directory restore writes into, for as long
+/// as it writes: a second restore into the same directory is refused
+/// rather than mixed with this one, and cleanup removes only what this one
+/// holds.
+pub const RESTORE_LOCK: &str = ".walarch-restore.lock";
+
+/// Fails unless `p` is absent or an empty directory (a symbolic link to an
+/// empty directory is one, as pg_basebackup takes it); returns whether it
+/// exists.
 fn check_empty(p: &Path, what: &str) -> Result<bool, Failure> {
-    match fs::symlink_metadata(p) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(Failure::io("access", p, &e)),
-        Ok(m) if !m.is_dir() => Err(Failure::new(
+    let meta = match fs::symlink_metadata(p) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Failure::io("access", p, &e)),
+        Ok(m) if m.file_type().is_symlink() => {
+            fs::metadata(p).map_err(|e| Failure::io("access", p, &e))?
+        }
+        Ok(m) => m,
+    };
+    if !meta.is_dir() {
+        return Err(Failure::new(
             FailureKind::Usage,
             format!("{what} \"{}\" exists but is not a directory", p.display()),
-        )),
-        Ok(_) => {
-            let mut rd = fs::read_dir(p).map_err(|e| Failure::io("open directory", p, &e))?;
-            if rd.next().is_some() {
-                return Err(Failure::new(
-                    FailureKind::Usage,
-                    format!("{what} \"{}\" exists but is not empty", p.display()),
-                )
-                .hint("Restore into a new or empty directory; restore never overwrites."));
+        ));
+    }
+    let mut rd = fs::read_dir(p).map_err(|e| Failure::io("open directory", p, &e))?;
+    if rd.next().is_some() {
+        return Err(Failure::new(
+            FailureKind::Usage,
+            format!("{what} \"{}\" exists but is not empty", p.display()),
+        )
+        .hint("Restore into a new or empty directory; restore never overwrites."));
+    }
+    Ok(true)
+}
+
+/// What restore made, to be removed on a failure: nothing else is.
+#[derive(Default)]
+struct Made {
+    /// Parent directories created on the way, outermost first: removed
+    /// only if empty again.
+    parents: Vec<PathBuf>,
+    /// Target directories whose lock restore holds.
+    dirs: Vec<OwnDir>,
+}
+
+/// Makes `p` ready to write into: creates what is missing (the directory
+/// itself without `recursive`, so that one made meanwhile by someone else
+/// is refused, not shared), takes the lock in it and checks it holds
+/// nothing else. Records in `made` what is restore's.
+fn take_dir(p: &Path, what: &str, existed: bool, made: &mut Made) -> Result<(), Failure> {
+    let busy = || {
+        Failure::new(
+            FailureKind::Usage,
+            format!(
+                "{what} \"{}\" was created or written to by someone else meanwhile",
+                p.display()
+            ),
+        )
+        .hint("Another restore may be writing into it: restore into a new or empty directory.")
+    };
+    if !existed {
+        let mut missing = vec![];
+        let mut a = p.parent();
+        while let Some(d) = a {
+            if fs::symlink_metadata(d).is_ok() {
+                break;
             }
-            Ok(true)
+            missing.push(d.to_path_buf());
+            a = d.parent();
+        }
+        for d in missing.into_iter().rev() {
+            match fs::DirBuilder::new().mode(0o700).create(&d) {
+                Ok(()) => made.parents.push(d),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Failure::io("create directory", &d, &e)),
+            }
+        }
+        match fs::DirBuilder::new().mode(0o700).create(p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(busy()),
+            Err(e) => return Err(Failure::io("create directory", p, &e)),
         }
     }
+    let lock = p.join(RESTORE_LOCK);
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&lock)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(busy()),
+        Err(e) => return Err(Failure::io("create file", &lock, &e)),
+    }
+    let own = OwnDir {
+        path: p.to_path_buf(),
+        created: !existed,
+    };
+    let others = fs::read_dir(p)
+        .map_err(|e| Failure::io("open directory", p, &e))?
+        .filter_map(Result::ok)
+        .any(|e| e.file_name() != RESTORE_LOCK);
+    if others {
+        // Not ours: only the lock goes.
+        let _ = fs::remove_file(&lock);
+        return Err(busy());
+    }
+    made.dirs.push(own);
+    Ok(())
+}
+
+/// Removes the locks restore holds.
+fn release(made: &Made) -> Result<(), Failure> {
+    for d in &made.dirs {
+        let lock = d.path.join(RESTORE_LOCK);
+        match fs::remove_file(&lock) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Failure::io("remove file", &lock, &e)),
+        }
+        crate::support::fsutil::fsync_dir(&d.path)
+            .map_err(|e| Failure::io("fsync directory", &d.path, &e))?;
+    }
+    Ok(())
 }
 
 /// Restores a base backup from `dest` as `req` says. `log` receives
@@ -584,10 +690,7 @@ pub fn restore_backup(
     let mut targets = Vec::new();
     for (p, what) in &dirs {
         let exists = check_empty(p, what)?;
-        targets.push(OwnDir {
-            path: p.to_path_buf(),
-            created: !exists,
-        });
+        targets.push((p.to_path_buf(), *what, exists));
     }
 
     log(&format!(
@@ -599,60 +702,53 @@ pub fn restore_backup(
         info.sizes().0,
         req.pgdata.display()
     ));
-    let made: Mutex<Vec<&OwnDir>> = Mutex::new(Vec::new());
+    let mut made = Made::default();
     let result = (|| {
-        for t in &targets {
-            if t.created {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&t.path)
-                    .map_err(|e| Failure::io("create directory", &t.path, &e))?;
-            }
-            made.lock().unwrap_or_else(|e| e.into_inner()).push(t);
+        for (p, what, exists) in &targets {
+            take_dir(p, what, *exists, &mut made)?;
             // As initdb and pg_basebackup leave them.
-            fs::set_permissions(&t.path, fs::Permissions::from_mode(0o700))
-                .map_err(|e| Failure::io("change permissions of", &t.path, &e))?;
+            fs::set_permissions(p, fs::Permissions::from_mode(0o700))
+                .map_err(|e| Failure::io("change permissions of", p, &e))?;
         }
-        finish_restore(dest, req, &info, &objects, &links, settings, log)
+        finish_restore(dest, req, &info, &objects, &links, settings, &made, log)
     })();
     match result {
         Ok(r) => Ok(r),
         Err(mut f) => {
-            let made = made.into_inner().unwrap_or_else(|e| e.into_inner());
-            if req.keep_on_failure {
-                f.detail = Some(
-                    [
-                        f.detail.take().unwrap_or_default(),
-                        format!(
-                            "What was restored is left in \"{}\" for investigation, without recovery settings; do not start it.",
-                            req.pgdata.display()
-                        ),
-                    ]
-                    .join(" ")
-                    .trim()
-                    .to_string(),
-                );
-            } else if !made.is_empty() {
-                let mut left = Vec::new();
-                for t in made {
-                    let r = if t.created {
-                        fs::remove_dir_all(&t.path)
-                    } else {
-                        empty_dir(&t.path)
-                    };
-                    if let Err(e) = r {
-                        left.push(format!("\"{}\" ({e})", t.path.display()));
-                    }
+            let note = if req.keep_on_failure {
+                let _ = release(&made);
+                if made.dirs.is_empty() {
+                    None
+                } else {
+                    Some(format!(
+                        "What was restored is left in \"{}\" for investigation{}; do not start it.",
+                        req.pgdata.display(),
+                        // What is on disk, whatever step failed.
+                        if req.pgdata.join("recovery.signal").exists() {
+                            " (its recovery settings and recovery.signal were written, but may not be durable)"
+                        } else if fs::read_to_string(req.pgdata.join("postgresql.auto.conf"))
+                            .is_ok_and(|c| c.contains(SETTINGS_MARK))
+                        {
+                            " (its recovery settings were written, recovery.signal was not)"
+                        } else {
+                            ", without recovery settings"
+                        }
+                    ))
                 }
-                let note = if left.is_empty() {
+            } else if made.dirs.is_empty() && made.parents.is_empty() {
+                None
+            } else {
+                let left = remove_made(&made);
+                Some(if left.is_empty() {
                     "What restore had written was removed.".to_string()
                 } else {
                     format!(
                         "Restore could not remove what it wrote in {}.",
                         left.join(", ")
                     )
-                };
+                })
+            };
+            if let Some(note) = note {
                 f.detail = Some(
                     [f.detail.take().unwrap_or_default(), note]
                         .join(" ")
@@ -663,6 +759,28 @@ pub fn restore_backup(
             Err(f)
         }
     }
+}
+
+/// Removes what restore made (the directories it created, the contents of
+/// the empty ones it was given and locked, the parents it created if they
+/// are empty again); returns what could not be removed.
+fn remove_made(made: &Made) -> Vec<String> {
+    let mut left = Vec::new();
+    for t in &made.dirs {
+        let r = if t.created {
+            fs::remove_dir_all(&t.path)
+        } else {
+            empty_dir(&t.path)
+        };
+        if let Err(e) = r {
+            left.push(format!("\"{}\" ({e})", t.path.display()));
+        }
+    }
+    // Parents only if empty: another restore may use them.
+    for p in made.parents.iter().rev() {
+        let _ = fs::remove_dir(p);
+    }
+    left
 }
 
 fn empty_dir(p: &Path) -> io::Result<()> {
@@ -684,6 +802,7 @@ fn finish_restore(
     objects: &[(BackupObject, Vec<Decoding>)],
     links: &HashMap<u32, PathBuf>,
     settings: Vec<String>,
+    made: &Made,
     log: &dyn Fn(&str),
 ) -> Result<Restored, Failure> {
     let manifest_text = fetch_all(dest, req, info, objects, links, log)?;
@@ -747,6 +866,8 @@ fn finish_restore(
     for r in &roots {
         sync_tree(r)?;
     }
+    // Nothing more is unpacked: the directories can be left to others.
+    release(made)?;
 
     // Last: the settings that make the server recover. Those the backup
     // carries (a cluster that was itself restored) are commented out: a
@@ -1517,6 +1638,80 @@ mod tests {
             "{err}"
         );
         assert!(!e.p("data").exists());
+    }
+
+    #[test]
+    fn a_directory_made_or_locked_by_someone_else_is_refused_and_never_cleaned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = |s: &str| tmp.path().join(s);
+        // Absent when checked, created by another restore before ours.
+        std::fs::create_dir(p("data")).unwrap();
+        std::fs::write(p("data/PG_VERSION"), b"15\n").unwrap();
+        let mut made = Made::default();
+        let err = take_dir(&p("data"), "data directory", false, &mut made).unwrap_err();
+        assert!(err.message.contains("meanwhile"), "{err}");
+        assert!(made.dirs.is_empty());
+        assert!(remove_made(&made).is_empty());
+        assert!(p("data/PG_VERSION").exists());
+        // Empty when checked, locked by another restore: its lock stays.
+        std::fs::create_dir(p("empty")).unwrap();
+        std::fs::write(p("empty").join(RESTORE_LOCK), b"").unwrap();
+        let err = take_dir(&p("empty"), "data directory", true, &mut made).unwrap_err();
+        assert!(err.message.contains("meanwhile"), "{err}");
+        assert!(made.dirs.is_empty());
+        assert!(p("empty").join(RESTORE_LOCK).exists());
+        // Empty and not locked: taken.
+        std::fs::create_dir(p("e2")).unwrap();
+        take_dir(&p("e2"), "data directory", true, &mut made).unwrap();
+        assert_eq!(made.dirs.len(), 1);
+        // A second restore cannot take it now.
+        let mut other = Made::default();
+        assert!(take_dir(&p("e2"), "data directory", true, &mut other).is_err());
+        assert!(p("e2").join(RESTORE_LOCK).exists());
+
+        // Parents made on the way are recorded, and removed only if empty.
+        let mut made = Made::default();
+        take_dir(&p("a/b/data"), "data directory", false, &mut made).unwrap();
+        assert_eq!(made.parents, [p("a"), p("a/b")]);
+        assert!(made.dirs[0].created);
+        std::fs::write(p("a/b/data/x"), b"").unwrap();
+        std::fs::create_dir(p("a/someone-else")).unwrap();
+        assert!(remove_made(&made).is_empty());
+        assert!(!p("a/b").exists());
+        assert!(p("a/someone-else").exists());
+    }
+
+    #[test]
+    fn a_symlinked_empty_data_directory_is_used_and_kept_on_failure() {
+        let e = Env::new();
+        e.store("b1", Options::default());
+        std::fs::create_dir(e.p("real")).unwrap();
+        std::os::unix::fs::symlink(e.p("real"), e.p("data")).unwrap();
+        e.corrupt("b1", "base.tar.zst");
+        let err = e.restore(&e.request("b1")).unwrap_err();
+        assert_eq!(err.kind, FailureKind::Integrity);
+        assert!(std::fs::symlink_metadata(e.p("data"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_dir(e.p("real")).unwrap().count(), 0);
+        assert!(!e.p("ts-new").exists());
+
+        let e = Env::new();
+        e.store("b1", Options::default());
+        std::fs::create_dir(e.p("real")).unwrap();
+        std::os::unix::fs::symlink(e.p("real"), e.p("data")).unwrap();
+        e.restore(&e.request("b1")).unwrap();
+        assert!(e.p("real/recovery.signal").exists());
+        assert!(!e.p("real").join(RESTORE_LOCK).exists());
+        assert!(!e.p("ts-new").join(RESTORE_LOCK).exists());
+        // A link to something else is still refused.
+        let e = Env::new();
+        e.store("b1", Options::default());
+        std::fs::write(e.p("file"), b"").unwrap();
+        std::os::unix::fs::symlink(e.p("file"), e.p("data")).unwrap();
+        let err = e.restore(&e.request("b1")).unwrap_err();
+        assert!(err.message.contains("not a directory"), "{err}");
     }
 
     #[test]
