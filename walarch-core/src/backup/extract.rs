@@ -59,15 +59,19 @@ pub struct Hashing<'a> {
     hasher: Hasher,
     pub bytes: u64,
     cancel: &'a AtomicBool,
+    /// More stored bytes than this is an error (`backup.json`'s
+    /// `stored_size`): a damaged or replaced object cannot fill the disk.
+    limit: u64,
 }
 
 impl<'a> Hashing<'a> {
-    pub fn new(inner: Box<dyn Read + Send + 'a>, cancel: &'a AtomicBool) -> Self {
+    pub fn new(inner: Box<dyn Read + Send + 'a>, cancel: &'a AtomicBool, limit: u64) -> Self {
         Hashing {
             inner,
             hasher: Hasher::new(),
             bytes: 0,
             cancel,
+            limit,
         }
     }
 
@@ -89,6 +93,44 @@ impl Read for Hashing<'_> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         self.bytes += n as u64;
+        if self.bytes > self.limit {
+            return Err(io::Error::other(format!(
+                "the object holds more than the {} bytes backup.json records",
+                self.limit
+            )));
+        }
+        Ok(n)
+    }
+}
+
+/// The decoded bytes, refused past `limit` (`backup.json`'s `size`, the
+/// size PostgreSQL sent): a decompression bomb stops there.
+pub struct Capped<R> {
+    inner: R,
+    read: u64,
+    limit: u64,
+}
+
+impl<R: Read> Capped<R> {
+    pub fn new(inner: R, limit: u64) -> Self {
+        Capped {
+            inner,
+            read: 0,
+            limit,
+        }
+    }
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.limit {
+            return Err(io::Error::other(format!(
+                "it decompresses to more than the {} bytes backup.json records",
+                self.limit
+            )));
+        }
         Ok(n)
     }
 }
@@ -241,6 +283,28 @@ mod tests {
             b.append(&h, *data).unwrap();
         }
         b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn stored_and_decoded_sizes_are_capped() {
+        let cancel = AtomicBool::new(false);
+        let data = vec![0u8; 1 << 20];
+        let mut h = Hashing::new(Box::new(&data[..]), &cancel, 1000);
+        let err = h.drain().unwrap_err();
+        assert!(err.to_string().contains("more than the 1000 bytes"), "{err}");
+        assert!(h.bytes < 1 << 20 || h.bytes > 1000);
+        let mut h = Hashing::new(Box::new(&data[..]), &cancel, 1 << 20);
+        h.drain().unwrap();
+        // A bomb: 1 MB of zeros from a few hundred bytes.
+        let z = zstd::encode_all(&data[..], 3).unwrap();
+        let d = decoder(&z[..], &[Decoding::Zstd]).unwrap();
+        let err = io::copy(&mut Capped::new(d, 4096), &mut io::sink()).unwrap_err();
+        assert!(err.to_string().contains("decompresses to more than"), "{err}");
+        let d = decoder(&z[..], &[Decoding::Zstd]).unwrap();
+        assert_eq!(
+            io::copy(&mut Capped::new(d, 1 << 20), &mut io::sink()).unwrap(),
+            1 << 20
+        );
     }
 
     #[test]

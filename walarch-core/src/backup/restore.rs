@@ -1144,9 +1144,12 @@ fn fetch_one(
                 format!("object \"{at}\" of backup \"{}\" is missing", info.label),
             )
         })?;
-    let mut hashing = Hashing::new(reader, cancel);
+    let mut hashing = Hashing::new(reader, cancel, o.stored_size);
     let outcome = (|| -> Result<Option<Vec<u8>>, String> {
-        let mut r = extract::decoder(&mut hashing, steps).map_err(|e| e.to_string())?;
+        let mut r = extract::Capped::new(
+            extract::decoder(&mut hashing, steps).map_err(|e| e.to_string())?,
+            o.size,
+        );
         let text = match o.kind {
             ObjectKind::Manifest => {
                 let mut t = Vec::new();
@@ -1196,6 +1199,12 @@ fn fetch_one(
             Ok(_) => f,
         }
     };
+    if bytes > o.stored_size {
+        return Err(damaged(format!(
+            "more than the {} bytes backup.json records",
+            o.stored_size
+        )));
+    }
     if drained.is_ok() {
         if sha != o.sha256.to_ascii_lowercase() {
             return Err(damaged(format!(
@@ -1539,6 +1548,24 @@ mod tests {
         std::fs::write(&p, &b[..b.len() - 10]).unwrap();
         let err = e.restore(&e.request("b1")).unwrap_err();
         assert_refused_cleanly(&e, &err, FailureKind::Integrity, "is damaged");
+    }
+
+    #[test]
+    fn an_object_larger_than_recorded_is_refused_while_reading() {
+        let e = Env::new();
+        let mut info = e.store("b1", Options::default());
+        // Decoded size: the tar decompresses to more than recorded.
+        info.objects[0].size = 1024;
+        let json = e.archive().join(object_name("b1", crate::backup::BACKUP_JSON));
+        std::fs::write(&json, info.to_json()).unwrap();
+        let err = e.restore(&e.request("b1")).unwrap_err();
+        assert_refused_cleanly(&e, &err, FailureKind::Integrity, "decompresses to more than the 1024 bytes");
+        // Stored size: more bytes stored than recorded.
+        info.objects[0].size *= 1000;
+        info.objects[0].stored_size = 100;
+        std::fs::write(&json, info.to_json()).unwrap();
+        let err = e.restore(&e.request("b1")).unwrap_err();
+        assert_refused_cleanly(&e, &err, FailureKind::Integrity, "more than the 100 bytes backup.json records");
     }
 
     #[test]
