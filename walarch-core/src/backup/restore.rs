@@ -824,12 +824,45 @@ fn finish_restore(
             ));
         }
     }
+    let parse_lsn_or_0 = |s: &str| parse_lsn(s).unwrap_or(0);
+    manifest
+        .check_wal_ranges(
+            (info.start_timeline, parse_lsn_or_0(&info.start_lsn)),
+            (info.stop_timeline, parse_lsn_or_0(&info.stop_lsn)),
+        )
+        .map_err(|m| Failure::new(FailureKind::Integrity, format!("backup \"{}\": {m}", info.label)))?;
+    // What restore writes itself, and what would make the server a standby
+    // rather than recover from the archive, may not come from the tar:
+    // pg_verifybackup does not look at them. (A standby.signal the
+    // manifest lists, of a backup taken from a standby, is removed after
+    // the check.)
+    let listed = |n: &str| manifest.files.iter().any(|f| f.path == Path::new(n));
+    for name in [crate::backup::MANIFEST, "recovery.signal", "standby.signal"] {
+        let in_tar = fs::symlink_metadata(req.pgdata.join(name)).is_ok();
+        if in_tar && !(name == "standby.signal" && listed(name)) {
+            return Err(Failure::new(
+                FailureKind::Integrity,
+                format!(
+                    "backup \"{}\" holds \"{name}\", which its manifest does not list",
+                    info.label
+                ),
+            )
+            .detail("A base backup as PostgreSQL sends it does not; restore writes its own."));
+        }
+    }
     let manifest_path = req.pgdata.join(crate::backup::MANIFEST);
     write_new(&manifest_path, &manifest_text, 0o600)?;
 
     // Tablespace files are checked through the links.
     make_tablespace_links(&req.pgdata, links)?;
-    let problems = manifest::verify_files(&req.pgdata, &manifest, req.jobs);
+    let mut problems = manifest::verify_files(&req.pgdata, &manifest, req.jobs);
+    let mut locks = vec![PathBuf::from(RESTORE_LOCK)];
+    locks.extend(
+        links
+            .keys()
+            .map(|oid| Path::new("pg_tblspc").join(oid.to_string()).join(RESTORE_LOCK)),
+    );
+    problems.extend(manifest::unlisted_files(&req.pgdata, &manifest, &locks));
     if !problems.is_empty() {
         let shown: Vec<&str> = problems.iter().take(10).map(String::as_str).collect();
         let more = if problems.len() > 10 {
@@ -853,6 +886,11 @@ fn finish_restore(
     ));
 
     rewrite_tablespace_map(&req.pgdata, links)?;
+    let standby = req.pgdata.join("standby.signal");
+    if standby.exists() {
+        fs::remove_file(&standby).map_err(|e| Failure::io("remove file", &standby, &e))?;
+        log("removed standby.signal (a backup taken from a standby): the server recovers from the archive");
+    }
 
     // initdb -g: the backup's global/ is group-readable; the data
     // directory must then be too (PostgreSQL reads its mode for its umask).
@@ -1585,6 +1623,53 @@ mod tests {
             FailureKind::Integrity,
             "checksum mismatch for file \"base/1/1259\"",
         );
+    }
+
+    #[test]
+    fn files_the_manifest_does_not_list_are_refused() {
+        for (name, text) in [
+            ("standby.signal", "holds \"standby.signal\""),
+            ("recovery.signal", "holds \"recovery.signal\""),
+            ("backup_manifest", "holds \"backup_manifest\""),
+            ("base/1/9999", "\"base/1/9999\" is present on disk but not in the manifest"),
+        ] {
+            let e = Env::new();
+            e.store(
+                "b1",
+                Options {
+                    extra_base: vec![(name, tar::EntryType::Regular, b"", None)],
+                    ..Default::default()
+                },
+            );
+            let err = e.restore(&e.request("b1")).unwrap_err();
+            assert_refused_cleanly(&e, &err, FailureKind::Integrity, text);
+        }
+        // pg_wal's contents are not in the manifest, and need not be.
+        let e = Env::new();
+        e.store(
+            "b1",
+            Options {
+                extra_base: vec![(
+                    "pg_wal/000000010000000000000002",
+                    tar::EntryType::Regular,
+                    b"wal",
+                    None,
+                )],
+                ..Default::default()
+            },
+        );
+        e.restore(&e.request("b1")).unwrap();
+    }
+
+    #[test]
+    fn wal_ranges_must_match_backup_json() {
+        let e = Env::new();
+        let mut info = e.store("b1", Options::default());
+        info.stop_lsn = "0/2000200".into();
+        let json = e.archive().join(object_name("b1", crate::backup::BACKUP_JSON));
+        std::fs::write(&json, info.to_json()).unwrap();
+        let err = e.restore(&e.request("b1")).unwrap_err();
+        assert_refused_cleanly(&e, &err, FailureKind::Integrity, "WAL ranges");
     }
 
     #[test]
