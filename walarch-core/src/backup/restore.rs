@@ -279,6 +279,25 @@ fn recovery_settings(req: &Request, info: &BackupInfo) -> Result<Vec<String>, Fa
                     .hint("Restore an older backup (see walarch backup list)."));
                 }
             }
+            // With its zone, a time can be compared with the backup's end
+            // (a time without one is read by PostgreSQL in its timezone;
+            // a restore point name cannot be checked at all).
+            if let Target::Time(v) = t {
+                let stop = parse_iso_time(&info.stop_time).ok().flatten();
+                if let (Ok(Some(target)), Some(stop)) = (parse_iso_time(v), stop) {
+                    if target < stop {
+                        return Err(Failure::new(
+                            FailureKind::NotRestorable,
+                            format!(
+                                "recovery target time {v} is before the end of backup \"{}\" ({})",
+                                info.label, info.stop_time
+                            ),
+                        )
+                        .detail("Recovery from a backup cannot stop before the backup is consistent.")
+                        .hint("Restore an older backup (see walarch backup list)."));
+                    }
+                }
+            }
             lines.push(format!("{name} = {}", conf_quote(value)));
             let action = req.target_action.unwrap_or(TargetAction::Pause);
             lines.push(format!("recovery_target_action = '{}'", action.as_str()));
@@ -1480,7 +1499,18 @@ mod tests {
         assert_eq!(err.kind, FailureKind::Usage);
         assert!(err.message.contains("no time zone"), "{err}");
         assert!(!e.p("d").exists());
-        // A named backup takes any time as given (PostgreSQL reads it).
+        // A named backup refuses a time with a zone before its end...
+        let err = e
+            .restore(&Request {
+                pgdata: e.p("f"),
+                target: Some(Target::Time("2026-12-01 23:59:59+00".into())),
+                ..e.request("new")
+            })
+            .unwrap_err();
+        assert_eq!(err.kind, FailureKind::NotRestorable);
+        assert!(err.message.contains("before the end of backup \"new\""), "{err}");
+        assert!(!e.p("f").exists());
+        // ...and takes a time without one as given (PostgreSQL reads it).
         let e2 = Env::new();
         e2.store("new", Options::default());
         let r = e2
