@@ -291,7 +291,10 @@ mod tests {
         let data = vec![0u8; 1 << 20];
         let mut h = Hashing::new(Box::new(&data[..]), &cancel, 1000);
         let err = h.drain().unwrap_err();
-        assert!(err.to_string().contains("more than the 1000 bytes"), "{err}");
+        assert!(
+            err.to_string().contains("more than the 1000 bytes"),
+            "{err}"
+        );
         assert!(h.bytes < 1 << 20 || h.bytes > 1000);
         let mut h = Hashing::new(Box::new(&data[..]), &cancel, 1 << 20);
         h.drain().unwrap();
@@ -299,7 +302,10 @@ mod tests {
         let z = zstd::encode_all(&data[..], 3).unwrap();
         let d = decoder(&z[..], &[Decoding::Zstd]).unwrap();
         let err = io::copy(&mut Capped::new(d, 4096), &mut io::sink()).unwrap_err();
-        assert!(err.to_string().contains("decompresses to more than"), "{err}");
+        assert!(
+            err.to_string().contains("decompresses to more than"),
+            "{err}"
+        );
         let d = decoder(&z[..], &[Decoding::Zstd]).unwrap();
         assert_eq!(
             io::copy(&mut Capped::new(d, 1 << 20), &mut io::sink()).unwrap(),
@@ -348,7 +354,12 @@ mod tests {
         };
         // pg_tblspc made a link by the tar itself: refused at once.
         let bad = tar_with(&[
-            ("pg_tblspc", K::Symlink, b"", Some(outside.to_str().unwrap())),
+            (
+                "pg_tblspc",
+                K::Symlink,
+                b"",
+                Some(outside.to_str().unwrap()),
+            ),
             ("pg_tblspc/16385", K::Symlink, b"", Some("/x")),
         ]);
         assert!(unpack(&bad[..], &t).unwrap_err().contains("symbolic link"));

@@ -109,11 +109,7 @@ impl Manifest {
     /// start and stop, newest timeline first, so one range must begin at the
     /// start on the start timeline and one end at the stop on the stop
     /// timeline.
-    pub fn check_wal_ranges(
-        &self,
-        start: (u32, u64),
-        stop: (u32, u64),
-    ) -> Result<(), String> {
+    pub fn check_wal_ranges(&self, start: (u32, u64), stop: (u32, u64)) -> Result<(), String> {
         let lsn = |l: u64| format!("{:X}/{:X}", l >> 32, l & 0xFFFF_FFFF);
         let starts = self
             .wal_ranges
@@ -327,7 +323,8 @@ pub fn unlisted_files(pgdata: &Path, manifest: &Manifest, also_ignored: &[PathBu
     let listed: std::collections::HashSet<&Path> =
         manifest.files.iter().map(|f| f.path.as_path()).collect();
     let ignored = |rel: &Path| {
-        IGNORED.iter().any(|i| rel.starts_with(i)) || also_ignored.iter().any(|i| rel.starts_with(i))
+        IGNORED.iter().any(|i| rel.starts_with(i))
+            || also_ignored.iter().any(|i| rel.starts_with(i))
     };
     let mut problems = Vec::new();
     let mut stack = vec![PathBuf::new()];
@@ -336,7 +333,10 @@ pub fn unlisted_files(pgdata: &Path, manifest: &Manifest, also_ignored: &[PathBu
         let rd = match std::fs::read_dir(&dir) {
             Ok(rd) => rd,
             Err(e) => {
-                problems.push(format!("could not open directory \"{}\": {e}", dir.display()));
+                problems.push(format!(
+                    "could not open directory \"{}\": {e}",
+                    dir.display()
+                ));
                 continue;
             }
         };
@@ -344,7 +344,10 @@ pub fn unlisted_files(pgdata: &Path, manifest: &Manifest, also_ignored: &[PathBu
             let e = match e {
                 Ok(e) => e,
                 Err(err) => {
-                    problems.push(format!("could not read directory \"{}\": {err}", dir.display()));
+                    problems.push(format!(
+                        "could not read directory \"{}\": {err}",
+                        dir.display()
+                    ));
                     break;
                 }
             };

@@ -293,7 +293,9 @@ fn recovery_settings(req: &Request, info: &BackupInfo) -> Result<Vec<String>, Fa
                                 info.label, info.stop_time
                             ),
                         )
-                        .detail("Recovery from a backup cannot stop before the backup is consistent.")
+                        .detail(
+                            "Recovery from a backup cannot stop before the backup is consistent.",
+                        )
                         .hint("Restore an older backup (see walarch backup list)."));
                     }
                 }
@@ -814,6 +816,7 @@ fn empty_dir(p: &Path) -> io::Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn finish_restore(
     dest: &dyn Destination,
     req: &Request,
@@ -849,7 +852,12 @@ fn finish_restore(
             (info.start_timeline, parse_lsn_or_0(&info.start_lsn)),
             (info.stop_timeline, parse_lsn_or_0(&info.stop_lsn)),
         )
-        .map_err(|m| Failure::new(FailureKind::Integrity, format!("backup \"{}\": {m}", info.label)))?;
+        .map_err(|m| {
+            Failure::new(
+                FailureKind::Integrity,
+                format!("backup \"{}\": {m}", info.label),
+            )
+        })?;
     // What restore writes itself, and what would make the server a standby
     // rather than recover from the archive, may not come from the tar:
     // pg_verifybackup does not look at them. (A standby.signal the
@@ -876,11 +884,11 @@ fn finish_restore(
     make_tablespace_links(&req.pgdata, links)?;
     let mut problems = manifest::verify_files(&req.pgdata, &manifest, req.jobs);
     let mut locks = vec![PathBuf::from(RESTORE_LOCK)];
-    locks.extend(
-        links
-            .keys()
-            .map(|oid| Path::new("pg_tblspc").join(oid.to_string()).join(RESTORE_LOCK)),
-    );
+    locks.extend(links.keys().map(|oid| {
+        Path::new("pg_tblspc")
+            .join(oid.to_string())
+            .join(RESTORE_LOCK)
+    }));
     problems.extend(manifest::unlisted_files(&req.pgdata, &manifest, &locks));
     if !problems.is_empty() {
         let shown: Vec<&str> = problems.iter().take(10).map(String::as_str).collect();
@@ -1016,9 +1024,9 @@ fn rewrite_tablespace_map(pgdata: &Path, links: &HashMap<u32, PathBuf>) -> Resul
     let map = pgdata.join("tablespace_map");
     match fs::read(&map) {
         Ok(text) => {
-            let text = String::from_utf8_lossy(&text);
             let mut out = String::new();
-            for line in text.lines().filter(|l| !l.is_empty()) {
+            for line in tablespace_map_lines(&text) {
+                let line = String::from_utf8_lossy(&line);
                 let oid = line
                     .split_once(' ')
                     .and_then(|(o, _)| o.parse::<u32>().ok())
@@ -1047,6 +1055,41 @@ fn rewrite_tablespace_map(pgdata: &Path, links: &HashMap<u32, PathBuf>) -> Resul
         Err(e) => return Err(Failure::io("read file", &map, &e)),
     }
     Ok(())
+}
+
+/// The lines of `tablespace_map`, unescaped, as PostgreSQL reads them
+/// (`read_tablespace_map`): a backslash before a newline, a carriage return
+/// or a backslash makes it part of the path (basebackup escapes them so);
+/// an unescaped newline or carriage return ends the line; empty lines are
+/// skipped.
+fn tablespace_map_lines(text: &[u8]) -> Vec<Vec<u8>> {
+    let mut lines = Vec::new();
+    let mut line = Vec::new();
+    let mut escaped = false;
+    for &c in text {
+        if escaped {
+            if !matches!(c, b'\n' | b'\r' | b'\\') {
+                line.push(b'\\');
+            }
+            line.push(c);
+            escaped = false;
+        } else if c == b'\\' {
+            escaped = true;
+        } else if c == b'\n' || c == b'\r' {
+            if !line.is_empty() {
+                lines.push(std::mem::take(&mut line));
+            }
+        } else {
+            line.push(c);
+        }
+    }
+    if escaped {
+        line.push(b'\\');
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
 }
 
 /// Makes the `pg_tblspc` links a tar backup lacks, as pg_basebackup -Fp
@@ -1419,7 +1462,10 @@ mod tests {
         assert_eq!(live.len(), 5, "{c}");
         assert_eq!(live[0], "work_mem = '8MB'");
         assert_eq!(live[1], "primary_conninfo = 'host=x'");
-        assert!(live[2].starts_with("restore_command = '/usr/bin/walarch"), "{c}");
+        assert!(
+            live[2].starts_with("restore_command = '/usr/bin/walarch"),
+            "{c}"
+        );
         assert_eq!(
             live[3..],
             [
@@ -1429,7 +1475,10 @@ mod tests {
         );
         assert!(c.contains("# Removed by walarch backup restore (an earlier recovery's setting): restore_command = 'cp /old/%f %p'\n"), "{c}");
         assert!(c.contains("setting):   Recovery_Target_Time="), "{c}");
-        assert!(c.contains("setting): recovery_target_inclusive = off\n"), "{c}");
+        assert!(
+            c.contains("setting): recovery_target_inclusive = off\n"),
+            "{c}"
+        );
         assert!(!e.p("data/postgresql.auto.conf.walarch-tmp").exists());
     }
 
@@ -1508,7 +1557,10 @@ mod tests {
             })
             .unwrap_err();
         assert_eq!(err.kind, FailureKind::NotRestorable);
-        assert!(err.message.contains("before the end of backup \"new\""), "{err}");
+        assert!(
+            err.message.contains("before the end of backup \"new\""),
+            "{err}"
+        );
         assert!(!e.p("f").exists());
         // ...and takes a time without one as given (PostgreSQL reads it).
         let e2 = Env::new();
@@ -1624,16 +1676,28 @@ mod tests {
         let mut info = e.store("b1", Options::default());
         // Decoded size: the tar decompresses to more than recorded.
         info.objects[0].size = 1024;
-        let json = e.archive().join(object_name("b1", crate::backup::BACKUP_JSON));
+        let json = e
+            .archive()
+            .join(object_name("b1", crate::backup::BACKUP_JSON));
         std::fs::write(&json, info.to_json()).unwrap();
         let err = e.restore(&e.request("b1")).unwrap_err();
-        assert_refused_cleanly(&e, &err, FailureKind::Integrity, "decompresses to more than the 1024 bytes");
+        assert_refused_cleanly(
+            &e,
+            &err,
+            FailureKind::Integrity,
+            "decompresses to more than the 1024 bytes",
+        );
         // Stored size: more bytes stored than recorded.
         info.objects[0].size *= 1000;
         info.objects[0].stored_size = 100;
         std::fs::write(&json, info.to_json()).unwrap();
         let err = e.restore(&e.request("b1")).unwrap_err();
-        assert_refused_cleanly(&e, &err, FailureKind::Integrity, "more than the 100 bytes backup.json records");
+        assert_refused_cleanly(
+            &e,
+            &err,
+            FailureKind::Integrity,
+            "more than the 100 bytes backup.json records",
+        );
     }
 
     #[test]
@@ -1661,7 +1725,10 @@ mod tests {
             ("standby.signal", "holds \"standby.signal\""),
             ("recovery.signal", "holds \"recovery.signal\""),
             ("backup_manifest", "holds \"backup_manifest\""),
-            ("base/1/9999", "\"base/1/9999\" is present on disk but not in the manifest"),
+            (
+                "base/1/9999",
+                "\"base/1/9999\" is present on disk but not in the manifest",
+            ),
         ] {
             let e = Env::new();
             e.store(
@@ -1696,7 +1763,9 @@ mod tests {
         let e = Env::new();
         let mut info = e.store("b1", Options::default());
         info.stop_lsn = "0/2000200".into();
-        let json = e.archive().join(object_name("b1", crate::backup::BACKUP_JSON));
+        let json = e
+            .archive()
+            .join(object_name("b1", crate::backup::BACKUP_JSON));
         std::fs::write(&json, info.to_json()).unwrap();
         let err = e.restore(&e.request("b1")).unwrap_err();
         assert_refused_cleanly(&e, &err, FailureKind::Integrity, "WAL ranges");
@@ -1854,6 +1923,26 @@ mod tests {
         std::os::unix::fs::symlink(e.p("file"), e.p("data")).unwrap();
         let err = e.restore(&e.request("b1")).unwrap_err();
         assert!(err.message.contains("not a directory"), "{err}");
+    }
+
+    #[test]
+    fn tablespace_map_paths_with_escaped_newlines_are_one_line() {
+        assert_eq!(
+            tablespace_map_lines(b"16385 /a\\\nb\\\\c\r\n\n16386 /d\\e"),
+            [b"16385 /a\nb\\c".to_vec(), b"16386 /d\\e".to_vec()]
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join("tablespace_map"),
+            b"16385 /srv/old\\\nline\n",
+        )
+        .unwrap();
+        let links: HashMap<u32, PathBuf> = [(16385, PathBuf::from("/srv/new\npath"))].into();
+        rewrite_tablespace_map(tmp.path(), &links).unwrap();
+        assert_eq!(
+            std::fs::read(tmp.path().join("tablespace_map")).unwrap(),
+            b"16385 /srv/new\\\npath\n"
+        );
     }
 
     #[test]

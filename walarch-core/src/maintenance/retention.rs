@@ -748,7 +748,11 @@ pub fn plan(
     let claimed = claimed_history_files(entries, facts);
     let mut decisions = backup_objects(&backups, &kept, facts, &claimed, rule, cut.as_deref(), now);
     // A `.backup` file removed with its incomplete backup goes there, once.
-    removals.retain(|n| !decisions.iter().any(|d| d.action == Action::Remove && &d.walfile == n));
+    removals.retain(|n| {
+        !decisions
+            .iter()
+            .any(|d| d.action == Action::Remove && &d.walfile == n)
+    });
     let left_objects: Vec<Decision> = decisions
         .iter()
         .filter(|d| d.action == Action::Leave)
@@ -1909,7 +1913,13 @@ pub(crate) mod tests {
         /// A backup through the target that failed (or is still running)
         /// after PostgreSQL's stop: `backup.started` with its start, what
         /// `objects` names, the `.backup` file, no `backup.json`.
-        fn failed_backup(d: &dyn Destination, label: &str, seg: u64, stopped: u64, objects: &[&str]) {
+        fn failed_backup(
+            d: &dyn Destination,
+            label: &str,
+            seg: u64,
+            stopped: u64,
+            objects: &[&str],
+        ) {
             let start = (seg << 24) + 0x28;
             let claim = format!(
                 "{{\"label\": \"{label}\", \"start_lsn\": \"0/{start:X}\", \"start_time\": \"2027-01-01T00:00:00Z\"}}\n"
@@ -1934,10 +1944,7 @@ pub(crate) mod tests {
                 // backup.started left).
                 failed_backup(&d, "F", 4, 200, objects);
                 let c = Catalog::read(&d).unwrap();
-                assert_eq!(
-                    c.incomplete[0].start.map(|s| s.lsn),
-                    Some((4 << 24) + 0x28)
-                );
+                assert_eq!(c.incomplete[0].start.map(|s| s.lsn), Some((4 << 24) + 0x28));
                 // Young: A is still the newest backup; nothing of A goes.
                 let p = plan_now(&d, Rule::KeepBackups(1), SystemTime::now());
                 assert_eq!(removed(&p), ["000000010000000000000001"], "{objects:?}");
@@ -1981,7 +1988,8 @@ pub(crate) mod tests {
             // A .backup file of a backup taken otherwise, and a failed
             // target backup that started elsewhere.
             let n = "000000010000000000000004.00000028.backup";
-            d.store_new_bytes(n, backup_text(n, 200).as_bytes()).unwrap();
+            d.store_new_bytes(n, backup_text(n, 200).as_bytes())
+                .unwrap();
             put(
                 &d,
                 &object_name("G", STARTED),
