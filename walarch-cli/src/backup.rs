@@ -349,7 +349,7 @@ fn cmd_restore(args: &[String]) -> ExitCode {
                 mib(r.stored_bytes),
                 r.files_checked
             );
-            say!("walarch: appended to postgresql.auto.conf, and recovery.signal created:");
+            say!("walarch: written to postgresql.auto.conf (earlier recovery settings commented out), and recovery.signal created:");
             for l in r.settings.iter().filter(|l| !l.starts_with('#')) {
                 say!("    {l}");
             }

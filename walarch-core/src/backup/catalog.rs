@@ -22,6 +22,8 @@ pub const INCOMPLETE_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// `backup.json` lists a few objects; anything this large is not one.
 const MAX_BACKUP_JSON: u64 = 64 << 20;
+/// `backup.started` is one line.
+const MAX_STARTED: u64 = 64 << 10;
 
 /// A backup whose `backup.json` was read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +47,39 @@ pub struct Unreadable {
 pub struct Incomplete {
     pub label: String,
     pub objects: Vec<ObjectEntry>,
+    /// Where it started, as its `backup.started` records it (`None`: no
+    /// `backup.started`, or one without a readable start).
+    pub start: Option<ClaimedStart>,
+}
+
+/// The start of a backup as `backup.started` records it: the start LSN
+/// and, when recorded, the start timeline. PostgreSQL archives a `.backup`
+/// history file for the backup at its stop, before `backup.json` is
+/// stored: a `.backup` file with this start stands for this (incomplete)
+/// backup, not for a backup that can be restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimedStart {
+    pub lsn: u64,
+    pub timeline: Option<u32>,
+}
+
+impl ClaimedStart {
+    /// Parses `backup.started` (`{"label": …, "start_lsn": "X/X", …}`,
+    /// optionally with `"start_timeline": N`).
+    pub fn parse(bytes: &[u8]) -> Option<ClaimedStart> {
+        let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+        let lsn = crate::backup::restore::parse_lsn(v.get("start_lsn")?.as_str()?)?;
+        let timeline = ["start_timeline", "start_tli"]
+            .iter()
+            .find_map(|k| v.get(*k)?.as_u64())
+            .and_then(|t| u32::try_from(t).ok());
+        Some(ClaimedStart { lsn, timeline })
+    }
+
+    /// Whether a backup starting at `lsn` on `timeline` is this one.
+    pub fn matches(&self, lsn: u64, timeline: u32) -> bool {
+        self.lsn == lsn && self.timeline.is_none_or(|t| t == timeline)
+    }
 }
 
 impl Incomplete {
@@ -110,11 +145,21 @@ impl Catalog {
         for (label, objects) in labels {
             let json = super::object_name(&label, BACKUP_JSON);
             if !objects.iter().any(|o| o.name == json) {
-                catalog.incomplete.push(Incomplete { label, objects });
+                let start = read_start(dest, &label, &objects)?;
+                catalog.incomplete.push(Incomplete {
+                    label,
+                    objects,
+                    start,
+                });
                 continue;
             }
             let Some(r) = dest.open_object(&json)? else {
-                catalog.incomplete.push(Incomplete { label, objects });
+                let start = read_start(dest, &label, &objects)?;
+                catalog.incomplete.push(Incomplete {
+                    label,
+                    objects,
+                    start,
+                });
                 continue;
             };
             let mut bytes = vec![];
@@ -158,6 +203,34 @@ impl Catalog {
     pub fn in_progress(&self, now: SystemTime) -> Option<&Incomplete> {
         self.incomplete.iter().find(|i| i.in_progress(now))
     }
+}
+
+/// The start recorded in `label`'s `backup.started`, if it has one that
+/// can be read (one that vanished meanwhile: `None`).
+fn read_start(
+    dest: &dyn Destination,
+    label: &str,
+    objects: &[ObjectEntry],
+) -> Result<Option<ClaimedStart>, ArchiveError> {
+    let name = super::object_name(label, STARTED);
+    if !objects.iter().any(|o| o.name == name) {
+        return Ok(None);
+    }
+    let Some(r) = dest.open_object(&name)? else {
+        return Ok(None);
+    };
+    let mut bytes = vec![];
+    r.take(MAX_STARTED).read_to_end(&mut bytes).map_err(|e| {
+        ArchiveError::new(
+            ErrorKind::Io,
+            format!(
+                "could not read \"{}\": {}",
+                dest.location(&name),
+                os_message(&e)
+            ),
+        )
+    })?;
+    Ok(ClaimedStart::parse(&bytes))
 }
 
 /// The order to remove a backup's objects in: `backup.json` first (from

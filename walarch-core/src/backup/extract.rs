@@ -59,15 +59,19 @@ pub struct Hashing<'a> {
     hasher: Hasher,
     pub bytes: u64,
     cancel: &'a AtomicBool,
+    /// More stored bytes than this is an error (`backup.json`'s
+    /// `stored_size`): a damaged or replaced object cannot fill the disk.
+    limit: u64,
 }
 
 impl<'a> Hashing<'a> {
-    pub fn new(inner: Box<dyn Read + Send + 'a>, cancel: &'a AtomicBool) -> Self {
+    pub fn new(inner: Box<dyn Read + Send + 'a>, cancel: &'a AtomicBool, limit: u64) -> Self {
         Hashing {
             inner,
             hasher: Hasher::new(),
             bytes: 0,
             cancel,
+            limit,
         }
     }
 
@@ -89,6 +93,44 @@ impl Read for Hashing<'_> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         self.bytes += n as u64;
+        if self.bytes > self.limit {
+            return Err(io::Error::other(format!(
+                "the object holds more than the {} bytes backup.json records",
+                self.limit
+            )));
+        }
+        Ok(n)
+    }
+}
+
+/// The decoded bytes, refused past `limit` (`backup.json`'s `size`, the
+/// size PostgreSQL sent): a decompression bomb stops there.
+pub struct Capped<R> {
+    inner: R,
+    read: u64,
+    limit: u64,
+}
+
+impl<R: Read> Capped<R> {
+    pub fn new(inner: R, limit: u64) -> Self {
+        Capped {
+            inner,
+            read: 0,
+            limit,
+        }
+    }
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.limit {
+            return Err(io::Error::other(format!(
+                "it decompresses to more than the {} bytes backup.json records",
+                self.limit
+            )));
+        }
         Ok(n)
     }
 }
@@ -115,8 +157,10 @@ pub struct TarTarget<'a> {
 }
 
 /// Unpacks the tar read from `r` into `t.dir`. Refuses an entry whose path
-/// is absolute or has `..`, any entry that is not a file, a directory or a
-/// symbolic link, writing through a link, and anything already there.
+/// is absolute or has `..`, any entry that is not a file or a directory
+/// (but `pg_tblspc/OID` links in `base.tar`, for a tablespace `backup.json`
+/// lists, in a real `pg_tblspc` directory), writing through a link, and
+/// anything already there.
 /// Modes are kept (less set-id bits), ownership is the caller's. In
 /// `base.tar`, `pg_tblspc/OID` links are made to the tablespace's directory
 /// (its mapping), whatever the tar says.
@@ -147,31 +191,51 @@ pub fn unpack(r: impl Read, t: &TarTarget) -> Result<u64, String> {
         }
         let kind = e.header().entry_type();
         if kind.is_symlink() {
-            if let Some(links) = t.tablespace_links {
-                let mut c = path.components();
-                let (Some(Component::Normal(a)), Some(Component::Normal(oid)), None) =
-                    (c.next(), c.next(), c.next())
-                else {
-                    unpack_entry(&mut e, t.dir, &shown)?;
-                    continue;
-                };
-                if a == "pg_tblspc" {
-                    let oid = oid.to_str().and_then(|s| s.parse::<u32>().ok());
-                    let Some(dest) = oid.and_then(|o| links.get(&o)) else {
-                        return Err(format!(
-                            "tar entry \"{shown}\" links to a tablespace that backup.json does not list"
-                        ));
-                    };
-                    let link = t.dir.join(&path);
-                    std::os::unix::fs::symlink(dest, &link).map_err(|err| {
-                        format!(
-                            "could not create symbolic link \"{}\": {err}",
-                            link.display()
-                        )
-                    })?;
-                    continue;
+            // A base backup holds no symbolic link but pg_tblspc/OID in
+            // base.tar (pg_wal is sent as a directory): any other could
+            // send a later entry, or a tablespace, outside the directory.
+            let mut c = path.components();
+            let (links, oid) = match (t.tablespace_links, c.next(), c.next(), c.next()) {
+                (Some(l), Some(Component::Normal(a)), Some(Component::Normal(oid)), None)
+                    if a == "pg_tblspc" =>
+                {
+                    (l, oid.to_str().and_then(|s| s.parse::<u32>().ok()))
+                }
+                _ => {
+                    return Err(format!(
+                        "tar entry \"{shown}\" is a symbolic link, which a base backup holds only as pg_tblspc/OID in base.tar"
+                    ))
+                }
+            };
+            let Some(dest) = oid.and_then(|o| links.get(&o)) else {
+                return Err(format!(
+                    "tar entry \"{shown}\" links to a tablespace that backup.json does not list"
+                ));
+            };
+            let dir = t.dir.join("pg_tblspc");
+            match std::fs::symlink_metadata(&dir) {
+                Ok(m) if m.file_type().is_dir() => {}
+                Ok(_) => {
+                    return Err(format!(
+                        "\"{}\" is not a directory, so tar entry \"{shown}\" is refused",
+                        dir.display()
+                    ))
+                }
+                Err(err) => {
+                    return Err(format!(
+                        "could not stat \"{}\" for tar entry \"{shown}\": {err}",
+                        dir.display()
+                    ))
                 }
             }
+            let link = t.dir.join(&path);
+            std::os::unix::fs::symlink(dest, &link).map_err(|err| {
+                format!(
+                    "could not create symbolic link \"{}\": {err}",
+                    link.display()
+                )
+            })?;
+            continue;
         } else if !(kind.is_file() || kind.is_dir()) {
             return Err(format!(
                 "tar entry \"{shown}\" is of a type a base backup does not hold ({kind:?})"
@@ -222,6 +286,34 @@ mod tests {
     }
 
     #[test]
+    fn stored_and_decoded_sizes_are_capped() {
+        let cancel = AtomicBool::new(false);
+        let data = vec![0u8; 1 << 20];
+        let mut h = Hashing::new(Box::new(&data[..]), &cancel, 1000);
+        let err = h.drain().unwrap_err();
+        assert!(
+            err.to_string().contains("more than the 1000 bytes"),
+            "{err}"
+        );
+        assert!(h.bytes < 1 << 20 || h.bytes > 1000);
+        let mut h = Hashing::new(Box::new(&data[..]), &cancel, 1 << 20);
+        h.drain().unwrap();
+        // A bomb: 1 MB of zeros from a few hundred bytes.
+        let z = zstd::encode_all(&data[..], 3).unwrap();
+        let d = decoder(&z[..], &[Decoding::Zstd]).unwrap();
+        let err = io::copy(&mut Capped::new(d, 4096), &mut io::sink()).unwrap_err();
+        assert!(
+            err.to_string().contains("decompresses to more than"),
+            "{err}"
+        );
+        let d = decoder(&z[..], &[Decoding::Zstd]).unwrap();
+        assert_eq!(
+            io::copy(&mut Capped::new(d, 1 << 20), &mut io::sink()).unwrap(),
+            1 << 20
+        );
+    }
+
+    #[test]
     fn refuses_escapes_and_odd_entries() {
         use tar::EntryType as K;
         let tmp = tempfile::tempdir().unwrap();
@@ -245,6 +337,39 @@ mod tests {
         }
         assert!(!tmp.path().parent().unwrap().join("evil").exists());
         assert!(!Path::new("/tmp/evil").exists());
+    }
+
+    #[test]
+    fn pg_tblspc_must_be_a_real_directory() {
+        use tar::EntryType as K;
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("d");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        let links: HashMap<u32, PathBuf> = [(16385, tmp.path().join("ts"))].into();
+        let t = TarTarget {
+            dir: &data,
+            tablespace_links: Some(&links),
+        };
+        // pg_tblspc made a link by the tar itself: refused at once.
+        let bad = tar_with(&[
+            (
+                "pg_tblspc",
+                K::Symlink,
+                b"",
+                Some(outside.to_str().unwrap()),
+            ),
+            ("pg_tblspc/16385", K::Symlink, b"", Some("/x")),
+        ]);
+        assert!(unpack(&bad[..], &t).unwrap_err().contains("symbolic link"));
+        // pg_tblspc a link however it came there: the tablespace link is
+        // not written through it.
+        std::os::unix::fs::symlink(&outside, data.join("pg_tblspc")).unwrap();
+        let bad = tar_with(&[("pg_tblspc/16385", K::Symlink, b"", Some("/x"))]);
+        let err = unpack(&bad[..], &t).unwrap_err();
+        assert!(err.contains("is not a directory"), "{err}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
     }
 
     #[test]
@@ -278,6 +403,23 @@ mod tests {
                 & 0o7777
         };
         assert_eq!((mode("global"), mode("global/pg_control")), (0o700, 0o600));
+        // Any other link is refused, in base.tar and in a tablespace's tar.
+        for bad in [
+            tar_with(&[("pg_wal", K::Symlink, b"", Some("/tmp"))]),
+            tar_with(&[("base/1/x", K::Symlink, b"", Some("../global"))]),
+            tar_with(&[("pg_tblspc/16385/x", K::Symlink, b"", Some("/tmp"))]),
+        ] {
+            let err = unpack(&bad[..], &t).unwrap_err();
+            assert!(err.contains("symbolic link"), "{err}");
+        }
+        let ts_target = TarTarget {
+            dir: &data,
+            tablespace_links: None,
+        };
+        let link = tar_with(&[("PG_15/x", K::Symlink, b"", Some("/tmp"))]);
+        assert!(unpack(&link[..], &ts_target)
+            .unwrap_err()
+            .contains("symbolic link"));
         // An unknown tablespace, and a second copy of a file, are refused.
         let unknown = tar_with(&[("pg_tblspc/99", K::Symlink, b"", Some("/x"))]);
         assert!(unpack(&unknown[..], &t)

@@ -1,6 +1,7 @@
 //! PostgreSQL's `backup_manifest`, checked as `pg_verifybackup` checks a
 //! plain-format backup: the manifest's own SHA-256, then every file it lists
-//! for presence, size and checksum. Files it does not list are not looked at.
+//! for presence, size and checksum, and every file on disk for being listed
+//! (but those pg_verifybackup ignores: `IGNORED`).
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -21,8 +22,29 @@ struct RawManifest {
     system_identifier: Option<u64>,
     #[serde(rename = "Files")]
     files: Vec<RawFile>,
+    #[serde(rename = "WAL-Ranges", default)]
+    wal_ranges: Vec<RawWalRange>,
     #[serde(rename = "Manifest-Checksum")]
     checksum: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawWalRange {
+    #[serde(rename = "Timeline")]
+    timeline: u32,
+    #[serde(rename = "Start-LSN")]
+    start: String,
+    #[serde(rename = "End-LSN")]
+    end: String,
+}
+
+/// One of the manifest's `WAL-Ranges`: the WAL of `timeline` from `start`
+/// to `end` that the backup needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalRange {
+    pub timeline: u32,
+    pub start: u64,
+    pub end: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +100,42 @@ pub struct Manifest {
     pub version: u32,
     pub system_identifier: Option<u64>,
     pub files: Vec<ManifestFile>,
+    pub wal_ranges: Vec<WalRange>,
+}
+
+impl Manifest {
+    /// Checks the manifest's WAL ranges against the backup's start and stop
+    /// (as `backup.json` records them): PostgreSQL writes them from the same
+    /// start and stop, newest timeline first, so one range must begin at the
+    /// start on the start timeline and one end at the stop on the stop
+    /// timeline.
+    pub fn check_wal_ranges(&self, start: (u32, u64), stop: (u32, u64)) -> Result<(), String> {
+        let lsn = |l: u64| format!("{:X}/{:X}", l >> 32, l & 0xFFFF_FFFF);
+        let starts = self
+            .wal_ranges
+            .iter()
+            .any(|r| r.timeline == start.0 && r.start == start.1);
+        let ends = self
+            .wal_ranges
+            .iter()
+            .any(|r| r.timeline == stop.0 && r.end == stop.1);
+        if starts && ends {
+            return Ok(());
+        }
+        let shown: Vec<String> = self
+            .wal_ranges
+            .iter()
+            .map(|r| format!("timeline {} {} to {}", r.timeline, lsn(r.start), lsn(r.end)))
+            .collect();
+        Err(format!(
+            "the manifest's WAL ranges ({}) do not match backup.json (start {} on timeline {}, stop {} on timeline {})",
+            if shown.is_empty() { "none".to_string() } else { shown.join(", ") },
+            lsn(start.1),
+            start.0,
+            lsn(stop.1),
+            stop.0
+        ))
+    }
 }
 
 /// Parses a manifest and checks its own checksum: the SHA-256 of every byte
@@ -100,6 +158,10 @@ pub fn parse(text: &[u8]) -> Result<Manifest, String> {
         .collect();
     if newlines.len() < 2 {
         return Err("the backup manifest has no checksum line".into());
+    }
+    // As parse_manifest.c: the checksum line ends the file, with its newline.
+    if text.last() != Some(&b'\n') {
+        return Err("the backup manifest's last line is not newline-terminated".into());
     }
     let covered = &text[..newlines[newlines.len() - 2] + 1];
     let actual = hex(&Sha256::digest(covered));
@@ -145,10 +207,23 @@ pub fn parse(text: &[u8]) -> Result<Manifest, String> {
             checksum,
         });
     }
+    let mut wal_ranges = Vec::with_capacity(raw.wal_ranges.len());
+    for r in raw.wal_ranges {
+        let lsn = |s: &str| {
+            crate::backup::restore::parse_lsn(s)
+                .ok_or_else(|| format!("invalid LSN \"{s}\" in the manifest's WAL-Ranges"))
+        };
+        wal_ranges.push(WalRange {
+            timeline: r.timeline,
+            start: lsn(&r.start)?,
+            end: lsn(&r.end)?,
+        });
+    }
     Ok(Manifest {
         version: raw.version,
         system_identifier: raw.system_identifier,
         files,
+        wal_ranges,
     })
 }
 
@@ -227,6 +302,82 @@ pub fn verify_files(pgdata: &Path, manifest: &Manifest, jobs: usize) -> Vec<Stri
     let mut p = problems.into_inner().unwrap_or_else(|e| e.into_inner());
     p.sort();
     p.into_iter().map(|(_, m)| m).collect()
+}
+
+/// What pg_verifybackup does not look at in a data directory: paths that
+/// are these, or under them.
+pub const IGNORED: [&str; 5] = [
+    "backup_manifest",
+    "pg_wal",
+    "postgresql.auto.conf",
+    "recovery.signal",
+    "standby.signal",
+];
+
+/// The files under `pgdata` (links followed, as pg_verifybackup's `stat`
+/// does: `pg_tblspc/OID` into each tablespace) that the manifest does not
+/// list, and anything that is neither a file nor a directory; paths in
+/// `IGNORED` or in `also_ignored` (and under them) are not looked at.
+/// One line per problem, sorted.
+pub fn unlisted_files(pgdata: &Path, manifest: &Manifest, also_ignored: &[PathBuf]) -> Vec<String> {
+    let listed: std::collections::HashSet<&Path> =
+        manifest.files.iter().map(|f| f.path.as_path()).collect();
+    let ignored = |rel: &Path| {
+        IGNORED.iter().any(|i| rel.starts_with(i))
+            || also_ignored.iter().any(|i| rel.starts_with(i))
+    };
+    let mut problems = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = pgdata.join(&rel);
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) => {
+                problems.push(format!(
+                    "could not open directory \"{}\": {e}",
+                    dir.display()
+                ));
+                continue;
+            }
+        };
+        for e in rd {
+            let e = match e {
+                Ok(e) => e,
+                Err(err) => {
+                    problems.push(format!(
+                        "could not read directory \"{}\": {err}",
+                        dir.display()
+                    ));
+                    break;
+                }
+            };
+            let r = rel.join(e.file_name());
+            if ignored(&r) {
+                continue;
+            }
+            match std::fs::metadata(e.path()) {
+                Ok(m) if m.is_dir() => stack.push(r),
+                Ok(m) if m.is_file() => {
+                    if !listed.contains(r.as_path()) {
+                        problems.push(format!(
+                            "\"{}\" is present on disk but not in the manifest",
+                            r.display()
+                        ));
+                    }
+                }
+                Ok(_) => problems.push(format!(
+                    "\"{}\" is not a regular file or directory",
+                    r.display()
+                )),
+                Err(err) => problems.push(format!(
+                    "could not stat file or directory \"{}\": {err}",
+                    r.display()
+                )),
+            }
+        }
+    }
+    problems.sort();
+    problems
 }
 
 fn check_file(pgdata: &Path, f: &ManifestFile) -> Option<String> {
@@ -332,6 +483,51 @@ pub(crate) mod tests {
         assert!(parse(&bad).unwrap_err().contains("checksum"), "tampered");
         let escape = make(&[("../x", b"")], None);
         assert!(parse(&escape).unwrap_err().contains("not a path"));
+    }
+
+    #[test]
+    fn the_checksum_line_needs_its_newline_and_wal_ranges_are_read() {
+        let m = make(&[("PG_VERSION", b"15\n")], Some(7));
+        let p = parse(&m).unwrap();
+        assert_eq!(
+            p.wal_ranges,
+            [WalRange {
+                timeline: 1,
+                start: 0x2000028,
+                end: 0x2000138
+            }]
+        );
+        assert!(p.check_wal_ranges((1, 0x2000028), (1, 0x2000138)).is_ok());
+        let err = p
+            .check_wal_ranges((1, 0x2000028), (2, 0x2000138))
+            .unwrap_err();
+        assert!(err.contains("timeline 1 0/2000028 to 0/2000138"), "{err}");
+        assert!(p.check_wal_ranges((1, 0x3000028), (1, 0x2000138)).is_err());
+        let cut = &m[..m.len() - 1];
+        assert!(parse(cut).unwrap_err().contains("newline-terminated"));
+    }
+
+    #[test]
+    fn files_not_in_the_manifest_are_reported_as_pg_verifybackup_does() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        for f in ["a", "standby.signal", "postgresql.auto.conf", "lock"] {
+            std::fs::write(d.join(f), b"x").unwrap();
+        }
+        std::fs::create_dir_all(d.join("pg_wal/archive_status")).unwrap();
+        std::fs::write(d.join("pg_wal/000000010000000000000001"), b"w").unwrap();
+        std::fs::create_dir_all(d.join("base/1")).unwrap();
+        std::fs::write(d.join("base/1/extra"), b"x").unwrap();
+        std::os::unix::net::UnixListener::bind(d.join("sock")).unwrap();
+        let m = parse(&make(&[("a", b"x")], None)).unwrap();
+        let p = unlisted_files(d, &m, &[PathBuf::from("lock")]);
+        assert_eq!(
+            p,
+            [
+                "\"base/1/extra\" is present on disk but not in the manifest",
+                "\"sock\" is not a regular file or directory",
+            ]
+        );
     }
 
     #[test]

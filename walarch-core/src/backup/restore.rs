@@ -32,6 +32,7 @@ use crate::backup::{
     object_name, validate_label, BackupInfo, BackupObject, ObjectKind, BACKUPS_DIR,
 };
 use crate::destination::Destination;
+use crate::wal::time::parse_iso_time;
 
 /// Which backup to restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,13 +220,16 @@ pub fn parse_lsn(s: &str) -> Option<u64> {
     Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
+/// The first line of what restore adds to postgresql.auto.conf.
+const SETTINGS_MARK: &str = "# Added by walarch backup restore";
+
 /// Checks what can be checked of the recovery settings before anything is
 /// done; returns the lines to append.
 fn recovery_settings(req: &Request, info: &BackupInfo) -> Result<Vec<String>, Failure> {
     let usage = |m: String| Failure::new(FailureKind::Usage, m);
     let mut lines = vec![
         format!(
-            "# Added by walarch backup restore: recovery from backup \"{}\" through the archive.",
+            "{SETTINGS_MARK}: recovery from backup \"{}\" through the archive.",
             info.label
         ),
         format!("restore_command = {}", conf_quote(&req.restore_command)),
@@ -273,6 +277,27 @@ fn recovery_settings(req: &Request, info: &BackupInfo) -> Result<Vec<String>, Fa
                     )
                     .detail("Recovery from a backup cannot stop before the backup is consistent.")
                     .hint("Restore an older backup (see walarch backup list)."));
+                }
+            }
+            // With its zone, a time can be compared with the backup's end
+            // (a time without one is read by PostgreSQL in its timezone;
+            // a restore point name cannot be checked at all).
+            if let Target::Time(v) = t {
+                let stop = parse_iso_time(&info.stop_time).ok().flatten();
+                if let (Ok(Some(target)), Some(stop)) = (parse_iso_time(v), stop) {
+                    if target < stop {
+                        return Err(Failure::new(
+                            FailureKind::NotRestorable,
+                            format!(
+                                "recovery target time {v} is before the end of backup \"{}\" ({})",
+                                info.label, info.stop_time
+                            ),
+                        )
+                        .detail(
+                            "Recovery from a backup cannot stop before the backup is consistent.",
+                        )
+                        .hint("Restore an older backup (see walarch backup list)."));
+                    }
                 }
             }
             lines.push(format!("{name} = {}", conf_quote(value)));
@@ -337,12 +362,35 @@ fn choose(
         },
         Which::Latest => {
             let listing = list_backups(dest).map_err(io)?;
-            let before = match &req.target {
+            // Recovery can reach a target only from a backup that ends
+            // before it: `latest` is the newest such backup.
+            let before_lsn = match &req.target {
                 Some(Target::Lsn(l)) => parse_lsn(l),
                 _ => None,
             };
+            let before_time = match &req.target {
+                Some(Target::Time(t)) => match parse_iso_time(t) {
+                    Ok(Some(secs)) => Some(secs),
+                    Ok(None) => {
+                        return Err(Failure::new(
+                            FailureKind::Usage,
+                            format!("--target-time \"{t}\" has no time zone, so the latest backup before it cannot be chosen"),
+                        )
+                        .detail("PostgreSQL reads such a time in its own timezone setting, which walarch does not know.")
+                        .hint("Give the zone (for example \"2026-12-05 14:45:00+00\"), or name the backup (see walarch backup list)."))
+                    }
+                    Err(e) => {
+                        return Err(Failure::new(FailureKind::Usage, format!("invalid --target-time: {e}"))
+                            .hint("With latest, give the time as YYYY-MM-DD HH:MM:SS+ZZ, or name the backup (see walarch backup list)."))
+                    }
+                },
+                _ => None,
+            };
             let pick = listing.complete.iter().rev().find(|b| {
-                before.is_none_or(|t| parse_lsn(&b.info.stop_lsn).is_some_and(|s| s <= t))
+                before_lsn.is_none_or(|t| parse_lsn(&b.info.stop_lsn).is_some_and(|s| s <= t))
+                    && before_time.is_none_or(|t| {
+                        parse_iso_time(&b.info.stop_time).is_ok_and(|s| s.is_some_and(|s| s <= t))
+                    })
             });
             match pick {
                 Some(b) => {
@@ -447,27 +495,130 @@ struct OwnDir {
     created: bool,
 }
 
-/// Fails unless `p` is absent or an empty directory; returns whether it exists.
+/// Taken (create-only) in each directory restore writes into, for as long
+/// as it writes: a second restore into the same directory is refused
+/// rather than mixed with this one, and cleanup removes only what this one
+/// holds.
+pub const RESTORE_LOCK: &str = ".walarch-restore.lock";
+
+/// Fails unless `p` is absent or an empty directory (a symbolic link to an
+/// empty directory is one, as pg_basebackup takes it); returns whether it
+/// exists.
 fn check_empty(p: &Path, what: &str) -> Result<bool, Failure> {
-    match fs::symlink_metadata(p) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(Failure::io("access", p, &e)),
-        Ok(m) if !m.is_dir() => Err(Failure::new(
+    let meta = match fs::symlink_metadata(p) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Failure::io("access", p, &e)),
+        Ok(m) if m.file_type().is_symlink() => {
+            fs::metadata(p).map_err(|e| Failure::io("access", p, &e))?
+        }
+        Ok(m) => m,
+    };
+    if !meta.is_dir() {
+        return Err(Failure::new(
             FailureKind::Usage,
             format!("{what} \"{}\" exists but is not a directory", p.display()),
-        )),
-        Ok(_) => {
-            let mut rd = fs::read_dir(p).map_err(|e| Failure::io("open directory", p, &e))?;
-            if rd.next().is_some() {
-                return Err(Failure::new(
-                    FailureKind::Usage,
-                    format!("{what} \"{}\" exists but is not empty", p.display()),
-                )
-                .hint("Restore into a new or empty directory; restore never overwrites."));
+        ));
+    }
+    let mut rd = fs::read_dir(p).map_err(|e| Failure::io("open directory", p, &e))?;
+    if rd.next().is_some() {
+        return Err(Failure::new(
+            FailureKind::Usage,
+            format!("{what} \"{}\" exists but is not empty", p.display()),
+        )
+        .hint("Restore into a new or empty directory; restore never overwrites."));
+    }
+    Ok(true)
+}
+
+/// What restore made, to be removed on a failure: nothing else is.
+#[derive(Default)]
+struct Made {
+    /// Parent directories created on the way, outermost first: removed
+    /// only if empty again.
+    parents: Vec<PathBuf>,
+    /// Target directories whose lock restore holds.
+    dirs: Vec<OwnDir>,
+}
+
+/// Makes `p` ready to write into: creates what is missing (the directory
+/// itself without `recursive`, so that one made meanwhile by someone else
+/// is refused, not shared), takes the lock in it and checks it holds
+/// nothing else. Records in `made` what is restore's.
+fn take_dir(p: &Path, what: &str, existed: bool, made: &mut Made) -> Result<(), Failure> {
+    let busy = || {
+        Failure::new(
+            FailureKind::Usage,
+            format!(
+                "{what} \"{}\" was created or written to by someone else meanwhile",
+                p.display()
+            ),
+        )
+        .hint("Another restore may be writing into it: restore into a new or empty directory.")
+    };
+    if !existed {
+        let mut missing = vec![];
+        let mut a = p.parent();
+        while let Some(d) = a {
+            if fs::symlink_metadata(d).is_ok() {
+                break;
             }
-            Ok(true)
+            missing.push(d.to_path_buf());
+            a = d.parent();
+        }
+        for d in missing.into_iter().rev() {
+            match fs::DirBuilder::new().mode(0o700).create(&d) {
+                Ok(()) => made.parents.push(d),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Failure::io("create directory", &d, &e)),
+            }
+        }
+        match fs::DirBuilder::new().mode(0o700).create(p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(busy()),
+            Err(e) => return Err(Failure::io("create directory", p, &e)),
         }
     }
+    let lock = p.join(RESTORE_LOCK);
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&lock)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(busy()),
+        Err(e) => return Err(Failure::io("create file", &lock, &e)),
+    }
+    let own = OwnDir {
+        path: p.to_path_buf(),
+        created: !existed,
+    };
+    let others = fs::read_dir(p)
+        .map_err(|e| Failure::io("open directory", p, &e))?
+        .filter_map(Result::ok)
+        .any(|e| e.file_name() != RESTORE_LOCK);
+    if others {
+        // Not ours: only the lock goes.
+        let _ = fs::remove_file(&lock);
+        return Err(busy());
+    }
+    made.dirs.push(own);
+    Ok(())
+}
+
+/// Removes the locks restore holds.
+fn release(made: &Made) -> Result<(), Failure> {
+    for d in &made.dirs {
+        let lock = d.path.join(RESTORE_LOCK);
+        match fs::remove_file(&lock) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Failure::io("remove file", &lock, &e)),
+        }
+        crate::support::fsutil::fsync_dir(&d.path)
+            .map_err(|e| Failure::io("fsync directory", &d.path, &e))?;
+    }
+    Ok(())
 }
 
 /// Restores a base backup from `dest` as `req` says. `log` receives
@@ -560,10 +711,7 @@ pub fn restore_backup(
     let mut targets = Vec::new();
     for (p, what) in &dirs {
         let exists = check_empty(p, what)?;
-        targets.push(OwnDir {
-            path: p.to_path_buf(),
-            created: !exists,
-        });
+        targets.push((p.to_path_buf(), *what, exists));
     }
 
     log(&format!(
@@ -575,60 +723,53 @@ pub fn restore_backup(
         info.sizes().0,
         req.pgdata.display()
     ));
-    let made: Mutex<Vec<&OwnDir>> = Mutex::new(Vec::new());
+    let mut made = Made::default();
     let result = (|| {
-        for t in &targets {
-            if t.created {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&t.path)
-                    .map_err(|e| Failure::io("create directory", &t.path, &e))?;
-            }
-            made.lock().unwrap_or_else(|e| e.into_inner()).push(t);
+        for (p, what, exists) in &targets {
+            take_dir(p, what, *exists, &mut made)?;
             // As initdb and pg_basebackup leave them.
-            fs::set_permissions(&t.path, fs::Permissions::from_mode(0o700))
-                .map_err(|e| Failure::io("change permissions of", &t.path, &e))?;
+            fs::set_permissions(p, fs::Permissions::from_mode(0o700))
+                .map_err(|e| Failure::io("change permissions of", p, &e))?;
         }
-        finish_restore(dest, req, &info, &objects, &links, settings, log)
+        finish_restore(dest, req, &info, &objects, &links, settings, &made, log)
     })();
     match result {
         Ok(r) => Ok(r),
         Err(mut f) => {
-            let made = made.into_inner().unwrap_or_else(|e| e.into_inner());
-            if req.keep_on_failure {
-                f.detail = Some(
-                    [
-                        f.detail.take().unwrap_or_default(),
-                        format!(
-                            "What was restored is left in \"{}\" for investigation, without recovery settings; do not start it.",
-                            req.pgdata.display()
-                        ),
-                    ]
-                    .join(" ")
-                    .trim()
-                    .to_string(),
-                );
-            } else if !made.is_empty() {
-                let mut left = Vec::new();
-                for t in made {
-                    let r = if t.created {
-                        fs::remove_dir_all(&t.path)
-                    } else {
-                        empty_dir(&t.path)
-                    };
-                    if let Err(e) = r {
-                        left.push(format!("\"{}\" ({e})", t.path.display()));
-                    }
+            let note = if req.keep_on_failure {
+                let _ = release(&made);
+                if made.dirs.is_empty() {
+                    None
+                } else {
+                    Some(format!(
+                        "What was restored is left in \"{}\" for investigation{}; do not start it.",
+                        req.pgdata.display(),
+                        // What is on disk, whatever step failed.
+                        if req.pgdata.join("recovery.signal").exists() {
+                            " (its recovery settings and recovery.signal were written, but may not be durable)"
+                        } else if fs::read_to_string(req.pgdata.join("postgresql.auto.conf"))
+                            .is_ok_and(|c| c.contains(SETTINGS_MARK))
+                        {
+                            " (its recovery settings were written, recovery.signal was not)"
+                        } else {
+                            ", without recovery settings"
+                        }
+                    ))
                 }
-                let note = if left.is_empty() {
+            } else if made.dirs.is_empty() && made.parents.is_empty() {
+                None
+            } else {
+                let left = remove_made(&made);
+                Some(if left.is_empty() {
                     "What restore had written was removed.".to_string()
                 } else {
                     format!(
                         "Restore could not remove what it wrote in {}.",
                         left.join(", ")
                     )
-                };
+                })
+            };
+            if let Some(note) = note {
                 f.detail = Some(
                     [f.detail.take().unwrap_or_default(), note]
                         .join(" ")
@@ -639,6 +780,28 @@ pub fn restore_backup(
             Err(f)
         }
     }
+}
+
+/// Removes what restore made (the directories it created, the contents of
+/// the empty ones it was given and locked, the parents it created if they
+/// are empty again); returns what could not be removed.
+fn remove_made(made: &Made) -> Vec<String> {
+    let mut left = Vec::new();
+    for t in &made.dirs {
+        let r = if t.created {
+            fs::remove_dir_all(&t.path)
+        } else {
+            empty_dir(&t.path)
+        };
+        if let Err(e) = r {
+            left.push(format!("\"{}\" ({e})", t.path.display()));
+        }
+    }
+    // Parents only if empty: another restore may use them.
+    for p in made.parents.iter().rev() {
+        let _ = fs::remove_dir(p);
+    }
+    left
 }
 
 fn empty_dir(p: &Path) -> io::Result<()> {
@@ -653,6 +816,7 @@ fn empty_dir(p: &Path) -> io::Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn finish_restore(
     dest: &dyn Destination,
     req: &Request,
@@ -660,6 +824,7 @@ fn finish_restore(
     objects: &[(BackupObject, Vec<Decoding>)],
     links: &HashMap<u32, PathBuf>,
     settings: Vec<String>,
+    made: &Made,
     log: &dyn Fn(&str),
 ) -> Result<Restored, Failure> {
     let manifest_text = fetch_all(dest, req, info, objects, links, log)?;
@@ -681,12 +846,50 @@ fn finish_restore(
             ));
         }
     }
+    let parse_lsn_or_0 = |s: &str| parse_lsn(s).unwrap_or(0);
+    manifest
+        .check_wal_ranges(
+            (info.start_timeline, parse_lsn_or_0(&info.start_lsn)),
+            (info.stop_timeline, parse_lsn_or_0(&info.stop_lsn)),
+        )
+        .map_err(|m| {
+            Failure::new(
+                FailureKind::Integrity,
+                format!("backup \"{}\": {m}", info.label),
+            )
+        })?;
+    // What restore writes itself, and what would make the server a standby
+    // rather than recover from the archive, may not come from the tar:
+    // pg_verifybackup does not look at them. (A standby.signal the
+    // manifest lists, of a backup taken from a standby, is removed after
+    // the check.)
+    let listed = |n: &str| manifest.files.iter().any(|f| f.path == Path::new(n));
+    for name in [crate::backup::MANIFEST, "recovery.signal", "standby.signal"] {
+        let in_tar = fs::symlink_metadata(req.pgdata.join(name)).is_ok();
+        if in_tar && !(name == "standby.signal" && listed(name)) {
+            return Err(Failure::new(
+                FailureKind::Integrity,
+                format!(
+                    "backup \"{}\" holds \"{name}\", which its manifest does not list",
+                    info.label
+                ),
+            )
+            .detail("A base backup as PostgreSQL sends it does not; restore writes its own."));
+        }
+    }
     let manifest_path = req.pgdata.join(crate::backup::MANIFEST);
     write_new(&manifest_path, &manifest_text, 0o600)?;
 
     // Tablespace files are checked through the links.
     make_tablespace_links(&req.pgdata, links)?;
-    let problems = manifest::verify_files(&req.pgdata, &manifest, req.jobs);
+    let mut problems = manifest::verify_files(&req.pgdata, &manifest, req.jobs);
+    let mut locks = vec![PathBuf::from(RESTORE_LOCK)];
+    locks.extend(links.keys().map(|oid| {
+        Path::new("pg_tblspc")
+            .join(oid.to_string())
+            .join(RESTORE_LOCK)
+    }));
+    problems.extend(manifest::unlisted_files(&req.pgdata, &manifest, &locks));
     if !problems.is_empty() {
         let shown: Vec<&str> = problems.iter().take(10).map(String::as_str).collect();
         let more = if problems.len() > 10 {
@@ -710,6 +913,11 @@ fn finish_restore(
     ));
 
     rewrite_tablespace_map(&req.pgdata, links)?;
+    let standby = req.pgdata.join("standby.signal");
+    if standby.exists() {
+        fs::remove_file(&standby).map_err(|e| Failure::io("remove file", &standby, &e))?;
+        log("removed standby.signal (a backup taken from a standby): the server recovers from the archive");
+    }
 
     // initdb -g: the backup's global/ is group-readable; the data
     // directory must then be too (PostgreSQL reads its mode for its umask).
@@ -723,29 +931,33 @@ fn finish_restore(
     for r in &roots {
         sync_tree(r)?;
     }
+    // Nothing more is unpacked: the directories can be left to others.
+    release(made)?;
 
-    // Last: the settings that make the server recover.
+    // Last: the settings that make the server recover. Those the backup
+    // carries (a cluster that was itself restored) are commented out: a
+    // second recovery target is a FATAL error, an old one a silent stop.
     let conf = req.pgdata.join("postgresql.auto.conf");
-    let mut text = String::new();
-    if fs::metadata(&conf).is_ok_and(|m| m.len() > 0) {
-        let existing = fs::read(&conf).map_err(|e| Failure::io("read file", &conf, &e))?;
-        if existing.last() != Some(&b'\n') {
-            text.push('\n');
-        }
+    let existing = match fs::read(&conf) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(Failure::io("read file", &conf, &e)),
+    };
+    let (mut text, removed) = without_recovery_settings(&String::from_utf8_lossy(&existing));
+    for r in &removed {
+        log(&format!(
+            "postgresql.auto.conf: commented out the earlier recovery setting \"{r}\""
+        ));
     }
     for l in &settings {
         text.push_str(l);
         text.push('\n');
     }
-    let mut f = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(&conf)
-        .map_err(|e| Failure::io("open file", &conf, &e))?;
-    f.write_all(text.as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(|e| Failure::io("write file", &conf, &e))?;
+    let tmp = req.pgdata.join("postgresql.auto.conf.walarch-tmp");
+    write_new(&tmp, text.as_bytes(), 0o600)?;
+    fs::rename(&tmp, &conf).map_err(|e| Failure::io("rename file", &tmp, &e))?;
+    crate::support::fsutil::fsync_dir(&req.pgdata)
+        .map_err(|e| Failure::io("fsync directory", &req.pgdata, &e))?;
     write_new(&req.pgdata.join("recovery.signal"), b"", 0o600)?;
     crate::support::fsutil::fsync_dir(&req.pgdata)
         .map_err(|e| Failure::io("fsync directory", &req.pgdata, &e))?;
@@ -760,6 +972,50 @@ fn finish_restore(
     })
 }
 
+/// PostgreSQL's "Archive Recovery" and "Recovery Target" settings: what
+/// restore writes, and what must not be left from an earlier recovery.
+/// (`archive_cleanup_command` too: one left from a standby would remove
+/// WAL from an archive during this recovery.)
+const RECOVERY_SETTINGS: [&str; 11] = [
+    "restore_command",
+    "archive_cleanup_command",
+    "recovery_end_command",
+    "recovery_target",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_xid",
+    "recovery_target_lsn",
+    "recovery_target_inclusive",
+    "recovery_target_timeline",
+    "recovery_target_action",
+];
+
+/// `text` (postgresql.auto.conf) with every recovery setting commented out,
+/// ending with a newline when not empty; and the names commented out.
+/// Parameter names are case-insensitive, as PostgreSQL reads them.
+fn without_recovery_settings(text: &str) -> (String, Vec<String>) {
+    let mut out = String::new();
+    let mut removed = Vec::new();
+    for line in text.lines() {
+        let t = line.trim_start();
+        let name: String = t
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        let rest = t[name.len()..].trim_start();
+        // `name = value`, or `name value`.
+        let is_setting = !name.is_empty() && !rest.is_empty();
+        if is_setting && RECOVERY_SETTINGS.contains(&name.as_str()) {
+            out.push_str("# Removed by walarch backup restore (an earlier recovery's setting): ");
+            removed.push(name);
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    (out, removed)
+}
+
 /// A tar backup carries `tablespace_map` instead of `pg_tblspc` links
 /// (PostgreSQL makes the links from it when it starts): it is rewritten
 /// with the mapped directories, after verification since it is in the
@@ -768,9 +1024,9 @@ fn rewrite_tablespace_map(pgdata: &Path, links: &HashMap<u32, PathBuf>) -> Resul
     let map = pgdata.join("tablespace_map");
     match fs::read(&map) {
         Ok(text) => {
-            let text = String::from_utf8_lossy(&text);
             let mut out = String::new();
-            for line in text.lines().filter(|l| !l.is_empty()) {
+            for line in tablespace_map_lines(&text) {
+                let line = String::from_utf8_lossy(&line);
                 let oid = line
                     .split_once(' ')
                     .and_then(|(o, _)| o.parse::<u32>().ok())
@@ -799,6 +1055,41 @@ fn rewrite_tablespace_map(pgdata: &Path, links: &HashMap<u32, PathBuf>) -> Resul
         Err(e) => return Err(Failure::io("read file", &map, &e)),
     }
     Ok(())
+}
+
+/// The lines of `tablespace_map`, unescaped, as PostgreSQL reads them
+/// (`read_tablespace_map`): a backslash before a newline, a carriage return
+/// or a backslash makes it part of the path (basebackup escapes them so);
+/// an unescaped newline or carriage return ends the line; empty lines are
+/// skipped.
+fn tablespace_map_lines(text: &[u8]) -> Vec<Vec<u8>> {
+    let mut lines = Vec::new();
+    let mut line = Vec::new();
+    let mut escaped = false;
+    for &c in text {
+        if escaped {
+            if !matches!(c, b'\n' | b'\r' | b'\\') {
+                line.push(b'\\');
+            }
+            line.push(c);
+            escaped = false;
+        } else if c == b'\\' {
+            escaped = true;
+        } else if c == b'\n' || c == b'\r' {
+            if !line.is_empty() {
+                lines.push(std::mem::take(&mut line));
+            }
+        } else {
+            line.push(c);
+        }
+    }
+    if escaped {
+        line.push(b'\\');
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
 }
 
 /// Makes the `pg_tblspc` links a tar backup lacks, as pg_basebackup -Fp
@@ -953,9 +1244,12 @@ fn fetch_one(
                 format!("object \"{at}\" of backup \"{}\" is missing", info.label),
             )
         })?;
-    let mut hashing = Hashing::new(reader, cancel);
+    let mut hashing = Hashing::new(reader, cancel, o.stored_size);
     let outcome = (|| -> Result<Option<Vec<u8>>, String> {
-        let mut r = extract::decoder(&mut hashing, steps).map_err(|e| e.to_string())?;
+        let mut r = extract::Capped::new(
+            extract::decoder(&mut hashing, steps).map_err(|e| e.to_string())?,
+            o.size,
+        );
         let text = match o.kind {
             ObjectKind::Manifest => {
                 let mut t = Vec::new();
@@ -1005,6 +1299,12 @@ fn fetch_one(
             Ok(_) => f,
         }
     };
+    if bytes > o.stored_size {
+        return Err(damaged(format!(
+            "more than the {} bytes backup.json records",
+            o.stored_size
+        )));
+    }
     if drained.is_ok() {
         if sha != o.sha256.to_ascii_lowercase() {
             return Err(damaged(format!(
@@ -1141,6 +1441,48 @@ mod tests {
     }
 
     #[test]
+    fn recovery_settings_of_an_earlier_recovery_are_commented_out() {
+        let e = Env::new();
+        let old = "# Do not edit this file manually!\nwork_mem = '8MB'\nrestore_command = 'cp /old/%f %p'\n  Recovery_Target_Time='2026-01-01 00:00:00+00'\nrecovery_target_timeline 2\nrecovery_target_action = 'promote'\narchive_cleanup_command = 'pg_archivecleanup /old %r'\nprimary_conninfo = 'host=x'\n# recovery_target_lsn = '0/1'\nrecovery_target_inclusive = off";
+        e.store(
+            "b1",
+            Options {
+                auto_conf: Some(old.as_bytes()),
+                ..Default::default()
+            },
+        );
+        let mut req = e.request("b1");
+        req.target = Some(Target::Lsn("0/3000000".into()));
+        e.restore(&req).unwrap();
+        let c = conf(&e.p("data"));
+        let live: Vec<&str> = c
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .collect();
+        assert_eq!(live.len(), 5, "{c}");
+        assert_eq!(live[0], "work_mem = '8MB'");
+        assert_eq!(live[1], "primary_conninfo = 'host=x'");
+        assert!(
+            live[2].starts_with("restore_command = '/usr/bin/walarch"),
+            "{c}"
+        );
+        assert_eq!(
+            live[3..],
+            [
+                "recovery_target_lsn = '0/3000000'",
+                "recovery_target_action = 'pause'"
+            ]
+        );
+        assert!(c.contains("# Removed by walarch backup restore (an earlier recovery's setting): restore_command = 'cp /old/%f %p'\n"), "{c}");
+        assert!(c.contains("setting):   Recovery_Target_Time="), "{c}");
+        assert!(
+            c.contains("setting): recovery_target_inclusive = off\n"),
+            "{c}"
+        );
+        assert!(!e.p("data/postgresql.auto.conf.walarch-tmp").exists());
+    }
+
+    #[test]
     fn a_tar_backup_s_tablespace_map_is_rewritten_to_the_mapping() {
         let e = Env::new();
         e.store(
@@ -1161,6 +1503,75 @@ mod tests {
             e.p("ts-new")
         );
         assert!(e.p("ts-new").join(TS_FILE).is_file());
+    }
+
+    #[test]
+    fn latest_with_a_target_time_is_the_newest_backup_ending_before_it() {
+        let e = Env::new();
+        for (label, t) in [
+            ("old", "2026-12-01T00:00:00Z"),
+            ("new", "2026-12-02T00:00:00Z"),
+        ] {
+            e.store(
+                label,
+                Options {
+                    start_time: Some(t),
+                    ..Default::default()
+                },
+            );
+        }
+        let with_time = |t: &str, dir: &str| Request {
+            pgdata: e.p(dir),
+            tablespace_mapping: vec![(e.p("ts-old"), e.p(&format!("ts-{dir}")))],
+            target: Some(Target::Time(t.into())),
+            ..e.request("latest")
+        };
+        let r = e
+            .restore(&with_time("2026-12-01 12:00:00+00", "a"))
+            .unwrap();
+        assert_eq!(r.info.label, "old");
+        let r = e
+            .restore(&with_time("2026-12-03 00:00:00+01", "b"))
+            .unwrap();
+        assert_eq!(r.info.label, "new");
+        let err = e
+            .restore(&with_time("2026-11-30 00:00:00Z", "c"))
+            .unwrap_err();
+        assert!(
+            err.message.contains("no complete backup ends before"),
+            "{err}"
+        );
+        // Without a zone the choice cannot be made: refused, nothing made.
+        let err = e
+            .restore(&with_time("2026-12-03 00:00:00", "d"))
+            .unwrap_err();
+        assert_eq!(err.kind, FailureKind::Usage);
+        assert!(err.message.contains("no time zone"), "{err}");
+        assert!(!e.p("d").exists());
+        // A named backup refuses a time with a zone before its end...
+        let err = e
+            .restore(&Request {
+                pgdata: e.p("f"),
+                target: Some(Target::Time("2026-12-01 23:59:59+00".into())),
+                ..e.request("new")
+            })
+            .unwrap_err();
+        assert_eq!(err.kind, FailureKind::NotRestorable);
+        assert!(
+            err.message.contains("before the end of backup \"new\""),
+            "{err}"
+        );
+        assert!(!e.p("f").exists());
+        // ...and takes a time without one as given (PostgreSQL reads it).
+        let e2 = Env::new();
+        e2.store("new", Options::default());
+        let r = e2
+            .restore(&Request {
+                target: Some(Target::Time("2026-12-03 00:00:00".into())),
+                ..e2.request("new")
+            })
+            .unwrap();
+        assert_eq!(r.info.label, "new");
     }
 
     #[test]
@@ -1260,6 +1671,36 @@ mod tests {
     }
 
     #[test]
+    fn an_object_larger_than_recorded_is_refused_while_reading() {
+        let e = Env::new();
+        let mut info = e.store("b1", Options::default());
+        // Decoded size: the tar decompresses to more than recorded.
+        info.objects[0].size = 1024;
+        let json = e
+            .archive()
+            .join(object_name("b1", crate::backup::BACKUP_JSON));
+        std::fs::write(&json, info.to_json()).unwrap();
+        let err = e.restore(&e.request("b1")).unwrap_err();
+        assert_refused_cleanly(
+            &e,
+            &err,
+            FailureKind::Integrity,
+            "decompresses to more than the 1024 bytes",
+        );
+        // Stored size: more bytes stored than recorded.
+        info.objects[0].size *= 1000;
+        info.objects[0].stored_size = 100;
+        std::fs::write(&json, info.to_json()).unwrap();
+        let err = e.restore(&e.request("b1")).unwrap_err();
+        assert_refused_cleanly(
+            &e,
+            &err,
+            FailureKind::Integrity,
+            "more than the 100 bytes backup.json records",
+        );
+    }
+
+    #[test]
     fn file_not_matching_the_manifest_is_refused() {
         let e = Env::new();
         e.store(
@@ -1276,6 +1717,58 @@ mod tests {
             FailureKind::Integrity,
             "checksum mismatch for file \"base/1/1259\"",
         );
+    }
+
+    #[test]
+    fn files_the_manifest_does_not_list_are_refused() {
+        for (name, text) in [
+            ("standby.signal", "holds \"standby.signal\""),
+            ("recovery.signal", "holds \"recovery.signal\""),
+            ("backup_manifest", "holds \"backup_manifest\""),
+            (
+                "base/1/9999",
+                "\"base/1/9999\" is present on disk but not in the manifest",
+            ),
+        ] {
+            let e = Env::new();
+            e.store(
+                "b1",
+                Options {
+                    extra_base: vec![(name, tar::EntryType::Regular, b"", None)],
+                    ..Default::default()
+                },
+            );
+            let err = e.restore(&e.request("b1")).unwrap_err();
+            assert_refused_cleanly(&e, &err, FailureKind::Integrity, text);
+        }
+        // pg_wal's contents are not in the manifest, and need not be.
+        let e = Env::new();
+        e.store(
+            "b1",
+            Options {
+                extra_base: vec![(
+                    "pg_wal/000000010000000000000002",
+                    tar::EntryType::Regular,
+                    b"wal",
+                    None,
+                )],
+                ..Default::default()
+            },
+        );
+        e.restore(&e.request("b1")).unwrap();
+    }
+
+    #[test]
+    fn wal_ranges_must_match_backup_json() {
+        let e = Env::new();
+        let mut info = e.store("b1", Options::default());
+        info.stop_lsn = "0/2000200".into();
+        let json = e
+            .archive()
+            .join(object_name("b1", crate::backup::BACKUP_JSON));
+        std::fs::write(&json, info.to_json()).unwrap();
+        let err = e.restore(&e.request("b1")).unwrap_err();
+        assert_refused_cleanly(&e, &err, FailureKind::Integrity, "WAL ranges");
     }
 
     #[test]
@@ -1356,6 +1849,100 @@ mod tests {
             "{err}"
         );
         assert!(!e.p("data").exists());
+    }
+
+    #[test]
+    fn a_directory_made_or_locked_by_someone_else_is_refused_and_never_cleaned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = |s: &str| tmp.path().join(s);
+        // Absent when checked, created by another restore before ours.
+        std::fs::create_dir(p("data")).unwrap();
+        std::fs::write(p("data/PG_VERSION"), b"15\n").unwrap();
+        let mut made = Made::default();
+        let err = take_dir(&p("data"), "data directory", false, &mut made).unwrap_err();
+        assert!(err.message.contains("meanwhile"), "{err}");
+        assert!(made.dirs.is_empty());
+        assert!(remove_made(&made).is_empty());
+        assert!(p("data/PG_VERSION").exists());
+        // Empty when checked, locked by another restore: its lock stays.
+        std::fs::create_dir(p("empty")).unwrap();
+        std::fs::write(p("empty").join(RESTORE_LOCK), b"").unwrap();
+        let err = take_dir(&p("empty"), "data directory", true, &mut made).unwrap_err();
+        assert!(err.message.contains("meanwhile"), "{err}");
+        assert!(made.dirs.is_empty());
+        assert!(p("empty").join(RESTORE_LOCK).exists());
+        // Empty and not locked: taken.
+        std::fs::create_dir(p("e2")).unwrap();
+        take_dir(&p("e2"), "data directory", true, &mut made).unwrap();
+        assert_eq!(made.dirs.len(), 1);
+        // A second restore cannot take it now.
+        let mut other = Made::default();
+        assert!(take_dir(&p("e2"), "data directory", true, &mut other).is_err());
+        assert!(p("e2").join(RESTORE_LOCK).exists());
+
+        // Parents made on the way are recorded, and removed only if empty.
+        let mut made = Made::default();
+        take_dir(&p("a/b/data"), "data directory", false, &mut made).unwrap();
+        assert_eq!(made.parents, [p("a"), p("a/b")]);
+        assert!(made.dirs[0].created);
+        std::fs::write(p("a/b/data/x"), b"").unwrap();
+        std::fs::create_dir(p("a/someone-else")).unwrap();
+        assert!(remove_made(&made).is_empty());
+        assert!(!p("a/b").exists());
+        assert!(p("a/someone-else").exists());
+    }
+
+    #[test]
+    fn a_symlinked_empty_data_directory_is_used_and_kept_on_failure() {
+        let e = Env::new();
+        e.store("b1", Options::default());
+        std::fs::create_dir(e.p("real")).unwrap();
+        std::os::unix::fs::symlink(e.p("real"), e.p("data")).unwrap();
+        e.corrupt("b1", "base.tar.zst");
+        let err = e.restore(&e.request("b1")).unwrap_err();
+        assert_eq!(err.kind, FailureKind::Integrity);
+        assert!(std::fs::symlink_metadata(e.p("data"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_dir(e.p("real")).unwrap().count(), 0);
+        assert!(!e.p("ts-new").exists());
+
+        let e = Env::new();
+        e.store("b1", Options::default());
+        std::fs::create_dir(e.p("real")).unwrap();
+        std::os::unix::fs::symlink(e.p("real"), e.p("data")).unwrap();
+        e.restore(&e.request("b1")).unwrap();
+        assert!(e.p("real/recovery.signal").exists());
+        assert!(!e.p("real").join(RESTORE_LOCK).exists());
+        assert!(!e.p("ts-new").join(RESTORE_LOCK).exists());
+        // A link to something else is still refused.
+        let e = Env::new();
+        e.store("b1", Options::default());
+        std::fs::write(e.p("file"), b"").unwrap();
+        std::os::unix::fs::symlink(e.p("file"), e.p("data")).unwrap();
+        let err = e.restore(&e.request("b1")).unwrap_err();
+        assert!(err.message.contains("not a directory"), "{err}");
+    }
+
+    #[test]
+    fn tablespace_map_paths_with_escaped_newlines_are_one_line() {
+        assert_eq!(
+            tablespace_map_lines(b"16385 /a\\\nb\\\\c\r\n\n16386 /d\\e"),
+            [b"16385 /a\nb\\c".to_vec(), b"16386 /d\\e".to_vec()]
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join("tablespace_map"),
+            b"16385 /srv/old\\\nline\n",
+        )
+        .unwrap();
+        let links: HashMap<u32, PathBuf> = [(16385, PathBuf::from("/srv/new\npath"))].into();
+        rewrite_tablespace_map(tmp.path(), &links).unwrap();
+        assert_eq!(
+            std::fs::read(tmp.path().join("tablespace_map")).unwrap(),
+            b"16385 /srv/new\\\npath\n"
+        );
     }
 
     #[test]

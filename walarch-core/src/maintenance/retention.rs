@@ -417,6 +417,11 @@ fn backups_ordered(
                 )
                 .with_hint("Check the file; if it does not belong to the archive, move it out of the archive.")
             })?;
+        // The `.backup` file of a backup taken through the target that has
+        // no backup.json (in progress, failed, aborted): not a backup.
+        if claimed_by_incomplete(facts, &b).is_some() {
+            continue;
+        }
         left.push(b);
     }
     // Backups taken through the target: the same as their `.backup` file
@@ -477,6 +482,46 @@ fn backups_ordered(
     }
     ordered.reverse();
     Ok(ordered)
+}
+
+/// The incomplete backup taken through the target (a label without
+/// `backup.json`) that the backup history file `b` stands for: same start
+/// as its `backup.started` records, and no complete backup with that start.
+/// PostgreSQL archives the `.backup` file at the backup's stop, before
+/// walarch stores the manifest and `backup.json`: until then, and forever
+/// when the backup failed after its stop, the file describes a backup that
+/// cannot be restored.
+fn claimed_by_incomplete<'a>(facts: &'a Facts, b: &Backup) -> Option<&'a str> {
+    let complete = facts.stored.complete.iter().any(|s| {
+        s.info.start_timeline == b.start_timeline
+            && parse_lsn(&s.info.start_lsn) == Some(b.start_lsn)
+    });
+    if complete {
+        return None;
+    }
+    facts
+        .stored
+        .incomplete
+        .iter()
+        .find(|i| {
+            i.start
+                .is_some_and(|c| c.matches(b.start_lsn, b.start_timeline))
+        })
+        .map(|i| i.label.as_str())
+}
+
+/// The backup history files that stand for incomplete backups taken
+/// through the target: (label, file name).
+fn claimed_history_files(entries: &[Entry], facts: &Facts) -> Vec<(String, String)> {
+    entries
+        .iter()
+        .filter_map(|e| {
+            let text = facts.backups.get(&e.name)?;
+            let b = parse_backup(&e.name, text, e.stored_at)?;
+            let label = claimed_by_incomplete(facts, &b)?;
+            Some((label.to_string(), e.name.clone()))
+        })
+        .collect()
 }
 
 /// The log/segment part of a segment, `.partial` or `.backup` name
@@ -700,7 +745,14 @@ pub fn plan(
         .next();
     // Backups taken through the target: the objects of those the rule
     // expires, and of abandoned incomplete ones, go before any WAL.
-    let mut decisions = backup_objects(&backups, &kept, facts, rule, cut.as_deref(), now);
+    let claimed = claimed_history_files(entries, facts);
+    let mut decisions = backup_objects(&backups, &kept, facts, &claimed, rule, cut.as_deref(), now);
+    // A `.backup` file removed with its incomplete backup goes there, once.
+    removals.retain(|n| {
+        !decisions
+            .iter()
+            .any(|d| d.action == Action::Remove && &d.walfile == n)
+    });
     let left_objects: Vec<Decision> = decisions
         .iter()
         .filter(|d| d.action == Action::Leave)
@@ -725,12 +777,22 @@ pub fn plan(
 /// target that the rule expires (not `kept`; under `--before` and
 /// `--older-than`, one whose start segment is cut) loses them all,
 /// `backup.json` first; an incomplete backup untouched for
-/// `INCOMPLETE_AFTER` too, unless a backup is in progress; other incomplete
+/// `INCOMPLETE_AFTER` too, unless a backup is in progress, together with the
+/// `.backup` file PostgreSQL archived for it (`claimed`); other incomplete
 /// backups and stray objects are left, and reported.
+///
+/// The `.backup` file of an incomplete backup goes *before* its objects:
+/// what tells that the file stands for no restorable backup is the label's
+/// `backup.started`, so the file must never outlive it. An expiry stopped
+/// after the file leaves an incomplete label, removed by the next one; one
+/// stopped after `backup.started` but before the file would leave a
+/// `.backup` file that counts as the newest backup, and a later
+/// `--keep-backups` would remove the WAL of the real ones.
 fn backup_objects(
     backups: &[Backup],
     kept: &[&Backup],
     facts: &Facts,
+    claimed: &[(String, String)],
     rule: &Rule,
     cut: Option<&str>,
     now: SystemTime,
@@ -787,6 +849,16 @@ fn backup_objects(
                 crate::backup::object_name(&b.label, crate::backup::STARTED)
             )));
         } else {
+            for (_, name) in claimed.iter().filter(|(l, _)| *l == i.label) {
+                out.push(Decision {
+                    walfile: name.clone(),
+                    action: Action::Remove,
+                    reason: format!(
+                        "backup history file of incomplete base backup {} (no backup.json): it describes no restorable backup",
+                        i.label
+                    ),
+                });
+            }
             out.extend(remove(
                 &i.label,
                 &i.objects,
@@ -1836,6 +1908,96 @@ pub(crate) mod tests {
             execute(&d, &p, |_| {}).unwrap();
             assert_eq!(objects(&d).len(), 4);
             assert!(!tmp.path().join("backups/X").exists());
+        }
+
+        /// A backup through the target that failed (or is still running)
+        /// after PostgreSQL's stop: `backup.started` with its start, what
+        /// `objects` names, the `.backup` file, no `backup.json`.
+        fn failed_backup(
+            d: &dyn Destination,
+            label: &str,
+            seg: u64,
+            stopped: u64,
+            objects: &[&str],
+        ) {
+            let start = (seg << 24) + 0x28;
+            let claim = format!(
+                "{{\"label\": \"{label}\", \"start_lsn\": \"0/{start:X}\", \"start_time\": \"2027-01-01T00:00:00Z\"}}\n"
+            );
+            put(d, &object_name(label, STARTED), claim.as_bytes());
+            for o in objects {
+                put(d, &object_name(label, o), b"partial");
+            }
+            let name = format!("{}.00000028.backup", segment_file_name(1, seg, SEG));
+            d.store_new_bytes(&name, backup_text(&name, stopped).as_bytes())
+                .unwrap();
+        }
+
+        #[test]
+        fn the_backup_file_of_a_failed_or_running_target_backup_is_not_a_backup() {
+            for objects in [&["base.tar.zst", "backup_manifest.zst"][..], &[][..]] {
+                let tmp = tempfile::tempdir().unwrap();
+                let d = LocalDirectory::new(tmp.path(), 0o600);
+                archive_wal(&d, 1..=5);
+                take_backup(&d, "A", 2, 100, true);
+                // Newer, failed after the stop (or a tombstone: only
+                // backup.started left).
+                failed_backup(&d, "F", 4, 200, objects);
+                let c = Catalog::read(&d).unwrap();
+                assert_eq!(c.incomplete[0].start.map(|s| s.lsn), Some((4 << 24) + 0x28));
+                // Young: A is still the newest backup; nothing of A goes.
+                let p = plan_now(&d, Rule::KeepBackups(1), SystemTime::now());
+                assert_eq!(removed(&p), ["000000010000000000000001"], "{objects:?}");
+                assert!(p.why.contains("A (000000010000000000000002"), "{}", p.why);
+                // --before never goes past A's start either.
+                let p = plan_now(
+                    &d,
+                    Rule::Before("000000010000000000000005".into()),
+                    SystemTime::now(),
+                );
+                assert_eq!(removed(&p), ["000000010000000000000001"]);
+
+                // Abandoned: its .backup file goes first, then its objects,
+                // backup.started last; A and its WAL stay.
+                set_age(tmp.path(), "F", INCOMPLETE_AFTER * 2);
+                let p = plan_now(&d, Rule::KeepBackups(1), SystemTime::now());
+                let mut expect = vec!["000000010000000000000004.00000028.backup".to_string()];
+                expect.extend(objects.iter().rev().map(|o| format!("backups/F/{o}")));
+                expect.push("backups/F/backup.started".into());
+                expect.push("000000010000000000000001".into());
+                assert_eq!(removed(&p), expect, "{objects:?}");
+                assert!(p.decisions[0].reason.contains("incomplete base backup F"));
+                // Stopped right after the .backup file: the next run still
+                // counts A as the newest and finishes the job.
+                d.remove(&expect[0]).unwrap();
+                let p = plan_now(&d, Rule::KeepBackups(1), SystemTime::now());
+                assert_eq!(removed(&p)[expect.len() - 2], "000000010000000000000001");
+                execute(&d, &p, |_| {}).unwrap();
+                assert!(!tmp.path().join("backups/F").exists());
+                assert!(tmp.path().join("000000010000000000000002").exists());
+                assert!(tmp.path().join("backups/A/backup.json").exists());
+            }
+        }
+
+        #[test]
+        fn a_claim_with_another_start_or_timeline_does_not_hide_a_backup() {
+            let tmp = tempfile::tempdir().unwrap();
+            let d = LocalDirectory::new(tmp.path(), 0o600);
+            archive_wal(&d, 1..=5);
+            take_backup(&d, "A", 2, 100, true);
+            // A .backup file of a backup taken otherwise, and a failed
+            // target backup that started elsewhere.
+            let n = "000000010000000000000004.00000028.backup";
+            d.store_new_bytes(n, backup_text(n, 200).as_bytes())
+                .unwrap();
+            put(
+                &d,
+                &object_name("G", STARTED),
+                b"{\"label\": \"G\", \"start_lsn\": \"0/4000028\", \"start_timeline\": 2}\n",
+            );
+            let p = plan_now(&d, Rule::KeepBackups(1), SystemTime::now());
+            assert!(p.why.contains(&format!("({n})")), "{}", p.why);
+            assert!(removed(&p).contains(&"000000010000000000000002"));
         }
 
         #[test]

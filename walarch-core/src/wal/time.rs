@@ -126,3 +126,107 @@ mod format_tests {
         assert_eq!(format_utc(t), "2026-12-05T14:45:00Z");
     }
 }
+
+/// Seconds since the Unix epoch of a time as PostgreSQL reads
+/// `recovery_target_time` in its common ISO forms: `YYYY-MM-DD HH:MM[:SS[.frac]]`
+/// (or `T` between) followed by a zone: `Z`, `UTC`, `+HH`, `+HHMM` or
+/// `+HH:MM`. `Ok(None)` when the zone is missing (PostgreSQL would use its
+/// own `timezone` setting, which is not known here); `Err` when it is not a
+/// time in these forms.
+pub fn parse_iso_time(text: &str) -> Result<Option<i64>, String> {
+    let bad = || format!("\"{text}\" is not a time of the form YYYY-MM-DD HH:MM:SS+ZZ");
+    let t = text.trim();
+    let (date, rest) = t.split_at_checked(10).ok_or_else(bad)?;
+    let d: Vec<&str> = date.split('-').collect();
+    let num = |s: &str| s.parse::<i64>().map_err(|_| bad());
+    if d.len() != 3 || d[0].len() != 4 || d[1].len() != 2 || d[2].len() != 2 {
+        return Err(bad());
+    }
+    let (y, m, day) = (num(d[0])?, num(d[1])?, num(d[2])?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return Err(bad());
+    }
+    let rest = rest.strip_prefix([' ', 'T']).ok_or_else(bad)?;
+    // The clock: up to where the zone starts.
+    let zone_at = rest
+        .find(|c: char| c == 'Z' || c == '+' || c == '-' || c == ' ' || c.is_ascii_alphabetic())
+        .unwrap_or(rest.len());
+    let (clock, zone) = rest.split_at(zone_at);
+    let clock = clock.split('.').next().unwrap_or(clock);
+    let c: Vec<&str> = clock.split(':').collect();
+    if !(2..=3).contains(&c.len()) || c.iter().any(|p| p.len() != 2) {
+        return Err(bad());
+    }
+    let (hh, mm) = (num(c[0])?, num(c[1])?);
+    let ss = if c.len() == 3 { num(c[2])? } else { 0 };
+    if hh > 23 || mm > 59 || ss > 60 {
+        return Err(bad());
+    }
+    let zone = zone.trim();
+    let offset = match zone {
+        "" => return Ok(None),
+        "Z" | "z" | "UTC" | "utc" | "GMT" | "gmt" => 0,
+        _ => {
+            let (sign, z) = match zone.split_at(1) {
+                ("+", z) => (1, z),
+                ("-", z) => (-1, z),
+                _ => return Err(bad()),
+            };
+            let z = z.replace(':', "");
+            let (zh, zm) = match z.len() {
+                2 => (num(&z)?, 0),
+                4 => (num(&z[..2])?, num(&z[2..])?),
+                _ => return Err(bad()),
+            };
+            sign * (zh * 3600 + zm * 60)
+        }
+    };
+    // Howard Hinnant's days_from_civil.
+    let yy = if m <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Ok(Some(days * 86_400 + hh * 3600 + mm * 60 + ss - offset))
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    #[test]
+    fn iso_times_with_and_without_zone() {
+        let t = 1_796_481_900; // 2026-12-05 14:45:00 UTC
+        for s in [
+            "2026-12-05 14:45:00+00",
+            "2026-12-05T14:45:00Z",
+            "2026-12-05 14:45:00.123456 UTC",
+            "2026-12-05 15:45:00+01",
+            "2026-12-05 16:15:00+01:30",
+            "2026-12-05 09:45:00-0500",
+            "2026-12-05 14:45+00",
+        ] {
+            assert_eq!(parse_iso_time(s), Ok(Some(t)), "{s}");
+        }
+        assert_eq!(parse_iso_time("2026-12-05 14:45:00"), Ok(None));
+        assert_eq!(
+            parse_iso_time("2000-02-29T00:00:00Z"),
+            Ok(Some(951_782_400))
+        );
+        assert_eq!(
+            parse_iso_time(&format_utc(UNIX_EPOCH + Duration::from_secs(t as u64))),
+            Ok(Some(t))
+        );
+        for s in [
+            "yesterday",
+            "2026-13-01 00:00:00Z",
+            "2026-12-05",
+            "2026-12-05 1:00Z",
+            "2026-12-05 14:45:00 +xx",
+        ] {
+            assert!(parse_iso_time(s).is_err(), "{s}");
+        }
+    }
+}
