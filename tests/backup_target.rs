@@ -420,8 +420,14 @@ fn an_incremental_backup_is_refused() {
         out.contains("incremental backups are not supported by basebackup target \"walarch\""),
         "{out}"
     );
+    // Refused after the stop: only the claim stays, the record that the
+    // .backup history file PostgreSQL archived is a failed backup's.
     let folder = c.archive_dir().join("backups").join("incr");
-    wait_until("the refused backup removed", T, || {
-        !folder.exists() || std::fs::read_dir(&folder).unwrap().next().is_none()
+    wait_until("the refused backup removed but its claim", T, || {
+        let left: Vec<_> = std::fs::read_dir(&folder)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left == ["backup.started"]
     });
 }

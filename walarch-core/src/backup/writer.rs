@@ -298,6 +298,9 @@ where
     tablespaces: Vec<Tablespace>,
     /// The manifest lists `INCREMENTAL.` files.
     incremental: bool,
+    /// base.tar, always the last tar, has ended: PostgreSQL stops the backup
+    /// next and archives its `.backup` history file.
+    base_ended: bool,
 }
 
 impl<D> BackupWriter<D>
@@ -316,6 +319,7 @@ where
             objects: Vec::new(),
             tablespaces: Vec::new(),
             incremental: false,
+            base_ended: false,
         }
     }
 
@@ -394,8 +398,9 @@ where
         let now = SystemTime::now();
         self.start_time = format_utc(now);
         let claim = format!(
-            "{{\"label\": \"{label}\", \"start_lsn\": \"{}\", \"start_time\": \"{}\"}}\n",
+            "{{\"label\": \"{label}\", \"start_lsn\": \"{}\", \"start_timeline\": {}, \"start_time\": \"{}\"}}\n",
             format_lsn(start.start_lsn),
+            start.start_tli,
             self.start_time
         );
         let name = object_name(label, STARTED);
@@ -474,6 +479,7 @@ where
         // an absent object succeeds).
         self.written.push(name);
         let entry = open.finish()?;
+        self.base_ended |= entry.kind == ObjectKind::Base;
         self.objects.push(entry);
         Ok(())
     }
@@ -708,7 +714,8 @@ where
     /// Discards this backup: the open object, `backup.json` if it may be
     /// stored (when that cannot be removed, nothing else is: it would name
     /// missing objects), then every object stored, `backup.started` last
-    /// (the label stays claimed until the rest is gone). Best effort; does
+    /// (the label stays claimed until the rest is gone) — or kept, once
+    /// base.tar has ended (see below). Best effort; does
     /// nothing once the backup is complete. After the first failure that
     /// says the store is unreachable it stops trying (each attempt would
     /// wait a full timeout): retention removes the rest.
@@ -740,6 +747,20 @@ where
                     }
                     return report;
                 }
+            }
+        }
+        // Once PostgreSQL may have archived the backup's `.backup` history
+        // file, the claim stays as the record that this start is a failed
+        // backup: retention would otherwise count that file as a backup
+        // (it removes both once the claim is abandoned).
+        if self.base_ended {
+            let claim = self.start.as_ref().map(|s| object_name(&s.label, STARTED));
+            if let Some(pos) = claim.and_then(|c| written.iter().position(|n| *n == c)) {
+                let name = written.remove(pos);
+                report.left.push((
+                    name,
+                    "kept: it marks the backup's .backup history file as a failed backup's".into(),
+                ));
             }
         }
         let mut unreachable: Option<String> = None;
@@ -1026,6 +1047,29 @@ mod tests {
     }
 
     #[test]
+    fn abort_after_base_tar_keeps_the_claim_as_the_failed_backups_record() {
+        let mem = MemoryDestination::default();
+        let dest: &dyn Destination = &mem;
+        let dir = data_dir_with_tablespace(16385);
+        let mut w = BackupWriter::new(dest);
+        w.begin(start("L", dir.path())).unwrap();
+        w.begin_archive("base.tar").unwrap();
+        send(&mut w, &pattern(10_000));
+        w.end_archive().unwrap();
+        // PostgreSQL stopped the backup (its .backup file may be archived);
+        // then the manifest fails.
+        w.begin_manifest().unwrap();
+        let r = w.abort();
+        assert_eq!(r.removed, ["backups/L/base.tar.zst"]);
+        assert_eq!(r.left.len(), 1, "{:?}", r.left);
+        assert_eq!(r.left[0].0, "backups/L/backup.started");
+        let names: Vec<_> = mem.objects().into_keys().collect();
+        assert_eq!(names, ["backups/L/backup.started"]);
+        let claim = String::from_utf8(mem.objects()["backups/L/backup.started"].clone()).unwrap();
+        assert!(claim.contains("\"start_timeline\": 1"), "{claim}");
+    }
+
+    #[test]
     fn abort_removes_everything_of_the_label_and_the_open_object() {
         let mem = MemoryDestination::default();
         let dest: &dyn Destination = &mem;
@@ -1211,8 +1255,10 @@ mod tests {
         assert!(mem.objects().contains_key("backups/J/backup.json"));
         let r = w.abort();
         assert_eq!(r.removed[0], "backups/J/backup.json");
-        assert_eq!(r.removed.len(), 5, "{r:?}");
-        assert!(mem.objects().is_empty());
+        assert_eq!(r.removed.len(), 4, "{r:?}");
+        // The claim is kept: the backup had stopped.
+        let names: Vec<_> = mem.objects().into_keys().collect();
+        assert_eq!(names, ["backups/J/backup.started"]);
     }
 
     #[test]
@@ -1243,12 +1289,15 @@ mod tests {
         let dest: &dyn Destination = &mem;
         let dir = data_dir_with_tablespace(16385);
         with_wal(dest);
-        for text in [
-            &b"{ \"Path\": \"base/5/INCREMENTAL.16384\", \"Size\": 8 }"[..],
-            &b"{ \"Path\": \"INCREMENTAL.x\" }"[..],
+        for (label, text) in [
+            (
+                "I1",
+                &b"{ \"Path\": \"base/5/INCREMENTAL.16384\", \"Size\": 8 }"[..],
+            ),
+            ("I2", &b"{ \"Path\": \"INCREMENTAL.x\" }"[..]),
         ] {
             let mut w = BackupWriter::new(dest);
-            up_to_manifest(&mut w, dir.path(), "I");
+            up_to_manifest(&mut w, dir.path(), label);
             manifest(&mut w, text);
             assert!(w.is_incremental());
             let e = w
@@ -1259,7 +1308,10 @@ mod tests {
                 "incremental backups are not supported by basebackup target \"walarch\""
             );
             w.abort();
-            assert!(dest.objects_under("backups/").unwrap().is_empty());
+            // Only the claim, kept as the failed backup's record.
+            let left = dest.objects_under(&format!("backups/{label}/")).unwrap();
+            assert_eq!(left.len(), 1, "{left:?}");
+            assert!(left[0].name.ends_with("/backup.started"));
         }
         let mut w = BackupWriter::new(dest);
         up_to_manifest(&mut w, dir.path(), "F");
