@@ -34,8 +34,10 @@ Run through scripts/bench.sh (WALARCH_BENCH_SUITES contains "backup").
   checkpointer; the archiver and the archive_command it runs), sampled
   every 50 ms and once right after the command (a process that ends between
   two samples loses at most 50 ms). Peak RSS: the walsender's VmHWM (its
-  last sample) and the largest client process's maximum RSS (wait4);
-  pgBackRest's processes' summed RSS, sampled, is in the JSON.
+  last sample) and the largest VmHWM among the client's processes (runuser
+  left out), sampled the same way (wait4's maximum RSS would carry the
+  harness's own, inherited across exec); the client processes' summed RSS
+  (pgBackRest and its local processes) is in the JSON.
 - Stored: the sizes of the backup's files or objects: walarch's
   backups/LABEL/*, pgBackRest's backup/bench/LABEL/* (its manifest
   included), pg_basebackup's output directory. WAL is not counted.
@@ -100,6 +102,9 @@ RESTORES = [
            sources=["pgbb-tar"]),
 ]
 PGBR_LABEL_RE = re.compile(r"^\d{8}-\d{6}F$")
+# the first word of the auxiliary processes' titles
+AUX = {"checkpointer", "background", "walwriter", "autovacuum", "archiver", "logical",
+       "walsender", "startup", "walreceiver", "stats"}
 
 
 def dests_of(m):
@@ -223,9 +228,12 @@ class ServerSampler(threading.Thread):
         by = {}
         for p in busy:
             # "postgres: walsender postgres [local] sending backup ..." -> "walsender"
-            name = " ".join(p["title"].removeprefix("postgres: ").split()[:1]) or "?"
-            if "walarch" in p["title"]:
-                name = p["title"].removeprefix("postgres: ")
+            title = p["title"].removeprefix("postgres: ")
+            name = (title.split() or ["?"])[0]
+            if "walarch" in title:
+                name = title
+            elif name not in AUX:
+                name = "backend"  # a session, such as pgBackRest's
             b = by.setdefault(name, {"cpu_s": 0.0, "hwm": 0, "anon": 0, "n": 0})
             b["cpu_s"] += (p["last"] - p["first"]) / wb.CLK_TCK
             b["hwm"] = max(b["hwm"], p["hwm"])
@@ -532,7 +540,7 @@ class BackupHarness(sb.S3Harness):
 
     def restore(self, m, dest, rep, source_key):
         src = self.backups[(rep, source_key, dest)]
-        c = Cluster(self, f"restore-{m.key}-{dest}-{rep}")
+        c = Cluster(self, f"{m.key}-{dest}-{rep}")
         target = c.data
         target.mkdir(mode=0o700)
         chown_pg(target)
@@ -603,9 +611,11 @@ class BackupHarness(sb.S3Harness):
         if sysid != self.facts["sysid"]:
             raise BenchError(f"the restored cluster's system identifier is {sysid}")
         c.stop("fast")
+        settings = [ln for ln in recovery_conf.splitlines() if ln and not ln.startswith("#")]
+        if m.kind == "tar":
+            settings = ["recovery.signal and " + extra[0] + " written by the harness"]
         return {"rows": rows, "seconds": round(time.monotonic() - t0, 1),
-                "restore_settings": [ln for ln in recovery_conf.splitlines()
-                                     if ln and not ln.startswith("#")][-6:]}
+                "restore_settings": settings[-6:]}
 
     # ------------------------------------------------------------ probes
 
@@ -875,10 +885,10 @@ def markdown(h, backups, restores, dests, rows, errors, mach, png_name, command)
                 w(f"| | {dest} | | | | | {m.label} | {why} (below) | | |")
     w("")
     w(f"![backup and restore times, stored sizes]({png_name})\n")
-    w("## Server CPU by process (backups, median run's share)\n")
+    w("## Server CPU by process (backups)\n")
     w("CPU seconds gained during the backup by the postmaster's children, by kind (the "
       "archiver's figure includes the archive_command it ran), and their largest VmHWM, over "
-      "every repetition.\n")
+      "every repetition: median CPU, largest VmHWM.\n")
     w("| method | destination | by process |")
     w("|---|---|---|")
     for key, runs in h.results.items():
@@ -940,18 +950,18 @@ d = json.loads(sys.stdin.read())
 rows = d["rows"]
 panels = [("backup", "seconds", "backup, s (median, min-max)"),
           ("restore", "seconds", "restore, s (median, min-max)"),
-          ("backup", "stored", "stored, MiB (median)")]
+          ("backup", "stored", "stored, MiB (median; log scale)")]
 fig, axes = plt.subplots(1, 3, figsize=(16, 6))
 colors = {"dir": "#4c72b0", "s3": "#dd8452"}
 for ax, (op, field, xlabel) in zip(axes, panels):
     sel = [r for r in rows if r["op"] == op]
-    labels = list(dict.fromkeys(r["label"] for r in sel))
+    labels = list(dict.fromkeys(r["key"] for r in sel))
     dests = list(dict.fromkeys(r["dest"] for r in sel))
     width = 0.8 / max(1, len(dests))
     for i, dest in enumerate(dests):
         xs, vals, lo, hi = [], [], [], []
         for j, lab in enumerate(labels):
-            r = next((x for x in sel if x["label"] == lab and x["dest"] == dest), None)
+            r = next((x for x in sel if x["key"] == lab and x["dest"] == dest), None)
             if not r:
                 continue
             xs.append(j + (i - (len(dests) - 1) / 2) * width)
@@ -963,7 +973,9 @@ for ax, (op, field, xlabel) in zip(axes, panels):
         ax.barh(xs, vals, height=width, xerr=[lo, hi], capsize=2, color=colors.get(dest),
                 label="directory" if dest == "dir" else "S3 (" + d["rtt"] + " ms RTT)")
     ax.set_yticks(range(len(labels)))
-    ax.set_yticklabels(labels, fontsize=7)
+    ax.set_yticklabels(labels, fontsize=8)
+    if field == "stored":
+        ax.set_xscale("log")
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
     ax.legend(fontsize=8)
