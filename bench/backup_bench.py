@@ -637,6 +637,16 @@ class BackupHarness(sb.S3Harness):
 
     # ------------------------------------------------------------ the whole run
 
+    def save_partial(self, results, errors):
+        """Every run so far into the JSON, so a run cut short still leaves its numbers (the
+        report at the end replaces it)."""
+        out = Path(self.a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / "benchmark-backup.json.tmp"
+        tmp.write_text(json.dumps({"partial": True, "runs": results, "errors": errors,
+                                   "facts": self.facts, "command": self.a.command}, indent=1))
+        tmp.replace(out / "benchmark-backup.json")
+
     def main(self):
         a = self.a
         started = time.monotonic()
@@ -681,6 +691,7 @@ class BackupHarness(sb.S3Harness):
                         continue
                     run_s.append(time.monotonic() - t)
                     results[key].append(r)
+                    self.save_partial(results, errors)
                     log(f"   {r['seconds']:.2f}s, CPU {r['cpu_s']:.1f}s (server "
                         f"{r['server_cpu_s']:.1f}s, client {r['client_cpu_s']:.1f}s), stored "
                         f"{r['stored_bytes'] / 2**20:.1f} MiB in {r['stored_files']} files")
@@ -706,6 +717,7 @@ class BackupHarness(sb.S3Harness):
                         continue
                     run_s.append(time.monotonic() - t)
                     results[key].append(r)
+                    self.save_partial(results, errors)
                     v = r["verified"]
                     log(f"   {r['seconds']:.2f}s, CPU {r['cpu_s']:.1f}s, "
                         f"{r['restored_bytes'] / 2**20:.0f} MiB restored"
