@@ -622,7 +622,7 @@ class BackupHarness(sb.S3Harness):
     def probe_walarch(self):
         """None if the walarch target and `walarch backup restore` exist, else why not."""
         p = self.primary
-        r = run(["psql", "-h", str(p.sock), "-p", str(p.port), "-U", "postgres", "-XAtc",
+        r = run([str(self.bin / "psql"), "-h", str(p.sock), "-p", str(p.port), "-U", "postgres", "-XAtc",
                  "SELECT 1 FROM pg_settings WHERE name = 'walarch.archive_destination'"],
                 as_pg=True, check=False, cwd=p.dir)
         if r.stdout.strip() != "1":
