@@ -302,15 +302,16 @@ class BackupHarness(sb.S3Harness):
                 "floor_wal": w / "floor-wal", "pgbb": w / "pgbb", "restore": w / "restore",
                 "logs": w / "logs"}
 
-    def setup(self, need_walarch, need_pgbr):
+    def setup(self, need_walarch, need_pgbr, dests):
         a, d = self.a, self.dirs()
         for p in d.values():
             p.mkdir(exist_ok=True)
             chown_pg(p)
         phases = {}
-        t = time.monotonic()
-        self.store = sb.Store(self, "store", a.rtt)
-        phases["store"] = time.monotonic() - t
+        if "s3" in dests:
+            t = time.monotonic()
+            self.store = sb.Store(self, "store", a.rtt)
+            phases["store"] = time.monotonic() - t
         t = time.monotonic()
         p = self.primary = Cluster(self, "primary")
         # last: what it sets wins
@@ -337,13 +338,15 @@ class BackupHarness(sb.S3Harness):
         self.facts["sysid"] = p.psql("SELECT system_identifier FROM pg_control_system()")
         if need_walarch:
             self.walarch_creds = p.dir / "s3-credentials"
-            self.walarch_creds.write_text(f"[default]\naws_access_key_id = {self.store.access_key}\n"
-                                          f"aws_secret_access_key = {self.store.secret_key}\n")
+            s = self.store
+            self.walarch_creds.write_text("" if s is None else
+                                          f"[default]\naws_access_key_id = {s.access_key}\n"
+                                          f"aws_secret_access_key = {s.secret_key}\n")
             os.chmod(self.walarch_creds, 0o600)
             chown_pg(self.walarch_creds)
         if need_pgbr:
             t = time.monotonic()
-            for dest in DESTS:
+            for dest in dests:
                 self.write_pgbr(dest)
                 run(["pgbackrest", f"--config={self.pgbr_conf_of(dest)}", f"--stanza={wb.STANZA}",
                      "stanza-create"], as_pg=True, cwd=p.dir, timeout=300)
@@ -622,8 +625,8 @@ class BackupHarness(sb.S3Harness):
     def probe_walarch(self):
         """None if the walarch target and `walarch backup restore` exist, else why not."""
         p = self.primary
-        r = run([str(self.bin / "psql"), "-h", str(p.sock), "-p", str(p.port), "-U", "postgres", "-XAtc",
-                 "SELECT 1 FROM pg_settings WHERE name = 'walarch.archive_destination'"],
+        r = run([str(self.bin / "psql"), "-h", str(p.sock), "-p", str(p.port), "-U", "postgres",
+                 "-XAtc", "SELECT 1 FROM pg_settings WHERE name = 'walarch.archive_destination'"],
                 as_pg=True, check=False, cwd=p.dir)
         if r.stdout.strip() != "1":
             return "not run: walarch_ext is not loaded in the primary"
@@ -663,7 +666,7 @@ class BackupHarness(sb.S3Harness):
                     results[key_of(m.key, d)] = []
         need_walarch = any(m.kind == "walarch" for m in backups)
         need_pgbr = any(m.kind == "pgbr" for m in backups)
-        self.setup(need_walarch, need_pgbr)
+        self.setup(need_walarch, need_pgbr, dests)
         why_walarch = self.probe_walarch() if need_walarch else None
         if why_walarch:
             log(f"   walarch methods: {why_walarch}")
@@ -841,8 +844,10 @@ def markdown(h, backups, restores, dests, rows, errors, mach, png_name, command)
       + f". SeaweedFS: {wb.sh(str(weed) + ' version')}.\n")
     w(f"Database: `pgbench -i -s {a.scale}`, {f['db_bytes'] / 2**20:.0f} MiB "
       f"(the cluster {f['cluster_bytes'] / 2**20:.0f} MiB), {f['accounts']} rows in "
-      f"pgbench_accounts. S3: a SeaweedFS cluster (three volume servers, replication 001) "
-      f"through the TLS + RTT proxy at {a.rtt} ms. {a.reps} repetition(s), interleaved. Setup "
+      f"pgbench_accounts. "
+      + (f"S3: a SeaweedFS cluster (three volume servers, replication 001) through the TLS + "
+         f"RTT proxy at {a.rtt} ms. " if "s3" in dests else "")
+      + f"{a.reps} repetition(s), interleaved. Setup "
       f"{f['setup_s']:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in
                                            f["setup_phases_s"].items())
       + f"); the whole suite {f['total_s'] / 60:.1f} min; one run (backup or restore, with its "
