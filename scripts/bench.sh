@@ -24,6 +24,17 @@
 #          the recovery; logical decoding messages, whose replay does nothing,
 #          so the recovery is fetch-bound), each with its own primary. Writes
 #          benchmark-recovery.md, .png and .json.
+#   backup: a pgbench database (scale WALARCH_BENCH_BACKUP_SCALE, default 135,
+#          about 2 GB) backed up into a directory and into the S3 store at the
+#          first of WALARCH_BENCH_RTTS (default 20 ms here) by walarch_ext's
+#          base backup target (pg_basebackup --target=walarch, zstd 1 and 3)
+#          and pgBackRest backup --type=full (zst 1 and 3, process-max 1 and
+#          4), with pg_basebackup -Ft -z and -Ft into a local directory as
+#          the floor; then restored into a fresh directory by walarch backup
+#          restore --jobs 4, pgBackRest restore (process-max 1 and 4) and tar
+#          (the floor). Time, CPU, stored size, peak RSS; each restored
+#          cluster started and checked once. Writes benchmark-backup.md, .png
+#          and .json.
 #
 # Installs what it needs, idempotently: scripts/setup.sh, pgbackrest (apt),
 # matplotlib (a venv under /var/cache/walarch/bench-venv), and the release
@@ -38,13 +49,15 @@
 #   WALARCH_BENCH_OUT           output directory (default docs/)
 #   WALARCH_BENCH_DIR           where the clusters and archives live (default /var/tmp)
 #   WALARCH_BENCH_METHODS       comma-separated subset of methods (default: all)
-#   WALARCH_BENCH_SUITES        any of "local s3 compression recovery" (default: all four)
+#   WALARCH_BENCH_SUITES        any of "local s3 compression recovery backup" (default: all five)
 #   WALARCH_BENCH_RTTS          round-trip times of the s3 and recovery suites, ms (default
 #                               0,20; the compression suite uses the first, default 20)
 #   WALARCH_BENCH_WALARCH       the walarch command the recovery suite restores with
 #                               (default: target/release/walarch, built here)
 #   WALARCH_BENCH_RECOVERY_WAL  the recovery suite's kinds of WAL, comma-separated:
 #                               heap, messages (default: heap,messages)
+#   WALARCH_BENCH_BACKUP_SCALE  the backup suite's pgbench scale (default 135: about 2 GB)
+#   WALARCH_BENCH_BACKUP_DESTS  the backup suite's destinations: dir, s3 or dir,s3 (default)
 #   WALARCH_BENCH_SKIP_INSTALL  1: skip setup.sh and the release build, and measure
 #                               the walarch_ext already installed
 set -euo pipefail
@@ -68,10 +81,10 @@ done
 [ "$REPS" -ge 1 ] || die "WALARCH_BENCH_REPS must be at least 1"
 [ -d "$PARENT" ] || die "WALARCH_BENCH_DIR $PARENT is not a directory"
 [ "$(id -u)" = 0 ] || die "run as root (the clusters run as the postgres user)"
-SUITES=${WALARCH_BENCH_SUITES:-local s3 compression recovery}
+SUITES=${WALARCH_BENCH_SUITES:-local s3 compression recovery backup}
 RTTS=${WALARCH_BENCH_RTTS:-0,20}
 for suite in $SUITES; do
-  case "$suite" in local|s3|compression|recovery) ;; *) die "WALARCH_BENCH_SUITES: unknown suite $suite (local, s3, compression, recovery)" ;; esac
+  case "$suite" in local|s3|compression|recovery|backup) ;; *) die "WALARCH_BENCH_SUITES: unknown suite $suite (local, s3, compression, recovery, backup)" ;; esac
 done
 [[ $RTTS =~ ^[0-9]+(,[0-9]+)*$ ]] || die "WALARCH_BENCH_RTTS must be comma-separated whole numbers of ms"
 
@@ -173,6 +186,24 @@ if [[ " $SUITES " == *" recovery "* ]]; then
     --pg-bin "$BIN" --workdir "$WORK" --out "$OUT" \
     --segments "$RSEGMENTS" --reps "$REPS" --rtts "$RTTS" --wal "$RWAL" \
     --port-base $((27850 + (V - 15) * 100)) --s3-port-base $((25000 + (V - 15) * 100)) \
+    --proxy "$PROXY" --walarch "$WALARCH" \
+    --python "$VENV/bin/python" \
+    --methods "${WALARCH_BENCH_METHODS:-}" --command "$CMDLINE" || RC=$?
+fi
+if [[ " $SUITES " == *" backup "* ]]; then
+  bash scripts/seaweed.sh install
+  SCALE=${WALARCH_BENCH_BACKUP_SCALE:-135}
+  [[ $SCALE =~ ^[0-9]+$ ]] && [ "$SCALE" -ge 1 ] || die "WALARCH_BENCH_BACKUP_SCALE must be a whole number, at least 1"
+  BDESTS=${WALARCH_BENCH_BACKUP_DESTS:-dir,s3}
+  [[ $BDESTS =~ ^(dir|s3)(,(dir|s3))?$ ]] || die "WALARCH_BENCH_BACKUP_DESTS must be dir, s3 or both, comma-separated"
+  WALARCH=${WALARCH_BENCH_WALARCH:-$PWD/target/release/walarch}
+  [ -x "$WALARCH" ] || die "$WALARCH is missing (cargo build --release -p walarch-cli)"
+  BRTT=${WALARCH_BENCH_RTTS:-20}
+  log "benchmark, backup suite: PostgreSQL $V, pgbench scale $SCALE, $REPS reps, $BDESTS, RTT ${BRTT%%,*} ms, into $OUT (work dir $WORK)"
+  python3 bench/backup_bench.py \
+    --pg-bin "$BIN" --workdir "$WORK" --out "$OUT" \
+    --scale "$SCALE" --reps "$REPS" --rtt "${BRTT%%,*}" --dests "$BDESTS" \
+    --port-base $((28000 + (V - 15) * 100)) --s3-port-base $((25500 + (V - 15) * 100)) \
     --proxy "$PROXY" --walarch "$WALARCH" \
     --python "$VENV/bin/python" \
     --methods "${WALARCH_BENCH_METHODS:-}" --command "$CMDLINE" || RC=$?
