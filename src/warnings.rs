@@ -30,9 +30,9 @@ fn sqlstate(e: &ArchiveError) -> PgSqlErrorCode {
     }
 }
 
-/// Reports `e` as a WARNING, with `context` (which file was being archived)
-/// prepended to the detail.
-pub fn warn(e: &ArchiveError, context: &str) {
+/// `e` as a report, with `context` (which file was being archived, which
+/// backup) prepended to the detail.
+fn report(e: &ArchiveError, context: &str) -> ErrorReport {
     let detail = match &e.detail {
         Some(d) => format!("{context} {d}"),
         None => context.to_string(),
@@ -42,21 +42,17 @@ pub fn warn(e: &ArchiveError, context: &str) {
     if let Some(h) = &e.hint {
         r = r.set_hint(h.clone());
     }
-    r.report(PgLogLevel::WARNING);
+    r
+}
+
+/// Reports `e` as a WARNING, with `context` prepended to the detail.
+pub fn warn(e: &ArchiveError, context: &str) {
+    report(e, context).report(PgLogLevel::WARNING);
 }
 
 /// Raises `e` as an ERROR, with `context` prepended to the detail.
 pub fn error(e: &ArchiveError, context: &str) -> ! {
-    let detail = match &e.detail {
-        Some(d) => format!("{context} {d}"),
-        None => context.to_string(),
-    };
-    let mut r =
-        ErrorReport::new(sqlstate(e), e.message.clone(), function_name!()).set_detail(detail);
-    if let Some(h) = &e.hint {
-        r = r.set_hint(h.clone());
-    }
-    r.report(PgLogLevel::ERROR);
+    report(e, context).report(PgLogLevel::ERROR);
     unreachable!("an ERROR does not return")
 }
 

@@ -383,25 +383,7 @@ pub fn destination_error(e: &ArchiveError, source: &Path) -> bool {
 
 const HEADER: &str = "walarch_ext dropped 1";
 
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('\n', "\\n")
-}
-
-fn unescape(s: &str) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match (c, c == '\\') {
-            (_, true) => match chars.next() {
-                Some('n') => out.push('\n'),
-                Some(o) => out.push(o),
-                None => {}
-            },
-            (c, false) => out.push(c),
-        }
-    }
-    out
-}
+use crate::archiving::stats_file::{escape, unescape};
 
 pub fn serialize(pending: &[DroppedRange]) -> String {
     let mut out = format!("{HEADER}\n");

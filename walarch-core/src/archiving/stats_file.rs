@@ -10,11 +10,12 @@ use crate::archiving::shared_state::{bounded, Stats};
 
 const HEADER: &str = "walarch_ext stats 4";
 
-fn escape(s: &str) -> String {
+/// A value on one line: backslash and newline escaped.
+pub(crate) fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('\n', "\\n")
 }
 
-fn unescape(s: &str) -> String {
+pub(crate) fn unescape(s: &str) -> String {
     let mut out = String::new();
     let mut chars = s.chars();
     while let Some(c) = chars.next() {

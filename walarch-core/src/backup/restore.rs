@@ -155,14 +155,13 @@ impl Failure {
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.message)?;
-        if let Some(d) = &self.detail {
-            write!(f, "\nDETAIL:  {d}")?;
-        }
-        if let Some(h) = &self.hint {
-            write!(f, "\nHINT:  {h}")?;
-        }
-        Ok(())
+        crate::support::error::write_report(
+            f,
+            &self.message,
+            self.detail.as_deref(),
+            self.hint.as_deref(),
+            "  ",
+        )
     }
 }
 

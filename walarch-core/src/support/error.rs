@@ -148,16 +148,34 @@ pub fn strip_os_error(s: &str) -> String {
     }
 }
 
+/// A message with its DETAIL and HINT lines, as PostgreSQL prints them
+/// (`sep` after the label: psql puts two spaces, the server log one).
+pub fn write_report(
+    f: &mut fmt::Formatter<'_>,
+    message: &str,
+    detail: Option<&str>,
+    hint: Option<&str>,
+    sep: &str,
+) -> fmt::Result {
+    write!(f, "{message}")?;
+    if let Some(d) = detail {
+        write!(f, "\nDETAIL:{sep}{d}")?;
+    }
+    if let Some(h) = hint {
+        write!(f, "\nHINT:{sep}{h}")?;
+    }
+    Ok(())
+}
+
 impl fmt::Display for ArchiveError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.message)?;
-        if let Some(d) = &self.detail {
-            write!(f, "\nDETAIL: {d}")?;
-        }
-        if let Some(h) = &self.hint {
-            write!(f, "\nHINT: {h}")?;
-        }
-        Ok(())
+        write_report(
+            f,
+            &self.message,
+            self.detail.as_deref(),
+            self.hint.as_deref(),
+            " ",
+        )
     }
 }
 

@@ -91,11 +91,10 @@ mod duration_tests {
     }
 }
 
-/// `t` as RFC 3339 in UTC, to the second (`2026-12-05T14:45:00Z`).
-pub fn format_utc(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+/// Seconds since the Unix epoch as (year, month, day, hour, minute,
+/// second) in UTC (Howard Hinnant's civil_from_days).
+pub fn civil_utc(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -105,12 +104,14 @@ pub fn format_utc(t: SystemTime) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3_600,
-        rem % 3_600 / 60,
-        rem % 60
-    )
+    (y, m, d, rem / 3_600, rem % 3_600 / 60, rem % 60)
+}
+
+/// `t` as RFC 3339 in UTC, to the second (`2026-12-05T14:45:00Z`).
+pub fn format_utc(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    let (y, m, d, hh, mm, ss) = civil_utc(secs);
+    format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
 }
 
 #[cfg(test)]
