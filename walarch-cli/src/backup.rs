@@ -112,6 +112,8 @@ fn listing_json(dir: &str, l: &Listing) -> serde_json::Value {
                 "wal_complete": missing.is_empty(),
                 "missing_wal": missing,
                 "restorable": missing.is_empty(),
+                "dropped_after": b.dropped_after.iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
+                "reaches_present": b.dropped_after.is_empty(),
             })
         })
         .collect();
@@ -145,6 +147,13 @@ fn print_listing(dir: &str, l: &Listing) {
             WalStatus::Missing(m) => {
                 format!("wal: missing {} (and {} more)", m[0], m.len() - 1)
             }
+        };
+        let wal = match b.dropped_after.first() {
+            None => wal,
+            Some(m) => format!(
+                "{wal}; cannot reach the present: {}..{} dropped by walarch.max_backlog ({})",
+                m.first, m.last, m.name
+            ),
         };
         println!(
             "{}  {} .. {}  lsn {} (timeline {}) .. {} (timeline {})  {} stored / {} original  {wal}",

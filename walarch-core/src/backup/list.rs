@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 
+use crate::archiving::budget::{markers, Marker};
 use crate::backup::{object_name, BackupInfo, BACKUPS_DIR, BACKUP_JSON};
 use crate::destination::Destination;
 use crate::support::error::{ArchiveError, ErrorKind};
@@ -24,6 +25,10 @@ pub enum WalStatus {
 pub struct ListedBackup {
     pub info: BackupInfo,
     pub wal: WalStatus,
+    /// Ranges `walarch.max_backlog` dropped after this backup's stop (on its
+    /// stop timeline, or a later one): PITR from it cannot pass them, so it
+    /// cannot reach the present.
+    pub dropped_after: Vec<Marker>,
 }
 
 /// A label with objects but no (readable) `backup.json`: never restorable.
@@ -99,6 +104,7 @@ pub fn list_backups(dest: &dyn Destination) -> Result<Listing, ArchiveError> {
     }
     let mut listing = Listing::default();
     let mut wal: Option<HashSet<String>> = None;
+    let mut dropped: Option<Vec<Marker>> = None;
     for (label, (objects, stored_bytes, has_info)) in labels {
         let incomplete = |reason: String| IncompleteBackup {
             label: label.clone(),
@@ -129,8 +135,16 @@ pub fn list_backups(dest: &dyn Destination) -> Result<Listing, ArchiveError> {
         if wal.is_none() {
             wal = Some(stored_wal(dest)?);
         }
+        if dropped.is_none() {
+            dropped = Some(markers(dest)?);
+        }
         let status = wal_status(&info, wal.as_ref().expect("set above"));
-        listing.complete.push(ListedBackup { info, wal: status });
+        let dropped_after = dropped_after(&info, dropped.as_deref().unwrap_or_default());
+        listing.complete.push(ListedBackup {
+            info,
+            wal: status,
+            dropped_after,
+        });
     }
     listing.complete.sort_by(|a, b| {
         (&a.info.start_time, &a.info.stop_time, &a.info.label).cmp(&(
@@ -140,6 +154,19 @@ pub fn list_backups(dest: &dyn Destination) -> Result<Listing, ArchiveError> {
         ))
     });
     Ok(listing)
+}
+
+/// The dropped ranges after `info`'s stop: on its stop timeline past its
+/// stop file, or on a later timeline.
+pub fn dropped_after(info: &BackupInfo, markers: &[Marker]) -> Vec<Marker> {
+    markers
+        .iter()
+        .filter(|m| {
+            m.timeline > info.stop_timeline
+                || (m.timeline == info.stop_timeline && m.first.as_str() > info.stop_wal.as_str())
+        })
+        .cloned()
+        .collect()
 }
 
 /// The WAL files stored, by their plain names (compressed or not).
@@ -258,6 +285,51 @@ mod tests {
         i.start_wal = start_wal.into();
         i.stop_wal = stop_wal.into();
         i
+    }
+
+    #[test]
+    fn backups_before_a_dropped_range_cannot_reach_the_present() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = LocalDirectory::new(tmp.path(), 0o600);
+        let before = info(
+            "before",
+            "2026-12-05T10:00:00Z",
+            "000000010000000000000002",
+            "000000010000000000000002",
+        );
+        let after = info(
+            "after",
+            "2026-12-06T10:00:00Z",
+            "000000010000000000000009",
+            "000000010000000000000009",
+        );
+        for i in [&before, &after] {
+            put(
+                &d,
+                &object_name(&i.label, BACKUP_JSON),
+                i.to_json().as_bytes(),
+            );
+            d.store_new_bytes(&i.stop_wal, b"w").unwrap();
+        }
+        d.store_new_bytes(
+            "DROPPED.000000010000000000000005-000000010000000000000007",
+            b"m",
+        )
+        .unwrap();
+        let l = list_backups(&d).unwrap();
+        let by = |label: &str| l.complete.iter().find(|b| b.info.label == label).unwrap();
+        assert_eq!(by("before").dropped_after.len(), 1);
+        assert_eq!(
+            by("before").dropped_after[0].first,
+            "000000010000000000000005"
+        );
+        assert!(by("after").dropped_after.is_empty());
+        // A later timeline's range blocks every backup of an earlier one.
+        let m = Marker::parse("DROPPED.00000002000000000000000A-00000002000000000000000B").unwrap();
+        assert_eq!(
+            dropped_after(&after.clone(), std::slice::from_ref(&m)).len(),
+            1
+        );
     }
 
     #[test]
