@@ -1067,6 +1067,10 @@ mod tests {
         assert_eq!(names, ["backups/L/backup.started"]);
         let claim = String::from_utf8(mem.objects()["backups/L/backup.started"].clone()).unwrap();
         assert!(claim.contains("\"start_timeline\": 1"), "{claim}");
+        // Retention reads it as this backup's start.
+        let c = crate::backup::catalog::ClaimedStart::parse(claim.as_bytes()).unwrap();
+        assert!(c.matches(0x2_0000_0028, 1));
+        assert!(!c.matches(0x2_0000_0028, 2));
     }
 
     #[test]
