@@ -106,37 +106,24 @@ impl BackupInfo {
 pub(crate) mod tests {
     use super::*;
 
+    /// The fixture's record, with a tablespace and an object.
     pub(crate) fn sample() -> BackupInfo {
-        BackupInfo {
-            format: FORMAT,
-            label: "20261205T144500Z".into(),
-            system_identifier: "7301234567890123456".into(),
-            pg_version: 150010,
-            wal_segment_size: 16 << 20,
-            start_lsn: "0/2000028".into(),
-            start_timeline: 1,
-            start_wal: "000000010000000000000002".into(),
-            stop_lsn: "0/2000138".into(),
-            stop_timeline: 1,
-            stop_wal: "000000010000000000000002".into(),
-            start_time: "2026-12-05T14:45:00Z".into(),
-            stop_time: "2026-12-05T14:45:09Z".into(),
-            tablespaces: vec![Tablespace {
-                oid: 16385,
-                location: "/srv/ts1".into(),
-            }],
-            objects: vec![BackupObject {
-                name: "base.tar.zst".into(),
-                kind: ObjectKind::Base,
-                tablespace_oid: None,
-                archive_name: "base.tar".into(),
-                size: 100,
-                stored_size: 40,
-                sha256: "00".repeat(32),
-                compression: "zstd".into(),
-            }],
-            based_on: None,
-        }
+        let mut i = crate::backup::fixture::sample();
+        i.tablespaces = vec![Tablespace {
+            oid: 16385,
+            location: "/srv/ts1".into(),
+        }];
+        i.objects = vec![BackupObject {
+            name: "base.tar.zst".into(),
+            kind: ObjectKind::Base,
+            tablespace_oid: None,
+            archive_name: "base.tar".into(),
+            size: 100,
+            stored_size: 40,
+            sha256: "00".repeat(32),
+            compression: "zstd".into(),
+        }];
+        i
     }
 
     #[test]
