@@ -144,16 +144,13 @@ impl Catalog {
         }
         for (label, objects) in labels {
             let json = super::object_name(&label, BACKUP_JSON);
-            if !objects.iter().any(|o| o.name == json) {
-                let start = read_start(dest, &label, &objects)?;
-                catalog.incomplete.push(Incomplete {
-                    label,
-                    objects,
-                    start,
-                });
-                continue;
-            }
-            let Some(r) = dest.open_object(&json)? else {
+            // No backup.json (listed, or still there when opened): incomplete.
+            let opened = if objects.iter().any(|o| o.name == json) {
+                dest.open_object(&json)?
+            } else {
+                None
+            };
+            let Some(r) = opened else {
                 let start = read_start(dest, &label, &objects)?;
                 catalog.incomplete.push(Incomplete {
                     label,

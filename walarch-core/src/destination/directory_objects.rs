@@ -243,6 +243,16 @@ mod tests {
             .collect()
     }
 
+    fn read(d: &LocalDirectory, name: &str) -> String {
+        let mut s = String::new();
+        d.open_object(name)
+            .unwrap()
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        s
+    }
+
     #[test]
     fn streamed_object_appears_only_when_finished_and_never_replaces() {
         let tmp = tempfile::tempdir().unwrap();
@@ -253,25 +263,17 @@ mod tests {
         assert!(names(&d, "backups/").is_empty(), "visible before finish");
         assert_eq!(w.finish().unwrap(), 11);
         assert_eq!(names(&d, "backups/"), ["backups/L/base.tar.zst"]);
-        let mut s = String::new();
-        d.open_object("backups/L/base.tar.zst")
-            .unwrap()
-            .unwrap()
-            .read_to_string(&mut s)
-            .unwrap();
-        assert_eq!(s, "hello world");
+        assert_eq!(read(&d, "backups/L/base.tar.zst"), "hello world");
 
         let mut again = d.create_object("backups/L/base.tar.zst").unwrap();
         again.write(b"other").unwrap();
         let e = again.finish().unwrap_err();
         assert_eq!(e.kind, ErrorKind::Conflict, "{e:?}");
-        let mut s = String::new();
-        d.open_object("backups/L/base.tar.zst")
-            .unwrap()
-            .unwrap()
-            .read_to_string(&mut s)
-            .unwrap();
-        assert_eq!(s, "hello world", "replaced");
+        assert_eq!(
+            read(&d, "backups/L/base.tar.zst"),
+            "hello world",
+            "replaced"
+        );
         // No temporary left anywhere.
         let left: Vec<_> = std::fs::read_dir(tmp.path().join("backups/L"))
             .unwrap()
