@@ -135,6 +135,86 @@ impl<R: Read> Read for Capped<R> {
     }
 }
 
+/// Decodes on a thread of its own (`make` builds the reader there) while
+/// `consume` reads the result through a small queue: decompression and
+/// writing the files then overlap instead of taking turns. The reader
+/// `consume` gets ends with an error, never a short read, if decoding
+/// stopped early.
+pub fn read_ahead<R: Read, T>(
+    make: impl FnOnce() -> io::Result<R> + Send,
+    consume: impl FnOnce(&mut dyn Read) -> T,
+) -> T {
+    const CHUNK: usize = 1 << 20;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut r = match make() {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                match crate::support::fsutil::read_full(&mut r, &mut buf) {
+                    Ok(n) => {
+                        buf.truncate(n);
+                        // An empty chunk is the end; a failed send, a
+                        // consumer that stopped reading.
+                        if tx.send(Ok(buf)).is_err() || n == 0 {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
+        let mut reader = Queued {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+            ended: false,
+        };
+        // `reader` (the receiving end) is dropped before the scope waits
+        // for the decoder, which then stops at its next send.
+        consume(&mut reader)
+    })
+}
+
+struct Queued {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    pos: usize,
+    ended: bool,
+}
+
+impl Read for Queued {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.buf.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(b)) => {
+                    self.ended = b.is_empty();
+                    self.buf = b;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(io::Error::other("the decoder stopped")),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 /// `r` decoded by `steps`, outermost first.
 pub fn decoder<'r>(r: impl Read + 'r, steps: &[Decoding]) -> io::Result<Box<dyn Read + 'r>> {
     let mut out: Box<dyn Read + 'r> = Box::new(BufReader::with_capacity(1 << 20, r));
@@ -165,6 +245,27 @@ pub struct TarTarget<'a> {
 /// `base.tar`, `pg_tblspc/OID` links are made to the tablespace's directory
 /// (its mapping), whatever the tar says.
 pub fn unpack(r: impl Read, t: &TarTarget) -> Result<u64, String> {
+    // The disk writes each file while the next ones are unpacked, and the
+    // final fsync has little left to wait for. On a thread of its own:
+    // starting writeback blocks while the disk's queue is full.
+    let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            for p in rx {
+                if let Ok(f) = std::fs::File::open(&p) {
+                    crate::support::fsutil::start_writeback(&f, 0, 0);
+                }
+            }
+        });
+        unpack_entries(r, t, tx)
+    })
+}
+
+fn unpack_entries(
+    r: impl Read,
+    t: &TarTarget,
+    written: std::sync::mpsc::Sender<PathBuf>,
+) -> Result<u64, String> {
     let mut ar = tar::Archive::new(r);
     ar.set_overwrite(false);
     ar.set_preserve_mtime(true);
@@ -244,6 +345,7 @@ pub fn unpack(r: impl Read, t: &TarTarget) -> Result<u64, String> {
         unpack_entry(&mut e, t.dir, &shown)?;
         if kind.is_file() {
             files += 1;
+            let _ = written.send(t.dir.join(&path));
         }
     }
     Ok(files)
@@ -311,6 +413,41 @@ mod tests {
             io::copy(&mut Capped::new(d, 1 << 20), &mut io::sink()).unwrap(),
             1 << 20
         );
+    }
+
+    #[test]
+    fn read_ahead_passes_everything_and_every_error_and_stops_with_its_reader() {
+        let data: Vec<u8> = (0..5 << 20).map(|i| (i % 251) as u8).collect();
+        let got = read_ahead(
+            || Ok(&data[..]),
+            |r| {
+                let mut v = Vec::new();
+                r.read_to_end(&mut v).map(|_| v)
+            },
+        )
+        .unwrap();
+        assert_eq!(got, data);
+        // A decoder error reaches the reader as an error, after what came
+        // before it, never as a short read.
+        let z = zstd::encode_all(&data[..], 1).unwrap();
+        let cut = &z[..z.len() / 2];
+        read_ahead(
+            || decoder(cut, &[Decoding::Zstd]),
+            |r| io::copy(r, &mut io::sink()),
+        )
+        .unwrap_err();
+        let err = read_ahead(
+            || Err::<&[u8], _>(io::Error::other("no such decoder")),
+            |r| io::copy(r, &mut io::sink()),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no such decoder"), "{err}");
+        // A consumer that stops early does not leave the decoder blocked
+        // on a full queue (the test would hang).
+        let endless = io::repeat(7);
+        let mut first = [0u8; 10];
+        read_ahead(|| Ok(endless), |r| r.read_exact(&mut first)).unwrap();
+        assert_eq!(first, [7; 10]);
     }
 
     #[test]

@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -927,9 +927,7 @@ fn finish_restore(
     }
     let mut roots = vec![req.pgdata.clone()];
     roots.extend(links.values().cloned());
-    for r in &roots {
-        sync_tree(r)?;
-    }
+    sync_trees(&roots, req.jobs)?;
     // Nothing more is unpacked: the directories can be left to others.
     release(made)?;
 
@@ -1132,10 +1130,13 @@ fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), Failure> {
         .map_err(|e| Failure::io("write file", path, &e))
 }
 
-/// fsyncs every file and directory under `root` (not following links), as
-/// pg_basebackup does before it reports success.
-fn sync_tree(root: &Path) -> Result<(), Failure> {
-    let mut stack = vec![root.to_path_buf()];
+/// fsyncs every file and directory under `roots` (not following links), as
+/// pg_basebackup does before it reports success; files `jobs` at a time,
+/// so that the disk sees several requests at once.
+fn sync_trees(roots: &[PathBuf], jobs: usize) -> Result<(), Failure> {
+    let mut dirs = Vec::new();
+    let mut files = Vec::new();
+    let mut stack = roots.to_vec();
     while let Some(dir) = stack.pop() {
         for e in fs::read_dir(&dir).map_err(|e| Failure::io("open directory", &dir, &e))? {
             let e = e.map_err(|e| Failure::io("read directory", &dir, &e))?;
@@ -1145,13 +1146,32 @@ fn sync_tree(root: &Path) -> Result<(), Failure> {
             if t.is_dir() {
                 stack.push(e.path());
             } else if t.is_file() {
-                File::open(e.path())
-                    .and_then(|f| f.sync_all())
-                    .map_err(|err| Failure::io("fsync file", &e.path(), &err))?;
+                files.push(e.path());
             }
         }
-        crate::support::fsutil::fsync_dir(&dir)
-            .map_err(|e| Failure::io("fsync directory", &dir, &e))?;
+        dirs.push(dir);
+    }
+    let next = AtomicUsize::new(0);
+    let first_error: Mutex<Option<Failure>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, files.len().max(1)) {
+            s.spawn(|| {
+                while let Some(p) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    if let Err(err) = crate::support::fsutil::fsync_file(p) {
+                        let mut slot = first_error.lock().unwrap_or_else(|e| e.into_inner());
+                        slot.get_or_insert(Failure::io("fsync file", p, &err));
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(f) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(f);
+    }
+    // Children before parents: each entry is durable before its name is.
+    for d in dirs.iter().rev() {
+        crate::support::fsutil::fsync_dir(d).map_err(|e| Failure::io("fsync directory", d, &e))?;
     }
     Ok(())
 }
@@ -1245,15 +1265,13 @@ fn fetch_one(
         })?;
     let mut hashing = Hashing::new(reader, cancel, o.stored_size);
     let outcome = (|| -> Result<Option<Vec<u8>>, String> {
-        let mut r = extract::Capped::new(
-            extract::decoder(&mut hashing, steps).map_err(|e| e.to_string())?,
-            o.size,
-        );
-        let text = match o.kind {
+        match o.kind {
             ObjectKind::Manifest => {
                 let mut t = Vec::new();
-                r.read_to_end(&mut t).map_err(|e| e.to_string())?;
-                Some(t)
+                extract::decoder(&mut hashing, steps)
+                    .and_then(|r| extract::Capped::new(r, o.size).read_to_end(&mut t))
+                    .map_err(|e| e.to_string())?;
+                Ok(Some(t))
             }
             ObjectKind::Base | ObjectKind::Tablespace => {
                 let (dir, tl) = match o.kind {
@@ -1266,19 +1284,26 @@ fn fetch_one(
                         None,
                     ),
                 };
-                extract::unpack(
-                    &mut r,
-                    &TarTarget {
-                        dir,
-                        tablespace_links: tl,
+                let target = TarTarget {
+                    dir,
+                    tablespace_links: tl,
+                };
+                extract::read_ahead(
+                    || {
+                        Ok(extract::Capped::new(
+                            extract::decoder(&mut hashing, steps)?,
+                            o.size,
+                        ))
                     },
-                )?;
-                // The tar's padding, and the end of the compressed frames.
-                io::copy(&mut r, &mut io::sink()).map_err(|e| e.to_string())?;
-                None
+                    |r| {
+                        extract::unpack(&mut *r, &target)?;
+                        // The tar's padding, and the end of the compressed frames.
+                        io::copy(r, &mut io::sink()).map_err(|e| e.to_string())?;
+                        Ok(None)
+                    },
+                )
             }
-        };
-        Ok(text)
+        }
     })();
     if cancel.load(Ordering::Relaxed) && outcome.is_err() {
         return Err(Failure::new(FailureKind::Io, "cancelled"));
