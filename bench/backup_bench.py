@@ -54,7 +54,8 @@ Run through scripts/bench.sh (WALARCH_BENCH_SUITES contains "backup").
   must leave recovery and must hold SCALE × 100000 rows in
   pgbench_accounts.
 - Repetitions interleaved: for each repetition every backup method at each
-  destination, then every restore method; the restored directories are
+  destination, then every restore method, each repetition starting one
+  method further on in both lists (rotated); the restored directories are
   deleted after each run, pg_basebackup's outputs after the repetition.
 """
 
@@ -118,6 +119,14 @@ def key_of(m_key, dest):
 
 
 # ---------------------------------------------------------------- measuring
+
+def rotated(methods, rep):
+    """The methods in the order of repetition `rep`: each repetition starts one further on,
+    so no method always runs first after the other suite's step (a machine's state then,
+    such as memory the kernel has not reused yet, favours or hurts whoever comes first)."""
+    k = (rep - 1) % len(methods) if methods else 0
+    return methods[k:] + methods[:k]
+
 
 def proc_stat(pid):
     """(ppid, start time, CPU ticks incl. waited-for children, title) of a process."""
@@ -683,7 +692,7 @@ class BackupHarness(sb.S3Harness):
         run_s = []
         for rep in range(1, a.reps + 1):
             for dest in dests:
-                for m in backups:
+                for m in rotated(backups, rep):
                     if dest not in dests_of(m):
                         continue
                     key = key_of(m.key, dest)
@@ -708,7 +717,7 @@ class BackupHarness(sb.S3Harness):
                         f"{r['server_cpu_s']:.1f}s, client {r['client_cpu_s']:.1f}s), stored "
                         f"{r['stored_bytes'] / 2**20:.1f} MiB in {r['stored_files']} files")
             for dest in dests:
-                for m in restores:
+                for m in rotated(restores, rep):
                     if dest not in dests_of(m):
                         continue
                     key = key_of(m.key, dest)
@@ -856,7 +865,7 @@ def markdown(h, backups, restores, dests, rows, errors, mach, png_name, command)
       f"pgbench_accounts. "
       + (f"S3: a SeaweedFS cluster (three volume servers, replication 001) through the TLS + "
          f"RTT proxy at {a.rtt} ms. " if "s3" in dests else "")
-      + f"{a.reps} repetition(s), interleaved. Setup "
+      + f"{a.reps} repetition(s), interleaved, rotated. Setup "
       f"{f['setup_s']:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in
                                            f["setup_phases_s"].items())
       + f"); the whole suite {f['total_s'] / 60:.1f} min; the first segment through the "

@@ -145,7 +145,12 @@ pub fn read_ahead<R: Read, T>(
     consume: impl FnOnce(&mut dyn Read) -> T,
 ) -> T {
     const CHUNK: usize = 1 << 20;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
+    const QUEUED: usize = 8;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(QUEUED);
+    // Read buffers come back to be filled again: a fresh 1 MiB for every
+    // chunk would be mapped, faulted in and zeroed by the kernel each time,
+    // which costs more than the decompression.
+    let (back_tx, back_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(QUEUED + 2);
     std::thread::scope(|s| {
         s.spawn(move || {
             let mut r = match make() {
@@ -156,7 +161,8 @@ pub fn read_ahead<R: Read, T>(
                 }
             };
             loop {
-                let mut buf = vec![0u8; CHUNK];
+                let mut buf = back_rx.try_recv().unwrap_or_default();
+                buf.resize(CHUNK, 0);
                 match crate::support::fsutil::read_full(&mut r, &mut buf) {
                     Ok(n) => {
                         buf.truncate(n);
@@ -175,6 +181,7 @@ pub fn read_ahead<R: Read, T>(
         });
         let mut reader = Queued {
             rx,
+            back: back_tx,
             buf: Vec::new(),
             pos: 0,
             ended: false,
@@ -187,31 +194,45 @@ pub fn read_ahead<R: Read, T>(
 
 struct Queued {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    back: std::sync::mpsc::SyncSender<Vec<u8>>,
     buf: Vec<u8>,
     pos: usize,
     ended: bool,
 }
 
 impl Read for Queued {
+    /// Fills `out` whole unless the end comes first: a short read at a
+    /// chunk's end would make the file writes that follow straddle disk
+    /// blocks, which the kernel then zeroes before each write.
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.buf.len() {
-            if self.ended {
-                return Ok(0);
-            }
-            match self.rx.recv() {
-                Ok(Ok(b)) => {
-                    self.ended = b.is_empty();
-                    self.buf = b;
-                    self.pos = 0;
+        let mut filled = 0;
+        while filled < out.len() {
+            if self.pos == self.buf.len() {
+                if self.ended {
+                    break;
                 }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(io::Error::other("the decoder stopped")),
+                match self.rx.recv() {
+                    Ok(Ok(b)) => {
+                        self.ended = b.is_empty();
+                        let used = std::mem::replace(&mut self.buf, b);
+                        if used.capacity() > 0 {
+                            let _ = self.back.try_send(used);
+                        }
+                        self.pos = 0;
+                        continue;
+                    }
+                    // What was read before the error is dropped with it:
+                    // the caller fails either way.
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => return Err(io::Error::other("the decoder stopped")),
+                }
             }
+            let n = (out.len() - filled).min(self.buf.len() - self.pos);
+            out[filled..filled + n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+            self.pos += n;
+            filled += n;
         }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        Ok(filled)
     }
 }
 

@@ -246,7 +246,8 @@ pub fn checksum_of(r: &mut impl Read, algorithm: Algorithm) -> io::Result<(u64, 
         Algorithm::Sha384 => State::S384(Sha384::new()),
         Algorithm::Sha512 => State::S512(Sha512::new()),
     };
-    let mut buf = vec![0u8; 256 << 10];
+    // Below malloc's mmap threshold: reused, not mapped and zeroed anew per file.
+    let mut buf = vec![0u8; 64 << 10];
     let mut n = 0u64;
     loop {
         let k = match r.read(&mut buf) {
