@@ -2,7 +2,10 @@
 # The demo: builds and installs walarch_ext, starts a throwaway cluster that
 # archives through it, writes real WAL with pgbench, switches, waits for the
 # archive to catch up, shows pg_stat_archiver and the archive, checks every
-# archived file against its source in pg_wal, then stops and cleans up.
+# archived file against its source in pg_wal; then takes a base backup into
+# the same archive, loses the server (its data directory deleted), restores
+# it with one command and checks that every committed row is back; stops
+# and cleans up.
 # PostgreSQL version: WALARCH_DEMO_PG (15, 16, 17 or 18; default 15).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -82,3 +85,28 @@ done
 if [ "$bad" -ne 0 ] || [ "$n" -eq 0 ]; then echo "==> FAILED: $bad of $((n + bad)) archived files differ from pg_wal" >&2; exit 1; fi
 if grep -E 'WARNING|FATAL' "$DEMO/server.log"; then echo "==> FAILED: warnings in the server log" >&2; exit 1; fi
 echo "==> OK: $n files archived by walarch_ext, all byte-identical to their source in pg_wal"
+
+echo "==> a base backup into the archive: pg_basebackup --target=walarch:demo -X none"
+as_pg "$BIN/pg_basebackup" -h "$DEMO/sock" -p $PORT -U postgres --target=walarch:demo -X none -c fast
+as_pg "$BIN/pgbench" -h "$DEMO/sock" -p $PORT -U postgres -c 2 -T 3 postgres >/dev/null 2>&1
+sql -qc "CREATE TABLE after_the_backup AS SELECT g FROM generate_series(1, 1000) g"
+rows() { sql -Atc "SELECT (SELECT count(*) FROM pgbench_history) || ' pgbench_history rows, ' || (SELECT count(*) FROM after_the_backup) || ' rows written after the backup'"; }
+before=$(rows)
+sql -qAtc "SELECT 'switched and archived ' || walfile FROM walarch_switch_wal(wait => true, timeout => '120s') WHERE archived"
+echo "==> walarch backup list"
+walarch backup list "$DEMO/archive"
+echo "==> the server is lost: stopped at once, its data directory deleted ($before)"
+as_pg "$BIN/pg_ctl" -D "$DEMO/data" -m immediate -w stop >/dev/null
+rm -rf "$DEMO/data"
+echo "==> walarch backup restore ARCHIVE latest PGDATA (as postgres), then start"
+as_pg walarch backup restore "$DEMO/archive" latest "$DEMO/data" --jobs 2
+as_pg "$BIN/pg_ctl" -D "$DEMO/data" -l "$DEMO/restored.log" -w start >/dev/null
+for _ in $(seq 1 120); do
+  [ "$(sql -Atc 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ] && break
+  sleep 0.5
+done
+after=$(rows)
+echo "   restored: $after"
+if [ "$after" != "$before" ]; then echo "==> FAILED: restored \"$after\", want \"$before\"" >&2; tail -20 "$DEMO/restored.log" >&2; exit 1; fi
+if grep -E 'WARNING|FATAL' "$DEMO/restored.log"; then echo "==> FAILED: warnings in the restored server's log" >&2; exit 1; fi
+echo "==> OK: the lost server was restored from the archive with every committed row"

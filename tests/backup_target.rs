@@ -13,20 +13,11 @@ use walarch_core::wal::checksum::{sha256, to_hex};
 use walarch_integration::seaweed::{Seaweed, SIGCONT, SIGSTOP};
 use walarch_integration::setups::started_with_walarch;
 use walarch_integration::{
-    as_server_user, bindir, chown_to_server, pg_major, wait_until, Cluster, Walarch,
+    as_server_user, bindir, chown_to_server, pg_major, skipped_between_15_and_18, wait_until,
+    Cluster, Walarch,
 };
 
 const T: Duration = Duration::from_secs(120);
-
-/// The target's glue is the same code on every version (one layout, 15–18):
-/// PG15 and PG18 are enough.
-fn skipped() -> bool {
-    let skip = !matches!(pg_major(), 15 | 18);
-    if skip {
-        eprintln!("skipped on PG{}", pg_major());
-    }
-    skip
-}
 
 fn basebackup_cmd(c: &Cluster, user: &str, args: &[&str]) -> Command {
     let mut bb = as_server_user(bindir().join("pg_basebackup"));
@@ -146,7 +137,7 @@ fn still_archiving(c: &Cluster, has: impl Fn(&str) -> bool) {
 
 #[test]
 fn into_a_directory_with_a_tablespace_faults_privileges_labels() {
-    if skipped() {
+    if skipped_between_15_and_18() {
         return;
     }
     let c = started_with_walarch("bt-dir");
@@ -333,7 +324,7 @@ fn list(s3: &Seaweed, prefix: &str) -> Vec<(String, u64)> {
 
 #[test]
 fn into_a_bucket_with_a_tablespace_and_a_store_that_stops() {
-    if skipped() {
+    if skipped_between_15_and_18() {
         return;
     }
     let s3 = Seaweed::start("backup-target", None);
@@ -393,7 +384,7 @@ fn into_a_bucket_with_a_tablespace_and_a_store_that_stops() {
 /// unrestorable: refused, nothing left under its label.
 #[test]
 fn an_incremental_backup_is_refused() {
-    if pg_major() < 17 || skipped() {
+    if pg_major() < 17 || skipped_between_15_and_18() {
         return;
     }
     let c = started_with_walarch("bt-incr");

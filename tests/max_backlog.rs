@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use walarch_integration::seaweed::Seaweed;
 use walarch_integration::{
-    pg_major, restore_command, sh, walarch, BackupOptions, Cluster, FromBackupOptions, InitOptions,
-    Walarch,
+    pg_major, restore_command, sh, skipped_between_15_and_18, walarch, BackupOptions, Cluster,
+    FromBackupOptions, InitOptions, Walarch,
 };
 
 const T: Duration = Duration::from_secs(120);
@@ -24,14 +24,6 @@ const MB: u64 = 1 << 20;
 const BUDGET_MB: u64 = 128;
 const MAX_WAL_MB: u64 = 96;
 const SEG: u64 = 16 * MB;
-
-fn skipped() -> bool {
-    let skip = !matches!(pg_major(), 15 | 18);
-    if skip {
-        eprintln!("skipped on PostgreSQL {}: run on 15 and 18", pg_major());
-    }
-    skip
-}
 
 /// Settings of the primary: the budget, and checkpoints often enough that
 /// segments reported archived are recycled soon.
@@ -280,7 +272,7 @@ fn outage_and_recovery(tag: &str, mut archive: Archive) {
 
 #[test]
 fn an_unwritable_directory_costs_the_oldest_wal_not_the_server() {
-    if skipped() {
+    if skipped_between_15_and_18() {
         return;
     }
     // The directory is set once the primary exists (it is the primary's).
@@ -289,7 +281,7 @@ fn an_unwritable_directory_costs_the_oldest_wal_not_the_server() {
 
 #[test]
 fn a_stopped_store_costs_the_oldest_wal_not_the_server() {
-    if skipped() {
+    if skipped_between_15_and_18() {
         return;
     }
     let s3 = Seaweed::start("budget-s3", None);
@@ -299,7 +291,7 @@ fn a_stopped_store_costs_the_oldest_wal_not_the_server() {
 
 #[test]
 fn a_healthy_destination_drops_nothing_however_large_the_backlog() {
-    if skipped() {
+    if skipped_between_15_and_18() {
         return;
     }
     let mut c = Cluster::new("budget-healthy");

@@ -7,21 +7,13 @@
 use std::time::{Duration, Instant};
 
 use walarch_integration::seaweed::{Seaweed, SIGCONT, SIGSTOP};
-use walarch_integration::{pg_major, wait_until, Cluster, InitOptions, Walarch};
+use walarch_integration::{
+    pg_major, skipped_between_15_and_18, wait_until, Cluster, InitOptions, Walarch,
+};
 
 const T: Duration = Duration::from_secs(90);
 /// The request timeout of these tests: a hung store costs this per request.
 const REQUEST_TIMEOUT_S: u64 = 10;
-
-/// What differs per version here is the archive-module ABI, which every
-/// test binary exercises: PG15 and PG18 are enough.
-fn skipped() -> bool {
-    let skip = !matches!(pg_major(), 15 | 18);
-    if skip {
-        eprintln!("skipped on PG{}", pg_major());
-    }
-    skip
-}
 
 fn cluster(s3: &Seaweed, name: &str, prefix: &str, extra: &[&str]) -> Cluster {
     let timeout = format!("walarch.s3_request_timeout = '{REQUEST_TIMEOUT_S}s'");
@@ -51,7 +43,7 @@ fn in_bucket(s3: &Seaweed, prefix: &str, names: &[String]) -> Vec<String> {
 
 #[test]
 fn a_fast_shutdown_with_the_store_hung_takes_seconds_and_loses_nothing() {
-    if skipped() {
+    if skipped_between_15_and_18() {
         return;
     }
     let s3 = Seaweed::start("outage-stop", None);
@@ -107,7 +99,7 @@ fn a_fast_shutdown_with_the_store_hung_takes_seconds_and_loses_nothing() {
 
 #[test]
 fn a_reload_to_another_destination_starts_no_upload_to_the_old_one() {
-    if skipped() {
+    if skipped_between_15_and_18() {
         return;
     }
     let s3 = Seaweed::start("outage-reload", None);
@@ -161,7 +153,7 @@ fn a_reload_to_another_destination_starts_no_upload_to_the_old_one() {
 
 #[test]
 fn copy_ahead_turned_off_mid_round_starts_no_further_upload() {
-    if skipped() {
+    if skipped_between_15_and_18() {
         return;
     }
     let s3 = Seaweed::start("outage-off", None);

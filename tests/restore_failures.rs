@@ -14,17 +14,12 @@ use std::time::Duration;
 
 use walarch_integration::seaweed::Seaweed;
 use walarch_integration::setups::batch;
-use walarch_integration::{chown_to_server, pg_major, quoted, wait_until, BackupOptions, Cluster};
+use walarch_integration::{
+    chown_to_server, pg_major, quoted, skipped_between_15_and_18, wait_until, BackupOptions,
+    Cluster,
+};
 
 const T: Duration = Duration::from_secs(120);
-
-fn skipped() -> bool {
-    let skip = !matches!(pg_major(), 15 | 18);
-    if skip {
-        eprintln!("skipped on PostgreSQL {}: run on 15 and 18", pg_major());
-    }
-    skip
-}
 
 /// `s3.restoring_cluster` with `options` after `walarch restore`, each call
 /// delayed by 0.3 s (so that the store can be stopped while it runs).
@@ -38,7 +33,7 @@ fn recovering(s3: &Seaweed, p: &Cluster, name: &str, prefix: &str, options: &str
 
 #[test]
 fn a_store_that_stops_mid_pitr_stops_recovery_and_a_restart_completes_it() {
-    if skipped() {
+    if skipped_between_15_and_18() {
         return;
     }
     let mut s3 = Seaweed::start("stop-mid-pitr", None);
@@ -91,7 +86,7 @@ fn a_store_that_stops_mid_pitr_stops_recovery_and_a_restart_completes_it() {
 
 #[test]
 fn a_standby_keeps_running_through_a_store_outage_and_catches_up() {
-    if skipped() {
+    if skipped_between_15_and_18() {
         return;
     }
     let mut s3 = Seaweed::start("standby-outage", None);

@@ -22,8 +22,8 @@ pub mod walarch;
 
 pub use cluster::{BackupOptions, Cluster, FromBackupOptions, InitOptions, PsqlOutput, WalMethod};
 pub use util::{
-    as_server_user, bindir, chown_to_server, pg_major, quoted, sh, wait_until, TmpfsMount,
-    SERVER_USER,
+    as_server_user, bindir, chown_to_server, pg_major, quoted, sh, skipped_between_15_and_18,
+    wait_until, TmpfsMount, SERVER_USER,
 };
 pub use walarch::{restore_command, verify_ok, walarch, walarch_bin, Walarch};
 

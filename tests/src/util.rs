@@ -15,6 +15,21 @@ pub fn pg_major() -> u32 {
         .unwrap_or(15)
 }
 
+/// Whether a slow test whose PostgreSQL side is the same on every version
+/// is skipped on this one. It runs on 15 and 18: what differs between
+/// versions here is the archive-module ABI (15's, and 16's onwards), and
+/// the fast tests cover 16 and 17.
+pub fn skipped_between_15_and_18() -> bool {
+    let skip = !matches!(pg_major(), 15 | 18);
+    if skip {
+        eprintln!(
+            "skipped on PostgreSQL {}: run on 15 and 18 only",
+            pg_major()
+        );
+    }
+    skip
+}
+
 /// The server binaries: Debian's build for 15, the cached relocatable builds
 /// (scripts/setup.sh) otherwise.
 pub fn bindir() -> PathBuf {
