@@ -19,7 +19,8 @@ const SEG2: &str = "000000010000000000000002";
 /// form, as a client sends to a proxy) and forwards the request to
 /// `upstream` (whatever host it names: the test's endpoints exist only
 /// behind this proxy), one request per connection (`Connection: close`).
-fn http_proxy(upstream: String) -> (String, Arc<Mutex<Vec<String>>>) {
+/// A `CONNECT` (https) is tunnelled to `tls_upstream`.
+fn http_proxy(upstream: String, tls_upstream: String) -> (String, Arc<Mutex<Vec<String>>>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
     let lines = Arc::new(Mutex::new(Vec::new()));
@@ -28,12 +29,35 @@ fn http_proxy(upstream: String) -> (String, Arc<Mutex<Vec<String>>>) {
         for c in l.incoming() {
             let Ok(c) = c else { break };
             let (upstream, seen) = (upstream.clone(), Arc::clone(&seen));
+            let tls_upstream = tls_upstream.clone();
             std::thread::spawn(move || {
                 let mut r = BufReader::new(c.try_clone().unwrap());
                 let mut head = String::new();
                 let mut line = String::new();
                 r.read_line(&mut line).unwrap();
                 seen.lock().unwrap().push(line.trim_end().to_string());
+                if line.starts_with("CONNECT ") {
+                    loop {
+                        let mut l = String::new();
+                        if r.read_line(&mut l).unwrap() == 0 || l == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut u = TcpStream::connect(&tls_upstream).unwrap();
+                    let mut c2 = c.try_clone().unwrap();
+                    c2.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .unwrap();
+                    let mut u2 = u.try_clone().unwrap();
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut u2, &mut c2);
+                        let _ = c2.shutdown(std::net::Shutdown::Both);
+                    });
+                    let _ = u.write_all(r.buffer());
+                    let mut rest = r.into_inner();
+                    let _ = std::io::copy(&mut rest, &mut u);
+                    let _ = u.shutdown(std::net::Shutdown::Write);
+                    return;
+                }
                 head.push_str(&line);
                 loop {
                     line.clear();
@@ -81,7 +105,40 @@ fn every_request_goes_through_the_proxy_unless_no_proxy() {
     make_file(&large, 12 << 20, 32);
     let upstream = sw.endpoint.trim_start_matches("http://").to_string();
     let port = upstream.rsplit(':').next().unwrap().to_string();
-    let (proxy, lines) = http_proxy(upstream);
+    // A store serving a self-signed certificate for the name only the
+    // proxy knows, pinned through ca_file: the custom TLS client
+    // (tls.rs) behind an HTTPS_PROXY.
+    let dir_tls = scratch("proxy-tls");
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-keyout",
+            "k.pem",
+            "-out",
+            "c.pem",
+            "-subj",
+            "/CN=walarch-store.invalid",
+        ])
+        .args(["-addext", "subjectAltName=DNS:walarch-store.invalid"])
+        .current_dir(&*dir_tls)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let tls = Seaweed::start(
+        "proxy-tls",
+        Some((&dir_tls.join("c.pem"), &dir_tls.join("k.pem"))),
+    );
+    let tls_upstream = tls
+        .https_endpoint
+        .clone()
+        .unwrap()
+        .trim_start_matches("https://")
+        .to_string();
+    let tls_port = tls_upstream.rsplit(':').next().unwrap().to_string();
+    let (proxy, lines) = http_proxy(upstream, tls_upstream);
     for k in [
         "HTTP_PROXY",
         "http_proxy",
@@ -135,6 +192,35 @@ fn every_request_goes_through_the_proxy_unless_no_proxy() {
         // The create-only completion: the one walarch-s3 sends itself.
         assert_eq!(count("POST", "uploadId="), 1, "completion");
         assert!(seen.iter().all(|l| l.contains("walarch-store.invalid")));
+        set(var, None);
+    }
+
+    // https through CONNECT, with the pinned certificate: every request
+    // (completion included) in tunnels; the name resolves only there.
+    for var in ["https_proxy", "HTTPS_PROXY"] {
+        set(var, Some(&proxy));
+        lines.lock().unwrap().clear();
+        let mut s = settings(&tls, var);
+        s.endpoint = Some(format!("https://walarch-store.invalid:{tls_port}"));
+        s.ca_file = Some(dir_tls.join("c.pem"));
+        s.multipart_threshold = 5 << 20;
+        s.part_size = 5 << 20;
+        let dest = S3Destination::new(s).unwrap();
+        assert!(matches!(
+            dest.store_new(SEG2, &large).unwrap(),
+            Stored::Created { .. }
+        ));
+        let mut back = Vec::new();
+        std::io::Read::read_to_end(&mut dest.open(SEG2).unwrap().unwrap(), &mut back).unwrap();
+        assert!(back == std::fs::read(&large).unwrap());
+        let seen = lines.lock().unwrap().clone();
+        eprintln!("{var}: {seen:?}");
+        assert!(!seen.is_empty());
+        assert!(
+            seen.iter()
+                .all(|l| l.starts_with(&format!("CONNECT walarch-store.invalid:{tls_port} "))),
+            "{seen:?}"
+        );
         set(var, None);
     }
 
