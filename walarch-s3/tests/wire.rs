@@ -305,6 +305,23 @@ fn self_signed_certificate_is_pinned() {
         );
     }
 
+    // Pinned, but for another name: the host is still checked.
+    let mut other_name = s.clone();
+    other_name.ca_file = Some(dir.join("srv.pem"));
+    other_name.endpoint = Some(
+        sw.https_endpoint
+            .clone()
+            .unwrap()
+            .replace("127.0.0.1", "localhost"),
+    );
+    let e = S3Destination::new(other_name).unwrap().list().unwrap_err();
+    show("TLS, the pinned certificate names another host", &e);
+    assert!(e.message.contains("TLS connection"), "{e}");
+    assert!(
+        e.detail.as_deref().unwrap_or("").contains("subjectAltName"),
+        "{e}"
+    );
+
     // Another self-signed certificate in the file: refused, saying what to
     // put there.
     let mut wrong = s.clone();
