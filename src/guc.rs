@@ -31,6 +31,10 @@ pub static S3_CA_FILE: Setting = Setting::new(None);
 pub static S3_URI_STYLE: Setting = Setting::new(Some(c"auto"));
 pub static S3_REQUEST_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 pub static BACKUP_ROLE: Setting = Setting::new(None);
+pub static S3_SSE: Setting = Setting::new(Some(c"none"));
+pub static S3_SSE_KMS_KEY_ID: Setting = Setting::new(None);
+pub static S3_SSE_CUSTOMER_KEY_FILE: Setting = Setting::new(None);
+pub static S3_STORAGE_CLASS: Setting = Setting::new(None);
 
 /// A string setting with a check hook, sighup, superuser-only.
 ///
@@ -126,6 +130,38 @@ pub fn define() {
             c"Empty: superusers only. The backup also needs a replication connection.",
             &BACKUP_ROLE,
             None,
+            None,
+        );
+        define_string(
+            c"walarch.s3_sse",
+            c"Server-side encryption of what is stored: none, AES256 (SSE-S3), aws:kms (SSE-KMS) or sse-c (a key of your own).",
+            c"none: the bucket's default encryption. Reading needs nothing more, except with sse-c: walarch restore/verify/expire/backup then need --sse-customer-key-file.",
+            &S3_SSE,
+            Some(check_s3_sse),
+            None,
+        );
+        define_string(
+            c"walarch.s3_sse_kms_key_id",
+            c"KMS key (id, alias or ARN) of walarch.s3_sse = aws:kms.",
+            c"Empty: the account's AWS managed key aws/s3.",
+            &S3_SSE_KMS_KEY_ID,
+            Some(check_s3_sse_kms_key_id),
+            None,
+        );
+        define_string(
+            c"walarch.s3_sse_customer_key_file",
+            c"File holding the key of walarch.s3_sse = sse-c: its 32 bytes, or their base64 on one line.",
+            c"Protected like walarch.s3_credentials_file (0600, owned by the server's user). Every object stored is readable only with this key: keep a copy of it away from the archive.",
+            &S3_SSE_CUSTOMER_KEY_FILE,
+            Some(check_s3_sse_customer_key_file),
+            None,
+        );
+        define_string(
+            c"walarch.s3_storage_class",
+            c"Storage class of WAL segments and base backup tars (STANDARD_IA, INTELLIGENT_TIERING, GLACIER_IR...).",
+            c"Empty: the bucket's default. History and backup history files, checksum records, markers and backup.json always take the bucket's default.",
+            &S3_STORAGE_CLASS,
+            Some(check_s3_storage_class),
             None,
         );
     }
@@ -264,6 +300,12 @@ fn s3_settings(bucket: String, prefix: String) -> Result<S3Settings, String> {
         s.secret_access_key = Some(secret);
     }
     s.ca_file = non_empty(&S3_CA_FILE).map(Into::into);
+    s.sse = walarch_s3::wire::sse_from_settings(
+        &text(&S3_SSE),
+        non_empty(&S3_SSE_KMS_KEY_ID).as_deref(),
+        non_empty(&S3_SSE_CUSTOMER_KEY_FILE).as_deref(),
+    )?;
+    s.storage_class = non_empty(&S3_STORAGE_CLASS);
     s.timeout = Duration::from_millis(S3_REQUEST_TIMEOUT.get().max(1_000) as u64);
     // The server's environment fills what the settings leave unset.
     s.complete(UriStyle::parse(&text(&S3_URI_STYLE)).unwrap_or(UriStyle::Auto));
@@ -340,6 +382,15 @@ check_hook!(check_s3_region, |v: &str| {
         Err(format!("\"{v}\" is not a region name."))
     }
 });
+check_hook!(check_s3_sse, walarch_s3::wire::check_sse);
+check_hook!(check_s3_sse_kms_key_id, walarch_s3::wire::check_kms_key_id);
+check_hook!(check_s3_sse_customer_key_file, |v| {
+    walarch_s3::wire::read_customer_key_file(v).map(|_| ())
+});
+check_hook!(
+    check_s3_storage_class,
+    walarch_s3::wire::check_storage_class
+);
 check_hook!(check_s3_uri_style, |v: &str| match UriStyle::parse(v) {
     Some(_) => Ok(()),
     None => Err("Use auto, path or host.".to_string()),

@@ -257,6 +257,14 @@ fn bucket_options(o: &S3Options) -> Vec<String> {
         }),
     );
     add("--timeout", o.timeout.map(|t| t.as_secs().to_string()));
+    add(
+        "--sse-customer-key-file",
+        o.sse_customer_key_file.clone().map(|p| {
+            std::path::absolute(&p)
+                .map(|a| a.to_string_lossy().into_owned())
+                .unwrap_or(p)
+        }),
+    );
     out
 }
 

@@ -66,6 +66,7 @@ const USAGE: &str = "usage:
 ARCHIVE: a directory or s3://BUCKET[/PREFIX]
 S3 OPTIONS: --endpoint URL --region REGION --ca-file PEM --uri-style auto|path|host
             --timeout SECONDS --credentials-file FILE
+            --sse-customer-key-file FILE (objects stored with walarch.s3_sse = sse-c)
             (else credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)";
 
 fn usage(msg: &str) -> ExitCode {
@@ -117,6 +118,8 @@ struct S3Options {
     timeout: Option<Duration>,
     /// An AWS shared credentials file (read when the archive is opened).
     credentials_file: Option<String>,
+    /// The SSE-C key file of an archive stored with `sse-c`.
+    sse_customer_key_file: Option<String>,
 }
 
 /// Positional arguments and flags (`--name value`, or `--name` alone when
@@ -147,13 +150,14 @@ fn split_args(args: &[String], with_value: &[&str], switches: &[&str]) -> Result
     Ok(out)
 }
 
-const S3_FLAGS: [&str; 6] = [
+const S3_FLAGS: [&str; 7] = [
     "--endpoint",
     "--region",
     "--ca-file",
     "--uri-style",
     "--timeout",
     "--credentials-file",
+    "--sse-customer-key-file",
 ];
 
 fn s3_options(flags: &[(String, Option<String>)]) -> Result<S3Options, String> {
@@ -179,6 +183,7 @@ fn s3_options(flags: &[(String, Option<String>)]) -> Result<S3Options, String> {
                 _ => return Err("--timeout takes a number of seconds".into()),
             },
             "--credentials-file" => o.credentials_file = Some(v),
+            "--sse-customer-key-file" => o.sse_customer_key_file = Some(v),
             _ => {}
         }
     }
@@ -244,6 +249,14 @@ fn open_archive(arg: &str, o: &S3Options) -> Result<Box<dyn Destination>, OpenEr
                 s.secret_access_key = Some(secret);
             }
             s.ca_file = o.ca_file.clone().map(Into::into);
+            // Reading needs only SSE-C's key (SSE-S3 and SSE-KMS objects
+            // read back like any other); a write sends it too.
+            if let Some(f) = &o.sse_customer_key_file {
+                let key = walarch_s3::wire::read_customer_key_file(f).map_err(|m| {
+                    OpenError::Failed(format!("invalid --sse-customer-key-file: {m}"))
+                })?;
+                s.sse = walarch_s3::Sse::Customer(key);
+            }
             if let Some(r) = o
                 .region
                 .clone()

@@ -172,6 +172,8 @@ fn s3_args(o: &S3Options) -> Vec<String> {
         ("--region", &o.region),
         ("--ca-file", &o.ca_file),
         ("--uri-style", &o.uri_style),
+        // The key file's name, never the key.
+        ("--sse-customer-key-file", &o.sse_customer_key_file),
     ] {
         if let Some(v) = v {
             a.extend([flag.to_string(), v.clone()]);

@@ -25,10 +25,10 @@ use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjPath;
 use object_store::signer::{SignedUrlOptions, Signer};
 use object_store::{
-    Attribute, Attributes, BackoffConfig, Certificate, ClientOptions, GetOptions, ObjectStore,
-    ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
+    Attribute, Attributes, BackoffConfig, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt,
+    PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
 };
-use reqwest::header::{HeaderValue, IF_NONE_MATCH};
+use reqwest::header::{HeaderName, HeaderValue, IF_NONE_MATCH};
 
 use walarch_core::destination::{Destination, Entry, ObjectEntry, ObjectWriter, Recorded, Stored};
 use walarch_core::support::error::{ArchiveError, ErrorKind};
@@ -40,6 +40,8 @@ use crate::errors::{
 };
 use crate::objects::S3ObjectWriter;
 use crate::runtime;
+use crate::tls;
+use crate::wire::{takes_storage_class, Sse};
 
 /// User metadata key of the digest: `x-amz-meta-sha256`.
 pub const META_SHA256: &str = "sha256";
@@ -82,6 +84,12 @@ pub struct S3Settings {
     pub head_before_put: bool,
     /// Whose settings these are: what the hints of errors name.
     pub naming: Naming,
+    /// Server-side encryption of what is stored (and, for SSE-C, the key
+    /// every read needs).
+    pub sse: Sse,
+    /// Storage class of segments and base backup tars (`wire::
+    /// takes_storage_class`); `None`: the bucket's default.
+    pub storage_class: Option<String>,
 }
 
 /// How the bucket is addressed: `walarch.s3_uri_style` and `--uri-style`.
@@ -159,6 +167,8 @@ impl S3Settings {
             max_retries: 3,
             head_before_put: true,
             naming: Naming::Server,
+            sse: Sse::None,
+            storage_class: None,
         }
     }
 }
@@ -196,30 +206,24 @@ impl S3Destination {
             .unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", settings.region));
         let allow_http = endpoint_text.starts_with("http://");
 
-        let mut options = ClientOptions::new()
+        let options = ClientOptions::new()
             .with_allow_http(allow_http)
             .with_timeout(settings.timeout)
             .with_connect_timeout(settings.connect_timeout);
+        // Proxies: reqwest's own, from the environment, for both clients.
         let mut http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.connect_timeout)
-            .https_only(!allow_http)
-            .no_proxy();
+            .https_only(!allow_http);
+        let mut connector = None;
         if let Some(ca) = &settings.ca_file {
             let pem = std::fs::read(ca)
                 .map_err(|e| ArchiveError::io("read CA certificate file", ca, &e))?;
-            let certs = Certificate::from_pem_bundle(&pem).map_err(|e| {
+            let certs = tls::pem_certificates(&pem).map_err(|e| {
                 config_error(format!(
                     "could not parse CA certificate file \"{}\": {}",
                     ca.display(),
                     e
-                ))
-            })?;
-            let rcerts = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                config_error(format!(
-                    "could not parse CA certificate file \"{}\": {}",
-                    ca.display(),
-                    e.without_url()
                 ))
             })?;
             if certs.is_empty() {
@@ -228,15 +232,19 @@ impl S3Destination {
                     ca.display()
                 )));
             }
-            for c in certs {
-                options = options.with_root_certificate(c);
-            }
-            options = options.with_no_system_certificates(settings.ca_only);
-            http = if settings.ca_only {
-                http.tls_certs_only(rcerts)
-            } else {
-                http.tls_certs_merge(rcerts)
-            };
+            let config = tls::client_config(certs, settings.ca_only).map_err(|e| {
+                config_error(format!(
+                    "could not use CA certificate file \"{}\": {}",
+                    ca.display(),
+                    e
+                ))
+            })?;
+            http = http.use_preconfigured_tls(config.clone());
+            connector = Some(tls::Connector {
+                tls: config,
+                timeout: settings.timeout,
+                connect_timeout: settings.connect_timeout,
+            });
         }
 
         let mut b = AmazonS3Builder::new()
@@ -260,6 +268,18 @@ impl S3Destination {
         if let Some(ep) = &settings.endpoint {
             b = b.with_endpoint(ep);
         }
+        if let Some(c) = connector {
+            b = b.with_http_connector(c);
+        }
+        b = match &settings.sse {
+            Sse::None => b,
+            Sse::Aes256 => b.with_config(sse_type_key(), "AES256"),
+            Sse::Kms { key_id } => match key_id {
+                Some(k) => b.with_sse_kms_encryption(k),
+                None => b.with_config(sse_type_key(), "aws:kms"),
+            },
+            Sse::Customer(key) => b.with_ssec_encryption(key.base64()),
+        };
         if let (Some(k), Some(s)) = (&settings.access_key_id, &settings.secret_access_key) {
             b = b.with_access_key_id(k).with_secret_access_key(s);
         }
@@ -289,6 +309,15 @@ impl S3Destination {
         &self.store
     }
 
+    /// `walarch.s3_storage_class`, on the objects that take it.
+    pub(crate) fn add_storage_class(&self, name: &str, attributes: &mut Attributes) {
+        if let Some(class) = &self.settings.storage_class {
+            if takes_storage_class(name) {
+                attributes.insert(Attribute::StorageClass, class.clone().into());
+            }
+        }
+    }
+
     pub(crate) fn key(&self, name: &str) -> ObjPath {
         if self.settings.prefix.is_empty() {
             ObjPath::from(name)
@@ -313,7 +342,10 @@ impl S3Destination {
             Some(n) => self.location(n),
             None => self.describe(),
         };
-        s3_error::to_archive_error(f, &self.cx(action, &loc))
+        sse_c_hint(
+            s3_error::to_archive_error(f, &self.cx(action, &loc)),
+            &self.settings,
+        )
     }
 
     /// Runs `fut` with the call deadline; maps every failure.
@@ -371,6 +403,8 @@ impl S3Destination {
         let store = Arc::clone(&self.store);
         let path = self.key(name);
         let head_first = self.settings.head_before_put;
+        let mut attributes = digest_attributes(&digest);
+        self.add_storage_class(name, &mut attributes);
         self.call("store", Some(name), async move {
             // Some stores ignore If-None-Match: look first. The window left
             // on such a store is between this HEAD and the PUT.
@@ -379,7 +413,7 @@ impl S3Destination {
             }
             let opts = PutOptions {
                 mode: PutMode::Create,
-                attributes: digest_attributes(&digest),
+                attributes,
                 ..Default::default()
             };
             let payload = PutPayload::from(Bytes::from(data));
@@ -422,12 +456,14 @@ impl S3Destination {
         let upload_id = {
             let (store, path) = (Arc::clone(&store), path.clone());
             let head_first = self.settings.head_before_put;
+            let mut attributes = digest_attributes(&digest);
+            self.add_storage_class(name, &mut attributes);
             let created = self.call("store", Some(name), async move {
                 if head_first && exists(&store, &path).await? {
                     return Ok(None);
                 }
                 let opts = PutMultipartOptions {
-                    attributes: digest_attributes(&digest),
+                    attributes,
                     ..Default::default()
                 };
                 store
@@ -562,17 +598,25 @@ impl S3Destination {
         let http = self.http.clone();
         let (path, id) = (path.clone(), upload_id.to_string());
         let expires = self.settings.timeout + Duration::from_secs(60);
+        // S3 wants the SSE-C key on the completion too when parts carry a
+        // checksum (they do: SHA-256); signed, like every x-amz header.
+        let sse_c = sse_c_headers(&self.settings.sse);
         self.call("store", Some(name), async move {
-            let opts = SignedUrlOptions::new()
+            let mut opts = SignedUrlOptions::new()
                 .with_query([("uploadId", id.as_str())])
                 .with_signed_header(IF_NONE_MATCH, HeaderValue::from_static("*"));
+            for (k, v) in &sse_c {
+                opts = opts.with_signed_header(k.clone(), v.clone());
+            }
             let url = store
                 .signed_url_opts(reqwest::Method::POST, &path, expires, &opts)
                 .await
                 .map_err(|e| classify(&e))?;
-            let resp = http
-                .post(url)
-                .header(IF_NONE_MATCH, "*")
+            let mut request = http.post(url).header(IF_NONE_MATCH, "*");
+            for (k, v) in sse_c {
+                request = request.header(k, v);
+            }
+            let resp = request
                 .body(body)
                 .send()
                 .await
@@ -632,6 +676,79 @@ pub(crate) async fn object_failure(
             _ => f,
         },
     }
+}
+
+/// Says so when a refusal is about an SSE-C key: the store's answer to a
+/// read without one (400, "… Customer provided keys must provide the
+/// customer key", AWS: "… stored using a form of Server Side Encryption")
+/// and, when a key is given, the 403 a store answers for another key.
+fn sse_c_hint(mut e: ArchiveError, settings: &S3Settings) -> ArchiveError {
+    let text = format!("{} {}", e.message, e.detail.as_deref().unwrap_or("")).to_ascii_lowercase();
+    let option = match settings.naming {
+        Naming::Server => "walarch.s3_sse = 'sse-c' and walarch.s3_sse_customer_key_file",
+        Naming::CommandLine => "--sse-customer-key-file",
+    };
+    let needs_key = text.contains("server side encryption")
+        || text.contains("server-side encryption")
+        || text.contains("customer provided key")
+        || text.contains("customer key");
+    if needs_key && !matches!(settings.sse, Sse::Customer(_)) {
+        e.kind = ErrorKind::Configuration;
+        e.hint = Some(format!(
+            "The object is stored with SSE-C (server-side encryption with a key of your own): \
+             its key is needed ({option})."
+        ));
+    } else if matches!(settings.sse, Sse::Customer(_))
+        && (needs_key || text.contains("accessdenied") || text.contains("denied access"))
+    {
+        let before = e.hint.take().map(|h| format!("{h} ")).unwrap_or_default();
+        e.hint = Some(format!(
+            "{before}Or the object was stored with another SSE-C key than the one given \
+             ({option})."
+        ));
+    }
+    e
+}
+
+/// object_store's key of the encryption type (its enum of encryption keys
+/// is not exported; its name is).
+fn sse_type_key() -> object_store::aws::AmazonS3ConfigKey {
+    "aws_server_side_encryption"
+        .parse()
+        .expect("object_store knows aws_server_side_encryption")
+}
+
+/// The SSE-C headers (key and its MD5 marked sensitive: never logged).
+fn sse_c_headers(sse: &Sse) -> Vec<(HeaderName, HeaderValue)> {
+    let Sse::Customer(key) = sse else {
+        return Vec::new();
+    };
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let raw = b64.decode(key.base64()).unwrap_or_default();
+    let md5 = {
+        use md5::Digest as _;
+        b64.encode(md5::Md5::digest(&raw))
+    };
+    let sensitive = |s: String| {
+        let mut v = HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""));
+        v.set_sensitive(true);
+        v
+    };
+    vec![
+        (
+            HeaderName::from_static("x-amz-server-side-encryption-customer-algorithm"),
+            HeaderValue::from_static("AES256"),
+        ),
+        (
+            HeaderName::from_static("x-amz-server-side-encryption-customer-key"),
+            sensitive(key.base64().to_string()),
+        ),
+        (
+            HeaderName::from_static("x-amz-server-side-encryption-customer-key-md5"),
+            sensitive(md5),
+        ),
+    ]
 }
 
 fn digest_attributes(d: &Sha256Digest) -> Attributes {
@@ -1078,6 +1195,63 @@ mod tests {
         assert!(!decide(None, None, UriStyle::Path).1);
         assert_eq!(UriStyle::parse("auto"), Some(UriStyle::Auto));
         assert_eq!(UriStyle::parse("sideways"), None);
+    }
+
+    #[test]
+    fn sse_c_headers_carry_key_and_md5_marked_sensitive() {
+        assert!(sse_c_headers(&Sse::None).is_empty());
+        assert!(sse_c_headers(&Sse::Aes256).is_empty());
+        let h = sse_c_headers(&Sse::Customer(crate::CustomerKey::from_bytes(&[7; 32])));
+        let get = |n: &str| h.iter().find(|(k, _)| k.as_str() == n).map(|(_, v)| v);
+        assert_eq!(
+            get("x-amz-server-side-encryption-customer-algorithm").unwrap(),
+            "AES256"
+        );
+        let key = get("x-amz-server-side-encryption-customer-key").unwrap();
+        assert_eq!(key, "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=");
+        assert!(key.is_sensitive());
+        let md5 = get("x-amz-server-side-encryption-customer-key-md5").unwrap();
+        assert_eq!(md5, "y4HAEFCYWuvAXWFTtA1Qpg==");
+        assert!(md5.is_sensitive());
+    }
+
+    #[test]
+    fn sse_c_refusals_say_so() {
+        let refusal = |detail: &str| {
+            ArchiveError::new(
+                ErrorKind::Io,
+                "could not read \"s3://b/x\": S3 store answered HTTP 400 (InvalidArgument)",
+            )
+            .with_detail(detail.to_string())
+        };
+        let mut s = S3Settings::new("b");
+        let e = sse_c_hint(
+            refusal("Requests specifying Server Side Encryption with Customer provided keys must provide the customer key."),
+            &s,
+        );
+        assert_eq!(e.kind, ErrorKind::Configuration);
+        assert!(e.hint.unwrap().contains("walarch.s3_sse_customer_key_file"));
+        s.naming = Naming::CommandLine;
+        let e = sse_c_hint(
+            refusal("The object was stored using a form of Server Side Encryption. The correct parameters must be provided to retrieve the object."),
+            &s,
+        );
+        assert!(e.hint.unwrap().contains("--sse-customer-key-file"));
+        // With a key: a 403 may be another key.
+        s.sse = Sse::Customer(crate::CustomerKey::from_bytes(&[1; 32]));
+        let denied = ArchiveError::new(
+            ErrorKind::Configuration,
+            "S3 store denied access to it (AccessDenied)",
+        )
+        .with_hint("Grant s3:GetObject.".to_string());
+        let e = sse_c_hint(denied, &s);
+        assert_eq!(
+            e.hint.as_deref(),
+            Some("Grant s3:GetObject. Or the object was stored with another SSE-C key than the one given (--sse-customer-key-file).")
+        );
+        // Anything else is left alone.
+        let other = refusal("Something else.");
+        assert_eq!(sse_c_hint(other, &S3Settings::new("b")).hint, None);
     }
 
     #[test]

@@ -300,6 +300,34 @@ fn code_suffix(code: &str) -> String {
     }
 }
 
+/// The TLS library's reason in plain words, the reason itself kept at the
+/// end (rustls' names, e.g. `CaUsedAsEndEntity`, say little to an
+/// operator).
+pub fn tls_detail(cause: &str, naming: Naming) -> String {
+    let file = naming.pick("walarch.s3_ca_file", "--ca-file (or AWS_CA_BUNDLE)");
+    let plain = if cause.contains("CaUsedAsEndEntity") {
+        format!(
+            "The endpoint presented a self-signed (CA) certificate as its own, and it is not \
+             one of the certificates in {file}: put that very certificate in the file (it is \
+             then pinned), or have the store serve a certificate signed by a CA in the file."
+        )
+    } else if cause.contains("UnknownIssuer") {
+        format!(
+            "The endpoint's certificate is not signed by a CA in {file} or the system's, and \
+             is not itself in {file}."
+        )
+    } else if cause.contains("NotValidForName") || cause.contains("not valid for name") {
+        "The endpoint's certificate does not name the endpoint's host: its subjectAltName \
+         must hold the host name or IP address of the endpoint URL."
+            .to_string()
+    } else if cause.contains("Expired") || cause.contains("NotValidYet") {
+        "The endpoint's certificate is outside its validity dates.".to_string()
+    } else {
+        return cause.to_string();
+    };
+    format!("{plain} ({cause})")
+}
+
 /// The message for a classified failure.
 pub fn to_archive_error(f: Failure, cx: &Context<'_>) -> ArchiveError {
     let transient = f.is_transient();
@@ -329,12 +357,14 @@ fn describe(f: Failure, cx: &Context<'_>) -> ArchiveError {
                 cx.endpoint
             ),
         )
-        .with_detail(cause)
+        .with_detail(tls_detail(&cause, cx.naming))
         .with_hint(cx.naming.pick(
-            "Check that the endpoint's certificate is signed by a CA in walarch.s3_ca_file \
-             (or the system's) and names the endpoint's host.",
-            "Check that the endpoint's certificate is signed by a CA in --ca-file (or \
-             AWS_CA_BUNDLE, or the system's) and names the endpoint's host.",
+            "Put in walarch.s3_ca_file the CA certificate that signed the endpoint's \
+             certificate, or the endpoint's own certificate (a self-signed one is then \
+             trusted as it is); it must name the endpoint's host (subjectAltName).",
+            "Give with --ca-file (or AWS_CA_BUNDLE) the CA certificate that signed the \
+             endpoint's certificate, or the endpoint's own certificate (a self-signed one \
+             is then trusted as it is); it must name the endpoint's host (subjectAltName).",
         )),
         Failure::TimedOut(d) => ArchiveError::new(
             ErrorKind::Io,
@@ -477,6 +507,33 @@ pub fn fmt_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_reasons_in_plain_words() {
+        let d = tls_detail(
+            "invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))",
+            Naming::Server,
+        );
+        assert!(
+            d.starts_with("The endpoint presented a self-signed (CA) certificate"),
+            "{d}"
+        );
+        assert!(
+            d.contains("walarch.s3_ca_file") && d.ends_with("(CaUsedAsEndEntity)))"),
+            "{d}"
+        );
+        let d = tls_detail(
+            "invalid peer certificate: UnknownIssuer",
+            Naming::CommandLine,
+        );
+        assert!(d.contains("--ca-file"), "{d}");
+        let d = tls_detail("invalid peer certificate: NotValidForName", Naming::Server);
+        assert!(d.contains("subjectAltName"), "{d}");
+        assert_eq!(
+            tls_detail("handshake failure", Naming::Server),
+            "handshake failure"
+        );
+    }
 
     #[test]
     fn s3_codes() {

@@ -13,3 +13,6 @@ pub mod runtime;
 pub use objects::MAX_PARTS_IN_FLIGHT;
 
 pub use bucket::{S3Destination, S3Settings, UriStyle, META_SHA256, SIDECAR_SUFFIX};
+pub mod tls;
+pub mod wire;
+pub use wire::{CustomerKey, Sse};

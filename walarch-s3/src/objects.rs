@@ -113,6 +113,9 @@ impl S3ObjectWriter {
         let store = Arc::clone(self.dest.store());
         let path = self.path.clone();
         let head_first = self.dest.settings().head_before_put;
+        let mut opts = PutMultipartOptions::default();
+        self.dest
+            .add_storage_class(&self.name, &mut opts.attributes);
         let created = self.dest.call("store", Some(&self.name), async move {
             // Some stores ignore If-None-Match: look first, so that a taken
             // name is refused before any part is sent.
@@ -120,7 +123,7 @@ impl S3ObjectWriter {
                 return Ok(None);
             }
             store
-                .create_multipart_opts(&path, PutMultipartOptions::default())
+                .create_multipart_opts(&path, opts)
                 .await
                 .map(Some)
                 .map_err(|e| classify(&e))

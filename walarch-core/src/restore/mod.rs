@@ -285,10 +285,14 @@ fn io_err(action: &str, p: &Path, e: &io::Error) -> RestoreError {
 }
 
 fn store_err(e: ArchiveError) -> RestoreError {
-    let text = match &e.detail {
+    let mut text = match &e.detail {
         Some(d) => format!("{}: {d}", e.message),
         None => e.message,
     };
+    // On the same line: restore_command's stderr goes to the server log.
+    if let Some(h) = &e.hint {
+        text = format!("{text} HINT: {h}");
+    }
     if e.kind == crate::support::error::ErrorKind::Unavailable {
         RestoreError::Unavailable(text)
     } else {
