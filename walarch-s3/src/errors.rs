@@ -366,16 +366,18 @@ fn describe(f: Failure, cx: &Context<'_>) -> ArchiveError {
             ErrorKind::Configuration,
             format!("{head}: S3 store refused the credentials{}", code_suffix(&code)),
         )
-        .with_detail(if message.is_empty() {
-            "403 Forbidden".to_string()
-        } else {
-            message
-        })
-        .with_hint(format!(
-            "The credentials came from {}. {}",
-            cx.credentials,
-            cx.naming.pick(CHAIN_HINT_SERVER, CHAIN_HINT_CLI)
-        )),
+        // Where they came from goes in the DETAIL: `walarch restore`
+        // prints no hint.
+        .with_detail(format!(
+            "{}. The credentials came from {}.",
+            if message.is_empty() {
+                "403 Forbidden"
+            } else {
+                message.trim_end_matches('.')
+            },
+            cx.credentials
+        ))
+        .with_hint(cx.naming.pick(CHAIN_HINT_SERVER, CHAIN_HINT_CLI)),
         Failure::ObjectForbidden { code, message } => ArchiveError::new(
             ErrorKind::Configuration,
             format!("{head}: S3 store denied access to it{}", code_suffix(&code)),

@@ -231,14 +231,19 @@ fn a_credentials_file_profile_stores_and_reads_back() {
         "{}",
         e.message
     );
-    let hint = e.hint.clone().unwrap_or_default();
+    let detail = e.detail.clone().unwrap_or_default();
     assert!(
-        hint.contains(&format!(
+        detail.contains(&format!(
             "credentials file \"{}\", profile \"default\"",
             file.display()
         )),
-        "{hint}"
+        "{detail}"
     );
+    assert!(e
+        .hint
+        .clone()
+        .unwrap_or_default()
+        .contains("walarch.s3_profile"));
     assert!(!format!("{e}").contains("wrong-secret-0123456789"));
 
     // A profile that is not there: an error naming it and the file.
