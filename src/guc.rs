@@ -18,6 +18,7 @@ use walarch_core::destination::destination_setting::{
 };
 use walarch_core::destination::local_directory::LocalDirectory;
 use walarch_core::destination::Destination;
+use walarch_s3::credentials::CredentialOptions;
 use walarch_s3::{S3Destination, S3Settings, UriStyle};
 
 type Setting = GucSetting<Option<CString>>;
@@ -35,6 +36,7 @@ pub static S3_SSE: Setting = Setting::new(Some(c"none"));
 pub static S3_SSE_KMS_KEY_ID: Setting = Setting::new(None);
 pub static S3_SSE_CUSTOMER_KEY_FILE: Setting = Setting::new(None);
 pub static S3_STORAGE_CLASS: Setting = Setting::new(None);
+pub static S3_PROFILE: Setting = Setting::new(None);
 
 /// A string setting with a check hook, sighup, superuser-only.
 ///
@@ -102,8 +104,8 @@ pub fn define() {
         );
         define_string(
             c"walarch.s3_credentials_file",
-            c"File with the bucket's aws_access_key_id and aws_secret_access_key (AWS shared credentials format).",
-            c"Empty: the server's AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. Read at each use, so a rotated key needs no reload. Secrets are not settings: PostgreSQL logs every changed setting's value at reload.",
+            c"File with the bucket's aws_access_key_id, aws_secret_access_key and aws_session_token (AWS shared credentials format), profile walarch.s3_profile.",
+            c"Empty: the AWS credential chain from the server's environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, web identity, container credentials, instance metadata). Read at each use, so a rotated key needs no reload. Secrets are not settings: PostgreSQL logs every changed setting's value at reload.",
             &S3_CREDENTIALS_FILE,
             Some(check_s3_credentials_file),
             None,
@@ -122,6 +124,14 @@ pub fn define() {
             c"auto: host style for AWS, path style for a custom endpoint.",
             &S3_URI_STYLE,
             Some(check_s3_uri_style),
+            None,
+        );
+        define_string(
+            c"walarch.s3_profile",
+            c"Profile of the credentials file to read (walarch.s3_credentials_file, else the server's AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials).",
+            c"Empty: the server's AWS_PROFILE, else default.",
+            &S3_PROFILE,
+            Some(check_s3_profile),
             None,
         );
         define_string(
@@ -294,11 +304,10 @@ fn s3_settings(bucket: String, prefix: String) -> Result<S3Settings, String> {
     s.prefix = prefix;
     s.endpoint = non_empty(&S3_ENDPOINT);
     s.region = non_empty(&S3_REGION).unwrap_or_else(|| "us-east-1".into());
-    if let Some(file) = non_empty(&S3_CREDENTIALS_FILE) {
-        let (key, secret) = read_credentials_file(&file)?;
-        s.access_key_id = Some(key);
-        s.secret_access_key = Some(secret);
-    }
+    s.credential_options = CredentialOptions {
+        file: non_empty(&S3_CREDENTIALS_FILE).map(Into::into),
+        profile: non_empty(&S3_PROFILE),
+    };
     s.ca_file = non_empty(&S3_CA_FILE).map(Into::into);
     s.sse = walarch_s3::wire::sse_from_settings(
         &text(&S3_SSE),
@@ -309,6 +318,10 @@ fn s3_settings(bucket: String, prefix: String) -> Result<S3Settings, String> {
     s.timeout = Duration::from_millis(S3_REQUEST_TIMEOUT.get().max(1_000) as u64);
     // The server's environment fills what the settings leave unset.
     s.complete(UriStyle::parse(&text(&S3_URI_STYLE)).unwrap_or(UriStyle::Auto));
+    // The credentials file is read here, at each use: its keys are part of
+    // the settings the cached client is keyed by, so a rotated key or a
+    // changed profile makes a new client.
+    s.choose_credentials()?;
     Ok(s)
 }
 
@@ -375,6 +388,13 @@ check_hook!(check_s3_endpoint, check_endpoint);
 check_hook!(check_s3_ca_file, check_ca_file);
 check_hook!(check_s3_credentials_file, |v| read_credentials_file(v)
     .map(|_| ()));
+check_hook!(check_s3_profile, |v: &str| {
+    if v.contains(['[', ']', '\n']) || v.trim() != v {
+        Err(format!("\"{v}\" is not a profile name."))
+    } else {
+        Ok(())
+    }
+});
 check_hook!(check_s3_region, |v: &str| {
     if v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
         Ok(())

@@ -256,6 +256,7 @@ fn bucket_options(o: &S3Options) -> Vec<String> {
                 .unwrap_or(p)
         }),
     );
+    add("--profile", o.profile.clone());
     add("--timeout", o.timeout.map(|t| t.as_secs().to_string()));
     add(
         "--sse-customer-key-file",
@@ -372,7 +373,7 @@ fn cmd_restore(args: &[String]) -> ExitCode {
             }
             if is_bucket && o.credentials_file.is_none() {
                 say!(
-                    "walarch: restore_command carries no credentials: the server needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in its environment (or restore with --credentials-file, whose name restore_command then carries)"
+                    "walarch: restore_command carries no credentials: the server's user needs them from its environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, web identity, container or instance credentials), or restore with --credentials-file [--profile], whose names restore_command then carries"
                 );
             }
             // SAFETY: geteuid has no preconditions and cannot fail.

@@ -9,10 +9,13 @@
 //!   walarch backup restore ARCHIVE LABEL|latest PGDATA [--target-…] [--tablespace-mapping OLD=NEW]…
 //!
 //! ARCHIVE is a directory or s3://BUCKET[/PREFIX]. For a bucket, the
-//! credentials come from --credentials-file (AWS shared credentials format,
-//! as walarch.s3_credentials_file) or the environment (AWS_ACCESS_KEY_ID,
-//! AWS_SECRET_ACCESS_KEY): never from the command line, where `ps` shows
-//! them. The endpoint, region and CA bundle from --endpoint, --region,
+//! credentials come from the AWS credential chain (walarch_s3::credentials):
+//! --credentials-file (AWS shared credentials format, as
+//! walarch.s3_credentials_file) with --profile, else the environment
+//! (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE,
+//! AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials), web identity,
+//! container credentials, instance metadata: never from the command line,
+//! where `ps` shows them. The endpoint, region and CA bundle from --endpoint, --region,
 //! --ca-file or AWS_ENDPOINT_URL, AWS_REGION, AWS_CA_BUNDLE.
 //!
 //! Exit status: 0 success; 1 the file is not in the archive (restore) or the
@@ -37,7 +40,7 @@ macro_rules! say {
 use std::time::Duration;
 
 use walarch_core::destination::destination_setting::{
-    check_ca_file, check_endpoint, read_credentials_file, DestinationSpec,
+    check_ca_file, check_endpoint, DestinationSpec,
 };
 use walarch_core::destination::local_directory::LocalDirectory;
 use walarch_core::destination::Destination;
@@ -45,6 +48,7 @@ use walarch_core::maintenance::verify::{verify, Report};
 use walarch_core::restore::{restore_retrying, RecoveryMode, RestoreError, Retry};
 use walarch_core::wal::time::parse_duration;
 use walarch_core::wal::walname::{WalFileKind, WalFileName};
+use walarch_s3::credentials::CredentialOptions;
 use walarch_s3::{Naming, S3Destination, S3Settings, UriStyle};
 
 mod backup;
@@ -65,9 +69,11 @@ const USAGE: &str = "usage:
                  [-T|--tablespace-mapping OLD=NEW]... [-j|--jobs N] [--no-clean] [S3 OPTIONS]
 ARCHIVE: a directory or s3://BUCKET[/PREFIX]
 S3 OPTIONS: --endpoint URL --region REGION --ca-file PEM --uri-style auto|path|host
-            --timeout SECONDS --credentials-file FILE
+            --timeout SECONDS --credentials-file FILE --profile NAME
             --sse-customer-key-file FILE (objects stored with walarch.s3_sse = sse-c)
-            (else credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)";
+            (credentials: --credentials-file, else AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/
+            AWS_SESSION_TOKEN, ~/.aws/credentials (AWS_PROFILE), web identity, container
+            credentials, instance metadata)";
 
 fn usage(msg: &str) -> ExitCode {
     say!("walarch: {msg}\n{USAGE}");
@@ -120,6 +126,8 @@ struct S3Options {
     credentials_file: Option<String>,
     /// The SSE-C key file of an archive stored with `sse-c`.
     sse_customer_key_file: Option<String>,
+    /// The profile of the credentials file (else AWS_PROFILE, else default).
+    profile: Option<String>,
 }
 
 /// Positional arguments and flags (`--name value`, or `--name` alone when
@@ -150,7 +158,7 @@ fn split_args(args: &[String], with_value: &[&str], switches: &[&str]) -> Result
     Ok(out)
 }
 
-const S3_FLAGS: [&str; 7] = [
+const S3_FLAGS: [&str; 8] = [
     "--endpoint",
     "--region",
     "--ca-file",
@@ -158,6 +166,7 @@ const S3_FLAGS: [&str; 7] = [
     "--timeout",
     "--credentials-file",
     "--sse-customer-key-file",
+    "--profile",
 ];
 
 fn s3_options(flags: &[(String, Option<String>)]) -> Result<S3Options, String> {
@@ -184,6 +193,12 @@ fn s3_options(flags: &[(String, Option<String>)]) -> Result<S3Options, String> {
             },
             "--credentials-file" => o.credentials_file = Some(v),
             "--sse-customer-key-file" => o.sse_customer_key_file = Some(v),
+            "--profile" => {
+                if v.is_empty() || v.contains(['[', ']', '\n']) {
+                    return Err("--profile takes a profile name".into());
+                }
+                o.profile = Some(v)
+            }
             _ => {}
         }
     }
@@ -242,12 +257,10 @@ fn open_archive(arg: &str, o: &S3Options) -> Result<Box<dyn Destination>, OpenEr
             s.naming = Naming::CommandLine;
             s.prefix = prefix;
             s.endpoint = o.endpoint.clone();
-            if let Some(f) = &o.credentials_file {
-                let (key, secret) = read_credentials_file(f)
-                    .map_err(|m| OpenError::Failed(format!("invalid --credentials-file: {m}")))?;
-                s.access_key_id = Some(key);
-                s.secret_access_key = Some(secret);
-            }
+            s.credential_options = CredentialOptions {
+                file: o.credentials_file.clone().map(Into::into),
+                profile: o.profile.clone(),
+            };
             s.ca_file = o.ca_file.clone().map(Into::into);
             // Reading needs only SSE-C's key (SSE-S3 and SSE-KMS objects
             // read back like any other); a write sends it too.
@@ -274,6 +287,8 @@ fn open_archive(arg: &str, o: &S3Options) -> Result<Box<dyn Destination>, OpenEr
             if let Some(t) = o.timeout {
                 s.timeout = t;
             }
+            s.choose_credentials()
+                .map_err(|m| OpenError::Failed(format!("could not get S3 credentials: {m}")))?;
             S3Destination::new(s)
                 .map(|d| Box::new(d) as Box<dyn Destination>)
                 .map_err(|e| OpenError::Failed(e.to_string()))

@@ -164,9 +164,16 @@ pub fn restore(
 }
 
 /// The S3 options again, for the helper's command line (never secrets:
-/// those stay in the environment it inherits).
+/// those stay in the environment it inherits, or in the credentials file
+/// named here).
 fn s3_args(o: &S3Options) -> Vec<String> {
     let mut a = vec![];
+    // The helper runs in "/": an absolute path.
+    let credentials_file = o.credentials_file.clone().map(|p| {
+        std::path::absolute(&p)
+            .map(|a| a.to_string_lossy().into_owned())
+            .unwrap_or(p)
+    });
     for (flag, v) in [
         ("--endpoint", &o.endpoint),
         ("--region", &o.region),
@@ -174,6 +181,8 @@ fn s3_args(o: &S3Options) -> Vec<String> {
         ("--uri-style", &o.uri_style),
         // The key file's name, never the key.
         ("--sse-customer-key-file", &o.sse_customer_key_file),
+        ("--credentials-file", &credentials_file),
+        ("--profile", &o.profile),
     ] {
         if let Some(v) = v {
             a.extend([flag.to_string(), v.clone()]);

@@ -35,6 +35,7 @@ use walarch_core::support::error::{ArchiveError, ErrorKind};
 use walarch_core::wal::checksum::{from_hex, sha256, to_hex, Hasher, Sha256Digest};
 use walarch_core::wal::walname::stored_form;
 
+use crate::credentials::{self, CredentialOptions, Source};
 use crate::errors::{
     self as s3_error, classify, classify_reqwest, classify_status, Context, Failure, Naming,
 };
@@ -57,8 +58,8 @@ pub struct S3Settings {
     pub bucket: String,
     /// Key prefix without leading or trailing slash; may be empty.
     pub prefix: String,
-    /// When `None`, object_store's AWS credential chain (instance metadata,
-    /// web identity) is used.
+    /// Keys given directly; when `None`, the credential chain decides
+    /// (`choose_credentials`).
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     /// `https://BUCKET.host/key` instead of `https://host/BUCKET/key`. With
@@ -90,6 +91,15 @@ pub struct S3Settings {
     /// Storage class of segments and base backup tars (`wire::
     /// takes_storage_class`); `None`: the bucket's default.
     pub storage_class: Option<String>,
+    /// `aws_session_token` that goes with the keys given directly.
+    pub session_token: Option<String>,
+    /// Where the credential chain starts: the credentials file and profile
+    /// the settings or options name.
+    pub credential_options: CredentialOptions,
+    /// The chain's choice (`choose_credentials`); when `None` and no keys
+    /// are given, `S3Destination::new` runs the chain on the process's
+    /// environment.
+    pub credentials: Option<Source>,
 }
 
 /// How the bucket is addressed: `walarch.s3_uri_style` and `--uri-style`.
@@ -133,19 +143,42 @@ impl S3Settings {
     }
 
     /// Fills what the settings leave unset from the standard AWS
-    /// environment: `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (as a
-    /// pair), `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`, `AWS_CA_BUNDLE`.
+    /// environment: `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`,
+    /// `AWS_CA_BUNDLE`. (Credentials: `choose_credentials`.)
     fn fill_with(&mut self, var: impl Fn(&str) -> Option<String>) {
         let var = |k: &str| var(k).filter(|v| !v.is_empty());
-        if self.access_key_id.is_none() && self.secret_access_key.is_none() {
-            self.access_key_id = var("AWS_ACCESS_KEY_ID");
-            self.secret_access_key = var("AWS_SECRET_ACCESS_KEY");
-        }
         if self.endpoint.is_none() {
             self.endpoint = var("AWS_ENDPOINT_URL_S3").or_else(|| var("AWS_ENDPOINT_URL"));
         }
         if self.ca_file.is_none() {
             self.ca_file = var("AWS_CA_BUNDLE").map(PathBuf::from);
+        }
+    }
+
+    /// Runs the credential chain on the process's environment, unless keys
+    /// are given directly: reads the credentials file now, so that settings
+    /// built again after a key rotation differ. The error is a DETAIL.
+    pub fn choose_credentials(&mut self) -> Result<(), String> {
+        self.choose_credentials_with(&|k| std::env::var(k).ok())
+    }
+
+    /// `choose_credentials` with the environment `var`.
+    pub fn choose_credentials_with(
+        &mut self,
+        var: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(), String> {
+        if self.access_key_id.is_none() && self.secret_access_key.is_none() {
+            self.credentials = Some(credentials::choose(&self.credential_options, var)?);
+        }
+        Ok(())
+    }
+
+    /// Where the credentials come from, for messages (no secret).
+    pub fn credentials_source(&self) -> String {
+        match (&self.access_key_id, &self.credentials) {
+            (Some(_), _) => "the keys given to the client".into(),
+            (None, Some(s)) => s.describe(),
+            (None, None) => "the credential chain".into(),
         }
     }
 
@@ -169,6 +202,9 @@ impl S3Settings {
             naming: Naming::Server,
             sse: Sse::None,
             storage_class: None,
+            session_token: None,
+            credential_options: CredentialOptions::default(),
+            credentials: None,
         }
     }
 }
@@ -182,6 +218,8 @@ pub struct S3Destination {
     http: reqwest::Client,
     settings: S3Settings,
     endpoint_text: String,
+    /// `S3Settings::credentials_source`, for messages.
+    credentials_text: String,
 }
 
 fn config_error(message: String) -> ArchiveError {
@@ -247,6 +285,16 @@ impl S3Destination {
             });
         }
 
+        let credential_client_options = options.clone();
+        let retry = RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(2),
+                base: 2.0,
+            },
+            max_retries: settings.max_retries,
+            retry_timeout: settings.timeout,
+        };
         let mut b = AmazonS3Builder::new()
             .with_region(&settings.region)
             .with_bucket_name(&settings.bucket)
@@ -255,15 +303,7 @@ impl S3Destination {
             // One plain DELETE per object: DeleteObjects (POST ?delete) is
             // missing from some S3-compatible stores.
             .with_disable_bulk_delete(true)
-            .with_retry(RetryConfig {
-                backoff: BackoffConfig {
-                    init_backoff: Duration::from_millis(100),
-                    max_backoff: Duration::from_secs(2),
-                    base: 2.0,
-                },
-                max_retries: settings.max_retries,
-                retry_timeout: settings.timeout,
-            })
+            .with_retry(retry.clone())
             .with_client_options(options);
         if let Some(ep) = &settings.endpoint {
             b = b.with_endpoint(ep);
@@ -280,9 +320,41 @@ impl S3Destination {
             },
             Sse::Customer(key) => b.with_ssec_encryption(key.base64()),
         };
-        if let (Some(k), Some(s)) = (&settings.access_key_id, &settings.secret_access_key) {
-            b = b.with_access_key_id(k).with_secret_access_key(s);
+        // One provider for every request, the presigned completion
+        // included, so refreshed credentials serve all of them.
+        let source = match (&settings.access_key_id, &settings.secret_access_key) {
+            (Some(k), Some(sec)) => credentials::Source::Static {
+                access_key_id: k.clone(),
+                secret_access_key: sec.clone(),
+                session_token: settings.session_token.clone(),
+                origin: "the keys given to the client".into(),
+            },
+            (None, None) => match &settings.credentials {
+                Some(src) => src.clone(),
+                None => {
+                    credentials::choose(&settings.credential_options, &|k| std::env::var(k).ok())
+                        .map_err(config_error)?
+                }
+            },
+            _ => {
+                return Err(config_error(
+                    "an access key ID and a secret access key go together".into(),
+                ))
+            }
+        };
+        if settings.credentials.is_none() && settings.access_key_id.is_none() {
+            settings.credentials = Some(source.clone());
         }
+        let provider = credentials::provider(
+            &source,
+            &settings.region,
+            &credential_client_options,
+            &retry,
+            settings.timeout,
+        )
+        .map_err(config_error)?;
+        b = b.with_credentials(provider);
+        let credentials_text = settings.credentials_source();
         let store = b.build().map_err(|e| {
             // Builder errors name settings, never their secret values.
             config_error(format!("invalid S3 settings: {e}"))
@@ -298,6 +370,7 @@ impl S3Destination {
             http,
             settings,
             endpoint_text,
+            credentials_text,
         })
     }
 
@@ -334,6 +407,7 @@ impl S3Destination {
             bucket: &self.settings.bucket,
             timeout: self.settings.timeout,
             naming: self.settings.naming,
+            credentials: &self.credentials_text,
         }
     }
 
@@ -602,14 +676,7 @@ impl S3Destination {
         // checksum (they do: SHA-256); signed, like every x-amz header.
         let sse_c = sse_c_headers(&self.settings.sse);
         self.call("store", Some(name), async move {
-            let mut opts = SignedUrlOptions::new()
-                .with_query([("uploadId", id.as_str())])
-                .with_signed_header(IF_NONE_MATCH, HeaderValue::from_static("*"));
-            for (k, v) in &sse_c {
-                opts = opts.with_signed_header(k.clone(), v.clone());
-            }
-            let url = store
-                .signed_url_opts(reqwest::Method::POST, &path, expires, &opts)
+            let url = completion_url(&store, &path, &id, expires, &sse_c)
                 .await
                 .map_err(|e| classify(&e))?;
             let mut request = http.post(url).header(IF_NONE_MATCH, "*");
@@ -635,6 +702,27 @@ impl S3Destination {
             }
         })
     }
+}
+
+/// The presigned URL of the create-only completion, signed with the
+/// store's credential provider's current credentials (and their session
+/// token, `X-Amz-Security-Token`, which is part of the signed query).
+async fn completion_url(
+    store: &AmazonS3,
+    path: &ObjPath,
+    upload_id: &str,
+    expires: Duration,
+    signed: &[(HeaderName, HeaderValue)],
+) -> Result<reqwest::Url, object_store::Error> {
+    let mut opts = SignedUrlOptions::new()
+        .with_query([("uploadId", upload_id)])
+        .with_signed_header(IF_NONE_MATCH, HeaderValue::from_static("*"));
+    for (k, v) in signed {
+        opts = opts.with_signed_header(k.clone(), v.clone());
+    }
+    store
+        .signed_url_opts(reqwest::Method::POST, path, expires, &opts)
+        .await
 }
 
 /// Whether `path` exists (HEAD).
@@ -1139,7 +1227,7 @@ impl Destination for S3Destination {
 }
 
 /// Short text of a failure for io::Error payloads.
-fn describe_failure(f: &Failure) -> String {
+pub(crate) fn describe_failure(f: &Failure) -> String {
     match f {
         Failure::Unreachable(c) => format!("endpoint unreachable: {c}"),
         Failure::Tls(c) => format!("TLS failure: {c}"),
@@ -1153,6 +1241,9 @@ fn describe_failure(f: &Failure) -> String {
         Failure::Checksum { code, .. } => format!("checksum rejected {code}"),
         Failure::Status { status, code, .. } => format!("HTTP {status} {code}"),
         Failure::Transport(c) | Failure::Other(c) => c.clone(),
+        Failure::NoCredentials { source, cause, .. } => {
+            format!("could not get credentials from {source}: {cause}")
+        }
     }
 }
 
@@ -1252,6 +1343,63 @@ mod tests {
         // Anything else is left alone.
         let other = refusal("Something else.");
         assert_eq!(sse_c_hint(other, &S3Settings::new("b")).hint, None);
+    fn the_completion_is_signed_with_the_session_token() {
+        let mut s = S3Settings::new("wal");
+        s.endpoint = Some("http://127.0.0.1:9".into());
+        s.access_key_id = Some("AKIDEXAMPLE".into());
+        s.secret_access_key = Some("secret".into());
+        s.session_token = Some("the/session+token=".into());
+        s.complete_with(UriStyle::Auto, |_| None);
+        let d = S3Destination::new(s).unwrap();
+        let store = Arc::clone(d.store());
+        let url = runtime::run(Duration::from_secs(10), async move {
+            completion_url(
+                &store,
+                &ObjPath::from("p/x"),
+                "up-1",
+                Duration::from_secs(60),
+                &[],
+            )
+            .await
+        })
+        .unwrap()
+        .unwrap();
+        let q: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        let pos = |k: &str| q.iter().position(|(n, _)| n == k);
+        let token = pos("X-Amz-Security-Token").expect("token in the query");
+        assert_eq!(q[token].1, "the/session+token=");
+        // SigV4 query signing covers every parameter before the signature,
+        // and the If-None-Match header.
+        assert!(token < pos("X-Amz-Signature").unwrap(), "{url}");
+        let signed = &q[pos("X-Amz-SignedHeaders").unwrap()].1;
+        assert!(signed.split(';').any(|h| h == "if-none-match"), "{signed}");
+        assert!(q[pos("X-Amz-Credential").unwrap()]
+            .1
+            .starts_with("AKIDEXAMPLE/"));
+
+        // Without a token, none is sent.
+        let mut s = S3Settings::new("wal");
+        s.endpoint = Some("http://127.0.0.1:9".into());
+        s.access_key_id = Some("AKIDEXAMPLE".into());
+        s.secret_access_key = Some("secret".into());
+        let d = S3Destination::new(s).unwrap();
+        let store = Arc::clone(d.store());
+        let url = runtime::run(Duration::from_secs(10), async move {
+            completion_url(
+                &store,
+                &ObjPath::from("p/x"),
+                "up-1",
+                Duration::from_secs(60),
+                &[],
+            )
+            .await
+        })
+        .unwrap()
+        .unwrap();
+        assert!(
+            !url.query().unwrap_or("").contains("X-Amz-Security-Token"),
+            "{url}"
+        );
     }
 
     #[test]

@@ -69,6 +69,13 @@ pub enum Failure {
     /// reset, broken body): transient, like `Unreachable`.
     Transport(String),
     Other(String),
+    /// No credentials to sign with: the chain's source (`source`, never a
+    /// value) failed.
+    NoCredentials {
+        source: String,
+        cause: String,
+        transient: bool,
+    },
 }
 
 impl Failure {
@@ -77,6 +84,7 @@ impl Failure {
     pub fn is_transient(&self) -> bool {
         match self {
             Failure::Unreachable(_) | Failure::TimedOut(_) | Failure::Transport(_) => true,
+            Failure::NoCredentials { transient, .. } => *transient,
             Failure::Status { status, code, .. } => {
                 *status >= 500
                     || *status == 429
@@ -217,6 +225,10 @@ const BODY_ERROR_MARK: &str = "Server returned error response: ";
 
 /// Classifies any object_store error.
 pub fn classify(e: &object_store::Error) -> Failure {
+    // Getting the credentials failed, not the store's request.
+    if let Some(f) = crate::credentials::credentials_failure(e) {
+        return f;
+    }
     let c = chain(e);
     // No HTTP answer: the transport error, public as `HttpError`.
     for s in &c {
@@ -290,6 +302,8 @@ pub struct Context<'a> {
     pub bucket: &'a str,
     pub timeout: Duration,
     pub naming: Naming,
+    /// Where the credentials come from (`Source::describe`).
+    pub credentials: &'a str,
 }
 
 fn code_suffix(code: &str) -> String {
@@ -382,16 +396,18 @@ fn describe(f: Failure, cx: &Context<'_>) -> ArchiveError {
             ErrorKind::Configuration,
             format!("{head}: S3 store refused the credentials{}", code_suffix(&code)),
         )
-        .with_detail(if message.is_empty() {
-            "403 Forbidden".to_string()
-        } else {
-            message
-        })
-        .with_hint(cx.naming.pick(
-            "Check the keys in walarch.s3_credentials_file (or the server's AWS_ACCESS_KEY_ID \
-             and AWS_SECRET_ACCESS_KEY).",
-            "Check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.",
-        )),
+        // Where they came from goes in the DETAIL: `walarch restore`
+        // prints no hint.
+        .with_detail(format!(
+            "{}. The credentials came from {}.",
+            if message.is_empty() {
+                "403 Forbidden"
+            } else {
+                message.trim_end_matches('.')
+            },
+            cx.credentials
+        ))
+        .with_hint(cx.naming.pick(CHAIN_HINT_SERVER, CHAIN_HINT_CLI)),
         Failure::ObjectForbidden { code, message } => ArchiveError::new(
             ErrorKind::Configuration,
             format!("{head}: S3 store denied access to it{}", code_suffix(&code)),
@@ -461,8 +477,28 @@ fn describe(f: Failure, cx: &Context<'_>) -> ArchiveError {
         Failure::Transport(cause) | Failure::Other(cause) => {
             ArchiveError::new(ErrorKind::Io, format!("{head}: S3 request failed")).with_detail(cause)
         }
+        Failure::NoCredentials { source, cause, .. } => ArchiveError::new(
+            // to_archive_error makes a transient one Unavailable.
+            ErrorKind::Configuration,
+            format!("{head}: could not get S3 credentials from {source}"),
+        )
+        .with_detail(cause)
+        .with_hint(cx.naming.pick(CHAIN_HINT_SERVER, CHAIN_HINT_CLI)),
     }
 }
+
+/// Where credentials come from, in the chain's order, as a hint.
+const CHAIN_HINT_SERVER: &str = "Credentials come from walarch.s3_credentials_file (profile walarch.s3_profile), \
+else the server's environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN, the shared \
+credentials file (AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials, profile AWS_PROFILE), web identity \
+(AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE), container credentials (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI \
+or AWS_CONTAINER_CREDENTIALS_FULL_URI), then instance metadata.";
+const CHAIN_HINT_CLI: &str =
+    "Credentials come from --credentials-file (profile --profile or AWS_PROFILE), \
+else the environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN, the shared \
+credentials file (AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials), web identity (AWS_ROLE_ARN, \
+AWS_WEB_IDENTITY_TOKEN_FILE), container credentials (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI or \
+AWS_CONTAINER_CREDENTIALS_FULL_URI), then instance metadata.";
 
 pub fn run_error(e: RunError, cx: &Context<'_>) -> ArchiveError {
     match e {

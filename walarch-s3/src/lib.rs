@@ -6,6 +6,7 @@
 //! the extension and the `walarch` command link it.
 
 mod bucket;
+pub mod credentials;
 mod errors;
 mod objects;
 pub use errors::Naming;

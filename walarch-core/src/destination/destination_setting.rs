@@ -175,6 +175,15 @@ pub fn credentials_file_problem(path: &str, owner: u32, mode: u32, euid: u32) ->
 /// owner and permissions must be those PostgreSQL requires of a private
 /// key (`credentials_file_problem`).
 pub fn read_credentials_file(path: &str) -> Result<(String, String), String> {
+    let text = read_private_file(path)?;
+    parse_credentials(&text).ok_or_else(|| {
+        format!("\"{path}\" holds no aws_access_key_id and aws_secret_access_key pair.")
+    })
+}
+
+/// A file's text, when its owner and permissions are those of a private
+/// key (`credentials_file_problem`).
+fn read_private_file(path: &str) -> Result<String, String> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).map_err(|e| {
         format!(
@@ -187,19 +196,110 @@ pub fn read_credentials_file(path: &str) -> Result<(String, String), String> {
     if let Some(problem) = credentials_file_problem(path, meta.uid(), meta.mode(), euid) {
         return Err(problem);
     }
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    std::fs::read_to_string(path).map_err(|e| {
         format!(
             "Could not read \"{path}\": {}.",
             crate::support::error::os_message(&e)
         )
-    })?;
-    parse_credentials(&text).ok_or_else(|| {
-        format!("\"{path}\" holds no aws_access_key_id and aws_secret_access_key pair.")
     })
 }
 
-fn parse_credentials(text: &str) -> Option<(String, String)> {
-    let mut sections: Vec<(String, Vec<(String, String)>)> = vec![(String::new(), vec![])];
+/// The keys of one profile of a credentials file.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProfileKeys {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// `aws_session_token`: temporary credentials.
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for ProfileKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProfileKeys")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"******")
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "******"),
+            )
+            .finish()
+    }
+}
+
+/// Which profile of a credentials file to read.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Profile {
+    pub name: String,
+    /// Named by a setting, an option or AWS_PROFILE. When not (the name is
+    /// then `default`), a file without a `[default]` section gives its
+    /// first keys, as before profiles were read.
+    pub explicit: bool,
+}
+
+impl Profile {
+    pub fn default_profile() -> Profile {
+        Profile {
+            name: "default".into(),
+            explicit: false,
+        }
+    }
+}
+
+/// Why a profile gave no keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProfileProblem {
+    /// No `[NAME]` (or `[profile NAME]`) section.
+    NoSuchProfile,
+    /// The section lacks these keys.
+    MissingKeys(Vec<&'static str>),
+}
+
+/// The keys of `profile` in the text of a credentials file.
+pub fn parse_profile(text: &str, profile: &Profile) -> Result<ProfileKeys, ProfileProblem> {
+    let sections = sections(text);
+    let named = sections.iter().find(|(n, _)| {
+        n == &profile.name || n.strip_prefix("profile ").map(str::trim) == Some(&profile.name)
+    });
+    let pairs = match named {
+        Some((_, p)) => p,
+        None if !profile.explicit && profile.name == "default" => {
+            // The first section with keys (or keys before any section).
+            match sections.iter().find(|(_, p)| keys_of(p).is_ok()) {
+                Some((_, p)) => p,
+                None => return Err(ProfileProblem::NoSuchProfile),
+            }
+        }
+        None => return Err(ProfileProblem::NoSuchProfile),
+    };
+    keys_of(pairs)
+}
+
+/// What is wrong, as a sentence naming the file and the profile (never a
+/// value).
+pub fn profile_problem_text(path: &str, profile: &Profile, p: &ProfileProblem) -> String {
+    match p {
+        ProfileProblem::NoSuchProfile => format!(
+            "\"{path}\" has no profile \"{}\" (a [{}] section with aws_access_key_id and aws_secret_access_key).",
+            profile.name, profile.name
+        ),
+        ProfileProblem::MissingKeys(k) => format!(
+            "Profile \"{}\" of \"{path}\" has no {}.",
+            profile.name,
+            k.join(" and ")
+        ),
+    }
+}
+
+/// `read_credentials_file` for one profile, with its session token.
+pub fn read_credentials_profile(path: &str, profile: &Profile) -> Result<ProfileKeys, String> {
+    let text = read_private_file(path)?;
+    parse_profile(&text, profile).map_err(|p| profile_problem_text(path, profile, &p))
+}
+
+type Section = (String, Vec<(String, String)>);
+
+fn sections(text: &str) -> Vec<Section> {
+    let mut sections: Vec<Section> = vec![(String::new(), vec![])];
     for line in text.lines().map(str::trim) {
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
             continue;
@@ -207,20 +307,44 @@ fn parse_credentials(text: &str) -> Option<(String, String)> {
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             sections.push((name.trim().to_string(), vec![]));
         } else if let Some((k, v)) = line.split_once('=') {
-            let last = sections.last_mut()?;
-            last.1.push((k.trim().to_lowercase(), v.trim().to_string()));
+            if let Some(last) = sections.last_mut() {
+                last.1.push((k.trim().to_lowercase(), v.trim().to_string()));
+            }
         }
     }
-    let pick = |pairs: &Vec<(String, String)>| {
-        let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        Some((get("aws_access_key_id")?, get("aws_secret_access_key")?))
-            .filter(|(k, s)| !k.is_empty() && !s.is_empty())
-    };
     sections
-        .iter()
-        .find(|(n, _)| n == "default")
-        .and_then(|(_, p)| pick(p))
-        .or_else(|| sections.iter().find_map(|(_, p)| pick(p)))
+}
+
+fn keys_of(pairs: &[(String, String)]) -> Result<ProfileKeys, ProfileProblem> {
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty())
+    };
+    match (get("aws_access_key_id"), get("aws_secret_access_key")) {
+        (Some(access_key_id), Some(secret_access_key)) => Ok(ProfileKeys {
+            access_key_id,
+            secret_access_key,
+            session_token: get("aws_session_token"),
+        }),
+        (k, s) => Err(ProfileProblem::MissingKeys(
+            [
+                k.is_none().then_some("aws_access_key_id"),
+                s.is_none().then_some("aws_secret_access_key"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        )),
+    }
+}
+
+fn parse_credentials(text: &str) -> Option<(String, String)> {
+    parse_profile(text, &Profile::default_profile())
+        .ok()
+        .map(|k| (k.access_key_id, k.secret_access_key))
 }
 
 #[cfg(test)]
@@ -318,6 +442,84 @@ mod tests {
         assert!(read_credentials_file("/no/such")
             .unwrap_err()
             .contains("Could not read"));
+    }
+
+    #[test]
+    fn reads_profiles_with_session_tokens() {
+        use std::os::unix::fs::PermissionsExt;
+        let text = "aws_access_key_id = top\naws_secret_access_key = topsecret\n\
+                    [default]\naws_access_key_id = K\naws_secret_access_key = S\n\
+                    [prod]\naws_access_key_id = PK\naws_secret_access_key = PS\naws_session_token = PT\n\
+                    [profile cfg]\naws_access_key_id = CK\naws_secret_access_key = CS\n\
+                    [half]\naws_access_key_id = HK\n";
+        let named = |n: &str| Profile {
+            name: n.into(),
+            explicit: true,
+        };
+        let keys = |k: &str, s: &str, t: Option<&str>| ProfileKeys {
+            access_key_id: k.into(),
+            secret_access_key: s.into(),
+            session_token: t.map(String::from),
+        };
+        assert_eq!(
+            parse_profile(text, &named("prod")),
+            Ok(keys("PK", "PS", Some("PT")))
+        );
+        assert_eq!(
+            parse_profile(text, &named("default")),
+            Ok(keys("K", "S", None))
+        );
+        assert_eq!(
+            parse_profile(text, &named("cfg")),
+            Ok(keys("CK", "CS", None))
+        );
+        assert_eq!(
+            parse_profile(text, &named("half")),
+            Err(ProfileProblem::MissingKeys(vec!["aws_secret_access_key"]))
+        );
+        assert_eq!(
+            parse_profile(text, &named("nope")),
+            Err(ProfileProblem::NoSuchProfile)
+        );
+        // Without [default]: an explicit "default" is missing, the implicit
+        // one takes the first keys (as before profiles).
+        let no_default = "aws_access_key_id = K0\naws_secret_access_key = S0\n[x]\n";
+        assert_eq!(
+            parse_profile(no_default, &named("default")),
+            Err(ProfileProblem::NoSuchProfile)
+        );
+        assert_eq!(
+            parse_profile(no_default, &Profile::default_profile()),
+            Ok(keys("K0", "S0", None))
+        );
+        // Texts name the file and the profile, never a value.
+        let t = profile_problem_text("/f", &named("nope"), &ProfileProblem::NoSuchProfile);
+        assert!(t.contains("\"/f\"") && t.contains("\"nope\""), "{t}");
+        let t = profile_problem_text(
+            "/f",
+            &named("half"),
+            &ProfileProblem::MissingKeys(vec!["aws_secret_access_key"]),
+        );
+        assert!(
+            t.contains("half") && t.contains("aws_secret_access_key") && !t.contains("HK"),
+            "{t}"
+        );
+        assert!(!format!("{:?}", keys("K", "S3CR3T", Some("T0K3N"))).contains("S3CR3T"));
+        assert!(!format!("{:?}", keys("K", "S3CR3T", Some("T0K3N"))).contains("T0K3N"));
+        // The file rule holds for profiles too.
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("creds");
+        std::fs::write(&f, text).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let path = f.to_str().unwrap();
+        assert_eq!(
+            read_credentials_profile(path, &named("prod")),
+            Ok(keys("PK", "PS", Some("PT")))
+        );
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(read_credentials_profile(path, &named("prod"))
+            .unwrap_err()
+            .contains("group or other access"));
     }
 
     #[test]
