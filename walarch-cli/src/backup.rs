@@ -257,6 +257,19 @@ fn bucket_options(o: &S3Options) -> Vec<String> {
         }),
     );
     add("--timeout", o.timeout.map(|t| t.as_secs().to_string()));
+    // Azure and GCS: names, never the files' contents.
+    let abs = |p: &String| {
+        std::path::absolute(p)
+            .map(|a| a.to_string_lossy().into_owned())
+            .unwrap_or(p.clone())
+    };
+    add("--azure-account", o.azure_account.clone());
+    add("--azure-key-file", o.azure_key_file.as_ref().map(abs));
+    add("--azure-sas-file", o.azure_sas_file.as_ref().map(abs));
+    add(
+        "--gcs-credentials-file",
+        o.gcs_credentials_file.as_ref().map(abs),
+    );
     out
 }
 
@@ -328,7 +341,7 @@ fn cmd_restore(args: &[String]) -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    let is_bucket = matches!(DestinationSpec::parse(dir), Ok(DestinationSpec::S3 { .. }));
+    let is_bucket = DestinationSpec::parse(dir).is_ok_and(|d| d.is_object_store());
     let (archive_arg, options) = if is_bucket {
         (dir.clone(), bucket_options(&o))
     } else {
@@ -362,7 +375,9 @@ fn cmd_restore(args: &[String]) -> ExitCode {
             for l in r.settings.iter().filter(|l| !l.starts_with('#')) {
                 say!("    {l}");
             }
-            if is_bucket && o.credentials_file.is_none() {
+            if matches!(DestinationSpec::parse(dir), Ok(DestinationSpec::S3 { .. }))
+                && o.credentials_file.is_none()
+            {
                 say!(
                     "walarch: restore_command carries no credentials: the server needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in its environment (or restore with --credentials-file, whose name restore_command then carries)"
                 );

@@ -172,6 +172,11 @@ fn s3_args(o: &S3Options) -> Vec<String> {
         ("--region", &o.region),
         ("--ca-file", &o.ca_file),
         ("--uri-style", &o.uri_style),
+        // Azure and GCS: the files' names, never their contents.
+        ("--azure-account", &o.azure_account),
+        ("--azure-key-file", &o.azure_key_file),
+        ("--azure-sas-file", &o.azure_sas_file),
+        ("--gcs-credentials-file", &o.gcs_credentials_file),
     ] {
         if let Some(v) = v {
             a.extend([flag.to_string(), v.clone()]);

@@ -634,7 +634,7 @@ pub(crate) async fn object_failure(
     }
 }
 
-fn digest_attributes(d: &Sha256Digest) -> Attributes {
+pub(crate) fn digest_attributes(d: &Sha256Digest) -> Attributes {
     let mut a = Attributes::new();
     a.insert(Attribute::Metadata(META_SHA256.into()), to_hex(d).into());
     a
@@ -662,7 +662,7 @@ fn xml_escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn complete_body(parts: &[PartId]) -> String {
+pub(crate) fn complete_body(parts: &[PartId]) -> String {
     let mut b = String::from("<CompleteMultipartUpload>");
     for (i, p) in parts.iter().enumerate() {
         let (etag, sum) = part_fields(p);
@@ -681,6 +681,113 @@ fn complete_body(parts: &[PartId]) -> String {
     }
     b.push_str("</CompleteMultipartUpload>");
     b
+}
+
+/// The record of a stored object, from its HEAD (`head`, with metadata)
+/// and its sidecar (ETag of the object it records, body) when there is one:
+/// the sidecar when it records the object as it is now, else the metadata.
+/// S3, Azure and GCS keep records alike.
+pub(crate) fn recorded_from(
+    head: &object_store::GetResult,
+    sidecar: Option<(Option<String>, Bytes)>,
+    name: &str,
+) -> Recorded {
+    if let Some((etag, body)) = sidecar {
+        if etag.is_some() && etag == head.meta.e_tag {
+            return match std::str::from_utf8(&body)
+                .ok()
+                .and_then(|t| parse_sidecar(t, name))
+            {
+                Some(d) => Recorded::Digest(d),
+                None => Recorded::Malformed,
+            };
+        }
+    }
+    match head
+        .attributes
+        .get(&Attribute::Metadata(META_SHA256.into()))
+    {
+        None => Recorded::Missing,
+        Some(v) => match from_hex(v.as_ref()) {
+            Some(d) => Recorded::Digest(d),
+            None => Recorded::Malformed,
+        },
+    }
+}
+
+/// The names directly under `prefix`, checksum records left out.
+pub(crate) async fn list_entries(
+    store: Arc<dyn ObjectStore>,
+    prefix: Option<ObjPath>,
+) -> Result<Vec<Entry>, Failure> {
+    let r = store
+        .list_with_delimiter(prefix.as_ref())
+        .await
+        .map_err(|e| classify(&e))?;
+    Ok(r.objects
+        .into_iter()
+        .filter_map(|o| {
+            let name = o.location.filename()?.to_string();
+            (!name.ends_with(SIDECAR_SUFFIX)).then(|| Entry {
+                name,
+                stored_at: Some(o.last_modified.into()),
+            })
+        })
+        .collect())
+}
+
+/// Hands the body of `r` to a reader over a bounded channel, from a task:
+/// each chunk must come within `idle`, and a body that ends short is a
+/// broken transfer. `store` names the store in messages.
+pub(crate) fn read_stream(
+    r: object_store::GetResult,
+    idle: Duration,
+    store: &'static str,
+) -> tokio::sync::mpsc::Receiver<Result<Bytes, io::Error>> {
+    let expected = r.meta.size;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut s = r.into_stream();
+        let mut received = 0u64;
+        loop {
+            let item = match tokio::time::timeout(idle, s.next()).await {
+                // A body that ends short is a broken transfer (to
+                // be retried), not a corrupt object.
+                Ok(None) if received < expected => Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    format!("{store} read ended after {received} of {expected} bytes"),
+                )),
+                Ok(None) => break,
+                Ok(Some(Ok(b))) => {
+                    received += b.len() as u64;
+                    Ok(b)
+                }
+                Ok(Some(Err(e))) => {
+                    let f = classify(&e);
+                    // A broken stream is transient: the reader's
+                    // error kind says so (error::is_transient).
+                    let kind = if f.is_transient() {
+                        io::ErrorKind::ConnectionReset
+                    } else {
+                        io::ErrorKind::Other
+                    };
+                    Err(io::Error::new(
+                        kind,
+                        format!("{store} read failed: {}", describe_failure(&f)),
+                    ))
+                }
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{store} read stalled for {}", s3_error::fmt_duration(idle)),
+                )),
+            };
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                break; // reader dropped, or error delivered
+            }
+        }
+    });
+    rx
 }
 
 /// `HEX  NAME` (sha256sum's format), one line.
@@ -702,9 +809,9 @@ fn parse_sidecar(text: &str, name: &str) -> Option<Sha256Digest> {
 /// Streaming read: a task pulls the GET body and hands chunks over a
 /// bounded channel (4 chunks: object_store yields hyper's frames, some KiB
 /// to 1 MiB); each chunk must come within the timeout.
-struct StreamReader {
-    rx: tokio::sync::mpsc::Receiver<Result<Bytes, io::Error>>,
-    cur: Bytes,
+pub(crate) struct StreamReader {
+    pub(crate) rx: tokio::sync::mpsc::Receiver<Result<Bytes, io::Error>>,
+    pub(crate) cur: Bytes,
 }
 
 impl Read for StreamReader {
@@ -784,31 +891,7 @@ impl Destination for S3Destination {
                 Ok(s) => s,
                 Err(e) => return Err(object_failure(&store, &side, &e).await),
             };
-            if let Some((etag, body)) = sidecar {
-                if etag.is_some() && etag == head.meta.e_tag {
-                    return Ok(
-                        match std::str::from_utf8(&body)
-                            .ok()
-                            .and_then(|t| parse_sidecar(t, &name_owned))
-                        {
-                            Some(d) => Recorded::Digest(d),
-                            None => Recorded::Malformed,
-                        },
-                    );
-                }
-            }
-            Ok(
-                match head
-                    .attributes
-                    .get(&Attribute::Metadata(META_SHA256.into()))
-                {
-                    None => Recorded::Missing,
-                    Some(v) => match from_hex(v.as_ref()) {
-                        Some(d) => Recorded::Digest(d),
-                        None => Recorded::Malformed,
-                    },
-                },
-            )
+            Ok(recorded_from(&head, sidecar, &name_owned))
         })
     }
 
@@ -893,49 +976,7 @@ impl Destination for S3Destination {
                 }
                 Err(e) => return Err(object_failure(&store, &path, &e).await),
             };
-            let expected = r.meta.size;
-            let (tx, rx) = tokio::sync::mpsc::channel(4);
-            tokio::spawn(async move {
-                let mut s = r.into_stream();
-                let mut received = 0u64;
-                loop {
-                    let item = match tokio::time::timeout(idle, s.next()).await {
-                        // A body that ends short is a broken transfer (to
-                        // be retried), not a corrupt object.
-                        Ok(None) if received < expected => Err(io::Error::new(
-                            io::ErrorKind::ConnectionReset,
-                            format!("S3 read ended after {received} of {expected} bytes"),
-                        )),
-                        Ok(None) => break,
-                        Ok(Some(Ok(b))) => {
-                            received += b.len() as u64;
-                            Ok(b)
-                        }
-                        Ok(Some(Err(e))) => {
-                            let f = classify(&e);
-                            // A broken stream is transient: the reader's
-                            // error kind says so (error::is_transient).
-                            let kind = if f.is_transient() {
-                                io::ErrorKind::ConnectionReset
-                            } else {
-                                io::ErrorKind::Other
-                            };
-                            Err(io::Error::new(
-                                kind,
-                                format!("S3 read failed: {}", describe_failure(&f)),
-                            ))
-                        }
-                        Err(_) => Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("S3 read stalled for {}", s3_error::fmt_duration(idle)),
-                        )),
-                    };
-                    let stop = item.is_err();
-                    if tx.send(item).await.is_err() || stop {
-                        break; // reader dropped, or error delivered
-                    }
-                }
-            });
+            let rx = read_stream(r, idle, "S3");
             Ok(Some(rx))
         })?;
         Ok(rx.map(|rx| {
@@ -967,20 +1008,7 @@ impl Destination for S3Destination {
         // Listing many thousands of names takes several requests: allow
         // one timeout per 1000 (a page) on top.
         self.call_within(self.settings.timeout * 4, "list", None, async move {
-            let r = store
-                .list_with_delimiter(prefix.as_ref())
-                .await
-                .map_err(|e| classify(&e))?;
-            Ok(r.objects
-                .into_iter()
-                .filter_map(|o| {
-                    let name = o.location.filename()?.to_string();
-                    (!name.ends_with(SIDECAR_SUFFIX)).then(|| Entry {
-                        name,
-                        stored_at: Some(o.last_modified.into()),
-                    })
-                })
-                .collect())
+            list_entries(store, prefix).await
         })
     }
 
@@ -1008,7 +1036,7 @@ impl Destination for S3Destination {
     }
 
     fn create_object(&self, name: &str) -> Result<Box<dyn ObjectWriter>, ArchiveError> {
-        Ok(Box::new(S3ObjectWriter::new(self, name)))
+        Ok(Box::new(S3ObjectWriter::new(self, self.key(name), name)))
     }
 
     fn objects_under(&self, prefix: &str) -> Result<Vec<ObjectEntry>, ArchiveError> {
@@ -1022,7 +1050,7 @@ impl Destination for S3Destination {
 }
 
 /// Short text of a failure for io::Error payloads.
-fn describe_failure(f: &Failure) -> String {
+pub(crate) fn describe_failure(f: &Failure) -> String {
     match f {
         Failure::Unreachable(c) => format!("endpoint unreachable: {c}"),
         Failure::Tls(c) => format!("TLS failure: {c}"),
