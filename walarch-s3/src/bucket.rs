@@ -25,8 +25,8 @@ use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjPath;
 use object_store::signer::{SignedUrlOptions, Signer};
 use object_store::{
-    Attribute, Attributes, BackoffConfig, Certificate, ClientOptions, GetOptions, ObjectStore,
-    ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
+    Attribute, Attributes, BackoffConfig, Certificate, ClientOptions, ObjectStore, ObjectStoreExt,
+    PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
 };
 use reqwest::header::{HeaderValue, IF_NONE_MATCH};
 
@@ -40,6 +40,7 @@ use crate::errors::{
 };
 use crate::objects::S3ObjectWriter;
 use crate::runtime;
+use crate::shared;
 
 /// User metadata key of the digest: `x-amz-meta-sha256`.
 pub const META_SHA256: &str = "sha256";
@@ -533,14 +534,7 @@ impl S3Destination {
         name: &str,
         p: runtime::Pending<Result<PartId, Failure>>,
     ) -> Result<PartId, ArchiveError> {
-        match p.wait() {
-            Ok(Ok(part)) => Ok(part),
-            Ok(Err(f)) => Err(self.fail("store", Some(name), f)),
-            Err(e) => {
-                let loc = self.location(name);
-                Err(s3_error::run_error(e, &self.cx("store", &loc)))
-            }
-        }
+        crate::objects::PartStore::wait_part(self, name, p)
     }
 
     /// CompleteMultipartUpload with `If-None-Match: *`. object_store 0.14
@@ -589,6 +583,17 @@ impl S3Destination {
                 412 => Ok(Stored::Exists),
                 _ => Err(classify_status(status, Some(&text))),
             }
+        })
+    }
+}
+
+impl S3Destination {
+    /// A 403 for an object is looked at closer (`object_failure`).
+    fn object_errors(&self) -> shared::ObjectError {
+        let store = Arc::clone(&self.store);
+        Arc::new(move |path, e| {
+            let store = Arc::clone(&store);
+            Box::pin(async move { object_failure(&store, &path, &e).await })
         })
     }
 }
@@ -861,68 +866,27 @@ impl Destination for S3Destination {
     }
 
     fn recorded(&self, name: &str) -> Result<Recorded, ArchiveError> {
-        let store = Arc::clone(&self.store);
-        let path = self.key(name);
-        let side = self.key(&format!("{name}{SIDECAR_SUFFIX}"));
-        let name_owned = name.to_string();
-        self.call("read the checksum record of", Some(name), async move {
-            let head = store.get_opts(&path, GetOptions::new().with_head(true));
-            let sidecar = async {
-                match store.get(&side).await {
-                    Ok(r) => {
-                        let etag = r
-                            .attributes
-                            .get(&Attribute::Metadata(META_OBJECT_ETAG.into()))
-                            .map(|v| v.to_string());
-                        let body = r.bytes().await?;
-                        Ok(Some((etag, body)))
-                    }
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(e),
-                }
-            };
-            let (head, sidecar) = futures_util::join!(head, sidecar);
-            let head = match head {
-                Ok(h) => h,
-                Err(object_store::Error::NotFound { .. }) => return Ok(Recorded::Missing),
-                Err(e) => return Err(object_failure(&store, &path, &e).await),
-            };
-            let sidecar = match sidecar {
-                Ok(s) => s,
-                Err(e) => return Err(object_failure(&store, &side, &e).await),
-            };
-            Ok(recorded_from(&head, sidecar, &name_owned))
-        })
+        let fut = shared::recorded(
+            self.store.clone(),
+            self.key(name),
+            self.key(&format!("{name}{SIDECAR_SUFFIX}")),
+            name.to_string(),
+            META_OBJECT_ETAG,
+            self.object_errors(),
+        );
+        self.call("read the checksum record of", Some(name), fut)
     }
 
     fn write_record(&self, name: &str, sha256: &Sha256Digest) -> Result<(), ArchiveError> {
-        let store = Arc::clone(&self.store);
-        let path = self.key(name);
-        let side = self.key(&format!("{name}{SIDECAR_SUFFIX}"));
-        let text = format!("{}  {}\n", to_hex(sha256), name);
-        self.call("write the checksum record of", Some(name), async move {
-            let head = match store.head(&path).await {
-                Ok(h) => h,
-                Err(object_store::Error::NotFound { .. }) => {
-                    return Err(Failure::Other("no such object".into()))
-                }
-                Err(e) => return Err(object_failure(&store, &path, &e).await),
-            };
-            let mut attributes = Attributes::new();
-            if let Some(etag) = head.e_tag {
-                attributes.insert(Attribute::Metadata(META_OBJECT_ETAG.into()), etag.into());
-            }
-            let opts = PutOptions {
-                mode: PutMode::Overwrite,
-                attributes,
-                ..Default::default()
-            };
-            store
-                .put_opts(&side, PutPayload::from(text), opts)
-                .await
-                .map(|_| ())
-                .map_err(|e| classify(&e))
-        })
+        let fut = shared::write_record(
+            self.store.clone(),
+            self.key(name),
+            self.key(&format!("{name}{SIDECAR_SUFFIX}")),
+            format!("{}  {}\n", to_hex(sha256), name),
+            META_OBJECT_ETAG,
+            self.object_errors(),
+        );
+        self.call("write the checksum record of", Some(name), fut)
     }
 
     fn make_durable(&self, _name: &str) -> Result<(), ArchiveError> {
@@ -931,15 +895,8 @@ impl Destination for S3Destination {
     }
 
     fn size(&self, name: &str) -> Result<Option<u64>, ArchiveError> {
-        let store = Arc::clone(&self.store);
-        let path = self.key(name);
-        self.call("stat", Some(name), async move {
-            match store.head(&path).await {
-                Ok(m) => Ok(Some(m.size)),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(object_failure(&store, &path, &e).await),
-            }
-        })
+        let fut = shared::size(self.store.clone(), self.key(name), self.object_errors());
+        self.call("stat", Some(name), fut)
     }
 
     fn open(&self, name: &str) -> Result<Option<Box<dyn Read + Send + '_>>, ArchiveError> {
@@ -988,17 +945,9 @@ impl Destination for S3Destination {
     }
 
     fn is_empty(&self) -> Result<bool, ArchiveError> {
-        let store = Arc::clone(&self.store);
         let prefix =
             (!self.settings.prefix.is_empty()).then(|| ObjPath::from(self.settings.prefix.clone()));
-        // The first page of a listing only.
-        self.call("list", None, async move {
-            match store.list(prefix.as_ref()).next().await {
-                None => Ok(true),
-                Some(Ok(_)) => Ok(false),
-                Some(Err(e)) => Err(classify(&e)),
-            }
-        })
+        self.call("list", None, shared::is_empty(self.store.clone(), prefix))
     }
 
     fn entries(&self) -> Result<Vec<Entry>, ArchiveError> {
@@ -1022,17 +971,9 @@ impl Destination for S3Destination {
     }
 
     fn remove(&self, name: &str) -> Result<(), ArchiveError> {
-        let store = Arc::clone(&self.store);
-        let path = self.key(name);
         let side = self.key(&format!("{name}{SIDECAR_SUFFIX}"));
-        self.call("remove", Some(name), async move {
-            // The record last.
-            store.delete(&path).await.map_err(|e| classify(&e))?;
-            match store.delete(&side).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(classify(&e)),
-            }
-        })
+        let fut = shared::remove(self.store.clone(), self.key(name), Some(side));
+        self.call("remove", Some(name), fut)
     }
 
     fn create_object(&self, name: &str) -> Result<Box<dyn ObjectWriter>, ArchiveError> {

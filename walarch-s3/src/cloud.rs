@@ -20,12 +20,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjPath;
 use object_store::{
-    Attribute, Attributes, BackoffConfig, Certificate, ClientOptions, GetOptions, ObjectStore,
-    ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+    Attributes, BackoffConfig, Certificate, ClientOptions, ObjectStore, ObjectStoreExt, PutMode,
+    PutOptions, RetryConfig,
 };
 
 use walarch_core::destination::{Destination, Entry, ObjectEntry, ObjectWriter, Recorded, Stored};
@@ -33,12 +32,11 @@ use walarch_core::support::error::{ArchiveError, ErrorKind};
 use walarch_core::wal::checksum::{sha256, to_hex, Hasher, Sha256Digest};
 use walarch_core::wal::walname::stored_form;
 
-use crate::bucket::{
-    digest_attributes, list_entries, read_stream, recorded_from, StreamReader, SIDECAR_SUFFIX,
-};
+use crate::bucket::{digest_attributes, list_entries, read_stream, StreamReader, SIDECAR_SUFFIX};
 use crate::errors::{self as s3_error, classify, Context, Failure, Naming};
 use crate::objects::{list_objects_under, PartStore, PartsWriter};
 use crate::runtime::{self, RunError};
+use crate::shared::{self, plain_errors};
 
 /// Settings every cloud store shares.
 #[derive(Debug, Clone)]
@@ -488,35 +486,20 @@ impl PartStore for CloudDestination {
         })
     }
 
-    fn send_part(
-        &self,
-        name: &str,
-        path: &ObjPath,
-        id: &str,
-        idx: usize,
-        payload: PutPayload,
-    ) -> Result<runtime::Pending<Result<PartId, Failure>>, ArchiveError> {
-        let parts = Arc::clone(&self.parts);
-        let (path, id) = (path.clone(), id.to_string());
-        runtime::spawn(self.settings.timeout, async move {
-            parts
-                .put_part(&path, &id, idx, payload)
-                .await
-                .map_err(|e| classify(&e))
-        })
-        .map_err(|e| self.run_fail("store", Some(name), e))
+    fn parts_store(&self) -> Arc<dyn MultipartStore> {
+        Arc::clone(&self.parts)
     }
 
-    fn wait_part(
-        &self,
-        name: &str,
-        p: runtime::Pending<Result<PartId, Failure>>,
-    ) -> Result<PartId, ArchiveError> {
-        match p.wait() {
-            Ok(Ok(part)) => Ok(part),
-            Ok(Err(f)) => Err(self.fail("store", Some(name), f)),
-            Err(e) => Err(self.run_fail("store", Some(name), e)),
-        }
+    fn request_timeout(&self) -> Duration {
+        self.settings.timeout
+    }
+
+    fn store_failed(&self, name: &str, f: Failure) -> ArchiveError {
+        self.fail("store", Some(name), f)
+    }
+
+    fn run_failed(&self, name: &str, e: RunError) -> ArchiveError {
+        self.run_fail("store", Some(name), e)
     }
 
     fn put_small(&self, name: &str, data: Vec<u8>) -> Result<Stored, ArchiveError> {
@@ -565,14 +548,6 @@ impl PartStore for CloudDestination {
         } else {
             Stored::Exists
         })
-    }
-
-    fn abort_upload(&self, path: &ObjPath, id: &str) {
-        let parts = Arc::clone(&self.parts);
-        let (path, id) = (path.clone(), id.to_string());
-        let _ = runtime::run(self.settings.timeout, async move {
-            parts.abort_multipart(&path, &id).await
-        });
     }
 }
 
@@ -627,70 +602,27 @@ impl Destination for CloudDestination {
     }
 
     fn recorded(&self, name: &str) -> Result<Recorded, ArchiveError> {
-        let store = Arc::clone(&self.store);
-        let path = self.key(name);
-        let side = self.key(&format!("{name}{SIDECAR_SUFFIX}"));
-        let name = name.to_string();
-        let etag_key = self.terms.etag_key;
-        self.call(
-            "read the checksum record of",
-            Some(&name.clone()),
-            async move {
-                let head = store.get_opts(&path, GetOptions::new().with_head(true));
-                let sidecar = async {
-                    match store.get(&side).await {
-                        Ok(r) => {
-                            let etag = r
-                                .attributes
-                                .get(&Attribute::Metadata(etag_key.into()))
-                                .map(|v| v.to_string());
-                            Ok(Some((etag, r.bytes().await?)))
-                        }
-                        Err(object_store::Error::NotFound { .. }) => Ok(None),
-                        Err(e) => Err(e),
-                    }
-                };
-                let (head, sidecar) = futures_util::join!(head, sidecar);
-                let head = match head {
-                    Ok(h) => h,
-                    Err(object_store::Error::NotFound { .. }) => return Ok(Recorded::Missing),
-                    Err(e) => return Err(classify(&e)),
-                };
-                let sidecar = sidecar.map_err(|e| classify(&e))?;
-                Ok(recorded_from(&head, sidecar, &name))
-            },
-        )
+        let fut = shared::recorded(
+            Arc::clone(&self.store),
+            self.key(name),
+            self.key(&format!("{name}{SIDECAR_SUFFIX}")),
+            name.to_string(),
+            self.terms.etag_key,
+            plain_errors(),
+        );
+        self.call("read the checksum record of", Some(name), fut)
     }
 
     fn write_record(&self, name: &str, sha256: &Sha256Digest) -> Result<(), ArchiveError> {
-        let store = Arc::clone(&self.store);
-        let path = self.key(name);
-        let side = self.key(&format!("{name}{SIDECAR_SUFFIX}"));
-        let text = format!("{}  {}\n", to_hex(sha256), name);
-        let etag_key = self.terms.etag_key;
-        self.call("write the checksum record of", Some(name), async move {
-            let head = match store.head(&path).await {
-                Ok(h) => h,
-                Err(object_store::Error::NotFound { .. }) => {
-                    return Err(Failure::Other("no such object".into()))
-                }
-                Err(e) => return Err(classify(&e)),
-            };
-            let mut attributes = Attributes::new();
-            if let Some(etag) = head.e_tag {
-                attributes.insert(Attribute::Metadata(etag_key.into()), etag.into());
-            }
-            let opts = PutOptions {
-                mode: PutMode::Overwrite,
-                attributes,
-                ..Default::default()
-            };
-            store
-                .put_opts(&side, PutPayload::from(text), opts)
-                .await
-                .map(|_| ())
-                .map_err(|e| classify(&e))
-        })
+        let fut = shared::write_record(
+            Arc::clone(&self.store),
+            self.key(name),
+            self.key(&format!("{name}{SIDECAR_SUFFIX}")),
+            format!("{}  {}\n", to_hex(sha256), name),
+            self.terms.etag_key,
+            plain_errors(),
+        );
+        self.call("write the checksum record of", Some(name), fut)
     }
 
     fn make_durable(&self, _name: &str) -> Result<(), ArchiveError> {
@@ -699,15 +631,8 @@ impl Destination for CloudDestination {
     }
 
     fn size(&self, name: &str) -> Result<Option<u64>, ArchiveError> {
-        let store = Arc::clone(&self.store);
-        let path = self.key(name);
-        self.call("stat", Some(name), async move {
-            match store.head(&path).await {
-                Ok(m) => Ok(Some(m.size)),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(classify(&e)),
-            }
-        })
+        let fut = shared::size(Arc::clone(&self.store), self.key(name), plain_errors());
+        self.call("stat", Some(name), fut)
     }
 
     fn open(&self, name: &str) -> Result<Option<Box<dyn Read + Send + '_>>, ArchiveError> {
@@ -756,15 +681,8 @@ impl Destination for CloudDestination {
     }
 
     fn is_empty(&self) -> Result<bool, ArchiveError> {
-        let store = Arc::clone(&self.store);
-        let prefix = self.prefix_path();
-        self.call("list", None, async move {
-            match store.list(prefix.as_ref()).next().await {
-                None => Ok(true),
-                Some(Ok(_)) => Ok(false),
-                Some(Err(e)) => Err(classify(&e)),
-            }
-        })
+        let fut = shared::is_empty(Arc::clone(&self.store), self.prefix_path());
+        self.call("list", None, fut)
     }
 
     fn entries(&self) -> Result<Vec<Entry>, ArchiveError> {
@@ -782,17 +700,9 @@ impl Destination for CloudDestination {
     }
 
     fn remove(&self, name: &str) -> Result<(), ArchiveError> {
-        let store = Arc::clone(&self.store);
-        let path = self.key(name);
         let side = self.key(&format!("{name}{SIDECAR_SUFFIX}"));
-        self.call("remove", Some(name), async move {
-            // The record last.
-            store.delete(&path).await.map_err(|e| classify(&e))?;
-            match store.delete(&side).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(classify(&e)),
-            }
-        })
+        let fut = shared::remove(Arc::clone(&self.store), self.key(name), Some(side));
+        self.call("remove", Some(name), fut)
     }
 
     fn create_object(&self, name: &str) -> Result<Box<dyn ObjectWriter>, ArchiveError> {
@@ -805,13 +715,7 @@ impl Destination for CloudDestination {
     }
 
     fn remove_object(&self, name: &str) -> Result<(), ArchiveError> {
-        let store = Arc::clone(&self.store);
-        let path = self.key(name);
-        self.call("remove", Some(name), async move {
-            match store.delete(&path).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(classify(&e)),
-            }
-        })
+        let fut = shared::remove(Arc::clone(&self.store), self.key(name), None);
+        self.call("remove", Some(name), fut)
     }
 }

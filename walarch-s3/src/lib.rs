@@ -11,6 +11,7 @@ mod cloud;
 mod errors;
 mod gcs;
 mod objects;
+mod shared;
 pub use errors::Naming;
 pub mod runtime;
 pub use objects::MAX_PARTS_IN_FLIGHT;

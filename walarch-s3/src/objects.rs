@@ -84,6 +84,13 @@ pub(crate) trait PartStore: Destination + Clone + Send + 'static {
         path: &ObjPath,
         digest: Option<&Sha256Digest>,
     ) -> Result<Option<String>, ArchiveError>;
+    /// The store's multipart side, and the limit of each request.
+    fn parts_store(&self) -> Arc<dyn MultipartStore>;
+    fn request_timeout(&self) -> std::time::Duration;
+    /// The error of storing `name`: a failed request, or its task.
+    fn store_failed(&self, name: &str, f: Failure) -> ArchiveError;
+    fn run_failed(&self, name: &str, e: runtime::RunError) -> ArchiveError;
+
     /// Sends part `idx` in the background.
     fn send_part(
         &self,
@@ -92,12 +99,30 @@ pub(crate) trait PartStore: Destination + Clone + Send + 'static {
         id: &str,
         idx: usize,
         payload: PutPayload,
-    ) -> Result<runtime::Pending<Result<PartId, Failure>>, ArchiveError>;
+    ) -> Result<runtime::Pending<Result<PartId, Failure>>, ArchiveError> {
+        let parts = self.parts_store();
+        let (path, id) = (path.clone(), id.to_string());
+        runtime::spawn(self.request_timeout(), async move {
+            parts
+                .put_part(&path, &id, idx, payload)
+                .await
+                .map_err(|e| classify(&e))
+        })
+        .map_err(|e| self.run_failed(name, e))
+    }
+
     fn wait_part(
         &self,
         name: &str,
         p: runtime::Pending<Result<PartId, Failure>>,
-    ) -> Result<PartId, ArchiveError>;
+    ) -> Result<PartId, ArchiveError> {
+        match p.wait() {
+            Ok(Ok(part)) => Ok(part),
+            Ok(Err(f)) => Err(self.store_failed(name, f)),
+            Err(e) => Err(self.run_failed(name, e)),
+        }
+    }
+
     /// One create-only PUT, for an object smaller than a part.
     fn put_small(&self, name: &str, data: Vec<u8>) -> Result<Stored, ArchiveError>;
     /// Completes the upload create-only, with `digest` recorded on the
@@ -112,7 +137,13 @@ pub(crate) trait PartStore: Destination + Clone + Send + 'static {
         digest: Option<Sha256Digest>,
     ) -> Result<Stored, ArchiveError>;
     /// Discards an upload, best effort.
-    fn abort_upload(&self, path: &ObjPath, id: &str);
+    fn abort_upload(&self, path: &ObjPath, id: &str) {
+        let parts = self.parts_store();
+        let (path, id) = (path.clone(), id.to_string());
+        let _ = runtime::run(self.request_timeout(), async move {
+            parts.abort_multipart(&path, &id).await
+        });
+    }
 }
 
 pub(crate) type S3ObjectWriter = PartsWriter<S3Destination>;
@@ -355,34 +386,21 @@ impl PartStore for S3Destination {
         })
     }
 
-    fn send_part(
-        &self,
-        name: &str,
-        path: &ObjPath,
-        id: &str,
-        idx: usize,
-        payload: PutPayload,
-    ) -> Result<runtime::Pending<Result<PartId, Failure>>, ArchiveError> {
-        let store = Arc::clone(self.store());
-        let (path, id) = (path.clone(), id.to_string());
-        runtime::spawn(self.settings().timeout, async move {
-            store
-                .put_part(&path, &id, idx, payload)
-                .await
-                .map_err(|e| classify(&e))
-        })
-        .map_err(|e| {
-            let loc = self.location(name);
-            s3_error::run_error(e, &self.cx("store", &loc))
-        })
+    fn parts_store(&self) -> Arc<dyn MultipartStore> {
+        Arc::clone(self.store()) as Arc<dyn MultipartStore>
     }
 
-    fn wait_part(
-        &self,
-        name: &str,
-        p: runtime::Pending<Result<PartId, Failure>>,
-    ) -> Result<PartId, ArchiveError> {
-        S3Destination::wait_part(self, name, p)
+    fn request_timeout(&self) -> std::time::Duration {
+        self.settings().timeout
+    }
+
+    fn store_failed(&self, name: &str, f: Failure) -> ArchiveError {
+        self.fail("store", Some(name), f)
+    }
+
+    fn run_failed(&self, name: &str, e: runtime::RunError) -> ArchiveError {
+        let loc = self.location(name);
+        s3_error::run_error(e, &self.cx("store", &loc))
     }
 
     fn put_small(&self, name: &str, data: Vec<u8>) -> Result<Stored, ArchiveError> {
@@ -399,14 +417,6 @@ impl PartStore for S3Destination {
         digest: Option<Sha256Digest>,
     ) -> Result<Stored, ArchiveError> {
         self.complete_create_only(name, path, id, parts, total, digest.unwrap_or([0; 32]))
-    }
-
-    fn abort_upload(&self, path: &ObjPath, id: &str) {
-        let store = Arc::clone(self.store());
-        let (path, id) = (path.clone(), id.to_string());
-        let _ = runtime::run(self.settings().timeout, async move {
-            store.abort_multipart(&path, &id).await
-        });
     }
 }
 
