@@ -156,3 +156,40 @@ pub(crate) async fn complete_create_only(
         _ => Err(classify_status(status, Some(&text))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use walarch_core::destination::Destination;
+    use walarch_core::support::error::ErrorKind;
+
+    fn dead_port() -> u16 {
+        let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    #[test]
+    fn the_key_file_names_the_endpoint_and_a_dead_one_is_unavailable() {
+        let port = dead_port();
+        let key = format!(
+            r#"{{"private_key": "secret-value", "private_key_id": "k", "client_email": "e",
+                "disable_oauth": true, "gcs_base_url": "http://127.0.0.1:{port}"}}"#
+        );
+        let mut s = GcsSettings::new("wal");
+        s.service_account_key = Some(key);
+        s.common.prefix = "/c1/wal/".into();
+        s.common.timeout = std::time::Duration::from_secs(3);
+        s.common.max_retries = 0;
+        let d = CloudDestination::gcs(s).unwrap();
+        assert_eq!(d.describe(), "gs://wal/c1/wal");
+        assert_eq!(d.endpoint, format!("http://127.0.0.1:{port}"));
+        assert_eq!(
+            d.blob_url(&d.key("backups/L/a b")).as_str(),
+            format!("http://127.0.0.1:{port}/wal/c1/wal/backups/L/a%20b")
+        );
+        let e = d.size("000000010000000000000001").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+        assert!(e.message.contains("Google Cloud Storage endpoint"), "{e}");
+        assert!(!format!("{e}").contains("secret-value"));
+    }
+}
