@@ -15,6 +15,9 @@
 #       One request signed with the account key (Shared Key), PATH below
 #       the account (/wal?restype=container, /wal/NAME), FILE the body of
 #       a PUT (a block blob). Prints the HTTP status.
+#   azurite.sh sas
+#       Prints an account SAS token for the blob service (read, add,
+#       create, write, delete, list; valid until 2099), signed with the key.
 #   azurite.sh stop DIR
 set -euo pipefail
 
@@ -54,9 +57,8 @@ request() {
         done
     fi
     local sts="$method\n\n\n$len\n\n$ctype\n\n\n\n\n\n\n${blob}x-ms-date:$date\nx-ms-version:2021-08-06\n$res"
-    local keyhex sig
-    keyhex=$(base64 -d <<<"$KEY" | od -An -tx1 | tr -d ' \n')
-    sig=$(printf '%b' "$sts" | openssl dgst -sha256 -mac HMAC -macopt "hexkey:$keyhex" -binary | base64 -w0)
+    local sig
+    sig=$(printf '%b' "$sts" | openssl dgst -sha256 -mac HMAC -macopt "hexkey:$(keyhex)" -binary | base64 -w0)
     local args=(-sS -o /dev/null -w '%{http_code}' -X "$method"
         -H "x-ms-date: $date" -H "x-ms-version: 2021-08-06"
         -H "Authorization: SharedKey $ACCOUNT:$sig")
@@ -66,6 +68,18 @@ request() {
         args+=(-H "Content-Length: 0")
     fi
     curl "${args[@]}" "http://127.0.0.1:$port/$ACCOUNT$path"
+}
+
+keyhex() {
+    base64 -d <<<"$KEY" | od -An -tx1 | tr -d ' \n'
+}
+
+sas() {
+    local sv=2019-12-12 sp=racwdl se=2099-01-01T00:00:00Z sig
+    sig=$(printf '%s\n%s\nb\nsco\n\n%s\n\n\n%s\n' "$ACCOUNT" "$sp" "$se" "$sv" |
+        openssl dgst -sha256 -mac HMAC -macopt "hexkey:$(keyhex)" -binary | base64 -w0)
+    printf 'sv=%s&ss=b&srt=sco&sp=%s&se=%s&sig=%s\n' "$sv" "$sp" "$se" \
+        "$(printf '%s' "$sig" | sed 's/+/%2B/g; s/\//%2F/g; s/=/%3D/g')"
 }
 
 start() {
@@ -110,6 +124,7 @@ case $cmd in
 install) install ;;
 start) start "$@" ;;
 request) request "$@" ;;
+sas) sas ;;
 stop) stop "$@" ;;
-*) echo "usage: azurite.sh install|start DIR PORT|request PORT METHOD PATH [FILE]|stop DIR" >&2; exit 2 ;;
+*) echo "usage: azurite.sh install|start DIR PORT|request PORT METHOD PATH [FILE]|sas|stop DIR" >&2; exit 2 ;;
 esac

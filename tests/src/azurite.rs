@@ -111,6 +111,18 @@ impl Azurite {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// An account SAS token for the blob service (read, add, create,
+    /// write, delete, list), signed with the development key.
+    pub fn sas_token(&self) -> String {
+        let out = Command::new("bash")
+            .arg(script())
+            .arg("sas")
+            .output()
+            .expect("run azurite.sh");
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
     pub fn url(&self, prefix: &str) -> String {
         format!("az://{}/{prefix}", self.container)
     }

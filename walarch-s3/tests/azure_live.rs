@@ -327,3 +327,44 @@ fn a_stopped_store_is_unavailable_not_missing() {
         other => panic!("restore from a stopped store: {other:?}"),
     }
 }
+
+#[test]
+fn a_sas_token_stores_create_only_also_in_blocks() {
+    let az = Azurite::shared();
+    let mut s = small_parts(az, "sas");
+    s.access_key = None;
+    let token = az.sas_token();
+    s.sas_token = Some(token.clone());
+    let dest = CloudDestination::azure(s).unwrap();
+    let dir = scratch("az-sas");
+    let f = dir.join("seg");
+    make_file(&f, 11 << 20, 5);
+    let data = std::fs::read(&f).unwrap();
+    // In blocks: Put Block List with the token's query, If-None-Match: *.
+    assert!(matches!(
+        dest.store_new(SEG, &f).unwrap(),
+        Stored::Created { .. }
+    ));
+    assert_eq!(dest.recorded(SEG).unwrap(), Recorded::Digest(sha256(&data)));
+    assert!(read_all(&dest, SEG) == data);
+    assert_eq!(dest.store_new(SEG, &f).unwrap(), Stored::Exists);
+    // The block list itself refused on a taken name.
+    let mut w = dest.create_object("backups/S/base.tar").unwrap();
+    w.write(&data).unwrap();
+    assert!(matches!(
+        dest.store_new_bytes("backups/S/base.tar", b"first")
+            .unwrap(),
+        Stored::Created { .. }
+    ));
+    let e = w.finish().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Conflict, "{e}");
+    // A token signed with another key: refused credentials, not shown.
+    let bad = token.replace("sig=", "sig=AAAA");
+    let mut s = settings(az, "sas");
+    s.access_key = None;
+    s.sas_token = Some(bad.clone());
+    let e = CloudDestination::azure(s).unwrap().size(SEG).unwrap_err();
+    show("bad SAS", &e);
+    assert_eq!(e.kind, ErrorKind::Configuration, "{e}");
+    assert!(!format!("{e}").contains("sig="), "{e}");
+}
