@@ -102,7 +102,9 @@ start() {
     [ "$status" = 201 ] || { echo "create container: HTTP $status" >&2; exit 1; }
     if [ -n "${AZURITE_PARENT_PID:-}" ]; then
         (while kill -0 "$AZURITE_PARENT_PID" 2>/dev/null && kill -0 "$pid" 2>/dev/null; do sleep 1; done
-         kill "$pid" 2>/dev/null; rm -rf "$dir") </dev/null >/dev/null 2>&1 &
+         # Azurite does not exit on SIGTERM while idle; its data is
+         # thrown away anyway.
+         kill -KILL "$pid" 2>/dev/null; rm -rf "$dir") </dev/null >/dev/null 2>&1 &
     fi
     t1=$(date +%s%N)
     printf 'azurite ready in %d ms: pid %d, http://127.0.0.1:%d/%s, container %s\n' \
