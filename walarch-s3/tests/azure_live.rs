@@ -5,16 +5,15 @@
 
 mod common;
 
-use std::io::Read;
 use std::time::Duration;
 
-use common::{make_file, scratch};
+use common::{make_file, read_all, scratch, show};
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::path::Path as ObjPath;
 use object_store::{Attribute, Attributes, ObjectStore, PutMode, PutOptions};
 use walarch_core::destination::{Destination, Recorded, Stored};
 use walarch_core::restore::{restore, RestoreError};
-use walarch_core::support::error::{ArchiveError, ErrorKind};
+use walarch_core::support::error::ErrorKind;
 use walarch_core::wal::checksum::{sha256, to_hex};
 use walarch_integration::azurite::{Azurite, ACCOUNT, KEY};
 use walarch_s3::{AzureSettings, CloudDestination, CloudSettings, AZURITE_KEY};
@@ -42,23 +41,6 @@ fn small_parts(az: &Azurite, prefix: &str) -> AzureSettings {
     s.common.part_size = 5 << 20;
     s.common.multipart_threshold = 5 << 20;
     s
-}
-
-fn read_all(dest: &dyn Destination, name: &str) -> Vec<u8> {
-    let mut r = dest.open(name).unwrap().expect("object exists");
-    let mut v = Vec::new();
-    r.read_to_end(&mut v).unwrap();
-    v
-}
-
-fn show(case: &str, e: &ArchiveError) {
-    eprintln!(
-        "=== {case}\n  kind: {:?}\n  message: {}\n  detail: {}\n  hint: {}",
-        e.kind,
-        e.message,
-        e.detail.as_deref().unwrap_or("-"),
-        e.hint.as_deref().unwrap_or("-")
-    );
 }
 
 #[test]
