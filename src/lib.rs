@@ -23,6 +23,7 @@ mod worker;
 pub extern "C-unwind" fn _PG_init() {
     guc::define();
     guc::define_worker_settings();
+    guc::define_cloud_settings();
     guc::reserve_prefix();
     // Shared memory and the worker only from the postmaster's preload: the
     // archiver and backends inherit them.

@@ -13,6 +13,7 @@
 //! setups that several test files share.
 
 pub mod archiver;
+pub mod azurite;
 pub mod cluster;
 pub mod crash;
 pub mod seaweed;

@@ -238,33 +238,30 @@ fn bucket_options(o: &S3Options) -> Vec<String> {
             .or_else(|| env("AWS_DEFAULT_REGION")),
     );
     // restore_command runs in the data directory: an absolute path.
+    let abs = |p: &String| {
+        std::path::absolute(p)
+            .map(|a| a.to_string_lossy().into_owned())
+            .unwrap_or(p.clone())
+    };
     add(
         "--ca-file",
-        o.ca_file.clone().or_else(|| env("AWS_CA_BUNDLE")).map(|p| {
-            std::path::absolute(&p)
-                .map(|a| a.to_string_lossy().into_owned())
-                .unwrap_or(p)
-        }),
+        o.ca_file.clone().or_else(|| env("AWS_CA_BUNDLE")).as_ref().map(abs),
     );
     add("--uri-style", o.uri_style.clone());
-    // The file's name, never its contents.
-    add(
-        "--credentials-file",
-        o.credentials_file.clone().map(|p| {
-            std::path::absolute(&p)
-                .map(|a| a.to_string_lossy().into_owned())
-                .unwrap_or(p)
-        }),
-    );
+    // Names of files, never their contents.
+    add("--credentials-file", o.credentials_file.as_ref().map(abs));
     add("--profile", o.profile.clone());
     add("--timeout", o.timeout.map(|t| t.as_secs().to_string()));
     add(
         "--sse-customer-key-file",
-        o.sse_customer_key_file.clone().map(|p| {
-            std::path::absolute(&p)
-                .map(|a| a.to_string_lossy().into_owned())
-                .unwrap_or(p)
-        }),
+        o.sse_customer_key_file.as_ref().map(abs),
+    );
+    add("--azure-account", o.azure_account.clone());
+    add("--azure-key-file", o.azure_key_file.as_ref().map(abs));
+    add("--azure-sas-file", o.azure_sas_file.as_ref().map(abs));
+    add(
+        "--gcs-credentials-file",
+        o.gcs_credentials_file.as_ref().map(abs),
     );
     out
 }
@@ -337,7 +334,7 @@ fn cmd_restore(args: &[String]) -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    let is_bucket = matches!(DestinationSpec::parse(dir), Ok(DestinationSpec::S3 { .. }));
+    let is_bucket = DestinationSpec::parse(dir).is_ok_and(|d| d.is_object_store());
     let (archive_arg, options) = if is_bucket {
         (dir.clone(), bucket_options(&o))
     } else {
@@ -371,7 +368,9 @@ fn cmd_restore(args: &[String]) -> ExitCode {
             for l in r.settings.iter().filter(|l| !l.starts_with('#')) {
                 say!("    {l}");
             }
-            if is_bucket && o.credentials_file.is_none() {
+            if matches!(DestinationSpec::parse(dir), Ok(DestinationSpec::S3 { .. }))
+                && o.credentials_file.is_none()
+            {
                 say!(
                     "walarch: restore_command carries no credentials: the server's user needs them from its environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, web identity, container or instance credentials), or restore with --credentials-file [--profile], whose names restore_command then carries"
                 );

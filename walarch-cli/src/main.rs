@@ -40,7 +40,7 @@ macro_rules! say {
 use std::time::Duration;
 
 use walarch_core::destination::destination_setting::{
-    check_ca_file, check_endpoint, DestinationSpec,
+    check_ca_file, check_endpoint, read_secret_file, DestinationSpec,
 };
 use walarch_core::destination::local_directory::LocalDirectory;
 use walarch_core::destination::Destination;
@@ -49,7 +49,10 @@ use walarch_core::restore::{restore_retrying, RecoveryMode, RestoreError, Retry}
 use walarch_core::wal::time::parse_duration;
 use walarch_core::wal::walname::{WalFileKind, WalFileName};
 use walarch_s3::credentials::CredentialOptions;
-use walarch_s3::{Naming, S3Destination, S3Settings, UriStyle};
+use walarch_s3::{
+    AzureSettings, CloudDestination, CloudSettings, GcsSettings, Naming, S3Destination, S3Settings,
+    UriStyle,
+};
 
 mod backup;
 mod expire;
@@ -67,13 +70,19 @@ const USAGE: &str = "usage:
                  [--target-time TIME | --target-lsn LSN | --target-name NAME]
                  [--target-action pause|promote|shutdown] [--target-timeline TLI]
                  [-T|--tablespace-mapping OLD=NEW]... [-j|--jobs N] [--no-clean] [S3 OPTIONS]
-ARCHIVE: a directory or s3://BUCKET[/PREFIX]
+ARCHIVE: a directory, s3://BUCKET[/PREFIX], az://CONTAINER[/PREFIX] or gs://BUCKET[/PREFIX]
 S3 OPTIONS: --endpoint URL --region REGION --ca-file PEM --uri-style auto|path|host
             --timeout SECONDS --credentials-file FILE --profile NAME
             --sse-customer-key-file FILE (objects stored with walarch.s3_sse = sse-c)
             (credentials: --credentials-file, else AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/
             AWS_SESSION_TOKEN, ~/.aws/credentials (AWS_PROFILE), web identity, container
-            credentials, instance metadata)";
+            credentials, instance metadata)
+  for az://: --azure-account NAME --azure-key-file FILE | --azure-sas-file FILE
+            --endpoint URL --ca-file PEM --timeout SECONDS
+            (else AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY, managed or
+            workload identity)
+  for gs://: --gcs-credentials-file FILE --endpoint URL --ca-file PEM --timeout SECONDS
+            (else GOOGLE_APPLICATION_CREDENTIALS, application default credentials)";
 
 fn usage(msg: &str) -> ExitCode {
     say!("walarch: {msg}\n{USAGE}");
@@ -128,6 +137,38 @@ struct S3Options {
     sse_customer_key_file: Option<String>,
     /// The profile of the credentials file (else AWS_PROFILE, else default).
     profile: Option<String>,
+    /// Azure and GCS (`CLOUD_FLAGS`): files are read when the archive is
+    /// opened.
+    azure_account: Option<String>,
+    azure_key_file: Option<String>,
+    azure_sas_file: Option<String>,
+    gcs_credentials_file: Option<String>,
+}
+
+/// The options of Azure and GCS archives; `--endpoint`, `--ca-file` and
+/// `--timeout` are shared with S3.
+const CLOUD_FLAGS: [&str; 4] = [
+    "--azure-account",
+    "--azure-key-file",
+    "--azure-sas-file",
+    "--gcs-credentials-file",
+];
+
+fn cloud_options(flags: &[(String, Option<String>)], o: &mut S3Options) -> Result<(), String> {
+    for (k, v) in flags {
+        let v = Some(v.clone().unwrap_or_default());
+        match k.as_str() {
+            "--azure-account" => o.azure_account = v,
+            "--azure-key-file" => o.azure_key_file = v,
+            "--azure-sas-file" => o.azure_sas_file = v,
+            "--gcs-credentials-file" => o.gcs_credentials_file = v,
+            _ => {}
+        }
+    }
+    if o.azure_key_file.is_some() && o.azure_sas_file.is_some() {
+        return Err("--azure-key-file and --azure-sas-file cannot both be given".into());
+    }
+    Ok(())
 }
 
 /// Positional arguments and flags (`--name value`, or `--name` alone when
@@ -213,9 +254,11 @@ fn command_args(
     switches: &[&str],
 ) -> Result<(Args, S3Options), ExitCode> {
     let mut all = S3_FLAGS.to_vec();
+    all.extend(CLOUD_FLAGS);
     all.extend(with_value);
     let a = split_args(args, &all, switches).map_err(|m| usage(&m))?;
-    let o = s3_options(&a.flags).map_err(|m| usage(&m))?;
+    let mut o = s3_options(&a.flags).map_err(|m| usage(&m))?;
+    cloud_options(&a.flags, &mut o).map_err(|m| usage(&m))?;
     Ok((a, o))
 }
 
@@ -293,6 +336,41 @@ fn open_archive(arg: &str, o: &S3Options) -> Result<Box<dyn Destination>, OpenEr
                 .map(|d| Box::new(d) as Box<dyn Destination>)
                 .map_err(|e| OpenError::Failed(e.to_string()))
         }
+        Ok(DestinationSpec::Azure { container, prefix }) => {
+            let mut s = AzureSettings::new(container);
+            s.account = o.azure_account.clone();
+            s.endpoint = o.endpoint.clone();
+            if let Some(f) = &o.azure_key_file {
+                s.access_key =
+                    Some(read_secret_file(f, "account key").map_err(|m| {
+                        OpenError::Failed(format!("invalid --azure-key-file: {m}"))
+                    })?);
+            }
+            if let Some(f) = &o.azure_sas_file {
+                s.sas_token =
+                    Some(read_secret_file(f, "SAS token").map_err(|m| {
+                        OpenError::Failed(format!("invalid --azure-sas-file: {m}"))
+                    })?);
+            }
+            s.common = cloud_settings(prefix, o);
+            CloudDestination::azure(s)
+                .map(|d| Box::new(d) as Box<dyn Destination>)
+                .map_err(|e| OpenError::Failed(e.to_string()))
+        }
+        Ok(DestinationSpec::Gcs { bucket, prefix }) => {
+            let mut s = GcsSettings::new(bucket);
+            s.endpoint = o.endpoint.clone();
+            if let Some(f) = &o.gcs_credentials_file {
+                s.service_account_key =
+                    Some(read_secret_file(f, "service account key").map_err(|m| {
+                        OpenError::Failed(format!("invalid --gcs-credentials-file: {m}"))
+                    })?);
+            }
+            s.common = cloud_settings(prefix, o);
+            CloudDestination::gcs(s)
+                .map(|d| Box::new(d) as Box<dyn Destination>)
+                .map_err(|e| OpenError::Failed(e.to_string()))
+        }
         Err(_) if !arg.contains("://") && !Path::new(arg).is_dir() => {
             Err(OpenError::Usage(format!("\"{arg}\" is not a directory")))
         }
@@ -300,6 +378,20 @@ fn open_archive(arg: &str, o: &S3Options) -> Result<Box<dyn Destination>, OpenEr
             "\"{arg}\" is not an archive: {detail}"
         ))),
     }
+}
+
+/// What Azure and GCS archives share of the command line.
+fn cloud_settings(prefix: String, o: &S3Options) -> CloudSettings {
+    let mut c = CloudSettings {
+        prefix,
+        ca_file: o.ca_file.clone().map(Into::into),
+        naming: Naming::CommandLine,
+        ..Default::default()
+    };
+    if let Some(t) = o.timeout {
+        c.timeout = t;
+    }
+    c
 }
 
 /// `open_archive`, reporting a failure and giving the exit status.
@@ -361,7 +453,7 @@ fn cmd_restore(args: &[String]) -> ExitCode {
     let mode = RecoveryMode::of(dest);
     exit_on_panic(mode.failure_status());
     let fail = |code| fail_in(mode, code);
-    let is_bucket = matches!(DestinationSpec::parse(dir), Ok(DestinationSpec::S3 { .. }));
+    let is_bucket = DestinationSpec::parse(dir).is_ok_and(|d| d.is_object_store());
     let (prefetching, retry) = match prefetch::settings(&a.flags, is_bucket, dest)
         .and_then(|p| Ok((p, retry_policy(&a.flags, mode)?)))
     {

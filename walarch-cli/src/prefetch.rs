@@ -183,6 +183,11 @@ fn s3_args(o: &S3Options) -> Vec<String> {
         ("--sse-customer-key-file", &o.sse_customer_key_file),
         ("--credentials-file", &credentials_file),
         ("--profile", &o.profile),
+        // Azure and GCS: the files' names, never their contents.
+        ("--azure-account", &o.azure_account),
+        ("--azure-key-file", &o.azure_key_file),
+        ("--azure-sas-file", &o.azure_sas_file),
+        ("--gcs-credentials-file", &o.gcs_credentials_file),
     ] {
         if let Some(v) = v {
             a.extend([flag.to_string(), v.clone()]);

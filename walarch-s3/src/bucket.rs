@@ -43,6 +43,7 @@ use crate::objects::S3ObjectWriter;
 use crate::runtime;
 use crate::tls;
 use crate::wire::{takes_storage_class, Sse};
+use crate::shared;
 
 /// User metadata key of the digest: `x-amz-meta-sha256`.
 pub const META_SHA256: &str = "sha256";
@@ -643,14 +644,7 @@ impl S3Destination {
         name: &str,
         p: runtime::Pending<Result<PartId, Failure>>,
     ) -> Result<PartId, ArchiveError> {
-        match p.wait() {
-            Ok(Ok(part)) => Ok(part),
-            Ok(Err(f)) => Err(self.fail("store", Some(name), f)),
-            Err(e) => {
-                let loc = self.location(name);
-                Err(s3_error::run_error(e, &self.cx("store", &loc)))
-            }
-        }
+        crate::objects::PartStore::wait_part(self, name, p)
     }
 
     /// CompleteMultipartUpload with `If-None-Match: *`. object_store 0.14
@@ -723,6 +717,17 @@ async fn completion_url(
     store
         .signed_url_opts(reqwest::Method::POST, path, expires, &opts)
         .await
+}
+
+impl S3Destination {
+    /// A 403 for an object is looked at closer (`object_failure`).
+    fn object_errors(&self) -> shared::ObjectError {
+        let store = Arc::clone(&self.store);
+        Arc::new(move |path, e| {
+            let store = Arc::clone(&store);
+            Box::pin(async move { object_failure(&store, &path, &e).await })
+        })
+    }
 }
 
 /// Whether `path` exists (HEAD).
@@ -839,7 +844,7 @@ fn sse_c_headers(sse: &Sse) -> Vec<(HeaderName, HeaderValue)> {
     ]
 }
 
-fn digest_attributes(d: &Sha256Digest) -> Attributes {
+pub(crate) fn digest_attributes(d: &Sha256Digest) -> Attributes {
     let mut a = Attributes::new();
     a.insert(Attribute::Metadata(META_SHA256.into()), to_hex(d).into());
     a
@@ -867,7 +872,7 @@ fn xml_escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn complete_body(parts: &[PartId]) -> String {
+pub(crate) fn complete_body(parts: &[PartId]) -> String {
     let mut b = String::from("<CompleteMultipartUpload>");
     for (i, p) in parts.iter().enumerate() {
         let (etag, sum) = part_fields(p);
@@ -886,6 +891,113 @@ fn complete_body(parts: &[PartId]) -> String {
     }
     b.push_str("</CompleteMultipartUpload>");
     b
+}
+
+/// The record of a stored object, from its HEAD (`head`, with metadata)
+/// and its sidecar (ETag of the object it records, body) when there is one:
+/// the sidecar when it records the object as it is now, else the metadata.
+/// S3, Azure and GCS keep records alike.
+pub(crate) fn recorded_from(
+    head: &object_store::GetResult,
+    sidecar: Option<(Option<String>, Bytes)>,
+    name: &str,
+) -> Recorded {
+    if let Some((etag, body)) = sidecar {
+        if etag.is_some() && etag == head.meta.e_tag {
+            return match std::str::from_utf8(&body)
+                .ok()
+                .and_then(|t| parse_sidecar(t, name))
+            {
+                Some(d) => Recorded::Digest(d),
+                None => Recorded::Malformed,
+            };
+        }
+    }
+    match head
+        .attributes
+        .get(&Attribute::Metadata(META_SHA256.into()))
+    {
+        None => Recorded::Missing,
+        Some(v) => match from_hex(v.as_ref()) {
+            Some(d) => Recorded::Digest(d),
+            None => Recorded::Malformed,
+        },
+    }
+}
+
+/// The names directly under `prefix`, checksum records left out.
+pub(crate) async fn list_entries(
+    store: Arc<dyn ObjectStore>,
+    prefix: Option<ObjPath>,
+) -> Result<Vec<Entry>, Failure> {
+    let r = store
+        .list_with_delimiter(prefix.as_ref())
+        .await
+        .map_err(|e| classify(&e))?;
+    Ok(r.objects
+        .into_iter()
+        .filter_map(|o| {
+            let name = o.location.filename()?.to_string();
+            (!name.ends_with(SIDECAR_SUFFIX)).then(|| Entry {
+                name,
+                stored_at: Some(o.last_modified.into()),
+            })
+        })
+        .collect())
+}
+
+/// Hands the body of `r` to a reader over a bounded channel, from a task:
+/// each chunk must come within `idle`, and a body that ends short is a
+/// broken transfer. `store` names the store in messages.
+pub(crate) fn read_stream(
+    r: object_store::GetResult,
+    idle: Duration,
+    store: &'static str,
+) -> tokio::sync::mpsc::Receiver<Result<Bytes, io::Error>> {
+    let expected = r.meta.size;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut s = r.into_stream();
+        let mut received = 0u64;
+        loop {
+            let item = match tokio::time::timeout(idle, s.next()).await {
+                // A body that ends short is a broken transfer (to
+                // be retried), not a corrupt object.
+                Ok(None) if received < expected => Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    format!("{store} read ended after {received} of {expected} bytes"),
+                )),
+                Ok(None) => break,
+                Ok(Some(Ok(b))) => {
+                    received += b.len() as u64;
+                    Ok(b)
+                }
+                Ok(Some(Err(e))) => {
+                    let f = classify(&e);
+                    // A broken stream is transient: the reader's
+                    // error kind says so (error::is_transient).
+                    let kind = if f.is_transient() {
+                        io::ErrorKind::ConnectionReset
+                    } else {
+                        io::ErrorKind::Other
+                    };
+                    Err(io::Error::new(
+                        kind,
+                        format!("{store} read failed: {}", describe_failure(&f)),
+                    ))
+                }
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{store} read stalled for {}", s3_error::fmt_duration(idle)),
+                )),
+            };
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                break; // reader dropped, or error delivered
+            }
+        }
+    });
+    rx
 }
 
 /// `HEX  NAME` (sha256sum's format), one line.
@@ -907,9 +1019,9 @@ fn parse_sidecar(text: &str, name: &str) -> Option<Sha256Digest> {
 /// Streaming read: a task pulls the GET body and hands chunks over a
 /// bounded channel (4 chunks: object_store yields hyper's frames, some KiB
 /// to 1 MiB); each chunk must come within the timeout.
-struct StreamReader {
-    rx: tokio::sync::mpsc::Receiver<Result<Bytes, io::Error>>,
-    cur: Bytes,
+pub(crate) struct StreamReader {
+    pub(crate) rx: tokio::sync::mpsc::Receiver<Result<Bytes, io::Error>>,
+    pub(crate) cur: Bytes,
 }
 
 impl Read for StreamReader {
@@ -959,92 +1071,27 @@ impl Destination for S3Destination {
     }
 
     fn recorded(&self, name: &str) -> Result<Recorded, ArchiveError> {
-        let store = Arc::clone(&self.store);
-        let path = self.key(name);
-        let side = self.key(&format!("{name}{SIDECAR_SUFFIX}"));
-        let name_owned = name.to_string();
-        self.call("read the checksum record of", Some(name), async move {
-            let head = store.get_opts(&path, GetOptions::new().with_head(true));
-            let sidecar = async {
-                match store.get(&side).await {
-                    Ok(r) => {
-                        let etag = r
-                            .attributes
-                            .get(&Attribute::Metadata(META_OBJECT_ETAG.into()))
-                            .map(|v| v.to_string());
-                        let body = r.bytes().await?;
-                        Ok(Some((etag, body)))
-                    }
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(e),
-                }
-            };
-            let (head, sidecar) = futures_util::join!(head, sidecar);
-            let head = match head {
-                Ok(h) => h,
-                Err(object_store::Error::NotFound { .. }) => return Ok(Recorded::Missing),
-                Err(e) => return Err(object_failure(&store, &path, &e).await),
-            };
-            let sidecar = match sidecar {
-                Ok(s) => s,
-                Err(e) => return Err(object_failure(&store, &side, &e).await),
-            };
-            if let Some((etag, body)) = sidecar {
-                if etag.is_some() && etag == head.meta.e_tag {
-                    return Ok(
-                        match std::str::from_utf8(&body)
-                            .ok()
-                            .and_then(|t| parse_sidecar(t, &name_owned))
-                        {
-                            Some(d) => Recorded::Digest(d),
-                            None => Recorded::Malformed,
-                        },
-                    );
-                }
-            }
-            Ok(
-                match head
-                    .attributes
-                    .get(&Attribute::Metadata(META_SHA256.into()))
-                {
-                    None => Recorded::Missing,
-                    Some(v) => match from_hex(v.as_ref()) {
-                        Some(d) => Recorded::Digest(d),
-                        None => Recorded::Malformed,
-                    },
-                },
-            )
-        })
+        let fut = shared::recorded(
+            self.store.clone(),
+            self.key(name),
+            self.key(&format!("{name}{SIDECAR_SUFFIX}")),
+            name.to_string(),
+            META_OBJECT_ETAG,
+            self.object_errors(),
+        );
+        self.call("read the checksum record of", Some(name), fut)
     }
 
     fn write_record(&self, name: &str, sha256: &Sha256Digest) -> Result<(), ArchiveError> {
-        let store = Arc::clone(&self.store);
-        let path = self.key(name);
-        let side = self.key(&format!("{name}{SIDECAR_SUFFIX}"));
-        let text = format!("{}  {}\n", to_hex(sha256), name);
-        self.call("write the checksum record of", Some(name), async move {
-            let head = match store.head(&path).await {
-                Ok(h) => h,
-                Err(object_store::Error::NotFound { .. }) => {
-                    return Err(Failure::Other("no such object".into()))
-                }
-                Err(e) => return Err(object_failure(&store, &path, &e).await),
-            };
-            let mut attributes = Attributes::new();
-            if let Some(etag) = head.e_tag {
-                attributes.insert(Attribute::Metadata(META_OBJECT_ETAG.into()), etag.into());
-            }
-            let opts = PutOptions {
-                mode: PutMode::Overwrite,
-                attributes,
-                ..Default::default()
-            };
-            store
-                .put_opts(&side, PutPayload::from(text), opts)
-                .await
-                .map(|_| ())
-                .map_err(|e| classify(&e))
-        })
+        let fut = shared::write_record(
+            self.store.clone(),
+            self.key(name),
+            self.key(&format!("{name}{SIDECAR_SUFFIX}")),
+            format!("{}  {}\n", to_hex(sha256), name),
+            META_OBJECT_ETAG,
+            self.object_errors(),
+        );
+        self.call("write the checksum record of", Some(name), fut)
     }
 
     fn make_durable(&self, _name: &str) -> Result<(), ArchiveError> {
@@ -1053,15 +1100,8 @@ impl Destination for S3Destination {
     }
 
     fn size(&self, name: &str) -> Result<Option<u64>, ArchiveError> {
-        let store = Arc::clone(&self.store);
-        let path = self.key(name);
-        self.call("stat", Some(name), async move {
-            match store.head(&path).await {
-                Ok(m) => Ok(Some(m.size)),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(object_failure(&store, &path, &e).await),
-            }
-        })
+        let fut = shared::size(self.store.clone(), self.key(name), self.object_errors());
+        self.call("stat", Some(name), fut)
     }
 
     fn open(&self, name: &str) -> Result<Option<Box<dyn Read + Send + '_>>, ArchiveError> {
@@ -1098,49 +1138,7 @@ impl Destination for S3Destination {
                 }
                 Err(e) => return Err(object_failure(&store, &path, &e).await),
             };
-            let expected = r.meta.size;
-            let (tx, rx) = tokio::sync::mpsc::channel(4);
-            tokio::spawn(async move {
-                let mut s = r.into_stream();
-                let mut received = 0u64;
-                loop {
-                    let item = match tokio::time::timeout(idle, s.next()).await {
-                        // A body that ends short is a broken transfer (to
-                        // be retried), not a corrupt object.
-                        Ok(None) if received < expected => Err(io::Error::new(
-                            io::ErrorKind::ConnectionReset,
-                            format!("S3 read ended after {received} of {expected} bytes"),
-                        )),
-                        Ok(None) => break,
-                        Ok(Some(Ok(b))) => {
-                            received += b.len() as u64;
-                            Ok(b)
-                        }
-                        Ok(Some(Err(e))) => {
-                            let f = classify(&e);
-                            // A broken stream is transient: the reader's
-                            // error kind says so (error::is_transient).
-                            let kind = if f.is_transient() {
-                                io::ErrorKind::ConnectionReset
-                            } else {
-                                io::ErrorKind::Other
-                            };
-                            Err(io::Error::new(
-                                kind,
-                                format!("S3 read failed: {}", describe_failure(&f)),
-                            ))
-                        }
-                        Err(_) => Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("S3 read stalled for {}", s3_error::fmt_duration(idle)),
-                        )),
-                    };
-                    let stop = item.is_err();
-                    if tx.send(item).await.is_err() || stop {
-                        break; // reader dropped, or error delivered
-                    }
-                }
-            });
+            let rx = read_stream(r, idle, "S3");
             Ok(Some(rx))
         })?;
         Ok(rx.map(|rx| {
@@ -1152,17 +1150,9 @@ impl Destination for S3Destination {
     }
 
     fn is_empty(&self) -> Result<bool, ArchiveError> {
-        let store = Arc::clone(&self.store);
         let prefix =
             (!self.settings.prefix.is_empty()).then(|| ObjPath::from(self.settings.prefix.clone()));
-        // The first page of a listing only.
-        self.call("list", None, async move {
-            match store.list(prefix.as_ref()).next().await {
-                None => Ok(true),
-                Some(Ok(_)) => Ok(false),
-                Some(Err(e)) => Err(classify(&e)),
-            }
-        })
+        self.call("list", None, shared::is_empty(self.store.clone(), prefix))
     }
 
     fn entries(&self) -> Result<Vec<Entry>, ArchiveError> {
@@ -1172,20 +1162,7 @@ impl Destination for S3Destination {
         // Listing many thousands of names takes several requests: allow
         // one timeout per 1000 (a page) on top.
         self.call_within(self.settings.timeout * 4, "list", None, async move {
-            let r = store
-                .list_with_delimiter(prefix.as_ref())
-                .await
-                .map_err(|e| classify(&e))?;
-            Ok(r.objects
-                .into_iter()
-                .filter_map(|o| {
-                    let name = o.location.filename()?.to_string();
-                    (!name.ends_with(SIDECAR_SUFFIX)).then(|| Entry {
-                        name,
-                        stored_at: Some(o.last_modified.into()),
-                    })
-                })
-                .collect())
+            list_entries(store, prefix).await
         })
     }
 
@@ -1199,21 +1176,13 @@ impl Destination for S3Destination {
     }
 
     fn remove(&self, name: &str) -> Result<(), ArchiveError> {
-        let store = Arc::clone(&self.store);
-        let path = self.key(name);
         let side = self.key(&format!("{name}{SIDECAR_SUFFIX}"));
-        self.call("remove", Some(name), async move {
-            // The record last.
-            store.delete(&path).await.map_err(|e| classify(&e))?;
-            match store.delete(&side).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(classify(&e)),
-            }
-        })
+        let fut = shared::remove(self.store.clone(), self.key(name), Some(side));
+        self.call("remove", Some(name), fut)
     }
 
     fn create_object(&self, name: &str) -> Result<Box<dyn ObjectWriter>, ArchiveError> {
-        Ok(Box::new(S3ObjectWriter::new(self, name)))
+        Ok(Box::new(S3ObjectWriter::new(self, self.key(name), name)))
     }
 
     fn objects_under(&self, prefix: &str) -> Result<Vec<ObjectEntry>, ArchiveError> {

@@ -123,6 +123,13 @@ const CREDENTIAL_CODES: &[&str] = &[
     "TokenRefreshRequired",
     "AuthorizationHeaderMalformed",
     "RequestTimeTooSkewed",
+    // Azure Blob Storage's.
+    "AuthenticationFailed",
+    "AuthorizationFailure",
+    "AuthorizationPermissionMismatch",
+    "InvalidAuthenticationInfo",
+    "NoAuthenticationInformation",
+    "InsufficientAccountPermissions",
 ];
 
 const CHECKSUM_CODES: &[&str] = &[
@@ -131,6 +138,9 @@ const CHECKSUM_CODES: &[&str] = &[
     "XAmzContentSHA256Mismatch",
     "InvalidDigest",
     "InvalidChecksum",
+    // Azure Blob Storage's.
+    "Md5Mismatch",
+    "Crc64Mismatch",
 ];
 
 /// Classifies an HTTP status and S3 error body.
@@ -141,7 +151,8 @@ pub fn classify_status(status: u16, body: Option<&str>) -> Failure {
     let message = body
         .and_then(|b| xml_element(b, "Message"))
         .unwrap_or_default();
-    if code == "NoSuchBucket" {
+    // S3's and GCS's; Azure's container.
+    if code == "NoSuchBucket" || code == "ContainerNotFound" {
         return Failure::NoSuchBucket;
     }
     if CREDENTIAL_CODES.contains(&code.as_str())

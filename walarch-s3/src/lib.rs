@@ -5,15 +5,22 @@
 //! Kept out of walarch-core so that the core stays small and quick to test;
 //! the extension and the `walarch` command link it.
 
+mod azure;
 mod bucket;
 pub mod credentials;
+mod cloud;
 mod errors;
+mod gcs;
 mod objects;
+mod shared;
 pub use errors::Naming;
 pub mod runtime;
 pub use objects::MAX_PARTS_IN_FLIGHT;
 
+pub use azure::{AzureSettings, AZURITE_ACCOUNT, AZURITE_KEY};
 pub use bucket::{S3Destination, S3Settings, UriStyle, META_SHA256, SIDECAR_SUFFIX};
 pub mod tls;
 pub mod wire;
 pub use wire::{CustomerKey, Sse};
+pub use cloud::{CloudDestination, CloudSettings};
+pub use gcs::GcsSettings;

@@ -25,6 +25,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMultipartOptions, PutPayload}
 
 use walarch_core::destination::{Destination, ObjectEntry, ObjectWriter, Stored};
 use walarch_core::support::error::{ArchiveError, ErrorKind};
+use walarch_core::wal::checksum::{Hasher, Sha256Digest};
 
 use crate::bucket::{exists, S3Destination};
 use crate::errors::{self as s3_error, classify, Failure};
@@ -58,7 +59,7 @@ fn parts_in_flight(part: usize) -> usize {
     (IN_FLIGHT_BYTES / part.max(1)).clamp(1, MAX_PARTS_IN_FLIGHT)
 }
 
-fn taken(dest: &S3Destination, name: &str) -> ArchiveError {
+fn taken(dest: &dyn Destination, name: &str) -> ArchiveError {
     ArchiveError::new(
         ErrorKind::Conflict,
         format!(
@@ -68,8 +69,87 @@ fn taken(dest: &S3Destination, name: &str) -> ArchiveError {
     )
 }
 
-pub(crate) struct S3ObjectWriter {
-    dest: S3Destination,
+/// What a store must offer for `PartsWriter`: S3 (multipart upload) and
+/// Azure (blocks and a block list), each completing create-only.
+pub(crate) trait PartStore: Destination + Clone + Send + 'static {
+    /// The size of part `idx` (from 0).
+    fn part_size_at(&self, idx: usize) -> usize;
+    /// Parts an object may have, and what the limit means for messages.
+    fn max_parts(&self) -> (usize, &'static str);
+    /// Starts an upload (of an object whose digest is `digest`, when known
+    /// in advance); `None` when the name is already taken.
+    fn begin_upload(
+        &self,
+        name: &str,
+        path: &ObjPath,
+        digest: Option<&Sha256Digest>,
+    ) -> Result<Option<String>, ArchiveError>;
+    /// The store's multipart side, and the limit of each request.
+    fn parts_store(&self) -> Arc<dyn MultipartStore>;
+    fn request_timeout(&self) -> std::time::Duration;
+    /// The error of storing `name`: a failed request, or its task.
+    fn store_failed(&self, name: &str, f: Failure) -> ArchiveError;
+    fn run_failed(&self, name: &str, e: runtime::RunError) -> ArchiveError;
+
+    /// Sends part `idx` in the background.
+    fn send_part(
+        &self,
+        name: &str,
+        path: &ObjPath,
+        id: &str,
+        idx: usize,
+        payload: PutPayload,
+    ) -> Result<runtime::Pending<Result<PartId, Failure>>, ArchiveError> {
+        let parts = self.parts_store();
+        let (path, id) = (path.clone(), id.to_string());
+        runtime::spawn(self.request_timeout(), async move {
+            parts
+                .put_part(&path, &id, idx, payload)
+                .await
+                .map_err(|e| classify(&e))
+        })
+        .map_err(|e| self.run_failed(name, e))
+    }
+
+    fn wait_part(
+        &self,
+        name: &str,
+        p: runtime::Pending<Result<PartId, Failure>>,
+    ) -> Result<PartId, ArchiveError> {
+        match p.wait() {
+            Ok(Ok(part)) => Ok(part),
+            Ok(Err(f)) => Err(self.store_failed(name, f)),
+            Err(e) => Err(self.run_failed(name, e)),
+        }
+    }
+
+    /// One create-only PUT, for an object smaller than a part.
+    fn put_small(&self, name: &str, data: Vec<u8>) -> Result<Stored, ArchiveError>;
+    /// Completes the upload create-only, with `digest` recorded on the
+    /// object when given.
+    fn complete(
+        &self,
+        name: &str,
+        path: &ObjPath,
+        id: &str,
+        parts: Vec<PartId>,
+        total: u64,
+        digest: Option<Sha256Digest>,
+    ) -> Result<Stored, ArchiveError>;
+    /// Discards an upload, best effort.
+    fn abort_upload(&self, path: &ObjPath, id: &str) {
+        let parts = self.parts_store();
+        let (path, id) = (path.clone(), id.to_string());
+        let _ = runtime::run(self.request_timeout(), async move {
+            parts.abort_multipart(&path, &id).await
+        });
+    }
+}
+
+pub(crate) type S3ObjectWriter = PartsWriter<S3Destination>;
+
+pub(crate) struct PartsWriter<D: PartStore> {
+    dest: D,
     name: String,
     path: ObjPath,
     /// The part being filled.
@@ -79,20 +159,37 @@ pub(crate) struct S3ObjectWriter {
     /// Parts acknowledged, in order.
     done: Vec<PartId>,
     total: u64,
+    /// The digest to record on the object (a WAL file's, known before it
+    /// is sent), and the hash of what was written, compared with it.
+    digest: Option<(Sha256Digest, Hasher)>,
 }
 
-impl S3ObjectWriter {
-    pub(crate) fn new(dest: &S3Destination, name: &str) -> S3ObjectWriter {
-        S3ObjectWriter {
+impl<D: PartStore> PartsWriter<D> {
+    pub(crate) fn new(dest: &D, path: ObjPath, name: &str) -> PartsWriter<D> {
+        PartsWriter {
             dest: dest.clone(),
             name: name.to_string(),
-            path: dest.key(name),
+            path,
             buf: Vec::new(),
             upload: None,
             in_flight: VecDeque::new(),
             done: Vec::new(),
             total: 0,
+            digest: None,
         }
+    }
+
+    /// A writer for a file whose digest is `digest`: recorded on the
+    /// object, and checked against what is written.
+    pub(crate) fn with_digest(
+        dest: &D,
+        path: ObjPath,
+        name: &str,
+        digest: Sha256Digest,
+    ) -> PartsWriter<D> {
+        let mut w = Self::new(dest, path, name);
+        w.digest = Some((digest, Hasher::new()));
+        w
     }
 
     /// Parts sent so far.
@@ -102,33 +199,19 @@ impl S3ObjectWriter {
 
     /// The size of the part being filled.
     fn part_size(&self) -> usize {
-        part_size_at(self.dest.settings().part_size, self.parts())
+        self.dest.part_size_at(self.parts())
     }
 
-    /// Creates the multipart upload (first part only).
+    /// Creates the upload (first part only).
     fn upload_id(&mut self) -> Result<String, ArchiveError> {
         if let Some(id) = &self.upload {
             return Ok(id.clone());
         }
-        let store = Arc::clone(self.dest.store());
-        let path = self.path.clone();
-        let head_first = self.dest.settings().head_before_put;
-        let mut opts = PutMultipartOptions::default();
-        self.dest
-            .add_storage_class(&self.name, &mut opts.attributes);
-        let created = self.dest.call("store", Some(&self.name), async move {
-            // Some stores ignore If-None-Match: look first, so that a taken
-            // name is refused before any part is sent.
-            if head_first && exists(&store, &path).await? {
-                return Ok(None);
-            }
-            store
-                .create_multipart_opts(&path, opts)
-                .await
-                .map(Some)
-                .map_err(|e| classify(&e))
-        })?;
-        let id = created.ok_or_else(|| taken(&self.dest, &self.name))?;
+        let digest = self.digest.as_ref().map(|(d, _)| *d);
+        let id = self
+            .dest
+            .begin_upload(&self.name, &self.path, digest.as_ref())?
+            .ok_or_else(|| taken(&self.dest, &self.name))?;
         self.upload = Some(id.clone());
         Ok(id)
     }
@@ -145,46 +228,36 @@ impl S3ObjectWriter {
     /// Sends the filled part (waiting first when enough are in flight).
     fn send_part(&mut self) -> Result<(), ArchiveError> {
         let idx = self.parts();
-        if idx >= MAX_PARTS {
+        let (max, limit) = self.dest.max_parts();
+        if idx >= max {
             return Err(ArchiveError::new(
                 ErrorKind::Io,
                 format!(
-                    "could not store \"{}\": it would take more than {MAX_PARTS} parts",
+                    "could not store \"{}\": it would take more than {max} parts",
                     self.dest.location(&self.name)
                 ),
             )
-            .with_detail("An object in S3 is at most 5 TiB."));
+            .with_detail(limit));
         }
         let id = self.upload_id()?;
         while self.in_flight.len() >= parts_in_flight(self.buf.len()) {
             self.wait_oldest()?;
         }
         let data = std::mem::take(&mut self.buf);
-        let store = Arc::clone(self.dest.store());
-        let path = self.path.clone();
         let payload = PutPayload::from(Bytes::from(data));
-        let pending = runtime::spawn(self.dest.settings().timeout, async move {
-            store
-                .put_part(&path, &id, idx, payload)
-                .await
-                .map_err(|e| classify(&e))
-        })
-        .map_err(|e| {
-            let loc = self.dest.location(&self.name);
-            s3_error::run_error(e, &self.dest.cx("store", &loc))
-        })?;
+        let pending = self
+            .dest
+            .send_part(&self.name, &self.path, &id, idx, payload)?;
         self.in_flight.push_back(pending);
         Ok(())
     }
 
-    fn finish_inner(&mut self) -> Result<u64, ArchiveError> {
+    /// Stores what was written; `digest` is recorded on the object.
+    fn finish_inner(&mut self, digest: Option<Sha256Digest>) -> Result<Stored, ArchiveError> {
         if self.upload.is_none() {
             // Smaller than a part: one create-only PUT.
             let data = std::mem::take(&mut self.buf);
-            return match self.dest.put_new(&self.name, data)? {
-                Stored::Created { bytes, .. } => Ok(bytes),
-                Stored::Exists => Err(taken(&self.dest, &self.name)),
-            };
+            return self.dest.put_small(&self.name, data);
         }
         if !self.buf.is_empty() {
             self.send_part()?;
@@ -194,34 +267,54 @@ impl S3ObjectWriter {
         }
         let id = self.upload.clone().unwrap_or_default();
         let parts = std::mem::take(&mut self.done);
-        // The digest is recorded by the caller (backup.json), not here.
-        match self
+        let r = self
             .dest
-            .complete_create_only(&self.name, &self.path, &id, parts, self.total, [0; 32])?
-        {
-            Stored::Created { .. } => {
-                self.upload = None;
-                Ok(self.total)
-            }
-            Stored::Exists => Err(taken(&self.dest, &self.name)),
+            .complete(&self.name, &self.path, &id, parts, self.total, digest)?;
+        if let Stored::Created { .. } = r {
+            self.upload = None;
         }
+        Ok(r)
     }
 
     fn abort_upload(&mut self) {
         // Dropping a pending part aborts its task.
         self.in_flight.clear();
         if let Some(id) = self.upload.take() {
-            let store = Arc::clone(self.dest.store());
-            let path = self.path.clone();
-            let _ = runtime::run(self.dest.settings().timeout, async move {
-                store.abort_multipart(&path, &id).await
-            });
+            self.dest.abort_upload(&self.path, &id);
         }
+    }
+
+    /// Finishes a `with_digest` writer: what was written must have the
+    /// digest (the file did not change while it was read).
+    pub(crate) fn finish_hashed(
+        mut self,
+        source: &std::path::Path,
+    ) -> Result<Stored, ArchiveError> {
+        let (digest, hasher) = self.digest.take().expect("a with_digest writer");
+        if hasher.finish() != digest {
+            self.abort_upload();
+            return Err(ArchiveError::new(
+                ErrorKind::Io,
+                format!(
+                    "could not store \"{}\": file \"{}\" changed while being archived",
+                    self.dest.location(&self.name),
+                    source.display()
+                ),
+            ));
+        }
+        let r = self.finish_inner(Some(digest));
+        if r.is_err() {
+            self.abort_upload();
+        }
+        r
     }
 }
 
-impl ObjectWriter for S3ObjectWriter {
+impl<D: PartStore> ObjectWriter for PartsWriter<D> {
     fn write(&mut self, mut data: &[u8]) -> Result<(), ArchiveError> {
+        if let Some((_, h)) = &mut self.digest {
+            h.update(data);
+        }
         while !data.is_empty() {
             let part = self.part_size();
             // A full part is sent only once more bytes come: the last part
@@ -243,7 +336,12 @@ impl ObjectWriter for S3ObjectWriter {
     }
 
     fn finish(mut self: Box<Self>) -> Result<u64, ArchiveError> {
-        let r = self.finish_inner();
+        // The digest is recorded by the caller (backup.json), not here.
+        let r = match self.finish_inner(None) {
+            Ok(Stored::Created { .. }) => Ok(self.total),
+            Ok(Stored::Exists) => Err(taken(&self.dest, &self.name)),
+            Err(e) => Err(e),
+        };
         if r.is_err() {
             self.abort_upload();
         }
@@ -255,47 +353,82 @@ impl ObjectWriter for S3ObjectWriter {
     }
 }
 
+impl PartStore for S3Destination {
+    fn part_size_at(&self, idx: usize) -> usize {
+        part_size_at(self.settings().part_size, idx)
+    }
+
+    fn max_parts(&self) -> (usize, &'static str) {
+        (MAX_PARTS, "An object in S3 is at most 5 TiB.")
+    }
+
+    fn begin_upload(
+        &self,
+        name: &str,
+        path: &ObjPath,
+        _digest: Option<&Sha256Digest>,
+    ) -> Result<Option<String>, ArchiveError> {
+        // Base backups only: WAL files go through store_multipart.
+        let store = Arc::clone(self.store());
+        let path = path.clone();
+        let head_first = self.settings().head_before_put;
+        let mut opts = PutMultipartOptions::default();
+        self.add_storage_class(name, &mut opts.attributes);
+        self.call("store", Some(name), async move {
+            // Some stores ignore If-None-Match: look first, so that a taken
+            // name is refused before any part is sent.
+            if head_first && exists(&store, &path).await? {
+                return Ok(None);
+            }
+            store
+                .create_multipart_opts(&path, opts)
+                .await
+                .map(Some)
+                .map_err(|e| classify(&e))
+        })
+    }
+
+    fn parts_store(&self) -> Arc<dyn MultipartStore> {
+        Arc::clone(self.store()) as Arc<dyn MultipartStore>
+    }
+
+    fn request_timeout(&self) -> std::time::Duration {
+        self.settings().timeout
+    }
+
+    fn store_failed(&self, name: &str, f: Failure) -> ArchiveError {
+        self.fail("store", Some(name), f)
+    }
+
+    fn run_failed(&self, name: &str, e: runtime::RunError) -> ArchiveError {
+        let loc = self.location(name);
+        s3_error::run_error(e, &self.cx("store", &loc))
+    }
+
+    fn put_small(&self, name: &str, data: Vec<u8>) -> Result<Stored, ArchiveError> {
+        self.put_new(name, data)
+    }
+
+    fn complete(
+        &self,
+        name: &str,
+        path: &ObjPath,
+        id: &str,
+        parts: Vec<PartId>,
+        total: u64,
+        digest: Option<Sha256Digest>,
+    ) -> Result<Stored, ArchiveError> {
+        self.complete_create_only(name, path, id, parts, total, digest.unwrap_or([0; 32]))
+    }
+}
+
 impl S3Destination {
     pub(crate) fn objects_under_prefix(
         &self,
         prefix: &str,
     ) -> Result<Vec<ObjectEntry>, ArchiveError> {
-        // Listing is by whole path segments: list the folder the prefix is
-        // in, keep the names that start with it.
-        let folder = prefix.rsplit_once('/').map_or("", |(f, _)| f).to_string();
-        let root = self.settings().prefix.clone();
-        let under = match (root.is_empty(), folder.is_empty()) {
-            (true, true) => None,
-            (true, false) => Some(ObjPath::from(folder)),
-            (false, true) => Some(ObjPath::from(root.clone())),
-            (false, false) => Some(ObjPath::from(format!("{root}/{folder}"))),
-        };
-        let store = Arc::clone(self.store());
-        let strip = if root.is_empty() {
-            String::new()
-        } else {
-            format!("{root}/")
-        };
-        let prefix = prefix.to_string();
-        self.call_within(self.settings().timeout * 4, "list", None, async move {
-            let mut out = Vec::new();
-            let mut s = store.list(under.as_ref());
-            while let Some(item) = s.next().await {
-                let o = item.map_err(|e| classify(&e))?;
-                let full = o.location.to_string();
-                let Some(name) = full.strip_prefix(&strip) else {
-                    continue;
-                };
-                if name.starts_with(&prefix) {
-                    out.push(ObjectEntry {
-                        name: name.to_string(),
-                        size: o.size,
-                        stored_at: Some(o.last_modified.into()),
-                    });
-                }
-            }
-            Ok(out)
-        })
+        let fut = list_objects_under(self.store().clone(), &self.settings().prefix, prefix);
+        self.call_within(self.settings().timeout * 4, "list", None, fut)
     }
 
     pub(crate) fn delete_object(&self, name: &str) -> Result<(), ArchiveError> {
@@ -307,6 +440,48 @@ impl S3Destination {
                 Err(e) => Err(classify(&e)),
             }
         })
+    }
+}
+
+/// Every object under `root/prefix` (`root` the destination's own prefix),
+/// named without `root/`. Listing is by whole path segments: list the
+/// folder the prefix is in, keep the names that start with it.
+pub(crate) fn list_objects_under(
+    store: Arc<dyn ObjectStore>,
+    root: &str,
+    prefix: &str,
+) -> impl std::future::Future<Output = Result<Vec<ObjectEntry>, Failure>> + Send + 'static {
+    let folder = prefix.rsplit_once('/').map_or("", |(f, _)| f).to_string();
+    let under = match (root.is_empty(), folder.is_empty()) {
+        (true, true) => None,
+        (true, false) => Some(ObjPath::from(folder)),
+        (false, true) => Some(ObjPath::from(root)),
+        (false, false) => Some(ObjPath::from(format!("{root}/{folder}"))),
+    };
+    let strip = if root.is_empty() {
+        String::new()
+    } else {
+        format!("{root}/")
+    };
+    let prefix = prefix.to_string();
+    async move {
+        let mut out = Vec::new();
+        let mut s = store.list(under.as_ref());
+        while let Some(item) = s.next().await {
+            let o = item.map_err(|e| classify(&e))?;
+            let full = o.location.to_string();
+            let Some(name) = full.strip_prefix(&strip) else {
+                continue;
+            };
+            if name.starts_with(&prefix) {
+                out.push(ObjectEntry {
+                    name: name.to_string(),
+                    size: o.size,
+                    stored_at: Some(o.last_modified.into()),
+                });
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -358,7 +533,7 @@ mod tests {
         s.endpoint = Some("http://127.0.0.1:9".into());
         s.part_size = 5 << 20;
         let dest = S3Destination::new(s).unwrap();
-        let mut w = S3ObjectWriter::new(&dest, "x");
+        let mut w = S3ObjectWriter::new(&dest, dest.key("x"), "x");
         // Exactly one part's worth, in pieces: held back until more comes.
         for c in vec![0u8; 5 << 20].chunks(32 << 10) {
             ObjectWriter::write(&mut w, c).unwrap();

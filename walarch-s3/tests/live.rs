@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{make_file, scratch, settings, Seaweed};
+use common::{make_file, read_all, scratch, settings, show, Seaweed};
 use walarch_core::destination::{Destination, Recorded, Stored};
 use walarch_core::support::error::{ArchiveError, ErrorKind};
 use walarch_core::wal::checksum::{sha256, to_hex};
@@ -15,23 +15,6 @@ use walarch_s3::{S3Destination, S3Settings};
 
 const SEG: &str = "000000010000000000000001";
 const SEG2: &str = "000000010000000000000002";
-
-fn read_all(dest: &dyn Destination, name: &str) -> Vec<u8> {
-    let mut r = dest.open(name).unwrap().expect("object exists");
-    let mut v = Vec::new();
-    r.read_to_end(&mut v).unwrap();
-    v
-}
-
-fn show(case: &str, e: &ArchiveError) {
-    eprintln!(
-        "=== {case}\n  kind: {:?}\n  message: {}\n  detail: {}\n  hint: {}",
-        e.kind,
-        e.message,
-        e.detail.as_deref().unwrap_or("-"),
-        e.hint.as_deref().unwrap_or("-")
-    );
-}
 
 fn assert_no_secret(e: &ArchiveError, secret: &str) {
     let all = format!("{e}");

@@ -1,7 +1,8 @@
 //! What `walarch.archive_destination` may say: an absolute path (a local
-//! directory) or `s3://BUCKET[/PREFIX]`, and the S3 settings that go with
-//! it. Parsed here so the GUC check hooks refuse a bad value when it is set,
-//! with this text as the DETAIL, and the `walarch` command reads the same.
+//! directory), `s3://BUCKET[/PREFIX]`, `az://CONTAINER[/PREFIX]` or
+//! `gs://BUCKET[/PREFIX]`, and the settings that go with them. Parsed here
+//! so the GUC check hooks refuse a bad value when it is set, with this text
+//! as the DETAIL, and the `walarch` command reads the same.
 
 use std::path::PathBuf;
 
@@ -10,7 +11,20 @@ use crate::destination::archive_dir::{self, DirProblem};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DestinationSpec {
     Directory(PathBuf),
-    S3 { bucket: String, prefix: String },
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
+    /// `az://CONTAINER[/PREFIX]`: Azure Blob Storage.
+    Azure {
+        container: String,
+        prefix: String,
+    },
+    /// `gs://BUCKET[/PREFIX]`: Google Cloud Storage.
+    Gcs {
+        bucket: String,
+        prefix: String,
+    },
 }
 
 impl DestinationSpec {
@@ -20,26 +34,24 @@ impl DestinationSpec {
     /// the moment the value is set.
     pub fn parse(value: &str) -> Result<DestinationSpec, String> {
         if let Some(rest) = value.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            check_bucket(bucket)?;
-            let prefix = prefix.trim_end_matches('/');
-            if prefix
-                .split('/')
-                .any(|p| p.is_empty() || p == "." || p == "..")
-                && !prefix.is_empty()
-            {
-                return Err(format!(
-                    "The prefix \"{prefix}\" has an empty, \".\" or \"..\" component."
-                ));
-            }
-            return Ok(DestinationSpec::S3 {
-                bucket: bucket.to_string(),
-                prefix: prefix.to_string(),
-            });
+            let (bucket, prefix) = split_url(rest)?;
+            check_bucket(&bucket)?;
+            return Ok(DestinationSpec::S3 { bucket, prefix });
+        }
+        if let Some(rest) = value.strip_prefix("az://") {
+            let (container, prefix) = split_url(rest)?;
+            check_container(&container)?;
+            return Ok(DestinationSpec::Azure { container, prefix });
+        }
+        if let Some(rest) = value.strip_prefix("gs://") {
+            let (bucket, prefix) = split_url(rest)?;
+            // GCS bucket names follow S3's rules (and allow underscores).
+            check_bucket(&bucket.replace('_', "-"))?;
+            return Ok(DestinationSpec::Gcs { bucket, prefix });
         }
         if value.contains("://") {
             return Err(
-                "Only local directories (an absolute path) and s3://BUCKET[/PREFIX] are supported."
+                "Only local directories (an absolute path), s3://BUCKET[/PREFIX], az://CONTAINER[/PREFIX] and gs://BUCKET[/PREFIX] are supported."
                     .into(),
             );
         }
@@ -83,6 +95,50 @@ pub fn resolve(destination: &str, directory: &str) -> Result<Option<DestinationS
             }
         }
     }
+}
+
+/// `BUCKET[/PREFIX]` of a URL: the bucket and the prefix without trailing
+/// slash, whose components must be plain names.
+fn split_url(rest: &str) -> Result<(String, String), String> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let prefix = prefix.trim_end_matches('/');
+    if prefix
+        .split('/')
+        .any(|p| p.is_empty() || p == "." || p == "..")
+        && !prefix.is_empty()
+    {
+        return Err(format!(
+            "The prefix \"{prefix}\" has an empty, \".\" or \"..\" component."
+        ));
+    }
+    Ok((bucket.to_string(), prefix.to_string()))
+}
+
+impl DestinationSpec {
+    /// Whether the destination is an object store (not a directory).
+    pub fn is_object_store(&self) -> bool {
+        !matches!(self, DestinationSpec::Directory(_))
+    }
+}
+
+/// Azure container naming rules (3–63 characters: lowercase letters,
+/// digits and single hyphens, starting and ending with a letter or digit).
+fn check_container(c: &str) -> Result<(), String> {
+    if c.is_empty() {
+        return Err("The destination names no container: use az://CONTAINER[/PREFIX].".into());
+    }
+    let ok_chars = c
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_ends = [c.as_bytes()[0], c.as_bytes()[c.len() - 1]]
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !(3..=63).contains(&c.len()) || !ok_chars || !ok_ends || c.contains("--") {
+        return Err(format!(
+            "\"{c}\" is not a valid container name: 3 to 63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit."
+        ));
+    }
+    Ok(())
 }
 
 /// S3 bucket naming rules (3–63 characters: lowercase letters, digits, dots
@@ -179,6 +235,18 @@ pub fn read_credentials_file(path: &str) -> Result<(String, String), String> {
     parse_credentials(&text).ok_or_else(|| {
         format!("\"{path}\" holds no aws_access_key_id and aws_secret_access_key pair.")
     })
+}
+
+/// The text of a file holding a secret (an Azure account key or SAS token,
+/// a GCS service account key), trimmed: its owner and permissions must be
+/// those PostgreSQL requires of a private key (`credentials_file_problem`).
+/// `what` names the secret for the message of an empty file.
+pub fn read_secret_file(path: &str, what: &str) -> Result<String, String> {
+    let text = read_private_file(path)?.trim().to_string();
+    if text.is_empty() {
+        return Err(format!("\"{path}\" holds no {what}."));
+    }
+    Ok(text)
 }
 
 /// A file's text, when its owner and permissions are those of a private
@@ -376,6 +444,50 @@ mod tests {
     }
 
     #[test]
+    fn parses_azure_and_gcs_urls() {
+        assert_eq!(
+            DestinationSpec::parse("az://wal-1/cluster1/wal/"),
+            Ok(DestinationSpec::Azure {
+                container: "wal-1".into(),
+                prefix: "cluster1/wal".into()
+            })
+        );
+        assert_eq!(
+            DestinationSpec::parse("gs://my_bucket.eu"),
+            Ok(DestinationSpec::Gcs {
+                bucket: "my_bucket.eu".into(),
+                prefix: "".into()
+            })
+        );
+        assert!(DestinationSpec::parse("az://wal")
+            .unwrap()
+            .is_object_store());
+        assert!(!DestinationSpec::parse("/x").unwrap().is_object_store());
+    }
+
+    #[test]
+    fn secret_files_follow_the_credentials_file_rule() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("key");
+        std::fs::write(&f, "  c2VjcmV0\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let path = f.to_str().unwrap();
+        assert_eq!(read_secret_file(path, "key"), Ok("c2VjcmV0".into()));
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = read_secret_file(path, "key").unwrap_err();
+        assert!(
+            e.contains(CREDENTIALS_FILE_RULE) && !e.contains("c2VjcmV0"),
+            "{e}"
+        );
+        std::fs::write(&f, "\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(read_secret_file(path, "account key")
+            .unwrap_err()
+            .contains("holds no account key"));
+    }
+
+    #[test]
     fn refuses_bad_values_with_a_reason() {
         for (v, says) in [
             ("s3://", "no bucket"),
@@ -385,7 +497,14 @@ mod tests {
             ("s3://-ab", "not a valid bucket name"),
             ("s3://wal//x", "empty"),
             ("s3://wal/a/../b", "\"..\""),
-            ("gs://wal", "Only local directories"),
+            ("ftp://wal", "Only local directories"),
+            ("az://", "no container"),
+            ("az://Wal", "not a valid container name"),
+            ("az://a--b", "not a valid container name"),
+            ("az://wal.x", "not a valid container name"),
+            ("az://wal//x", "empty"),
+            ("gs://", "no bucket"),
+            ("gs://-ab", "not a valid bucket name"),
             ("relative/dir", "absolute"),
             ("/no/such/dir/here", "does not exist"),
         ] {

@@ -64,6 +64,26 @@ pub fn reset_vm_hwm() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
+/// The bytes stored under `name`, which must exist.
+pub fn read_all(dest: &dyn walarch_core::destination::Destination, name: &str) -> Vec<u8> {
+    use std::io::Read;
+    let mut r = dest.open(name).unwrap().expect("object exists");
+    let mut v = Vec::new();
+    r.read_to_end(&mut v).unwrap();
+    v
+}
+
+/// Prints an error's parts, for reading the messages in the test output.
+pub fn show(case: &str, e: &walarch_core::support::error::ArchiveError) {
+    eprintln!(
+        "=== {case}\n  kind: {:?}\n  message: {}\n  detail: {}\n  hint: {}",
+        e.kind,
+        e.message,
+        e.detail.as_deref().unwrap_or("-"),
+        e.hint.as_deref().unwrap_or("-")
+    );
+}
+
 /// Settings of the store for keys under `prefix`.
 pub fn settings(s3: &Seaweed, prefix: &str) -> S3Settings {
     let mut s = S3Settings::new(s3.bucket.clone());
