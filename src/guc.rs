@@ -277,6 +277,11 @@ pub fn configured() -> Result<Configured, String> {
             // hash, never shown.
             let mut h = std::collections::hash_map::DefaultHasher::new();
             format!("{settings:?}").hash(&mut h);
+            // And the certificates: a replaced (pinned) certificate takes
+            // effect at the next reload, as a rotated key does.
+            if let Some(ca) = &settings.ca_file {
+                std::fs::read(ca).unwrap_or_default().hash(&mut h);
+            }
             let key = h.finish();
             let mut cache = S3_CACHE.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((k, d)) = cache.as_ref() {

@@ -214,8 +214,10 @@ fn parse_mapping(s: &str) -> Result<(PathBuf, PathBuf), String> {
 /// The options `walarch restore` needs to reach the same bucket from the
 /// server: what was given here or found in the environment, except the
 /// credentials, which are never written into the data directory.
-fn bucket_options(o: &S3Options) -> Vec<String> {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+fn bucket_options(o: &S3Options, s3: bool) -> Vec<String> {
+    // The AWS variables only for an s3:// archive: an az:// or gs:// one
+    // reads its own from the server's environment.
+    let env = |k: &str| std::env::var(k).ok().filter(|v| s3 && !v.is_empty());
     let mut out = Vec::new();
     let mut add = |k: &str, v: Option<String>| {
         if let Some(v) = v {
@@ -238,11 +240,7 @@ fn bucket_options(o: &S3Options) -> Vec<String> {
             .or_else(|| env("AWS_DEFAULT_REGION")),
     );
     // restore_command runs in the data directory: an absolute path.
-    let abs = |p: &String| {
-        std::path::absolute(p)
-            .map(|a| a.to_string_lossy().into_owned())
-            .unwrap_or(p.clone())
-    };
+    let abs = |p: &String| crate::absolute_path(p);
     add(
         "--ca-file",
         o.ca_file.clone().or_else(|| env("AWS_CA_BUNDLE")).as_ref().map(abs),
@@ -336,7 +334,8 @@ fn cmd_restore(args: &[String]) -> ExitCode {
     };
     let is_bucket = DestinationSpec::parse(dir).is_ok_and(|d| d.is_object_store());
     let (archive_arg, options) = if is_bucket {
-        (dir.clone(), bucket_options(&o))
+        let s3 = matches!(DestinationSpec::parse(dir), Ok(DestinationSpec::S3 { .. }));
+        (dir.clone(), bucket_options(&o, s3))
     } else {
         // restore_command runs in the data directory: an absolute path.
         let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| PathBuf::from(dir));

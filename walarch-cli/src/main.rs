@@ -84,6 +84,14 @@ S3 OPTIONS: --endpoint URL --region REGION --ca-file PEM --uri-style auto|path|h
   for gs://: --gcs-credentials-file FILE --endpoint URL --ca-file PEM --timeout SECONDS
             (else GOOGLE_APPLICATION_CREDENTIALS, application default credentials)";
 
+/// `p` as an absolute path, for a command that runs elsewhere (the
+/// prefetch helper in "/", restore_command in the data directory).
+pub(crate) fn absolute_path(p: &str) -> String {
+    std::path::absolute(p)
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| p.to_string())
+}
+
 fn usage(msg: &str) -> ExitCode {
     say!("walarch: {msg}\n{USAGE}");
     ExitCode::from(2)

@@ -168,29 +168,24 @@ pub fn restore(
 /// named here).
 fn s3_args(o: &S3Options) -> Vec<String> {
     let mut a = vec![];
-    // The helper runs in "/": an absolute path.
-    let credentials_file = o.credentials_file.clone().map(|p| {
-        std::path::absolute(&p)
-            .map(|a| a.to_string_lossy().into_owned())
-            .unwrap_or(p)
-    });
+    // The helper runs in "/": files by absolute path (restore_command's
+    // own may be relative to the data directory). Names, never contents.
+    let file = |v: &Option<String>| v.as_deref().map(crate::absolute_path);
     for (flag, v) in [
-        ("--endpoint", &o.endpoint),
-        ("--region", &o.region),
-        ("--ca-file", &o.ca_file),
-        ("--uri-style", &o.uri_style),
-        // The key file's name, never the key.
-        ("--sse-customer-key-file", &o.sse_customer_key_file),
-        ("--credentials-file", &credentials_file),
-        ("--profile", &o.profile),
-        // Azure and GCS: the files' names, never their contents.
-        ("--azure-account", &o.azure_account),
-        ("--azure-key-file", &o.azure_key_file),
-        ("--azure-sas-file", &o.azure_sas_file),
-        ("--gcs-credentials-file", &o.gcs_credentials_file),
+        ("--endpoint", o.endpoint.clone()),
+        ("--region", o.region.clone()),
+        ("--ca-file", file(&o.ca_file)),
+        ("--uri-style", o.uri_style.clone()),
+        ("--sse-customer-key-file", file(&o.sse_customer_key_file)),
+        ("--credentials-file", file(&o.credentials_file)),
+        ("--profile", o.profile.clone()),
+        ("--azure-account", o.azure_account.clone()),
+        ("--azure-key-file", file(&o.azure_key_file)),
+        ("--azure-sas-file", file(&o.azure_sas_file)),
+        ("--gcs-credentials-file", file(&o.gcs_credentials_file)),
     ] {
         if let Some(v) = v {
-            a.extend([flag.to_string(), v.clone()]);
+            a.extend([flag.to_string(), v]);
         }
     }
     if let Some(t) = o.timeout {

@@ -34,7 +34,7 @@ pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
 pub const AZURITE_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AzureSettings {
     /// The storage account; `None`: `AZURE_STORAGE_ACCOUNT_NAME`.
     pub account: Option<String>,
@@ -50,6 +50,21 @@ pub struct AzureSettings {
     /// A SAS token (`sv=...&sig=...`).
     pub sas_token: Option<String>,
     pub common: CloudSettings,
+}
+
+/// The secrets only as digests: the server keys its client cache by this
+/// text (a rotated key builds a new client), and it must never show them.
+impl std::fmt::Debug for AzureSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureSettings")
+            .field("account", &self.account)
+            .field("container", &self.container)
+            .field("endpoint", &self.endpoint)
+            .field("access_key", &crate::cloud::secret_digest(&self.access_key))
+            .field("sas_token", &crate::cloud::secret_digest(&self.sas_token))
+            .field("common", &self.common)
+            .finish()
+    }
 }
 
 impl AzureSettings {
@@ -212,9 +227,9 @@ pub(crate) async fn put_block_list_create_only(
     if let Some(t) = bearer {
         req = req.bearer_auth(t);
     }
-    let resp = req.send().await.map_err(|e| classify_reqwest(&e))?;
+    let resp = req.send().await.map_err(|e| classify_reqwest(e))?;
     let status = resp.status().as_u16();
-    let text = resp.text().await.map_err(|e| classify_reqwest(&e))?;
+    let text = resp.text().await.map_err(|e| classify_reqwest(e))?;
     match status {
         200..=299 => Ok(true),
         // Azure answers 412 ConditionNotMet, Azurite 409 BlobAlreadyExists.

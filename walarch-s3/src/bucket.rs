@@ -251,6 +251,9 @@ impl S3Destination {
             .with_connect_timeout(settings.connect_timeout);
         // Proxies: reqwest's own, from the environment, for both clients.
         let mut http = reqwest::Client::builder()
+            // A redirect to another host would carry the headers (an SSE-C
+            // key) there: only the same host's are followed.
+            .redirect(crate::errors::same_host_redirects())
             .timeout(settings.timeout)
             .connect_timeout(settings.connect_timeout)
             .https_only(!allow_http);
@@ -681,9 +684,9 @@ impl S3Destination {
                 .body(body)
                 .send()
                 .await
-                .map_err(|e| classify_reqwest(&e))?;
+                .map_err(|e| classify_reqwest(e))?;
             let status = resp.status().as_u16();
-            let text = resp.text().await.map_err(|e| classify_reqwest(&e))?;
+            let text = resp.text().await.map_err(|e| classify_reqwest(e))?;
             match status {
                 // S3 may answer 200 with an <Error> body.
                 200 if !text.contains("<Error>") => Ok(Stored::Created {
@@ -1312,6 +1315,9 @@ mod tests {
         // Anything else is left alone.
         let other = refusal("Something else.");
         assert_eq!(sse_c_hint(other, &S3Settings::new("b")).hint, None);
+    }
+
+    #[test]
     fn the_completion_is_signed_with_the_session_token() {
         let mut s = S3Settings::new("wal");
         s.endpoint = Some("http://127.0.0.1:9".into());

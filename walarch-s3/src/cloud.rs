@@ -119,6 +119,13 @@ pub struct CloudDestination {
     pub(crate) settings: CloudSettings,
 }
 
+/// A secret as the start of its SHA-256: tells a rotated one apart,
+/// shows nothing of it.
+pub(crate) fn secret_digest(s: &Option<String>) -> Option<String> {
+    s.as_ref()
+        .map(|v| format!("sha256:{}…", &to_hex(&sha256(v.as_bytes()))[..16]))
+}
+
 pub(crate) fn config_error(message: String) -> ArchiveError {
     ArchiveError::new(ErrorKind::Configuration, message)
 }
@@ -135,6 +142,9 @@ pub(crate) fn clients(
         .with_timeout(settings.timeout)
         .with_connect_timeout(settings.connect_timeout);
     let mut http = reqwest::Client::builder()
+            // A redirect to another host would carry the headers (an SSE-C
+            // key) there: only the same host's are followed.
+            .redirect(crate::errors::same_host_redirects())
         .timeout(settings.timeout)
         .connect_timeout(settings.connect_timeout)
         .https_only(!allow_http);
@@ -216,6 +226,7 @@ impl CloudDestination {
                     bucket: &self.container,
                     timeout: self.settings.timeout,
                     naming: self.settings.naming,
+                    credentials: "",
                 };
                 s3_error::run_error(e, &cx)
             }
@@ -304,6 +315,58 @@ impl CloudDestination {
         match w.finish_hashed(source) {
             Err(e) if e.kind == ErrorKind::Conflict => Ok(Stored::Exists),
             r => r,
+        }
+    }
+
+    /// Reads back what was just created and compares it with what was
+    /// sent: Azure and GCS check no checksum of an upload here (object_store
+    /// sends none), and a file counts as archived only once the store holds
+    /// its bytes. Other bytes there (created just now, by this upload) are
+    /// removed, and the failure makes the archiver try again.
+    fn read_back(&self, name: &str, stored: Stored) -> Result<Stored, ArchiveError> {
+        let Stored::Created { bytes, sha256, .. } = &stored else {
+            return Ok(stored);
+        };
+        let (bytes, sent) = (*bytes, *sha256);
+        let store = Arc::clone(&self.store);
+        let path = self.key(name);
+        // The request timeout, and a minute per GiB to read it.
+        let within = self.settings.timeout + Duration::from_secs(60 * (1 + (bytes >> 30)));
+        let wrong = self.call_within(within, "verify", Some(name), async move {
+            use futures_util::StreamExt;
+            let mut body = store
+                .get(&path)
+                .await
+                .map_err(|e| classify(&e))?
+                .into_stream();
+            let (mut h, mut n) = (Hasher::new(), 0u64);
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| classify(&e))?;
+                n += chunk.len() as u64;
+                h.update(&chunk);
+            }
+            let got = h.finish();
+            if n == bytes && got == sent {
+                return Ok(None);
+            }
+            let _ = store.delete(&path).await;
+            Ok(Some(format!("{n} bytes, SHA-256 {}", to_hex(&got))))
+        })?;
+        match wrong {
+            None => Ok(stored),
+            Some(held) => Err(ArchiveError::new(
+                ErrorKind::Io,
+                format!(
+                    "could not store \"{}\": read back, {} held other bytes than were sent",
+                    self.location(name),
+                    self.terms.store
+                ),
+            )
+            .with_detail(format!(
+                "Sent {bytes} bytes, SHA-256 {}; held {held}. The object was removed.",
+                to_hex(&sent)
+            ))
+            .with_hint("The archiver tries again; if this repeats, check the network path to the store.")),
         }
     }
 
@@ -425,6 +488,12 @@ fn describe_failure(
                 e.with_detail(message)
             }
         }
+        Failure::NoCredentials { source, cause, .. } => ArchiveError::new(
+            ErrorKind::Configuration,
+            format!("{head}: could not get {} credentials from {source}", t.store),
+        )
+        .with_detail(cause)
+        .with_hint(pick(d.settings.naming, t.credentials_hint)),
         Failure::Transport(cause) | Failure::Other(cause) => {
             ArchiveError::new(ErrorKind::Io, format!("{head}: {} request failed", t.store))
                 .with_detail(cause)
@@ -587,18 +656,25 @@ impl Destination for CloudDestination {
         let len = std::fs::metadata(source)
             .map_err(|e| ArchiveError::io("stat file", source, &e))?
             .len();
-        if len > self.settings.multipart_threshold {
-            return self.store_in_parts(name, source);
-        }
-        let mut data = Vec::new();
-        File::open(source)
-            .and_then(|mut f| f.read_to_end(&mut data))
-            .map_err(|e| ArchiveError::io("read file", source, &e))?;
-        self.put_new(name, data)
+        // GCS: one PUT whatever the size (up to 5 TiB): its XML multipart
+        // completion replaces an existing object, preconditions or not.
+        let stored = if len > self.settings.multipart_threshold
+            && !matches!(self.backend, Backend::Gcs(_))
+        {
+            self.store_in_parts(name, source)?
+        } else {
+            let mut data = Vec::new();
+            File::open(source)
+                .and_then(|mut f| f.read_to_end(&mut data))
+                .map_err(|e| ArchiveError::io("read file", source, &e))?;
+            self.put_new(name, data)?
+        };
+        self.read_back(name, stored)
     }
 
     fn store_new_bytes(&self, name: &str, data: &[u8]) -> Result<Stored, ArchiveError> {
-        self.put_new(name, data.to_vec())
+        let stored = self.put_new(name, data.to_vec())?;
+        self.read_back(name, stored)
     }
 
     fn recorded(&self, name: &str) -> Result<Recorded, ArchiveError> {
@@ -706,6 +782,19 @@ impl Destination for CloudDestination {
     }
 
     fn create_object(&self, name: &str) -> Result<Box<dyn ObjectWriter>, ArchiveError> {
+        if matches!(self.backend, Backend::Gcs(_)) {
+            // A base backup streams: it needs parts, and GCS's completion
+            // of parts cannot refuse to replace an existing object.
+            return Err(ArchiveError::new(
+                ErrorKind::Configuration,
+                format!(
+                    "could not store \"{}\": base backups into gs:// archives are not supported",
+                    self.location(name)
+                ),
+            )
+            .with_detail("A base backup is uploaded in parts, and the completion of a GCS multipart upload replaces an object already there.")
+            .with_hint("Keep base backups in an s3:// or az:// archive, or a directory, with pg_basebackup --target=walarch there."));
+        }
         Ok(Box::new(PartsWriter::new(self, self.key(name), name)))
     }
 

@@ -183,8 +183,15 @@ pub fn choose(
         });
     }
 
-    // 2. The environment: keys, then the shared credentials file.
-    match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
+    // 2. The environment: keys, then the shared credentials file. A
+    // profile named by a setting or an option skips the keys, as the AWS
+    // CLI does for --profile (AWS_PROFILE does not).
+    let keys = if opts.profile.is_some() {
+        (None, None)
+    } else {
+        (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY"))
+    };
+    match keys {
         (Some(access_key_id), Some(secret_access_key)) => {
             return Ok(Source::Static {
                 access_key_id,
@@ -217,7 +224,15 @@ pub fn choose(
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 read_one = true;
-                match parse_profile(&text, &profile) {
+                // `default` strictly: another section of a file the process
+                // happens to have is no credentials for this archive (the
+                // first-section fallback is only for the file a setting
+                // names).
+                let strict = Profile {
+                    explicit: true,
+                    ..profile.clone()
+                };
+                match parse_profile(&text, &strict) {
                     Ok(keys) => {
                         return Ok(Source::Static {
                             access_key_id: keys.access_key_id,
@@ -323,6 +338,13 @@ fn check_container_url(url: &str) -> Result<(), String> {
         format!("AWS_CONTAINER_CREDENTIALS_FULL_URI \"{url}\" is not an http:// or https:// URL.")
     })?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // "http://localhost@elsewhere/" goes elsewhere: no user part at all.
+    if authority.contains('@') {
+        return Err(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI names a user (user@host); a credentials endpoint takes none."
+                .to_string(),
+        );
+    }
     let host = if let Some(v6) = authority.strip_prefix('[') {
         v6.split(']').next().unwrap_or("")
     } else {
@@ -427,6 +449,9 @@ pub(crate) struct ContainerProvider {
     what: String,
     client: reqwest::Client,
     cache: tokio::sync::Mutex<Option<(Arc<AwsCredential>, Option<Instant>)>>,
+    /// The last failed renewal: the next is tried 30 s later at the
+    /// earliest while the cached credentials serve.
+    failed_at: std::sync::Mutex<Option<Instant>>,
 }
 
 impl ContainerProvider {
@@ -445,6 +470,7 @@ impl ContainerProvider {
             what,
             client,
             cache: tokio::sync::Mutex::new(None),
+            failed_at: std::sync::Mutex::new(None),
         })
     }
 
@@ -470,12 +496,12 @@ impl ContainerProvider {
             None => {}
         }
         let resp = req.send().await.map_err(|e| {
-            let f = crate::errors::classify_reqwest(&e);
+            let f = crate::errors::classify_reqwest(e);
             (crate::bucket::describe_failure(&f), f.is_transient())
         })?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(|e| {
-            let f = crate::errors::classify_reqwest(&e);
+            let f = crate::errors::classify_reqwest(e);
             (crate::bucket::describe_failure(&f), f.is_transient())
         })?;
         if !status.is_success() {
@@ -549,12 +575,34 @@ impl CredentialProvider for ContainerProvider {
         // One fetch at a time; the others wait for its result.
         let mut cache = self.cache.lock().await;
         let now = Instant::now();
+        // Still valid for a while: a renewal that fails or hangs must not
+        // hold up requests these can sign.
+        let mut usable = false;
         if let Some((c, expiry)) = cache.as_ref() {
             if expiry.is_none_or(|e| e.saturating_duration_since(now) > REFRESH_BEFORE) {
                 return Ok(Arc::clone(c));
             }
+            usable = expiry.is_some_and(|e| e > now + Duration::from_secs(30));
+            let failed_lately = self
+                .failed_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(30));
+            if usable && failed_lately {
+                return Ok(Arc::clone(c));
+            }
         }
-        match self.fetch().await {
+        let fetched = if usable {
+            tokio::time::timeout(Duration::from_secs(5), self.fetch())
+                .await
+                .unwrap_or_else(|_| Err(("no answer within 5 s".into(), true)))
+        } else {
+            self.fetch().await
+        };
+        if fetched.is_err() {
+            *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+        }
+        match fetched {
             Ok((c, expiry)) => {
                 *cache = Some((Arc::clone(&c), expiry));
                 Ok(c)

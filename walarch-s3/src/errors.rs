@@ -274,7 +274,9 @@ pub fn classify(e: &object_store::Error) -> Failure {
 }
 
 /// Classifies a reqwest error of our own presigned requests.
-pub fn classify_reqwest(e: &reqwest::Error) -> Failure {
+pub fn classify_reqwest(e: reqwest::Error) -> Failure {
+    // The URL may be presigned (a session token, a SAS signature).
+    let e = e.without_url();
     let kind = if e.is_timeout() {
         Some(HttpErrorKind::Timeout)
     } else if e.is_connect() {
@@ -282,7 +284,23 @@ pub fn classify_reqwest(e: &reqwest::Error) -> Failure {
     } else {
         None
     };
-    classify_transport(kind, e)
+    classify_transport(kind, &e)
+}
+
+/// The redirect policy of the requests walarch sends itself: up to 10,
+/// within the first request's host only.
+pub fn same_host_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.host_str() == attempt.url().host_str());
+        if same && attempt.previous().len() < 10 {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    })
 }
 
 /// Who set the destination up, so that a hint names what they can change:

@@ -22,7 +22,7 @@ use crate::bucket::complete_body;
 use crate::cloud::{clients, config_error, Backend, CloudDestination, CloudSettings, Terms};
 use crate::errors::{classify, classify_reqwest, classify_status, Failure};
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GcsSettings {
     pub bucket: String,
     /// The service URL; `None`: the key file's `gcs_base_url`, else
@@ -34,6 +34,21 @@ pub struct GcsSettings {
     /// the metadata server).
     pub service_account_key: Option<String>,
     pub common: CloudSettings,
+}
+
+/// The key only as a digest (see `AzureSettings`'s).
+impl std::fmt::Debug for GcsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcsSettings")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field(
+                "service_account_key",
+                &crate::cloud::secret_digest(&self.service_account_key),
+            )
+            .field("common", &self.common)
+            .finish()
+    }
 }
 
 impl GcsSettings {
@@ -147,9 +162,9 @@ pub(crate) async fn complete_create_only(
     if !credential.bearer.is_empty() {
         req = req.bearer_auth(&credential.bearer);
     }
-    let resp = req.send().await.map_err(|e| classify_reqwest(&e))?;
+    let resp = req.send().await.map_err(|e| classify_reqwest(e))?;
     let status = resp.status().as_u16();
-    let text = resp.text().await.map_err(|e| classify_reqwest(&e))?;
+    let text = resp.text().await.map_err(|e| classify_reqwest(e))?;
     match status {
         200 if !text.contains("<Error>") => Ok(true),
         412 => Ok(false),
