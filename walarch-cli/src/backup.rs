@@ -243,7 +243,11 @@ fn bucket_options(o: &S3Options, s3: bool) -> Vec<String> {
     let abs = |p: &String| crate::absolute_path(p);
     add(
         "--ca-file",
-        o.ca_file.clone().or_else(|| env("AWS_CA_BUNDLE")).as_ref().map(abs),
+        o.ca_file
+            .clone()
+            .or_else(|| env("AWS_CA_BUNDLE"))
+            .as_ref()
+            .map(abs),
     );
     add("--uri-style", o.uri_style.clone());
     // Names of files, never their contents.

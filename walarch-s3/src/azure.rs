@@ -227,9 +227,9 @@ pub(crate) async fn put_block_list_create_only(
     if let Some(t) = bearer {
         req = req.bearer_auth(t);
     }
-    let resp = req.send().await.map_err(|e| classify_reqwest(e))?;
+    let resp = req.send().await.map_err(classify_reqwest)?;
     let status = resp.status().as_u16();
-    let text = resp.text().await.map_err(|e| classify_reqwest(e))?;
+    let text = resp.text().await.map_err(classify_reqwest)?;
     match status {
         200..=299 => Ok(true),
         // Azure answers 412 ConditionNotMet, Azurite 409 BlobAlreadyExists.

@@ -25,8 +25,8 @@ use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjPath;
 use object_store::signer::{SignedUrlOptions, Signer};
 use object_store::{
-    Attribute, Attributes, BackoffConfig, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt,
-    PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
+    Attribute, Attributes, BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode,
+    PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
 };
 use reqwest::header::{HeaderName, HeaderValue, IF_NONE_MATCH};
 
@@ -41,9 +41,9 @@ use crate::errors::{
 };
 use crate::objects::S3ObjectWriter;
 use crate::runtime;
+use crate::shared;
 use crate::tls;
 use crate::wire::{takes_storage_class, Sse};
-use crate::shared;
 
 /// User metadata key of the digest: `x-amz-meta-sha256`.
 pub const META_SHA256: &str = "sha256";
@@ -312,7 +312,7 @@ impl S3Destination {
         if let Some(ep) = &settings.endpoint {
             b = b.with_endpoint(ep);
         }
-        if let Some(c) = connector {
+        if let Some(c) = connector.clone() {
             b = b.with_http_connector(c);
         }
         b = match &settings.sse {
@@ -353,6 +353,7 @@ impl S3Destination {
             &source,
             &settings.region,
             &credential_client_options,
+            connector,
             &retry,
             settings.timeout,
         )
@@ -680,13 +681,9 @@ impl S3Destination {
             for (k, v) in sse_c {
                 request = request.header(k, v);
             }
-            let resp = request
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| classify_reqwest(e))?;
+            let resp = request.body(body).send().await.map_err(classify_reqwest)?;
             let status = resp.status().as_u16();
-            let text = resp.text().await.map_err(|e| classify_reqwest(e))?;
+            let text = resp.text().await.map_err(classify_reqwest)?;
             match status {
                 // S3 may answer 200 with an <Error> body.
                 200 if !text.contains("<Error>") => Ok(Stored::Created {

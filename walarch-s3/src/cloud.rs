@@ -142,9 +142,9 @@ pub(crate) fn clients(
         .with_timeout(settings.timeout)
         .with_connect_timeout(settings.connect_timeout);
     let mut http = reqwest::Client::builder()
-            // A redirect to another host would carry the headers (an SSE-C
-            // key) there: only the same host's are followed.
-            .redirect(crate::errors::same_host_redirects())
+        // A redirect to another host would carry the headers (an SSE-C
+        // key) there: only the same host's are followed.
+        .redirect(crate::errors::same_host_redirects())
         .timeout(settings.timeout)
         .connect_timeout(settings.connect_timeout)
         .https_only(!allow_http);
@@ -366,7 +366,9 @@ impl CloudDestination {
                 "Sent {bytes} bytes, SHA-256 {}; held {held}. The object was removed.",
                 to_hex(&sent)
             ))
-            .with_hint("The archiver tries again; if this repeats, check the network path to the store.")),
+            .with_hint(
+                "The archiver tries again; if this repeats, check the network path to the store.",
+            )),
         }
     }
 
@@ -490,7 +492,10 @@ fn describe_failure(
         }
         Failure::NoCredentials { source, cause, .. } => ArchiveError::new(
             ErrorKind::Configuration,
-            format!("{head}: could not get {} credentials from {source}", t.store),
+            format!(
+                "{head}: could not get {} credentials from {source}",
+                t.store
+            ),
         )
         .with_detail(cause)
         .with_hint(pick(d.settings.naming, t.credentials_hint)),

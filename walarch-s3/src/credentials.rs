@@ -622,12 +622,19 @@ pub(crate) fn provider(
     source: &Source,
     region: &str,
     options: &ClientOptions,
+    // The pinned/private CA client of `walarch.s3_ca_file`: STS behind a
+    // private CA too.
+    connector: Option<crate::tls::Connector>,
     retry: &RetryConfig,
     timeout: Duration,
 ) -> Result<AwsCredentialProvider, String> {
     // object_store builds its providers only inside a store: build one
     // with the source's settings and take its provider.
     let borrowed = |b: AmazonS3Builder| -> Result<AwsCredentialProvider, String> {
+        let b = match connector.clone() {
+            Some(c) => b.with_http_connector(c),
+            None => b,
+        };
         let store = b
             .with_bucket_name("credentials")
             .with_region(region)
@@ -801,6 +808,34 @@ mod tests {
         )
         .unwrap();
         assert_eq!(keys(&s), ("HK".into(), None));
+
+        // A profile the settings name skips the environment's keys (as
+        // the AWS CLI's --profile), for the shared file's profile.
+        let named_profile = CredentialOptions {
+            file: None,
+            profile: Some("default".into()),
+        };
+        let s = choose(&named_profile, &env(&everything)).unwrap();
+        assert_eq!(keys(&s), ("HK".into(), None));
+        // Without [default], another section of ~/.aws/credentials is not
+        // taken: the chain goes on (here to web identity).
+        let other_home = d.path().join("other");
+        std::fs::create_dir_all(other_home.join(".aws")).unwrap();
+        private_file(
+            &other_home.join(".aws"),
+            "credentials",
+            "[legacy]\naws_access_key_id = LK\naws_secret_access_key = LS\n",
+        );
+        let s = choose(
+            &none,
+            &env(&[
+                ("HOME", other_home.to_str().unwrap()),
+                ("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/token"),
+                ("AWS_ROLE_ARN", "arn:aws:iam::1:role/r"),
+            ]),
+        )
+        .unwrap();
+        assert!(matches!(s, Source::WebIdentity { .. }), "{}", s.describe());
 
         // ... then the shared file: ~/.aws/credentials, or the one named.
         let rest = &everything[..1];

@@ -162,9 +162,9 @@ pub(crate) async fn complete_create_only(
     if !credential.bearer.is_empty() {
         req = req.bearer_auth(&credential.bearer);
     }
-    let resp = req.send().await.map_err(|e| classify_reqwest(e))?;
+    let resp = req.send().await.map_err(classify_reqwest)?;
     let status = resp.status().as_u16();
-    let text = resp.text().await.map_err(|e| classify_reqwest(e))?;
+    let text = resp.text().await.map_err(classify_reqwest)?;
     match status {
         200 if !text.contains("<Error>") => Ok(true),
         412 => Ok(false),

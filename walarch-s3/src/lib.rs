@@ -7,8 +7,8 @@
 
 mod azure;
 mod bucket;
-pub mod credentials;
 mod cloud;
+pub mod credentials;
 mod errors;
 mod gcs;
 mod objects;
@@ -21,6 +21,6 @@ pub use azure::{AzureSettings, AZURITE_ACCOUNT, AZURITE_KEY};
 pub use bucket::{S3Destination, S3Settings, UriStyle, META_SHA256, SIDECAR_SUFFIX};
 pub mod tls;
 pub mod wire;
-pub use wire::{CustomerKey, Sse};
 pub use cloud::{CloudDestination, CloudSettings};
 pub use gcs::GcsSettings;
+pub use wire::{CustomerKey, Sse};

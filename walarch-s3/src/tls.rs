@@ -131,7 +131,7 @@ pub fn client_config(
 
 /// Builds object_store's HTTP clients with `tls` (object_store's own
 /// builder cannot take a certificate verifier).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Connector {
     pub tls: rustls::ClientConfig,
     pub timeout: Duration,
