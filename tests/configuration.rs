@@ -127,7 +127,7 @@ fn bad_destination_settings_are_refused_and_conflicting_names_archive_nothing() 
         ),
         (
             "walarch.archive_destination",
-            "gs://bucket",
+            "ftp://bucket",
             "Only local directories",
         ),
         (
