@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::{dead_port, make_file, scratch, settings, Seaweed};
+use common::{dead_port, make_file, scratch, settings, show, Seaweed};
 use walarch_core::destination::{Destination, Stored};
-use walarch_core::support::error::{ArchiveError, ErrorKind};
+use walarch_core::support::error::ErrorKind;
 use walarch_core::wal::checksum::sha256;
 use walarch_s3::credentials::{CredentialOptions, Source};
 use walarch_s3::{S3Destination, S3Settings};
@@ -153,16 +153,6 @@ fn private_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     p
-}
-
-fn show(case: &str, e: &ArchiveError) {
-    eprintln!(
-        "=== {case}\n  kind: {:?}\n  message: {}\n  detail: {}\n  hint: {}",
-        e.kind,
-        e.message,
-        e.detail.as_deref().unwrap_or("-"),
-        e.hint.as_deref().unwrap_or("-")
-    );
 }
 
 fn store_and_read_back(dest: &S3Destination, dir: &Path, len: usize, seed: u64) {

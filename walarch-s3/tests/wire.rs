@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::{make_file, scratch, settings, Seaweed};
+use common::{make_file, scratch, settings, show, Seaweed};
 use walarch_core::destination::{Destination, Recorded, Stored};
 use walarch_core::support::error::{ArchiveError, ErrorKind};
 use walarch_core::wal::checksum::sha256;
@@ -26,16 +26,6 @@ fn read_all(dest: &dyn Destination, name: &str) -> Vec<u8> {
     let mut v = Vec::new();
     r.read_to_end(&mut v).unwrap();
     v
-}
-
-fn show(case: &str, e: &ArchiveError) {
-    eprintln!(
-        "=== {case}\n  kind: {:?}\n  message: {}\n  detail: {}\n  hint: {}",
-        e.kind,
-        e.message,
-        e.detail.as_deref().unwrap_or("-"),
-        e.hint.as_deref().unwrap_or("-")
-    );
 }
 
 /// The response headers of a signed HEAD of `key` (lower-case), or the
