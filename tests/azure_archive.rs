@@ -32,16 +32,11 @@ fn archives_into_azure_verifies_recovers_and_expires() {
     // What was archived reads back identical through `walarch restore`.
     let fetched = c.root.join("fetched");
     walarch_integration::chown_to_server(&c.root);
-    let (code, _, err) = az.walarch(
-        &[
-            "restore",
-            &url,
-            &files[0],
-            fetched.to_str().unwrap(),
-            "--no-prefetch",
-        ],
-        &key,
-    );
+    let restore_first = || {
+        let to = fetched.to_str().unwrap();
+        az.walarch(&["restore", &url, &files[0], to, "--no-prefetch"], &key)
+    };
+    let (code, _, err) = restore_first();
     assert_eq!(code, 0, "restore: {err}");
     assert!(
         std::fs::read(&fetched).unwrap()
@@ -103,16 +98,7 @@ fn archives_into_azure_verifies_recovers_and_expires() {
     assert!(out.contains(&format!("removed {}", files[0])), "{out}");
     let (code, out, err) = az.walarch(&["verify", &url], &key);
     assert_eq!(code, 0, "verify after expire: {out}{err}");
-    let (code, _, err) = az.walarch(
-        &[
-            "restore",
-            &url,
-            &files[0],
-            fetched.to_str().unwrap(),
-            "--no-prefetch",
-        ],
-        &key,
-    );
+    let (code, _, err) = restore_first();
     assert_eq!(code, 1, "an expired file is not in the archive: {err}");
     assert!(!c.log_text().contains(walarch_integration::azurite::KEY));
 }

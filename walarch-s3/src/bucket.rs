@@ -1316,26 +1316,23 @@ mod tests {
 
     #[test]
     fn the_completion_is_signed_with_the_session_token() {
-        let mut s = S3Settings::new("wal");
-        s.endpoint = Some("http://127.0.0.1:9".into());
-        s.access_key_id = Some("AKIDEXAMPLE".into());
-        s.secret_access_key = Some("secret".into());
-        s.session_token = Some("the/session+token=".into());
-        s.complete_with(UriStyle::Auto, |_| None);
-        let d = S3Destination::new(s).unwrap();
-        let store = Arc::clone(d.store());
-        let url = runtime::run(Duration::from_secs(10), async move {
-            completion_url(
-                &store,
-                &ObjPath::from("p/x"),
-                "up-1",
-                Duration::from_secs(60),
-                &[],
-            )
-            .await
-        })
-        .unwrap()
-        .unwrap();
+        let completion = |token: Option<&str>| {
+            let mut s = S3Settings::new("wal");
+            s.endpoint = Some("http://127.0.0.1:9".into());
+            s.access_key_id = Some("AKIDEXAMPLE".into());
+            s.secret_access_key = Some("secret".into());
+            s.session_token = token.map(String::from);
+            s.complete_with(UriStyle::Auto, |_| None);
+            let d = S3Destination::new(s).unwrap();
+            let store = Arc::clone(d.store());
+            runtime::run(Duration::from_secs(10), async move {
+                let path = ObjPath::from("p/x");
+                completion_url(&store, &path, "up-1", Duration::from_secs(60), &[]).await
+            })
+            .unwrap()
+            .unwrap()
+        };
+        let url = completion(Some("the/session+token="));
         let q: Vec<(String, String)> = url.query_pairs().into_owned().collect();
         let pos = |k: &str| q.iter().position(|(n, _)| n == k);
         let token = pos("X-Amz-Security-Token").expect("token in the query");
@@ -1350,24 +1347,7 @@ mod tests {
             .starts_with("AKIDEXAMPLE/"));
 
         // Without a token, none is sent.
-        let mut s = S3Settings::new("wal");
-        s.endpoint = Some("http://127.0.0.1:9".into());
-        s.access_key_id = Some("AKIDEXAMPLE".into());
-        s.secret_access_key = Some("secret".into());
-        let d = S3Destination::new(s).unwrap();
-        let store = Arc::clone(d.store());
-        let url = runtime::run(Duration::from_secs(10), async move {
-            completion_url(
-                &store,
-                &ObjPath::from("p/x"),
-                "up-1",
-                Duration::from_secs(60),
-                &[],
-            )
-            .await
-        })
-        .unwrap()
-        .unwrap();
+        let url = completion(None);
         assert!(
             !url.query().unwrap_or("").contains("X-Amz-Security-Token"),
             "{url}"
