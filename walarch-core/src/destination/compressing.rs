@@ -1,68 +1,124 @@
 //! The WAL files of a destination whichever form they are stored in, as the
-//! archive protocol sees them: `X` is the file stored as it is or, for
-//! segments and `.partial` files, its compressed form `X.zst`. With a level
-//! set, new ones are stored compressed.
+//! archive protocol sees them: `X` as it is, compressed (`X.zst`, segments
+//! and `.partial` files only), encrypted (`X.age`) or both (`X.zst.age`).
+//! New files take the form the settings ask for.
 //!
-//! Through this view the protocol's rules span both forms unchanged: a WAL
+//! Through this view the protocol's rules span every form unchanged: a WAL
 //! file offered again is judged against whichever form holds it, by the
-//! original bytes (the SHA-256 in the compressed form's header, trusted only
-//! when the stored bytes match their record, else the decompressed bytes),
-//! and one WAL file never gets a second form.
+//! original bytes, and one WAL file never gets a second form. For a
+//! compressed form the original's SHA-256 is in its header (trusted only
+//! when the stored bytes match their record, else the decompressed bytes
+//! decide). An encrypted form cannot be read on the archiving side, which
+//! holds no private key: its record keeps the original's SHA-256 and
+//! length, trusted when the stored bytes match the record; anything else
+//! is refused rather than guessed.
 
 use std::io::{Cursor, Read};
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::destination::compressed::{self, Original};
+use crate::destination::sealed::{Identities, Recipients};
 use crate::destination::{
     Destination, Entry, Leftovers, ObjectEntry, ObjectWriter, Recorded, Stored,
 };
 use crate::support::error::{ArchiveError, ErrorKind};
-use crate::wal::checksum::{sha256, to_hex, Sha256Digest};
-use crate::wal::walname::{compressed_name, stored_form};
+use crate::wal::checksum::{hash_reader, sha256, to_hex, Sha256Digest};
+use crate::wal::walname::{form_name, stored_form, Form};
+
+/// Whether, and to whom, new files are encrypted.
+#[derive(Clone, Debug, Default)]
+pub enum Sealing {
+    #[default]
+    Off,
+    To(Arc<Recipients>),
+    /// Encryption is configured but its recipients cannot be used: nothing
+    /// is stored, in any form, and every attempt fails saying why.
+    Broken(String),
+}
 
 pub struct Compressing<'a> {
     inner: &'a dyn Destination,
     level: Option<i32>,
+    sealing: Sealing,
+    /// What reads encrypted forms (the restore side's tools); the server
+    /// has none.
+    opening: Option<Arc<Identities>>,
 }
 
 /// A compressed form's stored bytes, and the original they decompress to.
 type Decoded = (Vec<u8>, Option<Vec<u8>>);
 
-/// What stands under a WAL file's name.
-enum Holder {
-    Plain,
-    Compressed(String),
+/// What stands under a WAL file's name: the stored name and its form.
+struct Holder {
+    name: String,
+    form: Form,
 }
 
 impl<'a> Compressing<'a> {
     /// `level`: the zstd level new segments are stored with; `None` stores
-    /// them as they are (and still sees compressed ones).
+    /// them as they are (and still sees every other form).
     pub fn new(inner: &'a dyn Destination, level: Option<i32>) -> Self {
-        Compressing { inner, level }
+        Compressing {
+            inner,
+            level,
+            sealing: Sealing::Off,
+            opening: None,
+        }
     }
 
-    /// What holds `name`, and its stored length. The form new files take
-    /// is looked up first: one lookup for most.
-    fn holder(&self, name: &str) -> Result<Option<(Holder, u64)>, ArchiveError> {
-        let z = compressed_name(name);
-        let compressed_first = self.level.is_some() && z.is_some();
-        let plain = |s: &Self| -> Result<_, ArchiveError> {
-            Ok(s.inner.size(name)?.map(|n| (Holder::Plain, n)))
+    /// New files are encrypted as `sealing` says.
+    pub fn sealing(mut self, sealing: Sealing) -> Self {
+        self.sealing = sealing;
+        self
+    }
+
+    /// Encrypted forms are read with `ids`.
+    pub fn opening(mut self, ids: Option<Arc<Identities>>) -> Self {
+        self.opening = ids;
+        self
+    }
+
+    pub fn sealing_state(&self) -> &Sealing {
+        &self.sealing
+    }
+
+    /// The form a new `name` is stored in.
+    pub fn target_form(&self, name: &str) -> Form {
+        let encrypted = !matches!(self.sealing, Sealing::Off);
+        let zst = Form {
+            compressed: true,
+            encrypted,
         };
-        if !compressed_first {
-            if let Some(h) = plain(self)? {
-                return Ok(Some(h));
+        if self.level.is_some() && form_name(name, zst).is_some() {
+            zst
+        } else {
+            Form {
+                compressed: false,
+                encrypted,
             }
         }
-        if let Some(z) = z {
-            if let Some(n) = self.inner.size(&z)? {
-                return Ok(Some((Holder::Compressed(z), n)));
-            }
-        }
-        if compressed_first {
-            return plain(self);
-        }
-        Ok(None)
+    }
+
+    /// The names `name` may be stored under, the form new files take first.
+    fn candidates(&self, name: &str) -> Vec<(String, Form)> {
+        let target = self.target_form(name);
+        std::iter::once(target)
+            .chain(Form::ALL.into_iter().filter(|f| *f != target))
+            .filter_map(|f| form_name(name, f).map(|n| (n, f)))
+            .collect()
+    }
+
+    /// What holds `name`, and its stored length: every form is looked up in
+    /// one `sizes_of` (one listing in an object store).
+    fn holder(&self, name: &str) -> Result<Option<(Holder, u64)>, ArchiveError> {
+        let cands = self.candidates(name);
+        let names: Vec<String> = cands.iter().map(|(n, _)| n.clone()).collect();
+        let sizes = self.inner.sizes_of(&names)?;
+        Ok(cands
+            .into_iter()
+            .zip(sizes)
+            .find_map(|((name, form), size)| size.map(|n| (Holder { name, form }, n))))
     }
 
     fn read_stored(&self, z: &str) -> Result<Option<Vec<u8>>, ArchiveError> {
@@ -75,15 +131,65 @@ impl<'a> Compressing<'a> {
         Ok(Some(data))
     }
 
-    /// A compressed form's stored bytes and, when they decompress to what
-    /// their header says, the original.
-    fn decoded(&self, z: &str) -> Result<Option<Decoded>, ArchiveError> {
-        let Some(stored) = self.read_stored(z)? else {
+    /// A stored form's bytes and, when they restore the WAL file as their
+    /// form says (decrypted with the identities given, decompressed to what
+    /// the header says), the original. An encrypted form without identities
+    /// is refused.
+    fn decoded(&self, h: &Holder) -> Result<Option<Decoded>, ArchiveError> {
+        let Some(stored) = self.read_stored(&h.name)? else {
             return Ok(None);
         };
+        let plain = if h.form.encrypted {
+            let Some(ids) = &self.opening else {
+                return Err(self.unreadable(&h.name));
+            };
+            match ids.open_bytes(&stored) {
+                Ok(p) => p,
+                Err(_) => return Ok(Some((stored, None))),
+            }
+        } else {
+            stored.clone()
+        };
+        if !h.form.compressed {
+            return Ok(Some((stored, Some(plain))));
+        }
         let mut original = Vec::new();
-        let ok = compressed::decompress(&stored[..], &mut original).is_ok();
+        let ok = compressed::decompress(&plain[..], &mut original).is_ok();
         Ok(Some((stored, ok.then_some(original))))
+    }
+
+    /// The refusal where only the bytes of an encrypted form could settle
+    /// whether it holds a WAL file.
+    fn unreadable(&self, stored: &str) -> ArchiveError {
+        ArchiveError::new(
+            ErrorKind::Conflict,
+            format!(
+                "archive file \"{}\" is encrypted and its checksum record does not vouch for it",
+                self.inner.location(stored)
+            ),
+        )
+        .with_detail(
+            "The record is missing or damaged, or the stored bytes differ from it; \
+             without the private key the archiver cannot compare the file with the WAL file.",
+        )
+        .with_hint(
+            "Check the archive with \"walarch verify --identity-file KEY\" where the key is kept. \
+             A damaged file moved away is archived again; walarch_ext never overwrites it.",
+        )
+    }
+
+    /// The error of a store attempted while encryption is configured but
+    /// unusable.
+    fn broken(why: &str) -> ArchiveError {
+        ArchiveError::new(
+            ErrorKind::Configuration,
+            "walarch.encryption_recipients cannot be used: nothing is archived",
+        )
+        .with_detail(why.to_string())
+        .with_hint(
+            "Make the file readable by the server with one age public key (age1…) per line, \
+             or set walarch.encryption_recipients to '' to archive unencrypted.",
+        )
     }
 }
 
@@ -93,42 +199,74 @@ impl Destination for Compressing<'_> {
     }
 
     fn location(&self, name: &str) -> String {
-        match self.holder(name).map(|h| h.map(|(h, _)| h)) {
-            Ok(Some(Holder::Compressed(z))) => self.inner.location(&z),
-            Ok(Some(Holder::Plain)) => self.inner.location(name),
-            _ => match (self.level, compressed_name(name)) {
-                (Some(_), Some(z)) => self.inner.location(&z),
-                _ => self.inner.location(name),
-            },
+        match self.holder(name) {
+            Ok(Some((h, _))) => self.inner.location(&h.name),
+            _ => {
+                let target = form_name(name, self.target_form(name));
+                self.inner.location(target.as_deref().unwrap_or(name))
+            }
         }
     }
 
-    /// Looks for the other form only (the inner store finds its own name
-    /// taken): one lookup more per file than the inner destination alone.
+    /// Looks for every other form (one `sizes_of`; the inner store finds its
+    /// own name taken).
     fn store_new(&self, name: &str, source: &Path) -> Result<Stored, ArchiveError> {
-        let Some(z) = compressed_name(name) else {
+        let recipients = match &self.sealing {
+            Sealing::Broken(why) => return Err(Self::broken(why)),
+            Sealing::To(r) => Some(r),
+            Sealing::Off => None,
+        };
+        let target = self.target_form(name);
+        let Some(target_name) = form_name(name, target) else {
+            // Not a WAL file name: the inner store and the protocol refuse it.
             return self.inner.store_new(name, source);
         };
-        let Some(level) = self.level else {
-            if self.inner.size(&z)?.is_some() {
-                return Ok(Stored::Exists);
-            }
-            return self.inner.store_new(name, source);
-        };
-        if self.inner.size(name)?.is_some() {
+        let others: Vec<String> = Form::ALL
+            .into_iter()
+            .filter(|f| *f != target)
+            .filter_map(|f| form_name(name, f))
+            .collect();
+        if self.inner.sizes_of(&others)?.iter().any(Option::is_some) {
             return Ok(Stored::Exists);
         }
+        if target == Form::PLAIN {
+            return self.inner.store_new(name, source);
+        }
         let data = std::fs::read(source).map_err(|e| ArchiveError::io("read file", source, &e))?;
-        let packed = compressed::compress(&data, level).map_err(|e| {
-            ArchiveError::new(
-                ErrorKind::Io,
-                format!("could not compress \"{}\": {e}", source.display()),
-            )
-        })?;
-        let original = compressed::decode_header(&packed).ok_or_else(|| {
-            ArchiveError::new(ErrorKind::Internal, "compressed data without its header")
-        })?;
-        Ok(match self.inner.store_new_bytes(&z, &packed)? {
+        let (packed, original) = if target.compressed {
+            let level = self.level.unwrap_or(1);
+            let packed = compressed::compress(&data, level).map_err(|e| {
+                ArchiveError::new(
+                    ErrorKind::Io,
+                    format!("could not compress \"{}\": {e}", source.display()),
+                )
+            })?;
+            let original = compressed::decode_header(&packed).ok_or_else(|| {
+                ArchiveError::new(ErrorKind::Internal, "compressed data without its header")
+            })?;
+            (packed, original)
+        } else {
+            let original = Original {
+                sha256: sha256(&data),
+                len: data.len() as u64,
+            };
+            (data, original)
+        };
+        let stored = match recipients {
+            None => self.inner.store_new_bytes(&target_name, &packed)?,
+            Some(r) => {
+                let sealed = r.seal(&packed).map_err(|e| {
+                    ArchiveError::new(
+                        ErrorKind::Internal,
+                        format!("could not encrypt \"{}\": {e}", source.display()),
+                    )
+                })?;
+                drop(packed);
+                self.inner
+                    .store_new_sealed(&target_name, &sealed, &original)?
+            }
+        };
+        Ok(match stored {
             Stored::Created { stored_bytes, .. } => Stored::Created {
                 bytes: original.len,
                 sha256: original.sha256,
@@ -142,22 +280,51 @@ impl Destination for Compressing<'_> {
         self.inner.store_new_bytes(name, data)
     }
 
-    /// For a compressed form: the original's SHA-256, when the stored bytes
-    /// match their record and decompress to what their header says (a
-    /// compressed segment decompresses in about a millisecond, and this is
-    /// asked only of duplicates); `Malformed` otherwise, so that the
-    /// protocol settles it by the bytes.
+    fn store_new_sealed(
+        &self,
+        name: &str,
+        data: &[u8],
+        original: &Original,
+    ) -> Result<Stored, ArchiveError> {
+        self.inner.store_new_sealed(name, data, original)
+    }
+
+    fn recorded_original(&self, name: &str) -> Result<Option<Original>, ArchiveError> {
+        self.inner.recorded_original(name)
+    }
+
+    /// The original's SHA-256, when the stored bytes match their record
+    /// (asked only of duplicates): for a compressed form, when they also
+    /// decompress to what their header says; for an encrypted one, as its
+    /// record keeps it. `Malformed` otherwise, so that the protocol settles
+    /// it by the bytes (which, encrypted, it cannot: see `open`).
     fn recorded(&self, name: &str) -> Result<Recorded, ArchiveError> {
-        let z = match self.holder(name)?.map(|(h, _)| h) {
+        let h = match self.holder(name)?.map(|(h, _)| h) {
             None => return Ok(Recorded::Missing),
-            Some(Holder::Plain) => return self.inner.recorded(name),
-            Some(Holder::Compressed(z)) => z,
+            Some(h) if h.form == Form::PLAIN => return self.inner.recorded(name),
+            Some(h) => h,
         };
-        let recorded = self.inner.recorded(&z)?;
+        let recorded = self.inner.recorded(&h.name)?;
         let Recorded::Digest(d) = recorded else {
             return Ok(recorded);
         };
-        Ok(match self.decoded(&z)? {
+        if h.form.encrypted {
+            let Some(original) = self.inner.recorded_original(&h.name)? else {
+                return Ok(Recorded::Malformed);
+            };
+            let Some(mut r) = self.inner.open(&h.name)? else {
+                return Ok(Recorded::Missing);
+            };
+            let (_, stored) = hash_reader(&mut r).map_err(|e| {
+                crate::archiving::archive_protocol::read_error(self.inner, &h.name, &e)
+            })?;
+            return Ok(if stored == d {
+                Recorded::Digest(original.sha256)
+            } else {
+                Recorded::Malformed
+            });
+        }
+        Ok(match self.decoded(&h)? {
             None => Recorded::Missing,
             Some((stored, Some(original))) if sha256(&stored) == d => {
                 Recorded::Digest(sha256(&original))
@@ -167,66 +334,79 @@ impl Destination for Compressing<'_> {
     }
 
     /// For a compressed form, the record is of its stored bytes: rewritten
-    /// only once they are proven to decompress to `sha256`.
+    /// only once they are proven to decompress to `sha256`. An encrypted
+    /// form's record is never rewritten here: it keeps the original's
+    /// digest, which only the archiving of the file itself can vouch for.
     fn write_record(&self, name: &str, sha256_of_wal: &Sha256Digest) -> Result<(), ArchiveError> {
-        let z = match self.holder(name)?.map(|(h, _)| h) {
-            Some(Holder::Compressed(z)) => z,
+        let h = match self.holder(name)?.map(|(h, _)| h) {
+            Some(h) if h.form != Form::PLAIN => h,
             _ => return self.inner.write_record(name, sha256_of_wal),
         };
-        let proven = match self.decoded(&z)? {
+        if h.form.encrypted {
+            return Err(self.unreadable(&h.name));
+        }
+        let proven = match self.decoded(&h)? {
             Some((stored, Some(original))) if sha256(&original) == *sha256_of_wal => stored,
             _ => {
                 return Err(ArchiveError::new(
                     ErrorKind::Conflict,
                     format!(
                         "archive file \"{}\" does not decompress to the WAL file with SHA-256 {}",
-                        self.inner.location(&z),
+                        self.inner.location(&h.name),
                         to_hex(sha256_of_wal)
                     ),
                 ))
             }
         };
-        self.inner.write_record(&z, &sha256(&proven))
+        self.inner.write_record(&h.name, &sha256(&proven))
     }
 
     fn make_durable(&self, name: &str) -> Result<(), ArchiveError> {
         match self.holder(name)?.map(|(h, _)| h) {
-            Some(Holder::Compressed(z)) => self.inner.make_durable(&z),
-            _ => self.inner.make_durable(name),
+            Some(h) => self.inner.make_durable(&h.name),
+            None => self.inner.make_durable(name),
         }
     }
 
-    /// For a compressed form: the original's length from its header (the
-    /// stored length if the header is unreadable, which then matches no WAL
-    /// file and sends the protocol to the bytes).
+    /// The original's length: from a compressed form's header (the stored
+    /// length if the header is unreadable, which then matches no WAL file
+    /// and sends the protocol to the bytes), from an encrypted form's
+    /// record (likewise).
     fn size(&self, name: &str) -> Result<Option<u64>, ArchiveError> {
-        match self.holder(name)?.map(|(h, _)| h) {
-            None => Ok(None),
-            Some(Holder::Plain) => self.inner.size(name),
-            Some(Holder::Compressed(z)) => {
-                let mut head = [0u8; compressed::HEADER_LEN];
-                let Some(mut r) = self.inner.open(&z)? else {
-                    return Ok(None);
-                };
-                let n = crate::support::fsutil::read_full(&mut r, &mut head).map_err(|e| {
-                    crate::archiving::archive_protocol::read_error(self.inner, &z, &e)
-                })?;
-                match compressed::decode_header(&head[..n]) {
-                    Some(Original { len, .. }) => Ok(Some(len)),
-                    None => self.inner.size(&z),
-                }
-            }
+        let Some((h, stored_len)) = self.holder(name)? else {
+            return Ok(None);
+        };
+        if h.form == Form::PLAIN {
+            return Ok(Some(stored_len));
         }
+        if h.form.encrypted {
+            return Ok(Some(
+                self.inner
+                    .recorded_original(&h.name)?
+                    .map_or(stored_len, |o| o.len),
+            ));
+        }
+        let mut head = [0u8; compressed::HEADER_LEN];
+        let Some(mut r) = self.inner.open(&h.name)? else {
+            return Ok(None);
+        };
+        let n = crate::support::fsutil::read_full(&mut r, &mut head).map_err(|e| {
+            crate::archiving::archive_protocol::read_error(self.inner, &h.name, &e)
+        })?;
+        Ok(Some(
+            compressed::decode_header(&head[..n]).map_or(stored_len, |Original { len, .. }| len),
+        ))
     }
 
-    /// For a compressed form: the decompressed bytes, or the stored bytes
-    /// themselves when they do not decompress (then they match no WAL
-    /// file, and the protocol refuses them as different).
+    /// The original bytes, or the stored bytes themselves when they do not
+    /// decrypt or decompress (then they match no WAL file, and the protocol
+    /// refuses them as different). An encrypted form without identities is
+    /// refused.
     fn open(&self, name: &str) -> Result<Option<Box<dyn Read + Send + '_>>, ArchiveError> {
         match self.holder(name)?.map(|(h, _)| h) {
             None => Ok(None),
-            Some(Holder::Plain) => self.inner.open(name),
-            Some(Holder::Compressed(z)) => Ok(self.decoded(&z)?.map(|(stored, original)| {
+            Some(h) if h.form == Form::PLAIN => self.inner.open(name),
+            Some(h) => Ok(self.decoded(&h)?.map(|(stored, original)| {
                 Box::new(Cursor::new(original.unwrap_or(stored))) as Box<dyn Read + Send>
             })),
         }
@@ -236,7 +416,12 @@ impl Destination for Compressing<'_> {
         Ok(self.holder(name)?.map(|(_, n)| n))
     }
 
-    // A base backup's objects are compressed by the backup writer itself.
+    fn sizes_of(&self, names: &[String]) -> Result<Vec<Option<u64>>, ArchiveError> {
+        self.inner.sizes_of(names)
+    }
+
+    // A base backup's objects are compressed and encrypted by the backup
+    // writer itself.
     fn create_object(&self, name: &str) -> Result<Box<dyn ObjectWriter>, ArchiveError> {
         self.inner.create_object(name)
     }
@@ -253,8 +438,8 @@ impl Destination for Compressing<'_> {
         self.inner.remove_object(name)
     }
 
-    /// WAL files by their own names, whichever form holds them (the older
-    /// time if both do); other names as they are.
+    /// WAL files by their own names, whichever form holds them (the oldest
+    /// time if several do); other names as they are.
     fn entries(&self) -> Result<Vec<Entry>, ArchiveError> {
         let mut by_name: std::collections::BTreeMap<String, Option<std::time::SystemTime>> =
             Default::default();
@@ -285,11 +470,16 @@ impl Destination for Compressing<'_> {
         Ok(names)
     }
 
+    /// Every form, the plain one last.
     fn remove(&self, name: &str) -> Result<(), ArchiveError> {
-        if let Some(z) = compressed_name(name) {
-            self.inner.remove(&z)?;
+        for f in Form::ALL.into_iter().rev() {
+            match form_name(name, f) {
+                Some(n) => self.inner.remove(&n)?,
+                None if f == Form::PLAIN => self.inner.remove(name)?,
+                None => {}
+            }
         }
-        self.inner.remove(name)
+        Ok(())
     }
 
     fn clean_leftovers(&self) -> Result<Leftovers, ArchiveError> {

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::destination::directory_objects::{self, DirectoryObject};
+use crate::destination::compressed::Original;
 use crate::destination::hashed_copy::copy_to_new_file;
 use crate::destination::{
     Destination, Entry, Leftovers, ObjectEntry, ObjectWriter, Recorded, Stored,
@@ -42,17 +43,54 @@ pub fn sidecar_name(walfile: &str) -> String {
 }
 
 /// The sidecar's text for `walfile`.
+#[cfg(test)]
 fn format_sidecar(digest: &Sha256Digest, walfile: &str) -> String {
-    format!("{}  {walfile}\n", to_hex(digest))
+    format_record(digest, walfile, None)
 }
 
 /// The digest a sidecar records for `walfile`; `None` if it is malformed or
 /// names another file.
 fn parse_sidecar(text: &str, walfile: &str) -> Option<Sha256Digest> {
-    let line = text.strip_suffix('\n').unwrap_or(text);
-    let (hex, name) = line.split_once("  ")?;
-    (name == walfile).then_some(())?;
-    from_hex(hex)
+    parse_record(text, walfile).map(|(d, _)| d)
+}
+
+/// Marks the record's line of an encrypted form's original: a `#` comment
+/// to `sha256sum -c`, which checks the stored bytes by the first line.
+const ORIGINAL_LINE: &str = "# original sha256 ";
+
+/// A checksum record's text (`sha256sum -c` format): the stored bytes'
+/// SHA-256 and, for an encrypted form, a comment line with the SHA-256 and
+/// length of the file before encryption.
+pub fn format_record(digest: &Sha256Digest, stored: &str, original: Option<&Original>) -> String {
+    let mut t = format!("{}  {stored}\n", to_hex(digest));
+    if let Some(o) = original {
+        t.push_str(&format!("{ORIGINAL_LINE}{} bytes {}\n", to_hex(&o.sha256), o.len));
+    }
+    t
+}
+
+/// The digest a record gives for `stored` (`HEX  NAME` or `HEX *NAME`) and
+/// the original it records, if any; `None` if it is malformed or names
+/// another file.
+pub fn parse_record(text: &str, stored: &str) -> Option<(Sha256Digest, Option<Original>)> {
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    let mut lines = text.split('\n');
+    let first = lines.next()?;
+    let (hex, rest) = first.split_at_checked(64)?;
+    let file = rest.strip_prefix("  ").or_else(|| rest.strip_prefix(" *"))?;
+    (file == stored).then_some(())?;
+    let digest = from_hex(hex)?;
+    let original = match lines.next() {
+        None => None,
+        Some(l) => {
+            let (hex, len) = l.strip_prefix(ORIGINAL_LINE)?.split_once(" bytes ")?;
+            Some(Original {
+                sha256: from_hex(hex)?,
+                len: len.parse().ok()?,
+            })
+        }
+    };
+    lines.next().is_none().then_some((digest, original))
 }
 
 pub const TEMP_PREFIX: &str = ".walarch-tmp.";
@@ -233,7 +271,12 @@ impl LocalDirectory {
 
     /// Writes the sidecar of `name` to a new temporary file, fsynced; returns
     /// its path for the caller to rename into place.
-    fn prepare_sidecar(&self, name: &str, sha256: &Sha256Digest) -> Result<PathBuf, ArchiveError> {
+    fn prepare_sidecar(
+        &self,
+        name: &str,
+        sha256: &Sha256Digest,
+        original: Option<&Original>,
+    ) -> Result<PathBuf, ArchiveError> {
         let temp = temp_path(&self.dir, &sidecar_name(name));
         let result = (|| {
             let mut f = OpenOptions::new()
@@ -243,7 +286,7 @@ impl LocalDirectory {
                 .custom_flags(libc::O_CLOEXEC)
                 .open(&temp)
                 .map_err(|e| self.io("create file", &temp, &e))?;
-            f.write_all(format_sidecar(sha256, name).as_bytes())
+            f.write_all(format_record(sha256, name, original).as_bytes())
                 .map_err(|e| self.io("write file", &temp, &e))?;
             f.sync_all().map_err(|e| self.io("fsync file", &temp, &e))
         })();
@@ -261,6 +304,7 @@ impl LocalDirectory {
     fn store_with(
         &self,
         name: &str,
+        original: Option<&Original>,
         write: impl FnOnce(&Path) -> Result<(u64, Sha256Digest), ArchiveError>,
     ) -> Result<Stored, ArchiveError> {
         let dest = self.dir.join(name);
@@ -279,7 +323,7 @@ impl LocalDirectory {
                 return Err(e);
             }
         };
-        let side_temp = match self.prepare_sidecar(name, &sha256) {
+        let side_temp = match self.prepare_sidecar(name, &sha256, original) {
             Ok(t) => t,
             Err(e) => {
                 let _ = std::fs::remove_file(&temp);
@@ -322,6 +366,28 @@ impl LocalDirectory {
         })
     }
 
+    /// Stores `data` as `name`, its record keeping `original` when given.
+    fn store_bytes(
+        &self,
+        name: &str,
+        data: &[u8],
+        original: Option<&Original>,
+    ) -> Result<Stored, ArchiveError> {
+        self.store_with(name, original, |temp| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(self.file_mode)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(temp)
+                .map_err(|e| self.io("create file", temp, &e))?;
+            f.write_all(data)
+                .map_err(|e| self.io("write file", temp, &e))?;
+            f.sync_all().map_err(|e| self.io("fsync file", temp, &e))?;
+            Ok((data.len() as u64, sha256(data)))
+        })
+    }
+
     fn fsync_dir(&self) -> Result<(), ArchiveError> {
         fsync_dir(&self.dir).map_err(|e| self.io("fsync directory", &self.dir, &e))
     }
@@ -337,23 +403,32 @@ impl Destination for LocalDirectory {
     }
 
     fn store_new(&self, name: &str, source: &Path) -> Result<Stored, ArchiveError> {
-        self.store_with(name, |temp| copy_to_new_file(source, temp, self.file_mode))
+        self.store_with(name, None, |temp| {
+            copy_to_new_file(source, temp, self.file_mode)
+        })
     }
 
     fn store_new_bytes(&self, name: &str, data: &[u8]) -> Result<Stored, ArchiveError> {
-        self.store_with(name, |temp| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(self.file_mode)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(temp)
-                .map_err(|e| self.io("create file", temp, &e))?;
-            f.write_all(data)
-                .map_err(|e| self.io("write file", temp, &e))?;
-            f.sync_all().map_err(|e| self.io("fsync file", temp, &e))?;
-            Ok((data.len() as u64, sha256(data)))
-        })
+        self.store_bytes(name, data, None)
+    }
+
+    fn store_new_sealed(
+        &self,
+        name: &str,
+        data: &[u8],
+        original: &Original,
+    ) -> Result<Stored, ArchiveError> {
+        self.store_bytes(name, data, Some(original))
+    }
+
+    fn recorded_original(&self, name: &str) -> Result<Option<Original>, ArchiveError> {
+        let path = self.dir.join(sidecar_name(name));
+        match std::fs::read_to_string(&path) {
+            Ok(t) => Ok(parse_record(&t, name).and_then(|(_, o)| o)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Ok(None),
+            Err(e) => Err(self.io("read file", &path, &e)),
+        }
     }
 
     fn recorded(&self, name: &str) -> Result<Recorded, ArchiveError> {
@@ -369,7 +444,7 @@ impl Destination for LocalDirectory {
     }
 
     fn write_record(&self, name: &str, sha256: &Sha256Digest) -> Result<(), ArchiveError> {
-        let temp = self.prepare_sidecar(name, sha256)?;
+        let temp = self.prepare_sidecar(name, sha256, None)?;
         std::fs::rename(&temp, self.dir.join(sidecar_name(name))).map_err(|e| {
             let _ = std::fs::remove_file(&temp);
             self.io("rename file", &temp, &e)

@@ -13,6 +13,7 @@ pub mod compressing;
 pub mod destination_setting;
 mod directory_objects;
 pub mod local_directory;
+pub mod sealed;
 
 mod hashed_copy;
 
@@ -109,8 +110,35 @@ pub trait Destination: Sync {
     /// `store_new` for bytes in memory (a compressed form).
     fn store_new_bytes(&self, name: &str, data: &[u8]) -> Result<Stored, ArchiveError>;
 
+    /// `store_new_bytes` for an encrypted form: its record keeps, next to
+    /// the stored bytes' SHA-256, the SHA-256 and length of the file before
+    /// encryption, which the archiving side (holding no private key) judges
+    /// a file offered again by.
+    fn store_new_sealed(
+        &self,
+        name: &str,
+        data: &[u8],
+        original: &compressed::Original,
+    ) -> Result<Stored, ArchiveError> {
+        let _ = (data, original);
+        Err(ArchiveError::new(
+            ErrorKind::Configuration,
+            format!(
+                "{} cannot keep encrypted files (\"{name}\")",
+                self.describe()
+            ),
+        ))
+    }
+
     /// The checksum recorded for a stored `name`.
     fn recorded(&self, name: &str) -> Result<Recorded, ArchiveError>;
+
+    /// The original a stored encrypted form's record keeps
+    /// (`store_new_sealed`); `None` without a record or without that part.
+    fn recorded_original(&self, name: &str) -> Result<Option<compressed::Original>, ArchiveError> {
+        let _ = name;
+        Ok(None)
+    }
 
     /// Replaces the checksum record of a stored `name`, durably.
     fn write_record(&self, name: &str, sha256: &Sha256Digest) -> Result<(), ArchiveError>;
@@ -127,6 +155,13 @@ pub trait Destination: Sync {
     /// files transformed (compressed). A single lookup.
     fn stored_size(&self, name: &str) -> Result<Option<u64>, ArchiveError> {
         self.size(name)
+    }
+
+    /// The lengths of the stored `names` (`None` where nothing is): one
+    /// lookup each, unless the store can list them at once (the forms of
+    /// one WAL file share their beginning).
+    fn sizes_of(&self, names: &[String]) -> Result<Vec<Option<u64>>, ArchiveError> {
+        names.iter().map(|n| self.size(n)).collect()
     }
 
     /// Reads a stored `name`; `None` when nothing is stored there.

@@ -226,12 +226,14 @@ fn verify_wal(
     let mut report = Report::default();
     // Segment size from the first readable full segment.
     for n in &names {
-        let Some((wal, compressed)) = stored_form(n) else {
+        let Some((wal, form)) = stored_form(n) else {
             continue;
         };
         if WalFileName::parse(wal).is_some_and(|w| w.kind == WalFileKind::Segment) {
             check()?;
-            let size = if compressed {
+            let size = if form.encrypted {
+                None
+            } else if form.compressed {
                 compressed_segment_size(dest, n)?
             } else {
                 segment_size_of(dest, n)?
@@ -256,7 +258,7 @@ fn verify_wal(
 
     // 1. Checksums.
     for n in &names {
-        let (wal, compressed) = stored_form(n).unwrap();
+        let (wal, form) = stored_form(n).unwrap();
         let w = WalFileName::parse(wal).unwrap();
         if !in_range(&w) {
             continue;
@@ -283,7 +285,9 @@ fn verify_wal(
                     check: &mut *check,
                     stopped: None,
                 };
-                let read = if compressed {
+                let read = if form.encrypted {
+                    hash_reader(&mut r).map(|(len, actual)| (len, actual, Ok(len)))
+                } else if form.compressed {
                     let mut data = Vec::new();
                     r.read_to_end(&mut data).map(|_| {
                         let decoded =
@@ -300,7 +304,7 @@ fn verify_wal(
                 if actual == d {
                     match decoded {
                         Ok(wal_len) => {
-                            report.compressed_files += usize::from(compressed);
+                            report.compressed_files += usize::from(form.compressed);
                             report.stored_bytes += len;
                             report.wal_bytes += wal_len;
                             Finding {

@@ -107,6 +107,8 @@ impl Destination for Unreachable {
 #[derive(Default)]
 pub struct MemoryDestination {
     files: Mutex<BTreeMap<String, (Vec<u8>, Recorded)>>,
+    /// What `store_new_sealed` recorded of the original.
+    originals: Mutex<BTreeMap<String, crate::destination::compressed::Original>>,
     /// Streamed objects (`create_object`), shared with their writers.
     objects: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
     /// When set, an object writer fails once it holds this many bytes.
@@ -207,6 +209,29 @@ impl Destination for MemoryDestination {
         })
     }
 
+    fn store_new_sealed(
+        &self,
+        name: &str,
+        data: &[u8],
+        original: &crate::destination::compressed::Original,
+    ) -> Result<Stored, ArchiveError> {
+        let stored = self.store_new_bytes(name, data)?;
+        if let Stored::Created { .. } = stored {
+            self.originals
+                .lock()
+                .unwrap()
+                .insert(name.to_string(), *original);
+        }
+        Ok(stored)
+    }
+
+    fn recorded_original(
+        &self,
+        name: &str,
+    ) -> Result<Option<crate::destination::compressed::Original>, ArchiveError> {
+        Ok(self.originals.lock().unwrap().get(name).copied())
+    }
+
     fn recorded(&self, name: &str) -> Result<Recorded, ArchiveError> {
         Ok(self
             .files
@@ -258,6 +283,7 @@ impl Destination for MemoryDestination {
 
     fn remove(&self, name: &str) -> Result<(), ArchiveError> {
         self.files.lock().unwrap().remove(name);
+        self.originals.lock().unwrap().remove(name);
         Ok(())
     }
 

@@ -105,23 +105,82 @@ pub fn is_archivable_name(name: &str) -> bool {
     WalFileName::parse(name).is_some()
 }
 
-/// What a stored name holds: the WAL file's name, and whether it is the
-/// compressed form (`<walfile>.zst`, see `compressed`). Only segments and
-/// `.partial` files have a compressed form: history and backup files are a
-/// few hundred bytes of text, kept readable.
-pub fn stored_form(name: &str) -> Option<(&str, bool)> {
-    if let Some(wal) = name.strip_suffix(crate::destination::compressed::SUFFIX) {
-        let kind = WalFileName::parse(wal)?.kind;
-        return matches!(kind, WalFileKind::Segment | WalFileKind::Partial).then_some((wal, true));
+/// The form a WAL file is stored in: as it is, compressed (`.zst`, see
+/// `compressed`), encrypted (`.age`, see `sealed`), or both (`.zst.age`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct Form {
+    pub compressed: bool,
+    pub encrypted: bool,
+}
+
+impl Form {
+    pub const PLAIN: Form = Form {
+        compressed: false,
+        encrypted: false,
+    };
+    pub const ZST: Form = Form {
+        compressed: true,
+        encrypted: false,
+    };
+    pub const AGE: Form = Form {
+        compressed: false,
+        encrypted: true,
+    };
+    pub const ZST_AGE: Form = Form {
+        compressed: true,
+        encrypted: true,
+    };
+    /// Every form, the plain one first.
+    pub const ALL: [Form; 4] = [Form::PLAIN, Form::ZST, Form::AGE, Form::ZST_AGE];
+
+    fn suffix(self) -> &'static str {
+        match (self.compressed, self.encrypted) {
+            (false, false) => "",
+            (true, false) => ".zst",
+            (false, true) => ".age",
+            (true, true) => ".zst.age",
+        }
     }
-    WalFileName::parse(name).map(|_| (name, false))
+}
+
+/// Whether files of `kind` are compressed: segments and `.partial` files.
+/// History and backup files are a few hundred bytes of text.
+fn compressible(kind: WalFileKind) -> bool {
+    matches!(kind, WalFileKind::Segment | WalFileKind::Partial)
+}
+
+/// What a stored name holds: the WAL file's name, and the form it is
+/// stored in. Only segments and `.partial` files have a compressed form;
+/// every WAL file may be encrypted.
+pub fn stored_form(name: &str) -> Option<(&str, Form)> {
+    let (rest, encrypted) = match name.strip_suffix(crate::destination::sealed::SUFFIX) {
+        Some(r) => (r, true),
+        None => (name, false),
+    };
+    let (wal, compressed) = match rest.strip_suffix(crate::destination::compressed::SUFFIX) {
+        Some(w) => (w, true),
+        None => (rest, false),
+    };
+    let kind = WalFileName::parse(wal)?.kind;
+    (!compressed || compressible(kind)).then_some((
+        wal,
+        Form {
+            compressed,
+            encrypted,
+        },
+    ))
+}
+
+/// The name of `walfile` stored in `form`; `None` when files of its kind
+/// have no such form (or it is no WAL file name).
+pub fn form_name(walfile: &str, form: Form) -> Option<String> {
+    let kind = WalFileName::parse(walfile)?.kind;
+    (!form.compressed || compressible(kind)).then(|| format!("{walfile}{}", form.suffix()))
 }
 
 /// The name of `walfile`'s compressed form, for the files that have one.
 pub fn compressed_name(walfile: &str) -> Option<String> {
-    let kind = WalFileName::parse(walfile)?.kind;
-    matches!(kind, WalFileKind::Segment | WalFileKind::Partial)
-        .then(|| format!("{walfile}{}", crate::destination::compressed::SUFFIX))
+    form_name(walfile, Form::ZST)
 }
 
 /// The archiver's order: `.history` files first, then by name.
@@ -149,11 +208,32 @@ mod tests {
     #[test]
     fn stored_forms() {
         let seg = "000000010000000000000001";
-        assert_eq!(stored_form(seg), Some((seg, false)));
-        assert_eq!(stored_form(&format!("{seg}.zst")), Some((seg, true)));
+        assert_eq!(stored_form(seg), Some((seg, Form::PLAIN)));
+        assert_eq!(stored_form(&format!("{seg}.zst")), Some((seg, Form::ZST)));
+        assert_eq!(stored_form(&format!("{seg}.age")), Some((seg, Form::AGE)));
+        assert_eq!(
+            stored_form(&format!("{seg}.zst.age")),
+            Some((seg, Form::ZST_AGE))
+        );
+        assert_eq!(
+            stored_form("00000002.history.age"),
+            Some(("00000002.history", Form::AGE))
+        );
+        assert_eq!(stored_form("00000002.history.zst.age"), None);
+        assert_eq!(stored_form(&format!("{seg}.age.zst")), None);
+        assert_eq!(stored_form(&format!("{seg}.age.age")), None);
+        for f in Form::ALL {
+            let n = form_name(seg, f).unwrap();
+            assert_eq!(stored_form(&n), Some((seg, f)));
+        }
+        assert_eq!(form_name("00000002.history", Form::ZST_AGE), None);
+        assert_eq!(
+            form_name("00000002.history", Form::AGE).as_deref(),
+            Some("00000002.history.age")
+        );
         assert_eq!(
             stored_form(&format!("{seg}.partial.zst")),
-            Some((&*format!("{seg}.partial"), true))
+            Some((&*format!("{seg}.partial"), Form::ZST))
         );
         assert_eq!(stored_form("00000002.history.zst"), None);
         assert_eq!(stored_form(&format!("{seg}.00000028.backup.zst")), None);
