@@ -151,6 +151,24 @@ struct S3Options {
     azure_key_file: Option<String>,
     azure_sas_file: Option<String>,
     gcs_credentials_file: Option<String>,
+    /// `--identity-file` (repeatable), else `WALARCH_IDENTITY_FILE`: the age
+    /// identities that read an encrypted archive.
+    identity_files: Vec<String>,
+}
+
+impl S3Options {
+    /// The identities given, read now (each file protected like a
+    /// credentials file); `None` when none is given.
+    fn identities(
+        &self,
+    ) -> Result<Option<std::sync::Arc<walarch_core::destination::sealed::Identities>>, String> {
+        if self.identity_files.is_empty() {
+            return Ok(None);
+        }
+        walarch_core::destination::sealed::Identities::read_files(&self.identity_files)
+            .map(|i| Some(std::sync::Arc::new(i)))
+            .map_err(|m| format!("invalid identity file: {m}"))
+    }
 }
 
 /// The options of Azure and GCS archives; `--endpoint`, `--ca-file` and
@@ -263,10 +281,25 @@ fn command_args(
 ) -> Result<(Args, S3Options), ExitCode> {
     let mut all = S3_FLAGS.to_vec();
     all.extend(CLOUD_FLAGS);
+    all.push("--identity-file");
     all.extend(with_value);
     let a = split_args(args, &all, switches).map_err(|m| usage(&m))?;
     let mut o = s3_options(&a.flags).map_err(|m| usage(&m))?;
     cloud_options(&a.flags, &mut o).map_err(|m| usage(&m))?;
+    o.identity_files = a
+        .flags
+        .iter()
+        .filter(|(k, _)| k == "--identity-file")
+        .filter_map(|(_, v)| v.clone())
+        .collect();
+    if o.identity_files.is_empty() {
+        if let Some(f) = std::env::var("WALARCH_IDENTITY_FILE")
+            .ok()
+            .filter(|v| !v.is_empty())
+        {
+            o.identity_files.push(f);
+        }
+    }
     Ok((a, o))
 }
 
