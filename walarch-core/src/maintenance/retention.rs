@@ -1643,6 +1643,7 @@ pub(crate) mod tests {
                 tablespaces: vec![],
                 objects: vec![],
                 based_on: None,
+                encryption: None,
             }
         }
 
