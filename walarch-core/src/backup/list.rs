@@ -232,11 +232,16 @@ pub fn unstored_segments<T: Destination + ?Sized>(
     let mut out = Vec::new();
     for any in needed {
         let mut found = false;
-        for w in &any {
-            let z = crate::wal::walname::compressed_name(w);
-            if dest.size(w)?.is_some() || z.map_or(Ok(None), |z| dest.size(&z))?.is_some() {
-                found = true;
-                break;
+        'names: for w in &any {
+            // In any of its stored forms (compressed, encrypted).
+            for form in crate::wal::walname::Form::ALL {
+                let Some(n) = crate::wal::walname::form_name(w, form) else {
+                    continue;
+                };
+                if dest.size(&n)?.is_some() {
+                    found = true;
+                    break 'names;
+                }
             }
         }
         if !found {

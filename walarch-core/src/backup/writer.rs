@@ -1576,12 +1576,12 @@ mod tests {
         up_to_manifest(&mut w, dir.path(), "W");
         manifest(&mut w, b"{}");
         // 2/28 to 2/3000100: segments 2/00 to 2/03; 2/01 is stored
-        // compressed, 2/03 is missing.
+        // compressed, 2/02 compressed and encrypted, 2/03 is missing.
         dest.store_new_bytes("000000010000000200000000", b"w")
             .unwrap();
         dest.store_new_bytes("000000010000000200000001.zst", b"w")
             .unwrap();
-        dest.store_new_bytes("000000010000000200000002", b"w")
+        dest.store_new_bytes("000000010000000200000002.zst.age", b"w")
             .unwrap();
         let stop = 0x2_0300_0100;
         let wait = WalWait {
