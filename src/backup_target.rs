@@ -366,12 +366,6 @@ fn check_archiving() {
     .report(PgLogLevel::ERROR);
 }
 
-/// How backups are encrypted: as the server's archiving (the lead's
-/// `guc::sealing()`, with which this stub is replaced at merge).
-fn sealing() -> Sealing {
-    Sealing::Off
-}
-
 static OPS: bbsink_ops = bbsink_ops {
     begin_backup: sink_begin_backup,
     begin_archive: sink_begin_archive,
@@ -410,7 +404,7 @@ unsafe extern "C-unwind" fn get_sink(next: *mut bbsink, detail: *mut c_void) -> 
     });
     // Never a plaintext backup while encryption is configured: refused
     // before anything is stored (and before the checkpoint).
-    let recipients = match sealing() {
+    let recipients = match guc::sealing() {
         Sealing::Off => None,
         Sealing::To(r) => Some(r),
         Sealing::Broken(why) => {
