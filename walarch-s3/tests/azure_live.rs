@@ -278,6 +278,16 @@ fn failures_are_classified_and_name_no_secret() {
     );
 }
 
+/// Encrypted forms (`.zst.age`, `.history.age`) in the container, their
+/// originals in the metadata, each read back before it counts
+/// (`common::encrypted_forms`).
+#[test]
+fn encrypted_forms_in_the_container() {
+    let az = Azurite::shared();
+    let dest = CloudDestination::azure(settings(az, "encrypted/wal")).unwrap();
+    common::encrypted_forms(&dest, "az-encrypted");
+}
+
 #[test]
 fn a_stopped_store_is_unavailable_not_missing() {
     let az = Azurite::start("stopped");
@@ -297,6 +307,10 @@ fn a_stopped_store_is_unavailable_not_missing() {
     for (what, e) in [
         ("open", dest.open(SEG2).map(|r| r.is_some()).unwrap_err()),
         ("size", dest.size(SEG).unwrap_err()),
+        (
+            "sizes_of",
+            dest.sizes_of(&common::forms_of(SEG)).unwrap_err(),
+        ),
         ("list", dest.list().unwrap_err()),
         ("store", dest.store_new_bytes(SEG2, b"y").unwrap_err()),
     ] {
