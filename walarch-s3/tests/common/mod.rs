@@ -224,7 +224,7 @@ pub fn encrypted_forms(dest: &dyn walarch_core::destination::Destination, tag: &
     sizes_agree(dest, &forms_of(HIST));
     sizes_agree(dest, &forms_of("000000010000000000000002"));
     sizes_agree(dest, &[SEG.to_string(), hist_age.clone(), partial.clone()]);
-    sizes_agree(dest, &[zst_age.clone()]);
+    sizes_agree(dest, std::slice::from_ref(&zst_age));
     sizes_agree(dest, &[]);
 
     // Offered again, with compression and encryption off or on: judged by
