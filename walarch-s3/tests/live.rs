@@ -183,64 +183,6 @@ fn encrypted_forms_in_the_bucket() {
     common::sizes_agree(&root, &common::forms_of(SEG));
 }
 
-/// A TCP proxy that records the request line of every request it forwards
-/// (keep-alive connections included: each head, then its body by
-/// Content-Length).
-fn recording_proxy(upstream: String) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    use std::io::{BufRead, BufReader, Write};
-    use std::net::{TcpListener, TcpStream};
-    use std::sync::{Arc, Mutex};
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&lines);
-    std::thread::spawn(move || {
-        for c in l.incoming() {
-            let Ok(c) = c else { break };
-            let Ok(mut u) = TcpStream::connect(&upstream) else {
-                break;
-            };
-            let (mut c2, mut u2) = (c.try_clone().unwrap(), u.try_clone().unwrap());
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut u2, &mut c2);
-                let _ = c2.shutdown(std::net::Shutdown::Write);
-            });
-            let seen = Arc::clone(&seen);
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(c);
-                loop {
-                    let mut head = String::new();
-                    let mut len = 0usize;
-                    loop {
-                        let mut line = String::new();
-                        match r.read_line(&mut line) {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) => {}
-                        }
-                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                            len = v.trim().parse().unwrap();
-                        }
-                        head.push_str(&line);
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    let first = head.lines().next().unwrap_or("").to_string();
-                    seen.lock().unwrap().push(first);
-                    let mut body = vec![0u8; len];
-                    if std::io::Read::read_exact(&mut r, &mut body).is_err()
-                        || u.write_all(head.as_bytes()).is_err()
-                        || u.write_all(&body).is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (port, lines)
-}
-
 /// The forms of a WAL file are looked up in one listing of the keys that
 /// begin with its name (not a directory), whatever stands next to them; a
 /// single name, or names that share too little, take a HEAD each.
@@ -248,7 +190,7 @@ fn recording_proxy(upstream: String) -> (u16, std::sync::Arc<std::sync::Mutex<Ve
 fn the_forms_of_a_file_are_one_listing() {
     let sw = Seaweed::shared();
     let upstream = sw.endpoint.trim_start_matches("http://").to_string();
-    let (port, lines) = recording_proxy(upstream);
+    let (port, lines) = common::recording_proxy(upstream);
     let mut s = settings(sw, "one-listing/wal");
     s.endpoint = Some(format!("http://127.0.0.1:{port}"));
     let dest = S3Destination::new(s).unwrap();

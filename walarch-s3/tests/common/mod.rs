@@ -295,3 +295,61 @@ pub fn encrypted_forms(dest: &dyn walarch_core::destination::Destination, tag: &
     after.sort();
     assert_eq!(after, listed);
 }
+
+/// A TCP proxy that records the request line of every request it forwards
+/// (keep-alive connections included: each head, then its body by
+/// Content-Length).
+pub fn recording_proxy(upstream: String) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::{Arc, Mutex};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(c) = c else { break };
+            let Ok(mut u) = TcpStream::connect(&upstream) else {
+                break;
+            };
+            let (mut c2, mut u2) = (c.try_clone().unwrap(), u.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut u2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Write);
+            });
+            let seen = Arc::clone(&seen);
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(c);
+                loop {
+                    let mut head = String::new();
+                    let mut len = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        match r.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                        head.push_str(&line);
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let first = head.lines().next().unwrap_or("").to_string();
+                    seen.lock().unwrap().push(first);
+                    let mut body = vec![0u8; len];
+                    if std::io::Read::read_exact(&mut r, &mut body).is_err()
+                        || u.write_all(head.as_bytes()).is_err()
+                        || u.write_all(&body).is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, lines)
+}
