@@ -5,7 +5,8 @@
 //! create-only PUT that stores it (Azure: `If-None-Match: *`; GCS:
 //! `x-goog-if-generation-match: 0`; object_store maps the refusal to
 //! `AlreadyExists`); `PREFIX/NAME.sha256` only once `write_record` has
-//! replaced a record. Files larger than a part, and base backups, are
+//! replaced a record. An encrypted form has its original's SHA-256 and
+//! length in the metadata `original` (`HEX LEN`) too. Files larger than a part, and base backups, are
 //! uploaded in parts (Azure: blocks; GCS: an XML API multipart upload) and
 //! completed create-only by a request of our own (azure.rs, gcs.rs):
 //! object_store completes uploads only with overwrite.
