@@ -169,7 +169,8 @@ pub fn dropped_after(info: &BackupInfo, markers: &[Marker]) -> Vec<Marker> {
         .collect()
 }
 
-/// The WAL files stored, by their plain names (compressed or not).
+/// The WAL files stored, by their plain names (whatever their form:
+/// compressed, encrypted or both).
 pub fn stored_wal<T: Destination + ?Sized>(dest: &T) -> Result<HashSet<String>, ArchiveError> {
     Ok(dest
         .list()?
@@ -216,7 +217,7 @@ pub fn needed_segments(info: &BackupInfo) -> Result<Vec<Vec<String>>, String> {
 const LOOKUPS_AT_MOST: usize = 32;
 
 /// The segments of `needed` (each: the names that would do, one per
-/// timeline, as `needed_segments` gives them) of which no name is stored, plain or compressed: a
+/// timeline, as `needed_segments` gives them) of which no name is stored, in any form: a
 /// lookup per name, or one listing for a long range.
 pub fn unstored_segments<T: Destination + ?Sized>(
     dest: &T,
@@ -232,16 +233,15 @@ pub fn unstored_segments<T: Destination + ?Sized>(
     let mut out = Vec::new();
     for any in needed {
         let mut found = false;
-        'names: for w in &any {
-            // In any of its stored forms (compressed, encrypted).
-            for form in crate::wal::walname::Form::ALL {
-                let Some(n) = crate::wal::walname::form_name(w, form) else {
-                    continue;
-                };
-                if dest.size(&n)?.is_some() {
-                    found = true;
-                    break 'names;
-                }
+        for w in &any {
+            // In any form (compressed, encrypted): one lookup.
+            let forms: Vec<String> = crate::wal::walname::Form::ALL
+                .into_iter()
+                .filter_map(|f| crate::wal::walname::form_name(w, f))
+                .collect();
+            if dest.sizes_of(&forms)?.iter().any(Option::is_some) {
+                found = true;
+                break;
             }
         }
         if !found {
