@@ -169,7 +169,8 @@ pub fn dropped_after(info: &BackupInfo, markers: &[Marker]) -> Vec<Marker> {
         .collect()
 }
 
-/// The WAL files stored, by their plain names (compressed or not).
+/// The WAL files stored, by their plain names (whatever their form:
+/// compressed, encrypted or both).
 pub fn stored_wal<T: Destination + ?Sized>(dest: &T) -> Result<HashSet<String>, ArchiveError> {
     Ok(dest
         .list()?
@@ -216,7 +217,7 @@ pub fn needed_segments(info: &BackupInfo) -> Result<Vec<Vec<String>>, String> {
 const LOOKUPS_AT_MOST: usize = 32;
 
 /// The segments of `needed` (each: the names that would do, one per
-/// timeline, as `needed_segments` gives them) of which no name is stored, plain or compressed: a
+/// timeline, as `needed_segments` gives them) of which no name is stored, in any form: a
 /// lookup per name, or one listing for a long range.
 pub fn unstored_segments<T: Destination + ?Sized>(
     dest: &T,
@@ -233,8 +234,12 @@ pub fn unstored_segments<T: Destination + ?Sized>(
     for any in needed {
         let mut found = false;
         for w in &any {
-            let z = crate::wal::walname::compressed_name(w);
-            if dest.size(w)?.is_some() || z.map_or(Ok(None), |z| dest.size(&z))?.is_some() {
+            // In any form (compressed, encrypted): one lookup.
+            let forms: Vec<String> = crate::wal::walname::Form::ALL
+                .into_iter()
+                .filter_map(|f| crate::wal::walname::form_name(w, f))
+                .collect();
+            if dest.sizes_of(&forms)?.iter().any(Option::is_some) {
                 found = true;
                 break;
             }

@@ -46,7 +46,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::backup::catalog::{removal_order, Catalog, StoredBackup};
 use crate::backup::{BACKUPS_DIR, INCOMPLETE_AFTER};
+use crate::destination::sealed::Identities;
 use crate::destination::{Destination, Entry};
+use crate::restore::reading::{open_stored, read_back_small, ReadFailure};
 use crate::support::error::{ArchiveError, ErrorKind};
 use crate::wal::timeline_history::Timelines;
 use crate::wal::walname::{WalFileKind, WalFileName};
@@ -127,8 +129,23 @@ const MAX_HISTORY_TEXT: u64 = 1 << 20;
 /// Reads the `.backup` and `.history` files among `entries` from `dest`,
 /// and the backups under `backups/`. One that vanished meanwhile is skipped
 /// (a `.backup` then counts as unreadable and `plan` refuses); one that
-/// cannot be read is an error.
+/// cannot be read is an error. An encrypted one is refused: see
+/// `read_facts_opening`.
 pub fn read_facts(dest: &dyn Destination, entries: &[Entry]) -> Result<Facts, ArchiveError> {
+    read_facts_opening(dest, None, entries)
+}
+
+/// `read_facts`, reading encrypted files with `ids`. `dest` is the archive
+/// as stored (not the `Compressing` view): `entries` may name WAL files by
+/// their own names, and each is read from whichever form holds it. An
+/// encrypted one is checked as restore checks it; without `ids` it is
+/// refused, since what it says decides what is removed, and a timeline or
+/// a backup is never guessed.
+pub fn read_facts_opening(
+    dest: &dyn Destination,
+    ids: Option<&Identities>,
+    entries: &[Entry],
+) -> Result<Facts, ArchiveError> {
     let mut facts = Facts {
         stored: Catalog::read(dest)?,
         ..Facts::default()
@@ -140,22 +157,55 @@ pub fn read_facts(dest: &dyn Destination, entries: &[Entry]) -> Result<Facts, Ar
         if !matches!(w.kind, WalFileKind::Backup | WalFileKind::History) {
             continue;
         }
-        let Some(r) = dest.open(&e.name)? else {
+        let Some((h, r)) = open_stored(dest, &e.name)? else {
             continue;
         };
-        let mut bytes = vec![];
-        r.take(MAX_HISTORY_TEXT)
-            .read_to_end(&mut bytes)
-            .map_err(|err| {
-                ArchiveError::new(
-                    ErrorKind::Io,
+        let bytes = if h.form.encrypted {
+            if ids.is_none() {
+                return Err(ArchiveError::new(
+                    ErrorKind::Configuration,
                     format!(
-                        "could not read \"{}\": {}",
-                        dest.location(&e.name),
-                        crate::support::error::os_message(&err)
+                        "archive file \"{}\" is encrypted and no identity was given to read it",
+                        dest.location(&h.stored)
                     ),
                 )
-            })?;
+                .with_detail(
+                    "Retention reads every timeline history and backup history file to know which WAL the base backups need; it never guesses. Nothing was removed.",
+                )
+                .with_hint(
+                    "Run \"walarch expire\" with --identity-file FILE (or WALARCH_IDENTITY_FILE) where the archive's private key is kept; the database server holds only the public key.",
+                ));
+            }
+            match read_back_small(dest, ids, &h, r, MAX_HISTORY_TEXT) {
+                Ok(b) => b,
+                Err(ReadFailure::Store(e)) => return Err(e),
+                Err(f) => {
+                    return Err(ArchiveError::new(
+                        ErrorKind::Conflict,
+                        format!("could not read \"{}\"", dest.location(&h.stored)),
+                    )
+                    .with_detail(format!(
+                        "{}. Nothing was removed.",
+                        f.describe(&h.stored, ids)
+                    )))
+                }
+            }
+        } else {
+            let mut bytes = vec![];
+            r.take(MAX_HISTORY_TEXT)
+                .read_to_end(&mut bytes)
+                .map_err(|err| {
+                    ArchiveError::new(
+                        ErrorKind::Io,
+                        format!(
+                            "could not read \"{}\": {}",
+                            dest.location(&h.stored),
+                            crate::support::error::os_message(&err)
+                        ),
+                    )
+                })?;
+            bytes
+        };
         let text = String::from_utf8_lossy(&bytes).into_owned();
         match w.kind {
             WalFileKind::Backup => {

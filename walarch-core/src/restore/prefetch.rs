@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::destination::sealed::Identities;
 use crate::destination::Destination;
 use crate::restore::spool::{identity, Request, Serving, Spool, Taken, FETCHING};
 use crate::restore::{restore_retrying, restore_verified, RestoreError, Retry};
@@ -45,10 +46,12 @@ pub struct Outcome {
 /// opens the archive: only called when the file is not taken from the
 /// spool (opening a bucket's client costs more than taking a file). A file
 /// fetched here is retried as `restore_retrying` does: whatever the helper
-/// met, the answer is the archive's, never a failed prefetch.
+/// met, the answer is the archive's, never a failed prefetch. `ids`
+/// decrypt encrypted forms.
 #[allow(clippy::too_many_arguments)]
 pub fn restore_through_spool<'a>(
     archive: &dyn Fn() -> Result<&'a dyn Destination, RestoreError>,
+    ids: Option<&Identities>,
     spool: &Spool,
     owner: &str,
     walfile: &str,
@@ -65,7 +68,7 @@ pub fn restore_through_spool<'a>(
             "the prefetch spool \"{}\" serves another recovery; fetching \"{walfile}\" without prefetching",
             spool.dir.display()
         ));
-        let len = restore_retrying(archive, walfile, dest, retry, log)?.len;
+        let len = restore_retrying(archive, ids, walfile, dest, retry, log)?.len;
         return Ok(Outcome {
             len,
             from_spool: false,
@@ -92,7 +95,7 @@ pub fn restore_through_spool<'a>(
             )),
         }
     }
-    let restored = restore_retrying(archive, walfile, dest, retry, log)?;
+    let restored = restore_retrying(archive, ids, walfile, dest, retry, log)?;
     let mut start_helper = false;
     match kind {
         Some(WalFileKind::Segment) => {
@@ -130,6 +133,9 @@ pub struct HelperOptions {
     /// Who the helper serves (data directory and archive), written to the
     /// spool so that no other recovery uses it.
     pub owner: String,
+    /// What decrypts encrypted forms: they are spooled only as the WAL
+    /// file they verify to, like any other.
+    pub identities: Option<std::sync::Arc<Identities>>,
 }
 
 /// What a helper did, for its last words in the server log.
@@ -169,6 +175,7 @@ struct State {
 
 struct Shared<'a> {
     archive: &'a dyn Destination,
+    ids: Option<&'a Identities>,
     /// Downloads at a time, at most.
     jobs: usize,
     spool: &'a Spool,
@@ -213,7 +220,7 @@ impl Shared<'_> {
             // is dropped after the publishing below, so restore, waiting
             // for it, sees one or the other.
             let _unmark = Unmark(self.spool, &name);
-            let r = restore_verified(self.archive, &name, &fetched);
+            let r = restore_verified(self.archive, self.ids, &name, &fetched);
             let mut st = self.lock();
             st.in_flight.remove(&name);
             st.ended += 1;
@@ -333,6 +340,7 @@ pub fn run_helper(
     let depth = opts.depth.max(1);
     let shared = Shared {
         archive,
+        ids: opts.identities.as_deref(),
         jobs: depth.min(MAX_JOBS),
         spool,
         state: Mutex::new(State::default()),
@@ -414,6 +422,7 @@ mod tests {
     ) -> Result<Outcome, RestoreError> {
         restore_through_spool(
             archive,
+            None,
             spool,
             owner,
             walfile,
@@ -495,6 +504,7 @@ mod tests {
             idle: Duration::from_millis(idle_ms),
             data_dir: Some(s.data.clone()),
             owner: "data\narchive\n".into(),
+            identities: None,
         }
     }
 
