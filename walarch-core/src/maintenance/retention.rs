@@ -1654,6 +1654,112 @@ pub(crate) mod tests {
         assert_eq!(left, [names[2], names[3], names[4]]);
     }
 
+    /// An encrypted history or backup history file decides what goes: read
+    /// with the key, refused without it, never guessed.
+    #[test]
+    fn encrypted_history_files_are_read_with_the_key_and_refused_without() {
+        use crate::archiving::archive_protocol::archive_file;
+        use crate::destination::compressing::{Compressing, Sealing};
+        use crate::destination::local_directory::LocalDirectory;
+        use crate::destination::sealed::tests::keys;
+        let tmp = tempfile::tempdir().unwrap();
+        let (arch, wal) = (tmp.path().join("arch"), tmp.path().join("wal"));
+        std::fs::create_dir(&arch).unwrap();
+        std::fs::create_dir(&wal).unwrap();
+        let (r, ids) = keys();
+        let inner = LocalDirectory::new(&arch, 0o600);
+        let view = Compressing::new(&inner, Some(1)).sealing(Sealing::To(std::sync::Arc::new(r)));
+        let names = [
+            "000000010000000000000001",
+            "000000010000000000000002",
+            "000000010000000000000003",
+            "000000010000000000000003.00000028.backup",
+            "00000002.history",
+        ];
+        let backup = backup_text(names[3], 5);
+        for n in names {
+            let data = match n {
+                _ if n.ends_with(".backup") => backup.clone(),
+                _ if n.ends_with(".history") => "1\t0/9000000\tr\n".to_string(),
+                _ => n.repeat(1000),
+            };
+            std::fs::write(wal.join(n), data).unwrap();
+            archive_file(&view, n, &wal.join(n)).unwrap();
+        }
+        assert!(arch.join("00000002.history.age").is_file());
+        assert!(arch.join("000000010000000000000001.zst.age").is_file());
+        let entries = view.entries().unwrap();
+        let listed = |d: &LocalDirectory| {
+            let mut l = d.list().unwrap();
+            l.sort();
+            l
+        };
+        let before = listed(&inner);
+
+        // Without the key: refused, saying how to give it; nothing removed.
+        let e = read_facts(&inner, &entries).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Configuration);
+        assert!(
+            e.message.contains("is encrypted and no identity was given"),
+            "{e}"
+        );
+        assert!(
+            e.hint.as_deref().unwrap().contains("--identity-file"),
+            "{e:?}"
+        );
+        assert_eq!(listed(&inner), before);
+        // With another key: refused too.
+        let (_, other) = keys();
+        let e = read_facts_opening(&inner, Some(&other), &entries).unwrap_err();
+        assert!(
+            e.detail
+                .as_deref()
+                .unwrap()
+                .contains("none of the identities given"),
+            "{e:?}"
+        );
+
+        // With the key: read as archived, and the plan is carried out on
+        // every form.
+        let f = read_facts_opening(&inner, Some(&ids), &entries).unwrap();
+        assert_eq!(f.backups[names[3]], backup);
+        assert_eq!(f.histories[&2], "1\t0/9000000\tr\n");
+        let p = plan(
+            &entries,
+            &f,
+            &Rule::KeepBackups(1),
+            at(T0),
+            BackupCheck::Required,
+        )
+        .unwrap();
+        assert_eq!(removed(&p), &names[..2]);
+        assert_eq!(execute(&view, &p, |_| {}).unwrap(), 2);
+        assert_eq!(
+            listed(&inner),
+            [
+                "000000010000000000000003.00000028.backup.age",
+                "000000010000000000000003.zst.age",
+                "00000002.history.age",
+            ]
+        );
+        assert!(!arch
+            .join("000000010000000000000001.zst.age.sha256")
+            .exists());
+
+        // An encrypted file damaged in the archive: refused, not guessed.
+        let h = arch.join("00000002.history.age");
+        let mut b = std::fs::read(&h).unwrap();
+        let last = b.len() - 1;
+        b[last] ^= 1;
+        std::fs::write(&h, b).unwrap();
+        let entries = view.entries().unwrap();
+        let e = read_facts_opening(&inner, Some(&ids), &entries).unwrap_err();
+        assert!(
+            e.detail.as_deref().unwrap().contains("checksum mismatch"),
+            "{e:?}"
+        );
+    }
+
     /// Backups taken through the walarch target, in a directory archive.
     pub(crate) mod target_backups {
         use super::*;

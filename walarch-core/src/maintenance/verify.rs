@@ -1222,4 +1222,233 @@ mod tests {
         );
         assert_eq!(f.status.as_str(), "dropped");
     }
+
+    mod encrypted {
+        use super::*;
+        use crate::destination::compressing::{Compressing, Sealing};
+        use crate::destination::local_directory::format_record;
+        use crate::destination::sealed::tests::keys;
+        use crate::destination::sealed::Recipients;
+        use std::path::Path;
+        use std::sync::Arc;
+
+        /// Archives `name` with `data` through the archive view, in the form
+        /// `form` asks for (encrypted to `r`), as the archiver does.
+        fn store(arch: &Path, r: &Recipients, name: &str, data: &[u8], form: Form) {
+            let wal = arch.parent().unwrap().join("wal");
+            std::fs::create_dir_all(&wal).unwrap();
+            std::fs::write(wal.join(name), data).unwrap();
+            let inner = LocalDirectory::new(arch, 0o600);
+            let sealing = if form.encrypted {
+                Sealing::To(Arc::new(r.clone()))
+            } else {
+                Sealing::Off
+            };
+            let view = Compressing::new(&inner, form.compressed.then_some(1)).sealing(sealing);
+            archive_file(&view, name, &wal.join(name)).unwrap();
+        }
+
+        fn full_segment(t: u32, s: u64, size: u64) -> Vec<u8> {
+            let mut data = segment(t, size, s as u8);
+            data.resize(size as usize, 0);
+            data
+        }
+
+        fn store_segment(
+            arch: &Path,
+            r: &Recipients,
+            t: u32,
+            s: u64,
+            size: u64,
+            form: Form,
+        ) -> String {
+            let name = segment_file_name(t, s, size);
+            store(arch, r, &name, &full_segment(t, s, size), form);
+            crate::wal::walname::form_name(&name, form).unwrap()
+        }
+
+        fn new_archive() -> (tempfile::TempDir, std::path::PathBuf) {
+            let d = tempfile::tempdir().unwrap();
+            let arch = d.path().join("arch");
+            std::fs::create_dir(&arch).unwrap();
+            (d, arch)
+        }
+
+        fn statuses(r: &Report) -> Vec<(String, Status)> {
+            r.findings
+                .iter()
+                .map(|f| (f.walfile.clone(), f.status))
+                .collect()
+        }
+
+        #[test]
+        fn a_mixed_archive_verifies_with_and_without_identity() {
+            let (_d, arch) = new_archive();
+            let (r, ids) = keys();
+            let stored: Vec<String> = Form::ALL
+                .into_iter()
+                .zip(1..)
+                .map(|(form, s)| store_segment(&arch, &r, 1, s, MB, form))
+                .collect();
+            let dest = LocalDirectory::new(&arch, 0o600);
+
+            // Without identity (as the server runs it): intact, and the
+            // encrypted files are said to be checked as stored bytes only.
+            let rep = verify(&dest, None, None).unwrap();
+            assert!(rep.intact(), "{:?}", rep.findings);
+            assert_eq!(rep.segment_size, Some(MB));
+            assert_eq!(
+                statuses(&rep),
+                vec![
+                    (stored[0].clone(), Status::Ok),
+                    (stored[1].clone(), Status::Ok),
+                    (stored[2].clone(), Status::Unchecked),
+                    (stored[3].clone(), Status::Unchecked),
+                ]
+            );
+            for f in rep
+                .findings
+                .iter()
+                .filter(|f| f.status == Status::Unchecked)
+            {
+                assert_eq!(f.detail, NOT_DECRYPTED);
+            }
+            assert_eq!((rep.encrypted_unchecked, rep.encrypted_files), (2, 0));
+            assert_eq!(Status::Unchecked.as_str(), "unchecked");
+
+            // With it: every file restored as restore would.
+            let rep = verify_opening(&dest, Some(&ids), None, None, &mut || Ok(())).unwrap();
+            assert!(rep.intact(), "{:?}", rep.findings);
+            assert!(rep.findings.iter().all(|f| f.status == Status::Ok));
+            assert_eq!((rep.encrypted_unchecked, rep.encrypted_files), (0, 2));
+            assert_eq!((rep.compressed_files, rep.wal_bytes), (2, 4 * MB));
+
+            // With another key: the encrypted files cannot be restored.
+            let (_, other) = keys();
+            let rep = verify_opening(&dest, Some(&other), None, None, &mut || Ok(())).unwrap();
+            assert_eq!(
+                problems(&rep),
+                vec![
+                    (stored[2].clone(), Status::NoKey),
+                    (stored[3].clone(), Status::NoKey),
+                ]
+            );
+            assert!(rep
+                .problems()
+                .all(|f| f.detail.contains("none of the identities given")));
+
+            // A gap where an encrypted segment was.
+            dest.remove(&stored[2]).unwrap();
+            let rep = verify(&dest, None, None).unwrap();
+            assert_eq!(
+                problems(&rep),
+                vec![(segment_file_name(1, 3, MB), Status::Missing)]
+            );
+        }
+
+        #[test]
+        fn an_encrypted_only_archive_gives_its_segment_size() {
+            let (_d, arch) = new_archive();
+            let (r, ids) = keys();
+            for s in 5..9 {
+                let form = if s % 2 == 0 { Form::AGE } else { Form::ZST_AGE };
+                store_segment(&arch, &r, 1, s, 2 * MB, form);
+            }
+            let dest = LocalDirectory::new(&arch, 0o600);
+            let rep = verify(&dest, None, None).unwrap();
+            assert_eq!(rep.segment_size, Some(2 * MB));
+            assert!(rep.intact(), "{:?}", rep.findings);
+            assert_eq!(rep.encrypted_unchecked, 4);
+            let rep = verify_opening(&dest, Some(&ids), None, None, &mut || Ok(())).unwrap();
+            assert_eq!(rep.segment_size, Some(2 * MB));
+            assert_eq!(rep.encrypted_files, 4);
+            assert!(rep.intact(), "{:?}", rep.findings);
+        }
+
+        #[test]
+        fn damage_to_an_encrypted_file_is_found_as_far_as_the_key_allows() {
+            let (_d, arch) = new_archive();
+            let (r, ids) = keys();
+            let name = store_segment(&arch, &r, 1, 1, MB, Form::ZST_AGE);
+            let dest = LocalDirectory::new(&arch, 0o600);
+            let original = dest.recorded_original(&name).unwrap().unwrap();
+            let mut bytes = std::fs::read(arch.join(&name)).unwrap();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0x20;
+            std::fs::write(arch.join(&name), &bytes).unwrap();
+            // Damaged after archiving: the stored bytes' record catches it,
+            // key or no key.
+            for ids in [None, Some(&ids)] {
+                let rep = verify_opening(&dest, ids, None, None, &mut || Ok(())).unwrap();
+                assert_eq!(problems(&rep), vec![(name.clone(), Status::Corrupt)]);
+                assert!(rep.findings[0].detail.contains("SHA-256 mismatch"));
+            }
+            // Damaged before the record was made: only the key can tell.
+            std::fs::write(
+                arch.join(format!("{name}.sha256")),
+                format_record(&sha256(&bytes), &name, Some(&original)),
+            )
+            .unwrap();
+            let rep = verify(&dest, None, None).unwrap();
+            assert!(rep.intact());
+            assert_eq!(statuses(&rep), vec![(name.clone(), Status::Unchecked)]);
+            let rep = verify_opening(&dest, Some(&ids), None, None, &mut || Ok(())).unwrap();
+            assert_eq!(problems(&rep), vec![(name.clone(), Status::Corrupt)]);
+            assert!(
+                rep.findings[0]
+                    .detail
+                    .contains("matches its checksum record but"),
+                "{}",
+                rep.findings[0].detail
+            );
+        }
+
+        #[test]
+        fn an_encrypted_history_is_followed_with_the_key_and_said_without() {
+            // Timeline 2 branched from 1 inside segment 3 (1 MB segments).
+            let (_d, arch) = new_archive();
+            let (r, ids) = keys();
+            for (t, s) in [(1, 1), (1, 2), (1, 3), (2, 3), (2, 4)] {
+                store_segment(&arch, &r, t, s, MB, Form::ZST_AGE);
+            }
+            store(
+                &arch,
+                &r,
+                "00000002.history",
+                b"1\t0/350000\tno recovery target specified\n",
+                Form::AGE,
+            );
+            assert!(arch.join("00000002.history.age").is_file());
+            let dest = LocalDirectory::new(&arch, 0o600);
+            let rep = verify_opening(&dest, Some(&ids), None, None, &mut || Ok(())).unwrap();
+            assert!(rep.intact(), "{:?}", rep.findings);
+            assert_eq!(rep.timelines, vec![1, 2]);
+            // A hole on timeline 1 is seen through the history.
+            dest.remove(&format!("{}.zst.age", segment_file_name(1, 2, MB)))
+                .unwrap();
+            let rep = verify_opening(&dest, Some(&ids), None, None, &mut || Ok(())).unwrap();
+            assert_eq!(
+                problems(&rep),
+                vec![(segment_file_name(1, 2, MB), Status::Missing)]
+            );
+
+            // Without the key the ancestry is not followed, and that is said
+            // on the history file's finding.
+            let rep = verify(&dest, None, None).unwrap();
+            assert_eq!(rep.timelines, vec![2]);
+            let h = rep
+                .findings
+                .iter()
+                .find(|f| f.walfile == "00000002.history.age")
+                .unwrap();
+            assert_eq!(h.status, Status::Unchecked);
+            assert!(h.detail.starts_with(NOT_DECRYPTED), "{}", h.detail);
+            assert!(
+                h.detail.contains("ancestry was not followed"),
+                "{}",
+                h.detail
+            );
+            assert!(rep.intact(), "{:?}", rep.findings);
+        }
+    }
 }

@@ -823,4 +823,329 @@ mod tests {
         ));
         assert!(!dest.exists());
     }
+
+    mod encrypted {
+        use super::*;
+        use crate::destination::compressing::{Compressing, Sealing};
+        use crate::destination::local_directory::format_record;
+        use crate::destination::sealed::tests::{key_pair, keys};
+        use crate::destination::sealed::Recipients;
+        use crate::wal::checksum::sha256;
+        use std::sync::Arc;
+
+        /// A 1 MB WAL-like segment: records, then zeros.
+        fn segment() -> Vec<u8> {
+            let mut v = vec![0u8; 1 << 20];
+            for (i, b) in v.iter_mut().take(150_000).enumerate() {
+                *b = (i.wrapping_mul(2_654_435_761) >> 13) as u8;
+            }
+            v
+        }
+
+        struct Archive {
+            d: tempfile::TempDir,
+            arch: PathBuf,
+            original: Vec<u8>,
+            ids: Identities,
+            recipients: Recipients,
+            /// The identity file's text.
+            identity: String,
+        }
+
+        impl Archive {
+            fn dir(&self) -> LocalDirectory {
+                LocalDirectory::new(&self.arch, 0o600)
+            }
+            fn dest(&self) -> PathBuf {
+                self.d.path().join("RECOVERYXLOG")
+            }
+            fn stored(&self, form: Form) -> PathBuf {
+                self.arch.join(form_name(SEG, form).unwrap())
+            }
+        }
+
+        /// An archive holding SEG in `form`, stored as the archiver stores
+        /// it (through the archive view, encrypted to a fresh key).
+        fn archive_in(form: Form) -> Archive {
+            let d = tempfile::tempdir().unwrap();
+            let (wal, arch) = (d.path().join("wal"), d.path().join("arch"));
+            std::fs::create_dir(&wal).unwrap();
+            std::fs::create_dir(&arch).unwrap();
+            let original = segment();
+            std::fs::write(wal.join(SEG), &original).unwrap();
+            let (r, identity) = key_pair();
+            let recipients = Recipients::parse(&r, "r").unwrap();
+            let ids = Identities::parse(&identity, "i").unwrap();
+            let inner = LocalDirectory::new(&arch, 0o600);
+            let sealing = if form.encrypted {
+                Sealing::To(Arc::new(recipients.clone()))
+            } else {
+                Sealing::Off
+            };
+            let level = form.compressed.then_some(3);
+            let view = Compressing::new(&inner, level).sealing(sealing);
+            archive_file(&view, SEG, &wal.join(SEG)).unwrap();
+            let a = Archive {
+                d,
+                arch,
+                original,
+                ids,
+                recipients,
+                identity,
+            };
+            assert!(a.stored(form).is_file(), "{form:?}");
+            a
+        }
+
+        fn encrypted_forms() -> [Form; 2] {
+            [Form::AGE, Form::ZST_AGE]
+        }
+
+        /// Rewrites the record of an encrypted form so that it agrees with
+        /// the stored bytes as they are now (damage before the record was
+        /// made), keeping what it says of the original.
+        fn record_agreeing(a: &Archive, form: Form, original: &compressed::Original) {
+            let name = form_name(SEG, form).unwrap();
+            let bytes = std::fs::read(a.arch.join(&name)).unwrap();
+            std::fs::write(
+                a.arch.join(format!("{name}.sha256")),
+                format_record(&sha256(&bytes), &name, Some(original)),
+            )
+            .unwrap();
+        }
+
+        fn no_leftovers(a: &Archive) {
+            assert!(!a.dest().exists());
+            let left: Vec<_> = std::fs::read_dir(a.d.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".walarch-restore"))
+                .collect();
+            assert!(left.is_empty(), "{left:?}");
+        }
+
+        #[test]
+        fn every_form_restores_the_original() {
+            for form in Form::ALL {
+                let a = archive_in(form);
+                // Only the one form is stored.
+                for other in Form::ALL.into_iter().filter(|f| *f != form) {
+                    assert!(!a.stored(other).exists(), "{form:?} and {other:?}");
+                }
+                let r = restore_verified(&a.dir(), Some(&a.ids), SEG, &a.dest()).unwrap();
+                assert_eq!(r.len, a.original.len() as u64, "{form:?}");
+                assert_eq!(r.sha256, sha256(&a.original), "{form:?}");
+                assert!(std::fs::read(a.dest()).unwrap() == a.original, "{form:?}");
+                std::fs::remove_file(a.dest()).unwrap();
+                // The forms that are not encrypted need no identity.
+                let without = restore_verified(&a.dir(), None, SEG, &a.dest());
+                if form.encrypted {
+                    assert!(
+                        matches!(without, Err(RestoreError::Integrity(ref m))
+                            if m.contains("is encrypted and no identity was given")
+                                && m.contains("--identity-file")),
+                        "{form:?}: {without:?}"
+                    );
+                    no_leftovers(&a);
+                } else {
+                    assert_eq!(without.unwrap().len, a.original.len() as u64);
+                }
+            }
+        }
+
+        #[test]
+        fn without_identity_or_with_the_wrong_one_recovery_stops_it_is_never_not_found() {
+            for form in encrypted_forms() {
+                let a = archive_in(form);
+                let dir = a.dir();
+                let retry = Retry::never();
+                let e = restore_retrying(&|| Ok(&dir), None, SEG, &a.dest(), &retry, &|_| {
+                    panic!("no retry")
+                })
+                .unwrap_err();
+                assert!(matches!(e, RestoreError::Integrity(_)), "{form:?}: {e}");
+                no_leftovers(&a);
+                let (_, other) = keys();
+                let e =
+                    restore_retrying(&|| Ok(&dir), Some(&other), SEG, &a.dest(), &retry, &|_| {
+                        panic!("no retry")
+                    })
+                    .unwrap_err();
+                assert!(
+                    matches!(e, RestoreError::Integrity(ref m)
+                        if m.contains("none of the identities given") && m.contains("refusing")),
+                    "{form:?}: {e}"
+                );
+                no_leftovers(&a);
+                // Several identity files (a key rotation): the one that
+                // matches is used, whichever comes first.
+                let (_, old) = key_pair();
+                let files: Vec<String> = [("old", old), ("new", a.identity.clone())]
+                    .into_iter()
+                    .map(|(n, text)| {
+                        let p = a.d.path().join(n);
+                        std::fs::write(&p, text).unwrap();
+                        std::fs::set_permissions(
+                            &p,
+                            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                        )
+                        .unwrap();
+                        p.to_string_lossy().into_owned()
+                    })
+                    .collect();
+                let both = Identities::read_files(&files).unwrap();
+                let r =
+                    restore_retrying(&|| Ok(&dir), Some(&both), SEG, &a.dest(), &retry, &|_| {})
+                        .unwrap();
+                assert_eq!(r.sha256, sha256(&a.original));
+            }
+        }
+
+        #[test]
+        fn a_flipped_byte_anywhere_is_refused_and_leaves_nothing() {
+            for form in encrypted_forms() {
+                let a = archive_in(form);
+                let path = a.stored(form);
+                let good = std::fs::read(&path).unwrap();
+                let original = a
+                    .dir()
+                    .recorded_original(&form_name(SEG, form).unwrap())
+                    .unwrap()
+                    .unwrap();
+                let step = (good.len() / 37).max(1);
+                for pos in (0..good.len()).step_by(step).chain([good.len() - 1]) {
+                    let mut bad = good.clone();
+                    bad[pos] ^= 0x08;
+                    std::fs::write(&path, &bad).unwrap();
+                    // Damaged after archiving: the record of the stored
+                    // bytes catches it.
+                    let e = restore_verified(&a.dir(), Some(&a.ids), SEG, &a.dest()).unwrap_err();
+                    assert!(
+                        matches!(e, RestoreError::Integrity(ref m) if m.contains("checksum mismatch")),
+                        "{form:?} at {pos}: {e}"
+                    );
+                    no_leftovers(&a);
+                    // Damaged before its record was made (the record
+                    // agrees): the decryption catches it.
+                    record_agreeing(&a, form, &original);
+                    let e = restore_verified(&a.dir(), Some(&a.ids), SEG, &a.dest()).unwrap_err();
+                    assert!(
+                        matches!(e, RestoreError::Integrity(ref m) if m.contains("matches its checksum record but")),
+                        "{form:?} at {pos}: {e}"
+                    );
+                    no_leftovers(&a);
+                    std::fs::write(&path, &good).unwrap();
+                    record_agreeing(&a, form, &original);
+                }
+                restore_verified(&a.dir(), Some(&a.ids), SEG, &a.dest()).unwrap();
+            }
+        }
+
+        #[test]
+        fn a_truncated_file_is_refused() {
+            for form in encrypted_forms() {
+                let a = archive_in(form);
+                let path = a.stored(form);
+                let good = std::fs::read(&path).unwrap();
+                let original = a
+                    .dir()
+                    .recorded_original(&form_name(SEG, form).unwrap())
+                    .unwrap()
+                    .unwrap();
+                for cut in [0, 20, good.len() / 2, good.len() - 17, good.len() - 1] {
+                    std::fs::write(&path, &good[..cut]).unwrap();
+                    let e = restore_verified(&a.dir(), Some(&a.ids), SEG, &a.dest()).unwrap_err();
+                    assert!(
+                        matches!(e, RestoreError::Integrity(ref m) if m.contains("checksum mismatch")),
+                        "{form:?} cut at {cut}: {e}"
+                    );
+                    record_agreeing(&a, form, &original);
+                    let e = restore_verified(&a.dir(), Some(&a.ids), SEG, &a.dest()).unwrap_err();
+                    assert!(
+                        matches!(e, RestoreError::Integrity(_)),
+                        "{form:?} cut at {cut}: {e}"
+                    );
+                    no_leftovers(&a);
+                }
+            }
+        }
+
+        /// Anyone with the public key can make a valid encrypted file: the
+        /// original the record keeps decides, not the decryption.
+        #[test]
+        fn a_valid_encryption_of_other_bytes_is_refused_by_the_record_of_the_original() {
+            for form in encrypted_forms() {
+                let a = archive_in(form);
+                let name = form_name(SEG, form).unwrap();
+                let original = a.dir().recorded_original(&name).unwrap().unwrap();
+                // Another WAL file, encrypted to the same key, the record of
+                // its stored bytes made to agree.
+                let mut other = a.original.clone();
+                other[100] ^= 1;
+                let packed = if form.compressed {
+                    compressed::compress(&other, 1).unwrap()
+                } else {
+                    other.clone()
+                };
+                let sealed = a.recipients.seal(&packed).unwrap();
+                std::fs::write(a.arch.join(&name), &sealed).unwrap();
+                record_agreeing(&a, form, &original);
+                let e = restore_verified(&a.dir(), Some(&a.ids), SEG, &a.dest()).unwrap_err();
+                assert!(
+                    matches!(e, RestoreError::Integrity(ref m) if m.contains("not to the original its record keeps")),
+                    "{form:?}: {e}"
+                );
+                no_leftovers(&a);
+                // A record without the original's digest: refused, not
+                // restored unverified.
+                let bytes = std::fs::read(a.arch.join(&name)).unwrap();
+                std::fs::write(
+                    a.arch.join(format!("{name}.sha256")),
+                    format_record(&sha256(&bytes), &name, None),
+                )
+                .unwrap();
+                let e = restore_verified(&a.dir(), Some(&a.ids), SEG, &a.dest()).unwrap_err();
+                assert!(
+                    matches!(e, RestoreError::Integrity(ref m) if m.contains("keeps no SHA-256 of the original")),
+                    "{form:?}: {e}"
+                );
+                no_leftovers(&a);
+            }
+        }
+
+        #[test]
+        fn a_hole_is_seen_whatever_form_the_next_segment_is_in() {
+            for form in encrypted_forms() {
+                let a = archive_in(form);
+                let dir = a.dir();
+                // SEG is there, encrypted: the one before it is a hole.
+                let before = "000000010000000000000006";
+                let e = restore_retrying(
+                    &|| Ok(&dir),
+                    Some(&a.ids),
+                    before,
+                    &a.dest(),
+                    &Retry::never(),
+                    &|_| {},
+                )
+                .unwrap_err();
+                assert!(
+                    matches!(e, RestoreError::Integrity(ref m) if m.contains("a hole")),
+                    "{form:?}: {e}"
+                );
+                // The one after it: the end of the archive.
+                let after = "000000010000000000000008";
+                let e = restore_retrying(
+                    &|| Ok(&dir),
+                    Some(&a.ids),
+                    after,
+                    &a.dest(),
+                    &Retry::never(),
+                    &|_| {},
+                )
+                .unwrap_err();
+                assert!(matches!(e, RestoreError::NotFound(_)), "{form:?}: {e}");
+            }
+        }
+    }
 }

@@ -576,6 +576,95 @@ mod tests {
         assert!(logged.lock().unwrap().is_empty());
     }
 
+    /// Encrypted segments are prefetched with the identities restore was
+    /// given, and spooled only as the WAL files they verify to; a helper
+    /// without them spools nothing.
+    #[test]
+    fn encrypted_segments_are_prefetched_only_with_the_identities() {
+        use crate::destination::compressing::{Compressing, Sealing};
+        let s = setup(0);
+        let (r, ids) = crate::destination::sealed::tests::keys();
+        let ids = std::sync::Arc::new(ids);
+        let view = Compressing::new(&s.arch, Some(1)).sealing(Sealing::To(std::sync::Arc::new(r)));
+        for seg in 1..=8 {
+            let name = segment_file_name(1, seg, SEG);
+            let f = s._d.path().join(&name);
+            fs::write(&f, content(1, seg)).unwrap();
+            archive_file(&view, &name, &f).unwrap();
+        }
+        assert!(s
+            ._d
+            .path()
+            .join("arch")
+            .join(format!("{}.zst.age", segment_file_name(1, 1, SEG)))
+            .is_file());
+        let dest = s.data.join("pg_wal/RECOVERYXLOG");
+        let owner = "data\narchive\n";
+        let restore = |seg: u64, ids: Option<&Identities>| {
+            restore_through_spool(
+                &|| Ok(&s.arch),
+                ids,
+                &s.spool,
+                owner,
+                &segment_file_name(1, seg, SEG),
+                &dest,
+                Duration::from_secs(10),
+                &Retry::never(),
+                &|_| {},
+            )
+        };
+        // Without identities restore refuses (recovery stops), and so does
+        // the helper: nothing reaches the spool.
+        let e = restore(1, None).unwrap_err();
+        assert!(matches!(e, RestoreError::Integrity(_)), "{e}");
+        let logged = Mutex::new(vec![]);
+        let log = |m: &str| logged.lock().unwrap().push(m.to_string());
+        std::thread::scope(|sc| {
+            let helper = sc.spawn(|| run_helper(&s.arch, &s.spool, &opts(&s, 3, 300), &log));
+            wait_until("the helper's lock", || s.spool.helper_running());
+            let o = restore(1, Some(&ids)).unwrap();
+            assert!(!o.from_spool);
+            wait_until("the helper's failures", || {
+                logged.lock().unwrap().len() >= 3
+            });
+            assert!(ready(&s.spool).is_empty());
+            let summary = helper.join().unwrap().unwrap().unwrap();
+            assert!(summary.failed >= 3, "{summary:?}");
+        });
+        let said = logged.lock().unwrap().join("\n");
+        assert!(said.contains("no identity was given"), "{said}");
+
+        // With them: prefetched, decrypted and verified.
+        let logged = Mutex::new(vec![]);
+        let log = |m: &str| logged.lock().unwrap().push(m.to_string());
+        let mut o = opts(&s, 3, 1500);
+        o.identities = Some(ids.clone());
+        std::thread::scope(|sc| {
+            let helper = sc.spawn(|| run_helper(&s.arch, &s.spool, &o, &log));
+            wait_until("the helper's lock", || s.spool.helper_running());
+            let mut from_spool = 0;
+            for seg in 1..=8 {
+                let out = restore(seg, Some(&ids)).unwrap();
+                assert_eq!(fs::read(&dest).unwrap(), content(1, seg));
+                from_spool += out.from_spool as u32;
+                if seg == 2 {
+                    wait_until("segments 3-5 prefetched", || ready(&s.spool).len() == 3);
+                }
+            }
+            assert!(
+                from_spool >= 3,
+                "only {from_spool} of 8 came from the spool"
+            );
+            let summary = helper.join().unwrap().unwrap().unwrap();
+            assert_eq!(summary.failed, 0, "{summary:?}");
+        });
+        assert!(
+            logged.lock().unwrap().is_empty(),
+            "{:?}",
+            logged.lock().unwrap()
+        );
+    }
+
     #[test]
     fn a_corrupt_archived_segment_never_reaches_the_spool_and_is_refused_as_without_prefetching() {
         let s = setup(8);

@@ -249,7 +249,8 @@ pub fn read_back(
             Some(o) if o == original => {}
             Some(o) => {
                 return Err(ReadFailure::Undecodable(format!(
-                    "decrypts to {} bytes with SHA-256 {}, not to the original its record keeps ({} bytes with SHA-256 {})",
+                    "{} to {} bytes with SHA-256 {}, not to the original its record keeps ({} bytes with SHA-256 {})",
+                    if h.form.compressed { "decrypts and decompresses" } else { "decrypts" },
                     original.len,
                     to_hex(&original.sha256),
                     o.len,
