@@ -344,18 +344,15 @@ fn verify_wal(
     let mut begins: BTreeMap<u32, u64> = BTreeMap::new();
     begins.insert(newest, 0);
     if newest > 1 {
-        match history_text(dest, ids, &names, newest, &mut report)? {
-            Some(text) => {
-                let entries = parse_history(&text);
-                let mut begin = 0;
-                for (tli, switch_lsn) in &entries {
-                    begins.insert(*tli, begin);
-                    begin = switch_lsn / size;
-                }
-                begins.insert(newest, begin);
+        // When it cannot be read, `history_text` says so in the report.
+        if let Some(text) = history_text(dest, ids, &names, newest, &mut report)? {
+            let entries = parse_history(&text);
+            let mut begin = 0;
+            for (tli, switch_lsn) in &entries {
+                begins.insert(*tli, begin);
+                begin = switch_lsn / size;
             }
-            // Said by `history_text`.
-            None => {}
+            begins.insert(newest, begin);
         }
     }
     report.timelines = begins.keys().copied().collect();

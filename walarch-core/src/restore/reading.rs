@@ -32,13 +32,16 @@ pub struct Holder {
     pub form: Form,
 }
 
+/// A stored file found, and a reader of its stored bytes.
+pub type OpenedStored<'a> = (Holder, Box<dyn Read + Send + 'a>);
+
 /// Finds the form that holds `walfile` and opens it: the plain form first
 /// (one request, where most archives keep their files), then one lookup
 /// (`sizes_of`) for the others. `None` when no form holds it.
 pub fn open_stored<'a>(
     archive: &'a dyn Destination,
     walfile: &str,
-) -> Result<Option<(Holder, Box<dyn Read + Send + 'a>)>, ArchiveError> {
+) -> Result<Option<OpenedStored<'a>>, ArchiveError> {
     if let Some(r) = archive.open(walfile)? {
         return Ok(Some((
             Holder {
