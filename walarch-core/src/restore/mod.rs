@@ -422,6 +422,7 @@ mod tests {
     use crate::destination::local_directory::LocalDirectory;
     use crate::destination::{compressed, Recorded};
     use crate::wal::checksum::sha256;
+    use std::io::Read;
 
     const SEG: &str = "000000010000000000000007";
 
