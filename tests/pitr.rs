@@ -98,8 +98,7 @@ fn pitr_to_named_target_to_end_and_across_timeline_switch() {
 fn pitr_from_an_encrypted_archive_needs_the_identity_and_only_it() {
     use walarch_integration::keys::key_pair;
     use walarch_integration::{
-        as_server_user, quoted, skipped_between_15_and_18, Cluster, FromBackupOptions,
-        InitOptions,
+        as_server_user, quoted, skipped_between_15_and_18, Cluster, FromBackupOptions, InitOptions,
     };
     if skipped_between_15_and_18() {
         return;
@@ -154,11 +153,17 @@ fn pitr_from_an_encrypted_archive_needs_the_identity_and_only_it() {
     // command line and from SQL, naming the option that would read it.
     let (code, _, err) = walarch(&["expire", dir, "--keep-backups", "1", "--dry-run"]);
     assert_eq!(code, 3, "{err}");
-    assert!(err.contains("is encrypted") && err.contains("--identity-file"), "{err}");
+    assert!(
+        err.contains("is encrypted") && err.contains("--identity-file"),
+        "{err}"
+    );
     let e = p
         .psql("SELECT * FROM walarch_expire(keep_backups => 1)")
         .unwrap_err();
-    assert!(e.contains("is encrypted") && e.contains("--identity-file"), "{e}");
+    assert!(
+        e.contains("is encrypted") && e.contains("--identity-file"),
+        "{e}"
+    );
 
     // Restore without the key stops recovery rather than end it.
     let mut r = Cluster::new("pitr-enc-restore");
