@@ -411,4 +411,50 @@ mod tests {
         i.stop_wal = "000000010000000000000009".into();
         assert!(needed_segments(&i).is_err());
     }
+
+    /// The WAL a backup needs counts as stored in any form: compressed,
+    /// encrypted or both (by lookups for a short range, by the listing for
+    /// a long one).
+    #[test]
+    fn wal_in_any_form_counts_as_stored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = LocalDirectory::new(tmp.path(), 0o600);
+        let names: Vec<String> = (1..=40u64)
+            .map(|s| segment_file_name(1, s, 16 << 20))
+            .collect();
+        // Segment n (1-based) in form n % 5: plain, .zst, .age, .zst.age,
+        // or (0) missing.
+        let suffixes = ["", "", ".zst", ".age", ".zst.age"];
+        for (i, n) in names.iter().enumerate() {
+            let k = (i + 1) % 5;
+            if k == 0 {
+                continue;
+            }
+            d.store_new_bytes(&format!("{n}{}", suffixes[k]), b"x")
+                .unwrap();
+        }
+        let missing: Vec<String> = names
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| (i + 1) % 5 == 0)
+            .map(|(_, n)| n.clone())
+            .collect();
+        for range in [5usize, 40] {
+            let needed: Vec<Vec<String>> = names[..range].iter().map(|n| vec![n.clone()]).collect();
+            let unstored: Vec<String> = unstored_segments(&d, needed)
+                .unwrap()
+                .into_iter()
+                .flatten()
+                .collect();
+            let expect: Vec<String> = missing
+                .iter()
+                .filter(|m| names[..range].contains(m))
+                .cloned()
+                .collect();
+            assert_eq!(unstored, expect, "{range} segments");
+        }
+        let stored = stored_wal(&d).unwrap();
+        assert_eq!(stored.len(), 32);
+        assert!(stored.contains(&names[3]), "the .zst.age form counts");
+    }
 }
