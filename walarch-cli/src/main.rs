@@ -73,7 +73,8 @@ const USAGE: &str = "usage:
   walarch backup restore ARCHIVE LABEL|latest PGDATA
                  [--target-time TIME | --target-lsn LSN | --target-name NAME]
                  [--target-action pause|promote|shutdown] [--target-timeline TLI]
-                 [-T|--tablespace-mapping OLD=NEW]... [-j|--jobs N] [--no-clean] [S3 OPTIONS]
+                 [-T|--tablespace-mapping OLD=NEW]... [-j|--jobs N] [--no-clean]
+                 [--identity-file FILE]... [S3 OPTIONS]
 ARCHIVE: a directory, s3://BUCKET[/PREFIX], az://CONTAINER[/PREFIX] or gs://BUCKET[/PREFIX]
 --identity-file FILE: an age identity file (age-keygen output, mode 0600) that decrypts an
             archive stored with walarch.encryption_recipients; repeatable (older keys after a
@@ -168,7 +169,6 @@ struct S3Options {
 impl S3Options {
     /// The identities given, read now (each file protected like a
     /// credentials file); `None` when none is given.
-    #[allow(dead_code)] // until restore, verify, expire and backup restore read it
     fn identities(
         &self,
     ) -> Result<Option<std::sync::Arc<walarch_core::destination::sealed::Identities>>, String> {
