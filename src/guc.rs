@@ -609,10 +609,17 @@ pub fn sealing() -> Sealing {
     }
 }
 
+/// What decides the form new files take: the zstd level and the sealing
+/// (the recipients' keys as read now).
+pub fn stored_form_settings() -> (Option<i32>, Sealing) {
+    (compression_level(), sealing())
+}
+
 /// The archive as the archiving side sees it: WAL files in every form, new
 /// ones stored in the form the settings ask for.
 pub fn archive_view(dest: &dyn Destination) -> Compressing<'_> {
-    Compressing::new(dest, compression_level()).sealing(sealing())
+    let (level, sealing) = stored_form_settings();
+    Compressing::new(dest, level).sealing(sealing)
 }
 
 /// `walarch.max_backlog`, in MB; 0 = off.

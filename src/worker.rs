@@ -105,16 +105,23 @@ pub extern "C-unwind" fn walarch_copy_ahead_main(_arg: pg_sys::Datum) {
             }
         }
         let view = guc::archive_view(dest);
+        let form = guc::stored_form_settings();
         let dest = &view;
         // A reload between files that turns copying ahead off or names
         // another destination ends the round: no upload starts to the old
-        // one. Remembered, so the rounds end too.
+        // one. So does a change of the form new files take (compression,
+        // the recipients file's keys, which are read between files as the
+        // archiver reads them at each call): the next round stores files as
+        // the settings now say. Remembered, so the rounds end too.
         let mut moved = false;
         let mut should_stop = || {
             if !moved && BackgroundWorker::sighup_received() {
                 // SAFETY: main thread, outside any transaction.
                 unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
                 moved = !active() || guc::configured().map(|c| c.id) != Ok(id);
+            }
+            if !moved && guc::stored_form_settings() != form {
+                moved = true;
             }
             // SAFETY: reads this process's parent and a pid set at start-up.
             let orphaned = unsafe { libc::getppid() != pg_sys::PostmasterPid };

@@ -117,8 +117,12 @@ fn judge_existing(
     let trusted = recorded == Recorded::Digest(sha256) && stored_len == Some(len);
     let mut repaired_record = None;
     if !trusted {
-        let Some(stored) = stored_digest(dest, name)? else {
-            return Ok(None);
+        let stored = match dest.vouched(name)? {
+            Some(v) => v,
+            None => match stored_digest(dest, name)? {
+                Some(v) => v,
+                None => return Ok(None),
+            },
         };
         if stored != (len, sha256) {
             return Err(conflict(dest, name, source, stored_len, len));

@@ -26,8 +26,9 @@ use crate::support::error::{ArchiveError, ErrorKind};
 use crate::wal::checksum::{hash_reader, sha256, to_hex, Sha256Digest};
 use crate::wal::walname::{form_name, stored_form, Form};
 
-/// Whether, and to whom, new files are encrypted.
-#[derive(Clone, Debug, Default)]
+/// Whether, and to whom, new files are encrypted. Equal when they encrypt
+/// to the same keys (or fail for the same reason).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub enum Sealing {
     #[default]
     Off,
@@ -156,6 +157,25 @@ impl<'a> Compressing<'a> {
         let mut original = Vec::new();
         let ok = compressed::decompress(&plain[..], &mut original).is_ok();
         Ok(Some((stored, ok.then_some(original))))
+    }
+
+    /// The original an encrypted form's record keeps, when the record (its
+    /// stored-bytes digest `recorded`) matches the stored bytes; `None`
+    /// otherwise.
+    fn sealed_original(
+        &self,
+        stored: &str,
+        recorded: &Sha256Digest,
+    ) -> Result<Option<Original>, ArchiveError> {
+        let Some(original) = self.inner.recorded_original(stored)? else {
+            return Ok(None);
+        };
+        let Some(mut r) = self.inner.open(stored)? else {
+            return Ok(None);
+        };
+        let (_, digest) = hash_reader(&mut r)
+            .map_err(|e| crate::archiving::archive_protocol::read_error(self.inner, stored, &e))?;
+        Ok((digest == *recorded).then_some(original))
     }
 
     /// The refusal where only the bytes of an encrypted form could settle
@@ -309,19 +329,9 @@ impl Destination for Compressing<'_> {
             return Ok(recorded);
         };
         if h.form.encrypted {
-            let Some(original) = self.inner.recorded_original(&h.name)? else {
-                return Ok(Recorded::Malformed);
-            };
-            let Some(mut r) = self.inner.open(&h.name)? else {
-                return Ok(Recorded::Missing);
-            };
-            let (_, stored) = hash_reader(&mut r).map_err(|e| {
-                crate::archiving::archive_protocol::read_error(self.inner, &h.name, &e)
-            })?;
-            return Ok(if stored == d {
-                Recorded::Digest(original.sha256)
-            } else {
-                Recorded::Malformed
+            return Ok(match self.sealed_original(&h.name, &d)? {
+                Some(o) => Recorded::Digest(o.sha256),
+                None => Recorded::Malformed,
             });
         }
         Ok(match self.decoded(&h)? {
@@ -421,6 +431,17 @@ impl Destination for Compressing<'_> {
 
     fn new_form(&self, name: &str) -> Form {
         self.target_form(name)
+    }
+
+    fn vouched(&self, name: &str) -> Result<Option<(u64, Sha256Digest)>, ArchiveError> {
+        let h = match self.holder(name)?.map(|(h, _)| h) {
+            Some(h) if h.form.encrypted => h,
+            _ => return Ok(None),
+        };
+        let Recorded::Digest(d) = self.inner.recorded(&h.name)? else {
+            return Ok(None);
+        };
+        Ok(self.sealed_original(&h.name, &d)?.map(|o| (o.len, o.sha256)))
     }
 
     // A base backup's objects are compressed and encrypted by the backup
@@ -806,6 +827,11 @@ mod sealed_tests {
             for view in [sealed(), Compressing::new(inner, None)] {
                 let e = archive_file(&view, SEG, &other).unwrap_err();
                 assert_eq!(e.kind, ErrorKind::Conflict, "{e:?}");
+                assert!(
+                    e.message.contains("already exists with different contents"),
+                    "{}",
+                    e.message
+                );
             }
             let forms: Vec<_> = Form::ALL
                 .iter()

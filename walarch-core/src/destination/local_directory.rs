@@ -340,6 +340,24 @@ impl LocalDirectory {
             let _ = std::fs::remove_file(&temp);
             let _ = std::fs::remove_file(&side_temp);
         };
+        let side = self.dir.join(sidecar_name(name));
+        // An encrypted form's record cannot be rebuilt from its bytes
+        // without the private key, which the archiving side never has: it
+        // is made durable before the data appears, so that no crash leaves
+        // the data without it (which would block the file for good).
+        if original.is_some() {
+            match self.place_record_first(&side_temp, &side, &dest) {
+                Ok(true) => {}
+                Ok(false) => {
+                    discard();
+                    return Ok(Stored::Exists);
+                }
+                Err(e) => {
+                    discard();
+                    return Err(e);
+                }
+            }
+        }
         match rename_noreplace(&temp, &dest) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -355,8 +373,9 @@ impl LocalDirectory {
         }
         // The data is ours, new: a sidecar already under its name is a
         // leftover of an attempt that died between the two renames.
-        let side = self.dir.join(sidecar_name(name));
-        if let Err(e) = std::fs::rename(&side_temp, &side) {
+        if original.is_some() {
+            // In place already.
+        } else if let Err(e) = std::fs::rename(&side_temp, &side) {
             let _ = std::fs::remove_file(&side_temp);
             // The data is in place without its record; the retry finds it
             // identical and records the checksum then.
@@ -370,6 +389,32 @@ impl LocalDirectory {
             sha256,
             stored_bytes: bytes,
         })
+    }
+
+    /// Puts the record `side_temp` in place as `side` before the data
+    /// `dest` exists, durably; `false` when `dest` is taken. A record there
+    /// without its data is a leftover of an attempt that died before its
+    /// data rename: replaced. (Only two processes storing one name at once
+    /// could meet here otherwise; one server never does, see the slots of
+    /// `shared_state`.)
+    fn place_record_first(
+        &self,
+        side_temp: &Path,
+        side: &Path,
+        dest: &Path,
+    ) -> Result<bool, ArchiveError> {
+        match rename_noreplace(side_temp, side) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if std::fs::symlink_metadata(dest).is_ok() {
+                    return Ok(false);
+                }
+                std::fs::rename(side_temp, side).map_err(|e| self.io("rename file", side_temp, &e))?;
+            }
+            Err(e) => return Err(self.io("rename file", side_temp, &e)),
+        }
+        self.fsync_dir()?;
+        Ok(true)
     }
 
     /// Stores `data` as `name`, its record keeping `original` when given.
@@ -581,6 +626,34 @@ mod tests {
         std::fs::create_dir(&arch).unwrap();
         std::fs::write(src.join(SEG), content).unwrap();
         (d, src, arch)
+    }
+
+    #[test]
+    fn an_encrypted_form_s_record_is_in_place_before_its_data() {
+        let (_d, _src, arch) = setup(b"x");
+        let dest = LocalDirectory::new(&arch, 0o600);
+        let name = format!("{SEG}.zst.age");
+        let original = Original {
+            sha256: [3u8; 32],
+            len: 16 << 20,
+        };
+        // A record left by an attempt that died before its data rename:
+        // replaced by this attempt's.
+        std::fs::write(arch.join(sidecar_name(&name)), "stale\n").unwrap();
+        let out = dest.store_new_sealed(&name, b"sealed bytes", &original).unwrap();
+        assert!(matches!(out, Stored::Created { .. }), "{out:?}");
+        assert_eq!(
+            dest.recorded(&name).unwrap(),
+            Recorded::Digest(sha256(b"sealed bytes"))
+        );
+        assert_eq!(dest.recorded_original(&name).unwrap(), Some(original));
+        // The name taken: nothing changes, its record included.
+        let before = std::fs::read(arch.join(sidecar_name(&name))).unwrap();
+        let out = dest.store_new_sealed(&name, b"other", &original).unwrap();
+        assert_eq!(out, Stored::Exists);
+        assert_eq!(std::fs::read(arch.join(sidecar_name(&name))).unwrap(), before);
+        assert_eq!(std::fs::read(arch.join(&name)).unwrap(), b"sealed bytes");
+        assert_eq!(listing(&arch), vec![name.clone(), sidecar_name(&name)]);
     }
 
     fn listing(dir: &Path) -> Vec<String> {

@@ -29,6 +29,14 @@ impl std::fmt::Debug for Recipients {
     }
 }
 
+/// The same keys, wherever they were read from.
+impl PartialEq for Recipients {
+    fn eq(&self, other: &Self) -> bool {
+        let keys = |r: &Recipients| r.keys.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        keys(self) == keys(other)
+    }
+}
+
 impl Recipients {
     /// Parses a recipients file as `age -R` does: one `age1…` public key per
     /// line, blank lines and `#` comments ignored. At least one key.
@@ -58,8 +66,23 @@ impl Recipients {
         })
     }
 
-    /// Reads and parses a recipients file (public keys: no permission rule).
+    /// Reads and parses a recipients file. Public keys are no secret, but
+    /// whoever can change the file chooses who can read the archive: it
+    /// must be owned by this process's user or root and writable by no one
+    /// else.
     pub fn read_file(path: &str) -> Result<Recipients, String> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).map_err(|e| {
+            format!(
+                "Could not read \"{path}\": {}.",
+                crate::support::error::os_message(&e)
+            )
+        })?;
+        // SAFETY: geteuid() cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        if let Some(problem) = recipients_file_problem(path, meta.uid(), meta.mode(), euid) {
+            return Err(problem);
+        }
         let text = std::fs::read_to_string(path).map_err(|e| {
             format!(
                 "Could not read \"{path}\": {}.",
@@ -96,6 +119,21 @@ impl Recipients {
     pub fn seal_stream<W: Write>(&self, inner: W) -> io::Result<SealWriter<W>> {
         Ok(SealWriter(self.encryptor()?.wrap_output(inner)?))
     }
+}
+
+/// What is wrong with a recipients file owned by `owner` with `mode`, for a
+/// process running as `euid`.
+fn recipients_file_problem(path: &str, owner: u32, mode: u32, euid: u32) -> Option<String> {
+    if owner != euid && owner != 0 {
+        return Some(format!(
+            "\"{path}\" must be owned by the server's operating system user or root: whoever can change it chooses who can read the archive."
+        ));
+    }
+    (mode & 0o022 != 0).then(|| {
+        format!(
+            "\"{path}\" is writable by group or others: whoever can change it chooses who can read the archive."
+        )
+    })
 }
 
 /// An encrypting writer (`Recipients::seal_stream`).
@@ -337,6 +375,17 @@ pub(crate) mod tests {
         for cut in [10, header, header + 65536 + 16, sealed.len() - 1] {
             assert!(i.open_bytes(&sealed[..cut]).is_err(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn a_recipients_file_others_could_change_is_refused() {
+        assert_eq!(recipients_file_problem("/r", 0, 0o100644, 26), None);
+        assert_eq!(recipients_file_problem("/r", 26, 0o100600, 26), None);
+        let e = recipients_file_problem("/r", 26, 0o100664, 26).unwrap();
+        assert!(e.contains("writable by group or others"), "{e}");
+        assert!(recipients_file_problem("/r", 0, 0o100646, 26).is_some());
+        let e = recipients_file_problem("/r", 1000, 0o100644, 26).unwrap();
+        assert!(e.contains("must be owned"), "{e}");
     }
 
     #[test]
