@@ -441,7 +441,9 @@ impl Destination for Compressing<'_> {
         let Recorded::Digest(d) = self.inner.recorded(&h.name)? else {
             return Ok(None);
         };
-        Ok(self.sealed_original(&h.name, &d)?.map(|o| (o.len, o.sha256)))
+        Ok(self
+            .sealed_original(&h.name, &d)?
+            .map(|o| (o.len, o.sha256)))
     }
 
     // A base backup's objects are compressed and encrypted by the backup

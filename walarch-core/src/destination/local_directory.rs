@@ -409,7 +409,8 @@ impl LocalDirectory {
                 if std::fs::symlink_metadata(dest).is_ok() {
                     return Ok(false);
                 }
-                std::fs::rename(side_temp, side).map_err(|e| self.io("rename file", side_temp, &e))?;
+                std::fs::rename(side_temp, side)
+                    .map_err(|e| self.io("rename file", side_temp, &e))?;
             }
             Err(e) => return Err(self.io("rename file", side_temp, &e)),
         }
@@ -640,7 +641,9 @@ mod tests {
         // A record left by an attempt that died before its data rename:
         // replaced by this attempt's.
         std::fs::write(arch.join(sidecar_name(&name)), "stale\n").unwrap();
-        let out = dest.store_new_sealed(&name, b"sealed bytes", &original).unwrap();
+        let out = dest
+            .store_new_sealed(&name, b"sealed bytes", &original)
+            .unwrap();
         assert!(matches!(out, Stored::Created { .. }), "{out:?}");
         assert_eq!(
             dest.recorded(&name).unwrap(),
@@ -651,7 +654,10 @@ mod tests {
         let before = std::fs::read(arch.join(sidecar_name(&name))).unwrap();
         let out = dest.store_new_sealed(&name, b"other", &original).unwrap();
         assert_eq!(out, Stored::Exists);
-        assert_eq!(std::fs::read(arch.join(sidecar_name(&name))).unwrap(), before);
+        assert_eq!(
+            std::fs::read(arch.join(sidecar_name(&name))).unwrap(),
+            before
+        );
         assert_eq!(std::fs::read(arch.join(&name)).unwrap(), b"sealed bytes");
         assert_eq!(listing(&arch), vec![name.clone(), sidecar_name(&name)]);
     }
