@@ -100,6 +100,13 @@ class CpuSampler(threading.Thread):
 
 
 class CompressionHarness(sb.S3Harness):
+    # the names of archived segments in the store (the encryption suite adds .age)
+    stored_re = ZST_RE
+
+    def method_conf(self, m):
+        """The postgresql.conf lines m adds to the archiver's (its compression)."""
+        return compression_conf(m)
+
     def template(self, n):
         t = Cluster(self, "template")
         # Checkpoints every 30 s, so the WAL has full-page images as a busy server's does.
@@ -132,7 +139,7 @@ class CompressionHarness(sb.S3Harness):
             conf += ["archive_library = 'basic_archive'", "basic_archive.archive_directory = ''"]
         else:
             conf += ["archive_command = ''"]
-        conf += compression_conf(m)
+        conf += self.method_conf(m)
         with open(c.data / "postgresql.conf", "a") as f:
             f.write("\n".join(conf) + "\n")
         dest = self.dest_dir(c)
@@ -157,7 +164,7 @@ class CompressionHarness(sb.S3Harness):
 
     def stored_s3(self, m, rep, rtt):
         objs = self.store.objects(self.prefix(m, rep, rtt) + "/")
-        pat = wb.PGBR_SEG_RE if m.kind == "pgbr" else ZST_RE
+        pat = wb.PGBR_SEG_RE if m.kind == "pgbr" else self.stored_re
         sizes = [s for k, s in objs.items() if pat.match(k.rsplit("/", 1)[-1])]
         return len(sizes), sum(sizes)
 
@@ -167,9 +174,11 @@ class CompressionHarness(sb.S3Harness):
         c = self.clone(tmpl, f"{dest}-{m.key}-{rep}")
         try:
             nbytes = sum((c.data / "pg_wal" / s).stat().st_size for s in names)
+            if m.kind == "put":
+                return self.put_run(m, c, names, nbytes, rep, rtt)
             if dest == "s3":
                 with open(c.data / "postgresql.conf", "a") as f:
-                    f.write("\n".join(compression_conf(m)) + "\n")
+                    f.write("\n".join(self.method_conf(m)) + "\n")
                 self.setup_s3(m, c, rep, rtt)
                 enable = self.enable_s3_sql(m, c, rep, rtt)
             else:
