@@ -162,6 +162,15 @@ class CompressionHarness(sb.S3Harness):
             files = [Path(e.path) for e in os.scandir(self.dest_dir(c)) if ZST_RE.match(e.name)]
         return len(files), sum(p.stat().st_size for p in files)
 
+    def open_store(self, name, rtt):
+        """The store of one run into S3: a fresh one per run."""
+        self.store = sb.Store(self, name, rtt)
+
+    def close_store(self):
+        if self.store:
+            self.store.stop()
+            self.store = None
+
     def stored_s3(self, m, rep, rtt):
         objs = self.store.objects(self.prefix(m, rep, rtt) + "/")
         pat = wb.PGBR_SEG_RE if m.kind == "pgbr" else self.stored_re
@@ -170,7 +179,7 @@ class CompressionHarness(sb.S3Harness):
 
     def one_run(self, m, dest, rep, rtt, tmpl, names):
         if dest == "s3":
-            self.store = sb.Store(self, f"store-{m.key}-{rep}", rtt)
+            self.open_store(f"store-{m.key}-{rep}", rtt)
         c = self.clone(tmpl, f"{dest}-{m.key}-{rep}")
         try:
             nbytes = sum((c.data / "pg_wal" / s).stat().st_size for s in names)
@@ -202,9 +211,7 @@ class CompressionHarness(sb.S3Harness):
                     "cpu_s": cpu, "log_problems": problems[:5]}
         finally:
             c.destroy()
-            if self.store:
-                self.store.stop()
-                self.store = None
+            self.close_store()
 
     def main(self):
         a = self.a
