@@ -1,8 +1,9 @@
 -- walarch_ext 0.1.0 -> 0.2.0
 --
--- walarch_stats() gains eight columns (last_transfer_ms, mean_transfer_ms,
--- bytes_in_flight, stored_bytes, and for walarch.max_backlog dropped_count,
--- dropped_bytes, last_dropped_wal, last_dropped_time): the function and the view over it are
+-- walarch_stats() gains ten columns (last_transfer_ms, mean_transfer_ms,
+-- bytes_in_flight, stored_bytes, for walarch.max_backlog dropped_count,
+-- dropped_bytes, last_dropped_wal, last_dropped_time, and compressed_count,
+-- encrypted_count): the function and the view over it are
 -- recreated, keeping the privileges granted on them. walarch_expire() is new. The library's
 -- shared-memory layout and its statistics file format changed too: the new library takes effect only after a server
 -- restart (it is in shared_preload_libraries), and a statistics file of
@@ -46,7 +47,9 @@ BEGIN
 		"dropped_count" bigint,
 		"dropped_bytes" bigint,
 		"last_dropped_wal" TEXT,
-		"last_dropped_time" timestamp with time zone
+		"last_dropped_time" timestamp with time zone,
+		"compressed_count" bigint,
+		"encrypted_count" bigint
 	)
 	STRICT VOLATILE PARALLEL SAFE
 	LANGUAGE c

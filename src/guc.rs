@@ -12,12 +12,13 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use walarch_core::archiving::breaker::DestinationId;
-use walarch_core::destination::compressing::Compressing;
+use walarch_core::destination::compressing::{Compressing, Sealing};
 use walarch_core::destination::destination_setting::{
     check_ca_file, check_endpoint, read_credentials_file, read_secret_file, resolve,
     DestinationSpec,
 };
 use walarch_core::destination::local_directory::LocalDirectory;
+use walarch_core::destination::sealed::Recipients;
 use walarch_core::destination::Destination;
 use walarch_s3::credentials::CredentialOptions;
 use walarch_s3::{
@@ -41,6 +42,7 @@ pub static S3_SSE_KMS_KEY_ID: Setting = Setting::new(None);
 pub static S3_SSE_CUSTOMER_KEY_FILE: Setting = Setting::new(None);
 pub static S3_STORAGE_CLASS: Setting = Setting::new(None);
 pub static S3_PROFILE: Setting = Setting::new(None);
+pub static ENCRYPTION_RECIPIENTS: Setting = Setting::new(None);
 
 /// A string setting with a check hook, sighup, superuser-only.
 ///
@@ -593,10 +595,24 @@ pub fn compression_level() -> Option<i32> {
     }
 }
 
-/// The archive as the archiving side sees it: WAL files in either form, new
+/// Whether, and to whom, new files are encrypted: the recipients file of
+/// `walarch.encryption_recipients`, read at each use (a rotated key needs
+/// no reload, and a file that cannot be used stops archiving instead of
+/// archiving in plaintext).
+pub fn sealing() -> Sealing {
+    match non_empty(&ENCRYPTION_RECIPIENTS) {
+        None => Sealing::Off,
+        Some(path) => match Recipients::read_file(&path) {
+            Ok(r) => Sealing::To(Arc::new(r)),
+            Err(why) => Sealing::Broken(why),
+        },
+    }
+}
+
+/// The archive as the archiving side sees it: WAL files in every form, new
 /// ones stored in the form the settings ask for.
 pub fn archive_view(dest: &dyn Destination) -> Compressing<'_> {
-    Compressing::new(dest, compression_level())
+    Compressing::new(dest, compression_level()).sealing(sealing())
 }
 
 /// `walarch.max_backlog`, in MB; 0 = off.
@@ -655,6 +671,17 @@ pub fn define_worker_settings() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    // SAFETY: no hooks.
+    unsafe {
+        define_string(
+            c"walarch.encryption_recipients",
+            c"File of the age public keys (age1..., one per line) new WAL files and base backups are encrypted to; empty: not encrypted.",
+            c"Encrypted files are stored as WALFILE.age or WALFILE.zst.age and read back only with a private key (walarch ... --identity-file), which the server never needs. Read at each use: if the file cannot be read or holds no public key, nothing is archived (a WARNING says why) until it is fixed.",
+            &ENCRYPTION_RECIPIENTS,
+            None,
+            None,
+        );
+    }
     GucRegistry::define_int_guc(
         c"walarch.compression_level",
         c"The zstd level used when walarch.compression is zstd.",

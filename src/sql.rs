@@ -61,6 +61,8 @@ fn walarch_stats() -> TableIterator<
         name!(dropped_bytes, i64),
         name!(last_dropped_wal, Option<String>),
         name!(last_dropped_time, Option<TimestampWithTimeZone>),
+        name!(compressed_count, i64),
+        name!(encrypted_count, i64),
     ),
 > {
     require_shared_memory();
@@ -95,6 +97,8 @@ fn walarch_stats() -> TableIterator<
         stats.dropped_bytes,
         non_empty(&stats.last_dropped_wal),
         ts(stats.last_dropped_time),
+        stats.compressed_count,
+        stats.encrypted_count,
     ))
 }
 

@@ -148,6 +148,7 @@ fn update_from_0_1_0_equals_a_fresh_install() {
         "bytes_in_flight bigint",
         "stored_bytes bigint",
         "last_dropped_time timestamp with time zone",
+        "encrypted_count bigint",
         "pg_monitor=X/postgres",
         "pg_monitor=r/postgres",
     ] {

@@ -16,6 +16,7 @@ pub mod archiver;
 pub mod azurite;
 pub mod cluster;
 pub mod crash;
+pub mod keys;
 pub mod seaweed;
 pub mod setups;
 pub mod util;

@@ -421,6 +421,12 @@ impl Seaweed {
         out.status.success().then_some(out.stdout)
     }
 
+    /// The bytes of object `key` of the bucket; `None` when it is absent
+    /// (or the request fails).
+    pub fn object(&self, key: &str) -> Option<Vec<u8>> {
+        self.curl(&[&format!("{}/{}/{key}", self.endpoint, self.bucket)])
+    }
+
     /// The bytes of object `key` of the bucket.
     pub fn get_object(&self, key: &str) -> Vec<u8> {
         self.curl(&[&format!("{}/{}/{key}", self.endpoint, self.bucket)])

@@ -4,7 +4,9 @@
 //! user metadata `x-amz-meta-sha256`, set by the create-only PUT that
 //! stores it. `PREFIX/NAME.sha256` exists only once `write_record` has
 //! replaced a record: `sha256sum` format (`HEX  NAME\n`), with the ETag of
-//! the object it describes in `x-amz-meta-object-etag`. S3 metadata cannot
+//! the object it describes in `x-amz-meta-object-etag`. An encrypted form
+//! also has the SHA-256 and length of the file before encryption in
+//! `x-amz-meta-original` (`HEX LEN`), as the directory's record keeps them. S3 metadata cannot
 //! be edited in place, and object_store 0.14's `copy`/`copy_opts` cannot
 //! replace it (`CopyOptions` has only a mode; the copy request sends no
 //! `x-amz-metadata-directive`), so the record is replaced by that sidecar
@@ -30,6 +32,8 @@ use object_store::{
 };
 use reqwest::header::{HeaderName, HeaderValue, IF_NONE_MATCH};
 
+use walarch_core::destination::compressed::Original;
+use walarch_core::destination::local_directory::parse_record;
 use walarch_core::destination::{Destination, Entry, ObjectEntry, ObjectWriter, Recorded, Stored};
 use walarch_core::support::error::{ArchiveError, ErrorKind};
 use walarch_core::wal::checksum::{from_hex, sha256, to_hex, Hasher, Sha256Digest};
@@ -47,6 +51,8 @@ use crate::wire::{takes_storage_class, Sse};
 
 /// User metadata key of the digest: `x-amz-meta-sha256`.
 pub const META_SHA256: &str = "sha256";
+/// User metadata key of an encrypted form's original: `HEX LEN`.
+pub const META_ORIGINAL: &str = "original";
 /// User metadata key, on a sidecar, of the ETag of the object it records.
 pub const META_OBJECT_ETAG: &str = "object-etag";
 pub const SIDECAR_SUFFIX: &str = ".sha256";
@@ -477,12 +483,25 @@ impl S3Destination {
 
     /// One create-only PUT of `data`, checksummed.
     pub(crate) fn put_new(&self, name: &str, data: Vec<u8>) -> Result<Stored, ArchiveError> {
+        self.put_new_with(name, data, None)
+    }
+
+    /// `put_new`, with an encrypted form's original in the metadata.
+    fn put_new_with(
+        &self,
+        name: &str,
+        data: Vec<u8>,
+        original: Option<&Original>,
+    ) -> Result<Stored, ArchiveError> {
         let digest = sha256(&data);
         let bytes = data.len() as u64;
         let store = Arc::clone(&self.store);
         let path = self.key(name);
         let head_first = self.settings.head_before_put;
         let mut attributes = digest_attributes(&digest);
+        if let Some(o) = original {
+            add_original(&mut attributes, o);
+        }
         self.add_storage_class(name, &mut attributes);
         self.call("store", Some(name), async move {
             // Some stores ignore If-None-Match: look first. The window left
@@ -850,6 +869,22 @@ pub(crate) fn digest_attributes(d: &Sha256Digest) -> Attributes {
     a
 }
 
+/// An encrypted form's original, `HEX LEN`, beside its digest.
+pub(crate) fn add_original(a: &mut Attributes, o: &Original) {
+    a.insert(
+        Attribute::Metadata(META_ORIGINAL.into()),
+        format!("{} {}", to_hex(&o.sha256), o.len).into(),
+    );
+}
+
+fn parse_original(v: &str) -> Option<Original> {
+    let (hex, len) = v.split_once(' ')?;
+    Some(Original {
+        sha256: from_hex(hex)?,
+        len: len.parse().ok()?,
+    })
+}
+
 /// The part's ETag and checksum from object_store's `PartId`: with a
 /// checksum algorithm configured its `content_id` is the XML
 /// `<PartMetadata><e_tag>..</e_tag><checksum_sha256>..</checksum_sha256>`
@@ -902,16 +937,10 @@ pub(crate) fn recorded_from(
     sidecar: Option<(Option<String>, Bytes)>,
     name: &str,
 ) -> Recorded {
-    if let Some((etag, body)) = sidecar {
-        if etag.is_some() && etag == head.meta.e_tag {
-            return match std::str::from_utf8(&body)
-                .ok()
-                .and_then(|t| parse_sidecar(t, name))
-            {
-                Some(d) => Recorded::Digest(d),
-                None => Recorded::Malformed,
-            };
-        }
+    match current_sidecar(head, sidecar, name) {
+        Some(Some((d, _))) => return Recorded::Digest(d),
+        Some(None) => return Recorded::Malformed,
+        None => {}
     }
     match head
         .attributes
@@ -923,6 +952,38 @@ pub(crate) fn recorded_from(
             None => Recorded::Malformed,
         },
     }
+}
+
+/// The original an encrypted form's record keeps, from the same sources as
+/// `recorded_from`: a current sidecar without it (one `write_record`
+/// replaced) gives `None`, never the metadata's older word.
+pub(crate) fn original_from(
+    head: &object_store::GetResult,
+    sidecar: Option<(Option<String>, Bytes)>,
+    name: &str,
+) -> Option<Original> {
+    match current_sidecar(head, sidecar, name) {
+        Some(parsed) => parsed.and_then(|(_, o)| o),
+        None => head
+            .attributes
+            .get(&Attribute::Metadata(META_ORIGINAL.into()))
+            .and_then(|v| parse_original(v.as_ref())),
+    }
+}
+
+/// The parsed sidecar when it records the object as it is now (`Some(None)`
+/// when it does but is malformed); `None` when the metadata is the record.
+fn current_sidecar(
+    head: &object_store::GetResult,
+    sidecar: Option<(Option<String>, Bytes)>,
+    name: &str,
+) -> Option<Option<(Sha256Digest, Option<Original>)>> {
+    let (etag, body) = sidecar?;
+    (etag.is_some() && etag == head.meta.e_tag).then(|| {
+        std::str::from_utf8(&body)
+            .ok()
+            .and_then(|t| parse_record(t, name))
+    })
 }
 
 /// The names directly under `prefix`, checksum records left out.
@@ -1000,20 +1061,10 @@ pub(crate) fn read_stream(
     rx
 }
 
-/// `HEX  NAME` (sha256sum's format), one line.
+/// `HEX  NAME` (sha256sum's format), as the directory's records.
+#[cfg(test)]
 fn parse_sidecar(text: &str, name: &str) -> Option<Sha256Digest> {
-    let line = text.strip_suffix('\n').unwrap_or(text);
-    if line.contains('\n') {
-        return None;
-    }
-    let (hex, rest) = line.split_at_checked(64)?;
-    let file = rest
-        .strip_prefix("  ")
-        .or_else(|| rest.strip_prefix(" *"))?;
-    if file != name {
-        return None;
-    }
-    from_hex(hex)
+    parse_record(text, name).map(|(d, _)| d)
 }
 
 /// Streaming read: a task pulls the GET body and hands chunks over a
@@ -1070,8 +1121,29 @@ impl Destination for S3Destination {
         self.put_new(name, data.to_vec())
     }
 
+    fn store_new_sealed(
+        &self,
+        name: &str,
+        data: &[u8],
+        original: &Original,
+    ) -> Result<Stored, ArchiveError> {
+        self.put_new_with(name, data.to_vec(), Some(original))
+    }
+
     fn recorded(&self, name: &str) -> Result<Recorded, ArchiveError> {
         let fut = shared::recorded(
+            self.store.clone(),
+            self.key(name),
+            self.key(&format!("{name}{SIDECAR_SUFFIX}")),
+            name.to_string(),
+            META_OBJECT_ETAG,
+            self.object_errors(),
+        );
+        self.call("read the checksum record of", Some(name), fut)
+    }
+
+    fn recorded_original(&self, name: &str) -> Result<Option<Original>, ArchiveError> {
+        let fut = shared::recorded_original(
             self.store.clone(),
             self.key(name),
             self.key(&format!("{name}{SIDECAR_SUFFIX}")),
@@ -1102,6 +1174,19 @@ impl Destination for S3Destination {
     fn size(&self, name: &str) -> Result<Option<u64>, ArchiveError> {
         let fut = shared::size(self.store.clone(), self.key(name), self.object_errors());
         self.call("stat", Some(name), fut)
+    }
+
+    /// One listing for the forms of a WAL file (`shared::sizes_of`).
+    fn sizes_of(&self, names: &[String]) -> Result<Vec<Option<u64>>, ArchiveError> {
+        let fut = shared::sizes_of(
+            self.store.clone(),
+            self.store.clone(),
+            self.settings.prefix.clone(),
+            names.iter().map(|n| self.key(n)).collect(),
+            self.object_errors(),
+        );
+        let first = names.first().map(String::as_str);
+        self.call("stat", first, fut)
     }
 
     fn open(&self, name: &str) -> Result<Option<Box<dyn Read + Send + '_>>, ArchiveError> {

@@ -5,7 +5,8 @@
 //! create-only PUT that stores it (Azure: `If-None-Match: *`; GCS:
 //! `x-goog-if-generation-match: 0`; object_store maps the refusal to
 //! `AlreadyExists`); `PREFIX/NAME.sha256` only once `write_record` has
-//! replaced a record. Files larger than a part, and base backups, are
+//! replaced a record. An encrypted form has its original's SHA-256 and
+//! length in the metadata `original` (`HEX LEN`) too. Files larger than a part, and base backups, are
 //! uploaded in parts (Azure: blocks; GCS: an XML API multipart upload) and
 //! completed create-only by a request of our own (azure.rs, gcs.rs):
 //! object_store completes uploads only with overwrite.
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use object_store::list::PaginatedListStore;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjPath;
 use object_store::{
@@ -27,12 +29,15 @@ use object_store::{
     PutOptions, RetryConfig,
 };
 
+use walarch_core::destination::compressed::Original;
 use walarch_core::destination::{Destination, Entry, ObjectEntry, ObjectWriter, Recorded, Stored};
 use walarch_core::support::error::{ArchiveError, ErrorKind};
 use walarch_core::wal::checksum::{sha256, to_hex, Hasher, Sha256Digest};
 use walarch_core::wal::walname::stored_form;
 
-use crate::bucket::{digest_attributes, list_entries, read_stream, StreamReader, SIDECAR_SUFFIX};
+use crate::bucket::{
+    add_original, digest_attributes, list_entries, read_stream, StreamReader, SIDECAR_SUFFIX,
+};
 use crate::errors::{self as s3_error, classify, Context, Failure, Naming};
 use crate::objects::{list_objects_under, PartStore, PartsWriter};
 use crate::runtime::{self, RunError};
@@ -261,14 +266,28 @@ impl CloudDestination {
 
     /// One create-only PUT of `data`, with its digest in the metadata.
     fn put_new(&self, name: &str, data: Vec<u8>) -> Result<Stored, ArchiveError> {
+        self.put_new_with(name, data, None)
+    }
+
+    /// `put_new`, with an encrypted form's original in the metadata.
+    fn put_new_with(
+        &self,
+        name: &str,
+        data: Vec<u8>,
+        original: Option<&Original>,
+    ) -> Result<Stored, ArchiveError> {
         let digest = sha256(&data);
         let bytes = data.len() as u64;
         let store = Arc::clone(&self.store);
         let path = self.key(name);
+        let mut attributes = digest_attributes(&digest);
+        if let Some(o) = original {
+            add_original(&mut attributes, o);
+        }
         self.call("store", Some(name), async move {
             let opts = PutOptions {
                 mode: PutMode::Create,
-                attributes: digest_attributes(&digest),
+                attributes,
                 ..Default::default()
             };
             match store.put_opts(&path, Bytes::from(data).into(), opts).await {
@@ -682,6 +701,28 @@ impl Destination for CloudDestination {
         self.read_back(name, stored)
     }
 
+    fn store_new_sealed(
+        &self,
+        name: &str,
+        data: &[u8],
+        original: &Original,
+    ) -> Result<Stored, ArchiveError> {
+        let stored = self.put_new_with(name, data.to_vec(), Some(original))?;
+        self.read_back(name, stored)
+    }
+
+    fn recorded_original(&self, name: &str) -> Result<Option<Original>, ArchiveError> {
+        let fut = shared::recorded_original(
+            Arc::clone(&self.store),
+            self.key(name),
+            self.key(&format!("{name}{SIDECAR_SUFFIX}")),
+            name.to_string(),
+            self.terms.etag_key,
+            plain_errors(),
+        );
+        self.call("read the checksum record of", Some(name), fut)
+    }
+
     fn recorded(&self, name: &str) -> Result<Recorded, ArchiveError> {
         let fut = shared::recorded(
             Arc::clone(&self.store),
@@ -714,6 +755,23 @@ impl Destination for CloudDestination {
     fn size(&self, name: &str) -> Result<Option<u64>, ArchiveError> {
         let fut = shared::size(Arc::clone(&self.store), self.key(name), plain_errors());
         self.call("stat", Some(name), fut)
+    }
+
+    /// One listing for the forms of a WAL file (`shared::sizes_of`).
+    fn sizes_of(&self, names: &[String]) -> Result<Vec<Option<u64>>, ArchiveError> {
+        let lister: Arc<dyn PaginatedListStore> = match &self.backend {
+            Backend::Azure(s) => Arc::clone(s) as _,
+            Backend::Gcs(s) => Arc::clone(s) as _,
+        };
+        let fut = shared::sizes_of(
+            lister,
+            Arc::clone(&self.store),
+            self.settings.prefix.clone(),
+            names.iter().map(|n| self.key(n)).collect(),
+            plain_errors(),
+        );
+        let first = names.first().map(String::as_str);
+        self.call("stat", first, fut)
     }
 
     fn open(&self, name: &str) -> Result<Option<Box<dyn Read + Send + '_>>, ArchiveError> {

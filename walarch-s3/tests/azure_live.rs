@@ -278,6 +278,60 @@ fn failures_are_classified_and_name_no_secret() {
     );
 }
 
+/// Encrypted forms (`.zst.age`, `.history.age`) in the container, their
+/// originals in the metadata, each read back before it counts
+/// (`common::encrypted_forms`).
+#[test]
+fn encrypted_forms_in_the_container() {
+    let az = Azurite::shared();
+    let dest = CloudDestination::azure(settings(az, "encrypted/wal")).unwrap();
+    common::encrypted_forms(&dest, "az-encrypted");
+}
+
+/// The forms of a WAL file are looked up in one listing of the blobs whose
+/// names begin with its name; a single name takes a HEAD.
+#[test]
+fn the_forms_of_a_file_are_one_listing() {
+    let az = Azurite::shared();
+    let hostport = az
+        .endpoint
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let (port, lines) = common::recording_proxy(hostport);
+    let mut s = settings(az, "one-listing/wal");
+    s.endpoint = Some(format!("http://127.0.0.1:{port}/{ACCOUNT}"));
+    let dest = CloudDestination::azure(s).unwrap();
+    dest.store_new_bytes(&format!("{SEG}.zst"), b"compressed")
+        .unwrap();
+    dest.store_new_bytes(&format!("{SEG}.partial"), b"partial")
+        .unwrap();
+    dest.write_record(&format!("{SEG}.zst"), &[1; 32]).unwrap();
+    dest.store_new_bytes(SEG2, b"next").unwrap();
+
+    let forms = common::forms_of(SEG);
+    lines.lock().unwrap().clear();
+    let sizes = dest.sizes_of(&forms).unwrap();
+    let sent = std::mem::take(&mut *lines.lock().unwrap());
+    assert_eq!(sizes, vec![None, Some(10), None, None], "{forms:?}");
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(
+        sent[0].starts_with(&format!("GET /{ACCOUNT}/{}?", az.container))
+            && sent[0].contains("comp=list")
+            && sent[0].contains(&format!("prefix=one-listing%2Fwal%2F{SEG}")),
+        "{sent:?}"
+    );
+    common::sizes_agree(&dest, &forms);
+
+    lines.lock().unwrap().clear();
+    assert_eq!(dest.sizes_of(&[SEG2.to_string()]).unwrap(), vec![Some(4)]);
+    let sent = std::mem::take(&mut *lines.lock().unwrap());
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(sent[0].starts_with("HEAD "), "{sent:?}");
+}
+
 #[test]
 fn a_stopped_store_is_unavailable_not_missing() {
     let az = Azurite::start("stopped");
@@ -297,6 +351,10 @@ fn a_stopped_store_is_unavailable_not_missing() {
     for (what, e) in [
         ("open", dest.open(SEG2).map(|r| r.is_some()).unwrap_err()),
         ("size", dest.size(SEG).unwrap_err()),
+        (
+            "sizes_of",
+            dest.sizes_of(&common::forms_of(SEG)).unwrap_err(),
+        ),
         ("list", dest.list().unwrap_err()),
         ("store", dest.store_new_bytes(SEG2, b"y").unwrap_err()),
     ] {

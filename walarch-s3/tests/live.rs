@@ -170,6 +170,59 @@ fn compressed_segments_in_the_bucket() {
     assert!(dest.list().unwrap().is_empty());
 }
 
+/// Encrypted forms (`.zst.age`, `.history.age`) in the bucket, their
+/// originals in the metadata (`common::encrypted_forms`).
+#[test]
+fn encrypted_forms_in_the_bucket() {
+    let sw = Seaweed::shared();
+    let dest = S3Destination::new(settings(sw, "encrypted/wal")).unwrap();
+    common::encrypted_forms(&dest, "s3-encrypted");
+    // At the bucket's root too (no prefix: the listing's prefix is the
+    // name's beginning alone).
+    let root = S3Destination::new(settings(sw, "")).unwrap();
+    common::sizes_agree(&root, &common::forms_of(SEG));
+}
+
+/// The forms of a WAL file are looked up in one listing of the keys that
+/// begin with its name (not a directory), whatever stands next to them; a
+/// single name, or names that share too little, take a HEAD each.
+#[test]
+fn the_forms_of_a_file_are_one_listing() {
+    let sw = Seaweed::shared();
+    let upstream = sw.endpoint.trim_start_matches("http://").to_string();
+    let (port, lines) = common::recording_proxy(upstream);
+    let mut s = settings(sw, "one-listing/wal");
+    s.endpoint = Some(format!("http://127.0.0.1:{port}"));
+    let dest = S3Destination::new(s).unwrap();
+    dest.store_new_bytes(&format!("{SEG}.zst"), b"compressed")
+        .unwrap();
+    dest.store_new_bytes(&format!("{SEG}.partial"), b"partial")
+        .unwrap();
+    dest.write_record(&format!("{SEG}.zst"), &[1; 32]).unwrap();
+    dest.store_new_bytes(SEG2, b"next").unwrap();
+
+    let forms = common::forms_of(SEG);
+    lines.lock().unwrap().clear();
+    let sizes = dest.sizes_of(&forms).unwrap();
+    let sent = std::mem::take(&mut *lines.lock().unwrap());
+    assert_eq!(sizes, vec![None, Some(10), None, None], "{forms:?}");
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(
+        sent[0].starts_with("GET /wal?")
+            && sent[0].contains("list-type=2")
+            && sent[0].contains(&format!("prefix=one-listing%2Fwal%2F{SEG}")),
+        "{sent:?}"
+    );
+    common::sizes_agree(&dest, &forms);
+
+    lines.lock().unwrap().clear();
+    let names = [SEG.to_string(), "00000002.history".to_string()];
+    assert_eq!(dest.sizes_of(&names).unwrap(), vec![None, None]);
+    let sent = std::mem::take(&mut *lines.lock().unwrap());
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent.iter().all(|l| l.starts_with("HEAD ")), "{sent:?}");
+}
+
 #[test]
 fn malformed_and_missing_metadata() {
     let sw = Seaweed::shared();
@@ -348,6 +401,11 @@ fn endpoint_down_gives_the_unreachable_message_in_time() {
         "{e}"
     );
     assert_no_secret(&e, "s3cr3t-value");
+    // The forms of a file, looked up at once: unavailable, never absent.
+    let e = dest.sizes_of(&common::forms_of(SEG)).unwrap_err();
+    show("nothing listening, sizes_of", &e);
+    assert_eq!(e.kind, ErrorKind::Unavailable);
+    assert!(e.message.contains("is unreachable"), "{e}");
 
     // Unresolvable host name (DNS).
     let mut s = S3Settings::new("wal");

@@ -110,7 +110,14 @@ pub fn archive_one<H: Host>(
                 if trusted(&copied, target.id, source) {
                     let now = host.timestamp();
                     host.with_state(|s| {
-                        s.record_archived(name, copied.bytes, copied.stored_bytes, true, now)
+                        s.record_archived(
+                            name,
+                            copied.bytes,
+                            copied.stored_bytes,
+                            copied.stored_as,
+                            true,
+                            now,
+                        )
                     });
                     host.wake_worker();
                     return Ok(Archived::CopiedAhead {
@@ -188,7 +195,9 @@ pub fn archive_one<H: Host>(
         Ok(o) => {
             host.with_state(|s| {
                 s.end_archiver_copy(name);
-                s.record_archived(name, o.bytes(), o.stored_bytes(), false, now);
+                let stored_as = matches!(o, ArchiveOutcome::Archived { .. })
+                    .then(|| target.dest.new_form(name));
+                s.record_archived(name, o.bytes(), o.stored_bytes(), stored_as, false, now);
                 s.breaker.succeeded(target.id, started);
                 s.budget.streak.succeeded(target.id);
             });
@@ -417,6 +426,7 @@ mod tests {
             sha256,
             dest: id,
             file,
+            stored_as: Some(dest.new_form(A)),
         };
         host.with_state(|s| s.finish_worker_copy(A, Ok(copied)));
     }

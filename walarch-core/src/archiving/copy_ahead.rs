@@ -160,6 +160,8 @@ impl CopyAhead {
                             sha256,
                             dest: dest_id,
                             file: file.unwrap_or_default(),
+                            stored_as: matches!(o, ArchiveOutcome::Archived { .. })
+                                .then(|| dest.new_form(&r.name)),
                         }
                     })
                     .map_err(|e| e.message.as_str());

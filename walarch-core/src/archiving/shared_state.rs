@@ -18,6 +18,7 @@ use crate::archiving::breaker::{Breaker, DestinationId};
 use crate::archiving::budget::BudgetState;
 use crate::wal::checksum::Sha256Digest;
 use crate::wal::time::NO_TIME;
+use crate::wal::walname::Form;
 
 /// Strings in shared memory are inline, fixed-capacity (no pointers).
 pub type WalName = heapless::String<64>;
@@ -92,6 +93,9 @@ pub struct Copied {
     pub sha256: Sha256Digest,
     pub dest: DestinationId,
     pub file: FileId,
+    /// The form it was stored in; `None` when it was found already
+    /// archived.
+    pub stored_as: Option<Form>,
 }
 
 #[derive(Clone, Debug)]
@@ -151,6 +155,10 @@ pub struct Stats {
     pub dropped_bytes: i64,
     pub last_dropped_wal: WalName,
     pub last_dropped_time: i64,
+    /// Files stored compressed, and stored encrypted (either may be both),
+    /// by this server; files found already archived are not counted.
+    pub compressed_count: i64,
+    pub encrypted_count: i64,
 }
 
 impl Stats {
@@ -175,6 +183,8 @@ impl Stats {
             dropped_bytes: 0,
             last_dropped_wal: WalName::default(),
             last_dropped_time: NO_TIME,
+            compressed_count: 0,
+            encrypted_count: 0,
         }
     }
 }
@@ -438,10 +448,15 @@ impl ArchiveState {
         name: &str,
         bytes: u64,
         stored_bytes: u64,
+        stored_as: Option<Form>,
         copied_ahead: bool,
         now: i64,
     ) {
         let s = &mut self.stats;
+        if let Some(form) = stored_as {
+            s.compressed_count += i64::from(form.compressed);
+            s.encrypted_count += i64::from(form.encrypted);
+        }
         s.archived_count += 1;
         s.last_archived_wal = bounded(name);
         s.last_archived_time = now;
@@ -495,6 +510,24 @@ mod tests {
     }
 
     #[test]
+    fn stored_forms_are_counted_once_each() {
+        let mut s = ArchiveState::new(0);
+        s.record_archived(A, 16, 3, Some(Form::ZST_AGE), false, 5);
+        s.record_archived(B, 16, 17, Some(Form::AGE), true, 6);
+        s.record_archived(B, 16, 16, Some(Form::PLAIN), false, 7);
+        // Found already archived: stored nothing now.
+        s.record_archived(B, 16, 0, None, false, 8);
+        assert_eq!(
+            (
+                s.stats.archived_count,
+                s.stats.compressed_count,
+                s.stats.encrypted_count
+            ),
+            (4, 1, 2)
+        );
+    }
+
+    #[test]
     fn worker_copy_is_confirmed_by_archiver() {
         let mut s = ArchiveState::new(0);
         assert!(s.begin_worker_copy(A, 10));
@@ -509,7 +542,7 @@ mod tests {
             ArchiverClaim::CopiedAhead(copied(16, 3))
         );
         assert_eq!(s.slot_state(A), SlotState::Free);
-        s.record_archived(A, 16, 3, true, 5);
+        s.record_archived(A, 16, 3, Some(Form::ZST), true, 5);
         assert_eq!(
             (
                 s.stats.archived_count,

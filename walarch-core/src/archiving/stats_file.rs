@@ -54,6 +54,8 @@ pub fn serialize(s: &Stats) -> String {
     line("dropped_bytes", s.dropped_bytes.to_string());
     line("last_dropped_wal", escape(s.last_dropped_wal.as_str()));
     line("last_dropped_time", s.last_dropped_time.to_string());
+    line("compressed_count", s.compressed_count.to_string());
+    line("encrypted_count", s.encrypted_count.to_string());
     out.push_str("end\n");
     out
 }
@@ -93,11 +95,13 @@ pub fn parse(text: &str) -> Option<Stats> {
             "dropped_bytes" => s.dropped_bytes = int()?,
             "last_dropped_wal" => s.last_dropped_wal = bounded(&unescape(v)),
             "last_dropped_time" => s.last_dropped_time = int()?,
+            "compressed_count" => s.compressed_count = int()?,
+            "encrypted_count" => s.encrypted_count = int()?,
             _ => return None,
         }
         seen += 1;
     }
-    (ended && seen == 19).then_some(s)
+    (ended && seen == 21).then_some(s)
 }
 
 /// Writes the file atomically: temporary file, fsync, rename, directory fsync.
@@ -176,7 +180,14 @@ mod tests {
 
     fn sample() -> Stats {
         let mut st = ArchiveState::new(42);
-        st.record_archived("000000010000000000000001", 100, 40, true, 50);
+        st.record_archived(
+            "000000010000000000000001",
+            100,
+            40,
+            Some(crate::wal::walname::Form::ZST_AGE),
+            true,
+            50,
+        );
         st.record_dropped("000000010000000000000003", 16, 55);
         st.record_failed(
             "000000010000000000000002",

@@ -390,9 +390,8 @@ impl Destination for Compressing<'_> {
         let Some(mut r) = self.inner.open(&h.name)? else {
             return Ok(None);
         };
-        let n = crate::support::fsutil::read_full(&mut r, &mut head).map_err(|e| {
-            crate::archiving::archive_protocol::read_error(self.inner, &h.name, &e)
-        })?;
+        let n = crate::support::fsutil::read_full(&mut r, &mut head)
+            .map_err(|e| crate::archiving::archive_protocol::read_error(self.inner, &h.name, &e))?;
         Ok(Some(
             compressed::decode_header(&head[..n]).map_or(stored_len, |Original { len, .. }| len),
         ))
@@ -418,6 +417,10 @@ impl Destination for Compressing<'_> {
 
     fn sizes_of(&self, names: &[String]) -> Result<Vec<Option<u64>>, ArchiveError> {
         self.inner.sizes_of(names)
+    }
+
+    fn new_form(&self, name: &str) -> Form {
+        self.target_form(name)
     }
 
     // A base backup's objects are compressed and encrypted by the backup
@@ -656,6 +659,190 @@ mod tests {
                 .read_to_end(&mut now)
                 .unwrap();
             assert!(now == bad);
+        });
+    }
+}
+
+#[cfg(test)]
+mod sealed_tests {
+    use super::*;
+    use crate::archiving::archive_protocol::{archive_file, ArchiveOutcome};
+    use crate::destination::local_directory::LocalDirectory;
+    use crate::destination::sealed::tests::keys;
+    use crate::support::testing::MemoryDestination;
+
+    const SEG: &str = "000000010000000000000007";
+    const HISTORY: &str = "00000002.history";
+
+    fn wal_bytes(seed: u8) -> Vec<u8> {
+        let mut v = vec![0u8; 1 << 20];
+        for (i, b) in v.iter_mut().take(60_000).enumerate() {
+            *b = (i as u8).wrapping_mul(29).wrapping_add(seed);
+        }
+        v
+    }
+
+    fn each_destination(check: impl Fn(&dyn Destination, &Path)) {
+        let d = tempfile::tempdir().unwrap();
+        let arch = d.path().join("archive");
+        std::fs::create_dir(&arch).unwrap();
+        check(&LocalDirectory::new(&arch, 0o600), d.path());
+        let d = tempfile::tempdir().unwrap();
+        check(&MemoryDestination::default(), d.path());
+    }
+
+    fn wal(dir: &Path, name: &str, data: &[u8]) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+
+    fn read_all(mut r: Box<dyn Read + Send + '_>) -> Vec<u8> {
+        let mut v = Vec::new();
+        r.read_to_end(&mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn every_form_round_trips_and_only_the_target_form_is_stored() {
+        let (r, i) = keys();
+        let (r, i) = (Arc::new(r), Arc::new(i));
+        each_destination(|inner, dir| {
+            for (n, (level, seal)) in [
+                (None, false),
+                (Some(1), false),
+                (None, true),
+                (Some(1), true),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let seg = format!("00000001000000000000001{n}");
+                let data = wal_bytes(n as u8);
+                let sealing = if seal {
+                    Sealing::To(r.clone())
+                } else {
+                    Sealing::Off
+                };
+                let view = Compressing::new(inner, level).sealing(sealing);
+                let form = view.target_form(&seg);
+                assert_eq!((form.compressed, form.encrypted), (level.is_some(), seal));
+                let out = archive_file(&view, &seg, &wal(dir, &seg, &data)).unwrap();
+                let ArchiveOutcome::Archived {
+                    bytes, sha256: d, ..
+                } = out
+                else {
+                    panic!("{out:?}")
+                };
+                assert_eq!((bytes, d), (data.len() as u64, sha256(&data)));
+                let stored = form_name(&seg, form).unwrap();
+                for f in Form::ALL {
+                    let other = form_name(&seg, f).unwrap();
+                    assert_eq!(
+                        inner.size(&other).unwrap().is_some(),
+                        other == stored,
+                        "{other}"
+                    );
+                }
+                if seal {
+                    let raw = read_all(inner.open(&stored).unwrap().unwrap());
+                    assert!(raw.starts_with(b"age-encryption.org/v1\n"));
+                    assert_eq!(
+                        inner.recorded(&stored).unwrap(),
+                        Recorded::Digest(sha256(&raw)),
+                        "the record checks the stored bytes"
+                    );
+                    assert_eq!(
+                        inner.recorded_original(&stored).unwrap(),
+                        Some(Original {
+                            sha256: sha256(&data),
+                            len: data.len() as u64
+                        })
+                    );
+                }
+                // Any reader with the identity gets the WAL file back.
+                let reader = Compressing::new(inner, None).opening(Some(i.clone()));
+                assert!(read_all(reader.open(&seg).unwrap().unwrap()) == data);
+                assert_eq!(reader.size(&seg).unwrap(), Some(data.len() as u64));
+            }
+            // History files: encrypted, never compressed.
+            let view = Compressing::new(inner, Some(1)).sealing(Sealing::To(r.clone()));
+            let text = b"1\t0/3000000\tno recovery target\n";
+            archive_file(&view, HISTORY, &wal(dir, HISTORY, text)).unwrap();
+            assert!(inner.size("00000002.history.age").unwrap().is_some());
+            assert!(inner.size(HISTORY).unwrap().is_none());
+            let reader = Compressing::new(inner, None).opening(Some(i.clone()));
+            assert_eq!(read_all(reader.open(HISTORY).unwrap().unwrap()), text);
+            assert_eq!(reader.list().unwrap().len(), 5);
+        });
+    }
+
+    #[test]
+    fn a_file_offered_again_is_judged_by_the_record_without_the_key() {
+        let (r, _) = keys();
+        let r = Arc::new(r);
+        each_destination(|inner, dir| {
+            let data = wal_bytes(7);
+            let src = wal(dir, SEG, &data);
+            let sealed = || Compressing::new(inner, Some(1)).sealing(Sealing::To(r.clone()));
+            archive_file(&sealed(), SEG, &src).unwrap();
+            let z = format!("{SEG}.zst.age");
+            let before = read_all(inner.open(&z).unwrap().unwrap());
+            // Again, in every setting: the same file is archived already.
+            for view in [
+                sealed(),
+                Compressing::new(inner, None),
+                Compressing::new(inner, Some(1)),
+                Compressing::new(inner, None).sealing(Sealing::To(r.clone())),
+            ] {
+                let out = archive_file(&view, SEG, &src).unwrap();
+                assert!(
+                    matches!(out, ArchiveOutcome::AlreadyArchived { .. }),
+                    "{out:?}"
+                );
+            }
+            // Other bytes under the name: refused, whichever form is asked.
+            let other = wal(dir, "other", &wal_bytes(8));
+            for view in [sealed(), Compressing::new(inner, None)] {
+                let e = archive_file(&view, SEG, &other).unwrap_err();
+                assert_eq!(e.kind, ErrorKind::Conflict, "{e:?}");
+            }
+            let forms: Vec<_> = Form::ALL
+                .iter()
+                .filter(|f| inner.size(&form_name(SEG, **f).unwrap()).unwrap().is_some())
+                .collect();
+            assert_eq!(forms, vec![&Form::ZST_AGE], "one form only");
+            assert!(read_all(inner.open(&z).unwrap().unwrap()) == before);
+
+            // A record that no longer vouches for the stored bytes cannot be
+            // settled without the key: refused, nothing changed.
+            inner.write_record(&z, &[9u8; 32]).unwrap();
+            let e = archive_file(&sealed(), SEG, &src).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Conflict, "{e:?}");
+            assert!(e.message.contains("is encrypted"), "{}", e.message);
+            assert!(
+                e.hint.as_deref().unwrap().contains("--identity-file"),
+                "{e:?}"
+            );
+            assert!(read_all(inner.open(&z).unwrap().unwrap()) == before);
+            assert_eq!(inner.recorded(&z).unwrap(), Recorded::Digest([9u8; 32]));
+        });
+    }
+
+    #[test]
+    fn unusable_recipients_store_nothing_in_any_form() {
+        each_destination(|inner, dir| {
+            let view = Compressing::new(inner, Some(1)).sealing(Sealing::Broken(
+                "Could not read \"/k\": permission denied.".into(),
+            ));
+            for name in [SEG, HISTORY] {
+                let e = archive_file(&view, name, &wal(dir, name, b"x")).unwrap_err();
+                assert_eq!(e.kind, ErrorKind::Configuration, "{e:?}");
+                assert!(e.message.contains("walarch.encryption_recipients"), "{e:?}");
+                assert!(e.detail.as_deref().unwrap().contains("permission denied"));
+            }
+            assert!(inner.list().unwrap().is_empty());
+            assert!(inner.entries().unwrap().is_empty());
         });
     }
 }

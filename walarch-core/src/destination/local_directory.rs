@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::destination::directory_objects::{self, DirectoryObject};
 use crate::destination::compressed::Original;
+use crate::destination::directory_objects::{self, DirectoryObject};
 use crate::destination::hashed_copy::copy_to_new_file;
 use crate::destination::{
     Destination, Entry, Leftovers, ObjectEntry, ObjectWriter, Recorded, Stored,
@@ -64,7 +64,11 @@ const ORIGINAL_LINE: &str = "# original sha256 ";
 pub fn format_record(digest: &Sha256Digest, stored: &str, original: Option<&Original>) -> String {
     let mut t = format!("{}  {stored}\n", to_hex(digest));
     if let Some(o) = original {
-        t.push_str(&format!("{ORIGINAL_LINE}{} bytes {}\n", to_hex(&o.sha256), o.len));
+        t.push_str(&format!(
+            "{ORIGINAL_LINE}{} bytes {}\n",
+            to_hex(&o.sha256),
+            o.len
+        ));
     }
     t
 }
@@ -77,7 +81,9 @@ pub fn parse_record(text: &str, stored: &str) -> Option<(Sha256Digest, Option<Or
     let mut lines = text.split('\n');
     let first = lines.next()?;
     let (hex, rest) = first.split_at_checked(64)?;
-    let file = rest.strip_prefix("  ").or_else(|| rest.strip_prefix(" *"))?;
+    let file = rest
+        .strip_prefix("  ")
+        .or_else(|| rest.strip_prefix(" *"))?;
     (file == stored).then_some(())?;
     let digest = from_hex(hex)?;
     let original = match lines.next() {

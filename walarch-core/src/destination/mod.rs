@@ -157,6 +157,12 @@ pub trait Destination: Sync {
         self.size(name)
     }
 
+    /// The form a new `name` is stored in (the archive view's settings).
+    fn new_form(&self, name: &str) -> crate::wal::walname::Form {
+        let _ = name;
+        crate::wal::walname::Form::PLAIN
+    }
+
     /// The lengths of the stored `names` (`None` where nothing is): one
     /// lookup each, unless the store can list them at once (the forms of
     /// one WAL file share their beginning).

@@ -157,7 +157,8 @@ impl Identities {
     pub fn read_files(paths: &[String]) -> Result<Identities, String> {
         let mut all = Identities::default();
         for p in paths {
-            let text = crate::destination::destination_setting::read_secret_file(p, "age identity")?;
+            let text =
+                crate::destination::destination_setting::read_secret_file(p, "age identity")?;
             let mut one = Identities::parse(&text, p)?;
             all.keys.append(&mut one.keys);
             all.sources.append(&mut one.sources);
@@ -172,10 +173,10 @@ impl Identities {
     /// A reader of the plaintext of the encrypted stream `r`. A damaged or
     /// truncated stream fails while it is read (an `InvalidData` error),
     /// never with a short read.
-    pub fn open<'r, R: Read + 'r>(&self, r: R) -> Result<Box<dyn Read + Send + 'r>, OpenError>
-    where
-        R: Send,
-    {
+    pub fn open<'r, R: Read + Send + 'r>(
+        &self,
+        r: R,
+    ) -> Result<Box<dyn Read + Send + 'r>, OpenError> {
         let d = age::Decryptor::new_buffered(BufReader::with_capacity(
             crate::support::fsutil::IO_BUFFER,
             r,
@@ -257,7 +258,9 @@ pub(crate) mod tests {
     }
 
     fn data() -> Vec<u8> {
-        (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect()
+        (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect()
     }
 
     #[test]
@@ -293,21 +296,33 @@ pub(crate) mod tests {
         let (r, _) = keys();
         let (_, other) = keys();
         let sealed = r.seal(b"wal").unwrap();
-        assert_eq!(other.open_bytes(&sealed).unwrap_err(), OpenError::NoMatchingKey);
+        assert_eq!(
+            other.open_bytes(&sealed).unwrap_err(),
+            OpenError::NoMatchingKey
+        );
     }
 
     #[test]
     fn a_flipped_byte_anywhere_is_refused() {
         let (r, i) = keys();
-        let plain = data();
-        let sealed = r.seal(&plain).unwrap();
-        // Every 97th byte: the header, the nonce, every chunk, the tags.
-        for pos in (0..sealed.len()).step_by(97).chain([sealed.len() - 1]) {
+        let plain = &data()[..140_000]; // three chunks, the last one short
+        let sealed = r.seal(plain).unwrap();
+        let header = sealed.len() - plain.len() - 3 * 16;
+        // Header and nonce densely, the payload (every chunk, every tag)
+        // sparsely, and the last byte.
+        let positions = (0..header)
+            .step_by(7)
+            .chain((header..sealed.len()).step_by(4099))
+            .chain([header + 65536 + 8, sealed.len() - 1]);
+        for pos in positions {
             let mut bad = sealed.clone();
             bad[pos] ^= 0x04;
-            match i.open_bytes(&bad) {
-                Ok(out) => panic!("flip at {pos} of {} decrypted ({} bytes)", sealed.len(), out.len()),
-                Err(_) => {}
+            if let Ok(out) = i.open_bytes(&bad) {
+                panic!(
+                    "a flip at {pos} of {} decrypted ({} bytes)",
+                    sealed.len(),
+                    out.len()
+                );
             }
         }
     }
@@ -332,7 +347,10 @@ pub(crate) mod tests {
         let e = Recipients::parse("# nothing\n\n", "/etc/r").unwrap_err();
         assert!(e.contains("holds no age public key"), "{e}");
         let e = Recipients::parse("age1notakey\n", "/etc/r").unwrap_err();
-        assert!(e.contains("Line 1") && e.contains("not an age public key"), "{e}");
+        assert!(
+            e.contains("Line 1") && e.contains("not an age public key"),
+            "{e}"
+        );
         let e = Identities::parse("age1xyz\n", "/k").unwrap_err();
         assert!(e.contains("/k"), "{e}");
     }
