@@ -102,6 +102,8 @@ class CpuSampler(threading.Thread):
 class CompressionHarness(sb.S3Harness):
     # the names of archived segments in the store (the encryption suite adds .age)
     stored_re = ZST_RE
+    # server log lines that end a drain early (three of them)
+    fail_re = wb.FAIL_RE
 
     def method_conf(self, m):
         """The postgresql.conf lines m adds to the archiver's (its compression)."""
@@ -181,6 +183,7 @@ class CompressionHarness(sb.S3Harness):
         if dest == "s3":
             self.open_store(f"store-{m.key}-{rep}", rtt)
         c = self.clone(tmpl, f"{dest}-{m.key}-{rep}")
+        sess = sampler = None
         try:
             nbytes = sum((c.data / "pg_wal" / s).stat().st_size for s in names)
             if m.kind == "put":
@@ -199,10 +202,13 @@ class CompressionHarness(sb.S3Harness):
             sampler = CpuSampler(f"--config={c.dir}/", b"pgbackrest") if m.kind == "pgbr" else None
             if sampler:
                 sampler.start()
-            elapsed, cpu, logpos = wb.timed_drain(c, sess, pids, 300 + 10 * len(names))
+            elapsed, cpu, logpos = wb.timed_drain(c, sess, pids, 300 + 10 * len(names),
+                                                  self.fail_re)
             if sampler:
                 cpu = {"pgbackrest": sampler.stop()}
+                sampler = None
             sess.close()
+            sess = None
             count, stored = self.stored_s3(m, rep, rtt) if dest == "s3" else self.stored_dir(m, c)
             if count < len(names):
                 raise BenchError(f"only {count} of {len(names)} segments are in the archive")
@@ -210,6 +216,11 @@ class CompressionHarness(sb.S3Harness):
             return {"segments": len(names), "bytes": nbytes, "stored": stored, "seconds": elapsed,
                     "cpu_s": cpu, "log_problems": problems[:5]}
         finally:
+            # after a failure too: a sampler left running would take CPU from the next runs
+            if sampler:
+                sampler.stop()
+            if sess:
+                sess.close()
             c.destroy()
             self.close_store()
 

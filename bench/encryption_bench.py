@@ -139,6 +139,11 @@ def age_key_pair(d):
 
 class EncryptionHarness(cb.CompressionHarness):
     stored_re = ZST_AGE_RE
+    # and the DETAIL of walarch_ext's WARNING for a failed attempt, and PostgreSQL's line
+    # after three: a destination that refuses every attempt in words the common pattern does
+    # not know (one that cannot keep encrypted files) fails the run in seconds, not at the
+    # drain's time limit
+    fail_re = re.compile(wb.FAIL_RE.pattern + r"|DETAIL:  While archiving|failed too many times")
 
     def __init__(self, args):
         super().__init__(args)
