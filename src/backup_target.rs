@@ -29,6 +29,7 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use walarch_core::backup::writer::{incremental_refused, AbortReport, WalWait};
 use walarch_core::backup::{default_label, validate_label, BackupStart, BackupWriter};
+use walarch_core::destination::compressing::Sealing;
 use walarch_core::ArchiveError;
 
 use crate::{guc, warnings};
@@ -401,6 +402,23 @@ unsafe extern "C-unwind" fn get_sink(next: *mut bbsink, detail: *mut c_void) -> 
         .report(PgLogLevel::ERROR);
         unreachable!()
     });
+    // Never a plaintext backup while encryption is configured: refused
+    // before anything is stored (and before the checkpoint).
+    let recipients = match guc::sealing() {
+        Sealing::Off => None,
+        Sealing::To(r) => Some(r),
+        Sealing::Broken(why) => {
+            ErrorReport::new(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "base backup cannot be encrypted: walarch.encryption_recipients cannot be used",
+                function_name!(),
+            )
+            .set_detail(why)
+            .set_hint("Make walarch.encryption_recipients name a readable file of age public keys (age1…), then reload; nothing was stored.")
+            .report(PgLogLevel::ERROR);
+            unreachable!()
+        }
+    };
     if !EXIT_HOOKED.swap(true, Ordering::SeqCst) {
         // SAFETY: registers a guarded callback with no argument.
         unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0usize)) };
@@ -414,7 +432,7 @@ unsafe extern "C-unwind" fn get_sink(next: *mut bbsink, detail: *mut c_void) -> 
             label,
             numbered,
             describe,
-            writer: BackupWriter::new(dest),
+            writer: BackupWriter::new(dest).sealed_to(recipients),
         })
     });
     // SAFETY: a zeroed bbsink in the current memory context, filled as
@@ -555,8 +573,13 @@ unsafe extern "C-unwind" fn sink_end_backup(sink: *mut bbsink, endptr: u64, endt
     });
     let (stored, sent) = info.sizes();
     let describe = ACTIVE.with(|a| a.borrow().as_ref().map(|a| a.describe.clone()));
+    let encrypted = info
+        .encryption
+        .as_ref()
+        .map(|e| format!(", encrypted to {} recipient(s)", e.recipients))
+        .unwrap_or_default();
     notice!(
-        "base backup \"{}\" stored in \"{}\" ({} objects, {sent} bytes, {stored} stored)",
+        "base backup \"{}\" stored in \"{}\" ({} objects, {sent} bytes, {stored} stored{encrypted})",
         info.label,
         describe.unwrap_or_default(),
         info.objects.len()

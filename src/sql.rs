@@ -399,8 +399,17 @@ fn walarch_expire(
     let entries = dest
         .entries()
         .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_IO_ERROR, &e));
-    let facts =
-        read_facts(&dest, &entries).unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_IO_ERROR, &e));
+    // The server holds no private key: an encrypted history or backup file
+    // is refused (with a hint to run walarch expire where the key is kept).
+    let facts = read_facts(&*inner, &entries).unwrap_or_else(|e| {
+        let code = match e.kind {
+            walarch_core::ErrorKind::Configuration => {
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
+            _ => PgSqlErrorCode::ERRCODE_IO_ERROR,
+        };
+        raise(code, &e)
+    });
     // No way to skip the backup check here: an archive whose backups are
     // kept elsewhere is expired with `walarch expire --no-backup-check`.
     let p = plan(

@@ -112,6 +112,8 @@ fn listing_json(dir: &str, l: &Listing) -> serde_json::Value {
                 "wal_complete": missing.is_empty(),
                 "missing_wal": missing,
                 "restorable": missing.is_empty(),
+                "encrypted": i.encryption.is_some(),
+                "encryption": i.encryption.as_ref().map(|e| serde_json::json!({"method": e.method, "recipients": e.recipients})),
                 "dropped_after": b.dropped_after.iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
                 "reaches_present": b.dropped_after.is_empty(),
             })
@@ -155,8 +157,12 @@ fn print_listing(dir: &str, l: &Listing) {
                 m.first, m.last, m.name
             ),
         };
+        let encrypted = match &i.encryption {
+            Some(e) => format!("  encrypted ({}, {} recipient(s))", e.method, e.recipients),
+            None => String::new(),
+        };
         println!(
-            "{}  {} .. {}  lsn {} (timeline {}) .. {} (timeline {})  {} stored / {} original  {wal}",
+            "{}  {} .. {}  lsn {} (timeline {}) .. {} (timeline {})  {} stored / {} original{encrypted}  {wal}",
             i.label,
             i.start_time,
             i.stop_time,
@@ -325,6 +331,13 @@ fn cmd_restore(args: &[String]) -> ExitCode {
         Ok(p) => p,
         Err(e) => return usage(&format!("invalid data directory \"{pgdata}\": {e}")),
     };
+    let identities = match o.identities() {
+        Ok(i) => i,
+        Err(m) => {
+            say!("walarch: error: {m}");
+            return ExitCode::from(2);
+        }
+    };
     let dest = match archive(dir, &o) {
         Ok(d) => d,
         Err(code) => return code,
@@ -337,7 +350,7 @@ fn cmd_restore(args: &[String]) -> ExitCode {
         }
     };
     let is_bucket = DestinationSpec::parse(dir).is_ok_and(|d| d.is_object_store());
-    let (archive_arg, options) = if is_bucket {
+    let (archive_arg, mut options) = if is_bucket {
         let s3 = matches!(DestinationSpec::parse(dir), Ok(DestinationSpec::S3 { .. }));
         (dir.clone(), bucket_options(&o, s3))
     } else {
@@ -345,6 +358,18 @@ fn cmd_restore(args: &[String]) -> ExitCode {
         let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| PathBuf::from(dir));
         (abs.to_string_lossy().into_owned(), vec![])
     };
+    // The WAL is as encrypted as the backup: recovery reads it with the same
+    // identities (their files' names; restore_command runs in the data
+    // directory, so absolute).
+    let identity_files: Vec<String> = o
+        .identity_files
+        .iter()
+        .map(|f| crate::absolute_path(f))
+        .collect();
+    for f in &identity_files {
+        options.push("--identity-file".into());
+        options.push(f.clone());
+    }
     let req = Request {
         which,
         pgdata,
@@ -355,6 +380,7 @@ fn cmd_restore(args: &[String]) -> ExitCode {
         target_timeline: timeline,
         restore_command: restore_command(&exe, &archive_arg, &options),
         keep_on_failure: keep,
+        identities,
     };
     let log = |m: &str| say!("walarch: {m}");
     match restore_backup(&*dest, &req, &log) {
@@ -376,6 +402,16 @@ fn cmd_restore(args: &[String]) -> ExitCode {
             {
                 say!(
                     "walarch: restore_command carries no credentials: the server's user needs them from its environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, web identity, container or instance credentials), or restore with --credentials-file [--profile], whose names restore_command then carries"
+                );
+            }
+            if !identity_files.is_empty() {
+                say!(
+                    "walarch: restore_command reads {} as the server's operating system user: it must be readable by it (owned by it with mode 0600, or by root with mode 0640 and the server's group)",
+                    identity_files
+                        .iter()
+                        .map(|f| format!("\"{f}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
             // SAFETY: geteuid has no preconditions and cannot fail.

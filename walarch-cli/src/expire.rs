@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use walarch_core::destination::compressing::Compressing;
 use walarch_core::destination::{Destination, Entry};
 use walarch_core::maintenance::retention::{
-    execute, plan, plan_cleanup, read_facts, Action, BackupCheck, Plan, Rule,
+    execute, plan, plan_cleanup, read_facts_opening, Action, BackupCheck, Plan, Rule,
 };
 use walarch_core::wal::time::parse_duration;
 use walarch_core::ArchiveError;
@@ -55,8 +55,16 @@ pub fn cmd_expire(args: &[String]) -> ExitCode {
         [] => return usage("expire takes ARCHIVE"),
         [_, extra, ..] => return usage(&format!("unexpected argument \"{extra}\"")),
     };
-    with_entries(&dir, &o, |dest, entries| {
-        let facts = match read_facts(dest, entries) {
+    // Read now: a bad identity file is an error even where it is not needed.
+    let ids = match o.identities() {
+        Ok(i) => i,
+        Err(m) => {
+            say!("walarch: error: {m}");
+            return ExitCode::from(3);
+        }
+    };
+    with_entries(&dir, &o, |dest, stored, entries| {
+        let facts = match read_facts_opening(stored, ids.as_deref(), entries) {
             Ok(f) => f,
             Err(e) => return failed("nothing removed", &e),
         };
@@ -74,11 +82,12 @@ pub fn cmd_expire(args: &[String]) -> ExitCode {
 }
 
 /// Opens the archive as WAL files whichever form they are stored in, lists
-/// it and hands both to `f`.
+/// it and hands it to `f`, with the archive as stored (which history and
+/// backup files are read from, in whichever form holds them) and the list.
 fn with_entries(
     dir: &str,
     o: &S3Options,
-    f: impl FnOnce(&dyn Destination, &[Entry]) -> ExitCode,
+    f: impl FnOnce(&dyn Destination, &dyn Destination, &[Entry]) -> ExitCode,
 ) -> ExitCode {
     let inner = match archive(dir, o) {
         Ok(d) => d,
@@ -86,7 +95,7 @@ fn with_entries(
     };
     let dest = Compressing::new(&*inner, None);
     match dest.entries() {
-        Ok(entries) => f(&dest, &entries),
+        Ok(entries) => f(&dest, &*inner, &entries),
         Err(e) => failed(&format!("could not list the archive \"{dir}\""), &e),
     }
 }
@@ -100,7 +109,7 @@ pub fn cmd_cleanup(args: &[String]) -> ExitCode {
     let [dir, restart] = &a.positional[..] else {
         return usage("cleanup takes ARCHIVE RESTARTFILE (archive_cleanup_command = 'walarch cleanup ARCHIVE %r')");
     };
-    with_entries(dir, &o, |dest, entries| {
+    with_entries(dir, &o, |dest, _, entries| {
         let p = match plan_cleanup(entries, restart, has("--clean-backup-history")) {
             Ok(p) => p,
             Err(e) => return usage(&e.to_string()),

@@ -4,6 +4,8 @@
 //!                                             (restore_command = 'walarch restore ARCHIVE %f %p')
 //!   walarch verify ARCHIVE [--from WALFILE] [--to WALFILE] [--json]
 //!   walarch expire ARCHIVE (--keep-backups N | --before WALFILE | --older-than DURATION)
+//!   (restore, verify and expire: --identity-file FILE, repeatable, else
+//!   WALARCH_IDENTITY_FILE: the age identities that read an encrypted archive)
 //!   walarch cleanup ARCHIVE RESTARTFILE       (archive_cleanup_command = 'walarch cleanup ARCHIVE %r')
 //!   walarch backup list ARCHIVE [--json]
 //!   walarch backup restore ARCHIVE LABEL|latest PGDATA [--target-…] [--tablespace-mapping OLD=NEW]…
@@ -44,7 +46,7 @@ use walarch_core::destination::destination_setting::{
 };
 use walarch_core::destination::local_directory::LocalDirectory;
 use walarch_core::destination::Destination;
-use walarch_core::maintenance::verify::{verify, Report};
+use walarch_core::maintenance::verify::{verify_opening, Report};
 use walarch_core::restore::{restore_retrying, RecoveryMode, RestoreError, Retry};
 use walarch_core::wal::time::parse_duration;
 use walarch_core::wal::walname::{WalFileKind, WalFileName};
@@ -60,17 +62,25 @@ mod prefetch;
 
 const USAGE: &str = "usage:
   walarch restore ARCHIVE WALFILE DEST [--prefetch N | --no-prefetch] [--spool DIR]
-                 [--prefetch-idle SECONDS] [--retry-for DURATION] [S3 OPTIONS]
-  walarch verify ARCHIVE [--from WALFILE] [--to WALFILE] [--json] [S3 OPTIONS]
+                 [--prefetch-idle SECONDS] [--retry-for DURATION] [--identity-file FILE]...
+                 [S3 OPTIONS]
+  walarch verify ARCHIVE [--from WALFILE] [--to WALFILE] [--json] [--identity-file FILE]...
+                 [S3 OPTIONS]
   walarch expire ARCHIVE (--keep-backups N | --before WALFILE | --older-than DURATION)
-                 [--dry-run] [--json] [--no-backup-check] [S3 OPTIONS]
+                 [--dry-run] [--json] [--no-backup-check] [--identity-file FILE]... [S3 OPTIONS]
   walarch cleanup ARCHIVE RESTARTFILE [--dry-run] [--clean-backup-history] [S3 OPTIONS]
   walarch backup list ARCHIVE [--json] [S3 OPTIONS]
   walarch backup restore ARCHIVE LABEL|latest PGDATA
                  [--target-time TIME | --target-lsn LSN | --target-name NAME]
                  [--target-action pause|promote|shutdown] [--target-timeline TLI]
-                 [-T|--tablespace-mapping OLD=NEW]... [-j|--jobs N] [--no-clean] [S3 OPTIONS]
+                 [-T|--tablespace-mapping OLD=NEW]... [-j|--jobs N] [--no-clean]
+                 [--identity-file FILE]... [S3 OPTIONS]
 ARCHIVE: a directory, s3://BUCKET[/PREFIX], az://CONTAINER[/PREFIX] or gs://BUCKET[/PREFIX]
+--identity-file FILE: an age identity file (age-keygen output, mode 0600) that decrypts an
+            archive stored with walarch.encryption_recipients; repeatable (older keys after a
+            rotation); else WALARCH_IDENTITY_FILE. Without it, encrypted files are not restored
+            (restore fails, stopping recovery), verify checks only their stored bytes, and
+            expire refuses if it must read an encrypted history or backup file.
 S3 OPTIONS: --endpoint URL --region REGION --ca-file PEM --uri-style auto|path|host
             --timeout SECONDS --credentials-file FILE --profile NAME
             --sse-customer-key-file FILE (objects stored with walarch.s3_sse = sse-c)
@@ -159,7 +169,6 @@ struct S3Options {
 impl S3Options {
     /// The identities given, read now (each file protected like a
     /// credentials file); `None` when none is given.
-    #[allow(dead_code)] // until restore, verify, expire and backup restore read it
     fn identities(
         &self,
     ) -> Result<Option<std::sync::Arc<walarch_core::destination::sealed::Identities>>, String> {
@@ -503,8 +512,17 @@ fn cmd_restore(args: &[String]) -> ExitCode {
         Err(m) => return fail(usage(&m)),
     };
     let log = |m: &str| say!("walarch: {m}");
+    // Read now: a bad identity file is an error of every restore, whatever
+    // the file restored (it must not appear only at the first encrypted one).
+    let ids = match o.identities() {
+        Ok(i) => i,
+        Err(m) => {
+            say!("walarch: error: could not restore \"{walfile}\" from \"{dir}\": {m}");
+            return ExitCode::from(mode.failure_status());
+        }
+    };
     let result = match &prefetching {
-        Some(p) => prefetch::restore(dir, &o, p, walfile, dest, &retry),
+        Some(p) => prefetch::restore(dir, &o, ids.as_deref(), p, walfile, dest, &retry),
         None => {
             let opened = std::cell::OnceCell::new();
             let archive = || -> Result<&dyn Destination, RestoreError> {
@@ -513,7 +531,7 @@ fn cmd_restore(args: &[String]) -> ExitCode {
                 }
                 Ok(&**opened.get().expect("set above"))
             };
-            restore_retrying(&archive, walfile, dest, &retry, &log).map(|_| ())
+            restore_retrying(&archive, ids.as_deref(), walfile, dest, &retry, &log).map(|_| ())
         }
     };
     match result {
@@ -583,11 +601,24 @@ fn cmd_verify(args: &[String]) -> ExitCode {
         [] => return usage("verify takes ARCHIVE"),
         [_, extra, ..] => return usage(&format!("unexpected argument \"{extra}\"")),
     };
+    let ids = match o.identities() {
+        Ok(i) => i,
+        Err(m) => {
+            say!("walarch: error: {m}");
+            return ExitCode::from(3);
+        }
+    };
     let archive = match archive(&dir, &o) {
         Ok(d) => d,
         Err(code) => return code,
     };
-    let report = match verify(&*archive, from.as_ref(), to.as_ref()) {
+    let report = match verify_opening(
+        &*archive,
+        ids.as_deref(),
+        from.as_ref(),
+        to.as_ref(),
+        &mut || Ok(()),
+    ) {
         Ok(r) => r,
         Err(e) => {
             say!(
@@ -623,6 +654,8 @@ fn to_json(dir: &str, r: &Report) -> String {
         "checked": checked(r),
         "problems": r.problems().count(),
         "compressed_files": r.compressed_files,
+        "encrypted_files": r.encrypted_files,
+        "encrypted_unchecked": r.encrypted_unchecked,
         "stored_bytes": r.stored_bytes,
         "wal_bytes": r.wal_bytes,
         "findings": findings,
@@ -650,7 +683,8 @@ fn checked(r: &Report) -> usize {
 
 fn print_text(r: &Report) {
     use walarch_core::maintenance::verify::Status;
-    // Problems, and the backups that may be in progress (not problems).
+    // Problems, and what is said without being one: the backups that may be
+    // in progress, encrypted files not decrypted.
     for f in r.findings.iter().filter(|f| f.status != Status::Ok) {
         println!("{}: {}: {}", f.walfile, f.status.as_str(), f.detail);
     }
@@ -675,5 +709,17 @@ fn print_text(r: &Report) {
         }
     } else {
         println!("archive NOT intact: {problems} problem(s) among {checked} files ({size})");
+    }
+    if r.encrypted_files > 0 {
+        println!(
+            "{} encrypted file(s) decrypted and checked against the original's SHA-256",
+            r.encrypted_files
+        );
+    }
+    if r.encrypted_unchecked > 0 {
+        println!(
+            "{} encrypted file(s) NOT decrypted: only their stored bytes were checked; give --identity-file FILE to check what they restore to",
+            r.encrypted_unchecked
+        );
     }
 }

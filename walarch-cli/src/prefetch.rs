@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
+use walarch_core::destination::sealed::Identities;
 use walarch_core::destination::Destination;
 use walarch_core::restore::prefetch::{restore_through_spool, run_helper, HelperOptions, MAX_JOBS};
 use walarch_core::restore::spool::{self, Spool};
@@ -119,6 +120,7 @@ fn owner(p: &Prefetching, archive_arg: &str, o: &S3Options) -> String {
 pub fn restore(
     archive_arg: &str,
     o: &S3Options,
+    ids: Option<&Identities>,
     p: &Prefetching,
     walfile: &str,
     dest: &Path,
@@ -144,14 +146,15 @@ pub fn restore(
                 "walarch: warning: could not use the prefetch spool \"{}\": {e}; restoring without prefetching",
                 p.spool.display()
             );
-            return restore_retrying(&archive, walfile, dest, retry, &log).map(|_| ());
+            return restore_retrying(&archive, ids, walfile, dest, retry, &log).map(|_| ());
         }
     };
     let me = owner(p, archive_arg, o);
     // While the helper is fetching the file, wait for it rather than fetch
     // it twice; its own timeouts bound the wait.
     let wait = o.timeout.unwrap_or(Duration::from_secs(60)) * 2;
-    let outcome = restore_through_spool(&archive, &spool, &me, walfile, dest, wait, retry, &log)?;
+    let outcome =
+        restore_through_spool(&archive, ids, &spool, &me, walfile, dest, wait, retry, &log)?;
     for w in &outcome.warnings {
         say!("walarch: warning: {w}");
     }
@@ -190,6 +193,11 @@ fn s3_args(o: &S3Options) -> Vec<String> {
     }
     if let Some(t) = o.timeout {
         a.extend(["--timeout".into(), t.as_secs().to_string()]);
+    }
+    // Each one, also one that came from WALARCH_IDENTITY_FILE (relative to
+    // the data directory, perhaps): the helper decrypts what it prefetches.
+    for f in &o.identity_files {
+        a.extend(["--identity-file".into(), crate::absolute_path(f)]);
     }
     a
 }
@@ -250,6 +258,13 @@ pub fn cmd_helper(args: &[String]) -> ExitCode {
     ) else {
         return usage("prefetch-helper needs --spool, --prefetch and --prefetch-idle");
     };
+    let identities = match o.identities() {
+        Ok(i) => i,
+        Err(m) => {
+            say(&m);
+            return ExitCode::from(3);
+        }
+    };
     let archive = match archive(archive_arg, &o) {
         Ok(d) => d,
         Err(code) => return code,
@@ -275,6 +290,7 @@ pub fn cmd_helper(args: &[String]) -> ExitCode {
         idle: p.idle,
         data_dir: p.data_dir.clone(),
         owner: owner(&p, archive_arg, &o),
+        identities,
     };
     match run_helper(&*archive, &spool, &opts, &say) {
         Ok(Some(s)) => {

@@ -254,3 +254,134 @@ fn expire_and_cleanup_report_what_goes() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("1 files verified"), "{out}");
 }
+
+/// An archive encrypted to an age key (as `walarch.encryption_recipients`
+/// stores it): restore and verify need `--identity-file` or
+/// `WALARCH_IDENTITY_FILE`; without it restore stops recovery (255), never
+/// "not in the archive", and verify says what it could not check.
+#[test]
+fn an_encrypted_archive_needs_the_identity_file() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::Arc;
+    use walarch_core::destination::compressing::{Compressing, Sealing};
+    use walarch_core::destination::sealed::Recipients;
+    let d = tempfile::tempdir().unwrap();
+    let (wal, arch) = (d.path().join("wal"), d.path().join("arch"));
+    std::fs::create_dir(&wal).unwrap();
+    std::fs::create_dir(&arch).unwrap();
+    let keys = walarch_integration::keys::key_pair(d.path(), "archive");
+    let other = walarch_integration::keys::key_pair(d.path(), "other");
+    let r = Recipients::read_file(keys.recipients.to_str().unwrap()).unwrap();
+    let inner = LocalDirectory::new(&arch, 0o600);
+    let view = Compressing::new(&inner, Some(1)).sealing(Sealing::To(Arc::new(r)));
+    let mut segs = vec![];
+    for i in 1..=3u8 {
+        let name = format!("00000001000000000000000{i}");
+        let mut v = vec![i; 1 << 20];
+        v[2..4].copy_from_slice(&2u16.to_le_bytes());
+        v[32..36].copy_from_slice(&(1u32 << 20).to_le_bytes());
+        std::fs::write(wal.join(&name), &v).unwrap();
+        archive_file(&view, &name, &wal.join(&name)).unwrap();
+        assert!(arch.join(format!("{name}.zst.age")).is_file());
+        segs.push((name, v));
+    }
+    let arch = arch.to_str().unwrap();
+    let key = keys.identity.to_str().unwrap();
+    let dest = d.path().join("RECOVERYXLOG");
+    let dest_s = dest.to_str().unwrap();
+    let seg = segs[1].0.as_str();
+
+    let (code, _, err) = walarch(&["restore", arch, seg, dest_s]);
+    assert_eq!(code, 255, "{err}");
+    assert!(
+        err.contains("is encrypted and no identity was given")
+            && err.contains("--identity-file")
+            && err.contains("stops recovery"),
+        "{err}"
+    );
+    assert!(!dest.exists());
+    let (code, _, err) = walarch(&[
+        "restore",
+        arch,
+        seg,
+        dest_s,
+        "--identity-file",
+        other.identity.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 255, "{err}");
+    assert!(err.contains("none of the identities given"), "{err}");
+    assert!(!dest.exists());
+
+    let (code, _, err) = walarch(&["restore", arch, seg, dest_s, "--identity-file", key]);
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::read(&dest).unwrap() == segs[1].1);
+    std::fs::remove_file(&dest).unwrap();
+    // Key rotation: several identity files, the matching one anywhere.
+    let (code, _, err) = walarch(&[
+        "restore",
+        arch,
+        seg,
+        dest_s,
+        "--identity-file",
+        other.identity.to_str().unwrap(),
+        "--identity-file",
+        key,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::remove_file(&dest).unwrap();
+    // From the environment.
+    let out = Command::new(env!("CARGO_BIN_EXE_walarch"))
+        .args(["restore", arch, seg, dest_s])
+        .env("WALARCH_IDENTITY_FILE", key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(&dest).unwrap() == segs[1].1);
+    std::fs::remove_file(&dest).unwrap();
+    // An identity file others can read is refused, and stops recovery.
+    std::fs::set_permissions(&keys.identity, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = walarch(&["restore", arch, seg, dest_s, "--identity-file", key]);
+    assert_eq!(code, 255, "{err}");
+    assert!(err.contains(key), "{err}");
+    std::fs::set_permissions(&keys.identity, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // Verify without the key: intact, every file said to be unchecked.
+    let (code, out, err) = walarch(&["verify", arch]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("{seg}.zst.age: unchecked: encrypted"))
+            && out.contains("3 encrypted file(s) NOT decrypted"),
+        "{out}"
+    );
+    let (_, json, _) = walarch(&["verify", arch, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        (v["intact"].as_bool(), v["encrypted_unchecked"].as_u64()),
+        (Some(true), Some(3))
+    );
+    assert_eq!(v["segment_size"], 1 << 20);
+    // With it: decrypted and checked.
+    let (code, json, err) = walarch(&["verify", arch, "--json", "--identity-file", key]);
+    assert_eq!(code, 0, "{json}{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        (
+            v["encrypted_files"].as_u64(),
+            v["encrypted_unchecked"].as_u64()
+        ),
+        (Some(3), Some(0))
+    );
+    // With the wrong one: not intact.
+    let (code, out, _) = walarch(&[
+        "verify",
+        arch,
+        "--identity-file",
+        other.identity.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no_key"), "{out}");
+}

@@ -313,4 +313,39 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn an_encrypted_backup_is_read_without_a_key_and_removed_whole() {
+        use crate::backup::fixture::{store_backup, Options};
+        let tmp = tempfile::tempdir().unwrap();
+        let d = LocalDirectory::new(tmp.path(), 0o600);
+        let (r, _) = crate::destination::sealed::tests::keys();
+        let opts = Options {
+            sealed_to: Some(&r),
+            ..Default::default()
+        };
+        store_backup(&d, tmp.path(), "E", &tmp.path().join("ts"), opts);
+        let c = Catalog::read(&d).unwrap();
+        assert_eq!(c.complete.len(), 1);
+        assert_eq!(
+            c.complete[0].info.encryption.as_ref().unwrap().recipients,
+            1
+        );
+        // What retention removes: every object listed, the .age ones too,
+        // backup.json first.
+        let order = removal_order("E", &c.complete[0].objects);
+        assert_eq!(
+            order,
+            [
+                "backups/E/backup.json",
+                "backups/E/16385.tar.zst.age",
+                "backups/E/backup_manifest.zst.age",
+                "backups/E/base.tar.zst.age",
+            ]
+        );
+        for n in &order {
+            d.remove_object(n).unwrap();
+        }
+        assert!(d.objects_under("backups/E/").unwrap().is_empty());
+    }
 }

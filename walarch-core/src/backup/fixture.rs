@@ -33,6 +33,7 @@ pub(crate) fn sample() -> BackupInfo {
         tablespaces: vec![],
         objects: vec![],
         based_on: None,
+        encryption: None,
     }
 }
 
@@ -77,6 +78,8 @@ pub(crate) struct Options<'a> {
     pub tablespace_map: bool,
     /// postgresql.auto.conf's content instead of the default.
     pub auto_conf: Option<&'a [u8]>,
+    /// Objects encrypted to these, as the target stores them.
+    pub sealed_to: Option<&'a crate::destination::sealed::Recipients>,
 }
 
 /// Stores backup `label` with a tablespace at `ts_location` in `d` (whose
@@ -141,6 +144,10 @@ pub(crate) fn store_backup(
         info.start_wal = w.into();
         info.stop_wal = w.into();
     }
+    info.encryption = opts.sealed_to.map(|r| crate::backup::info::Encryption {
+        method: "age".into(),
+        recipients: r.len(),
+    });
     info.tablespaces = vec![Tablespace {
         oid: TS_OID,
         location: ts.into(),
@@ -157,6 +164,10 @@ pub(crate) fn store_backup(
                 "zstd",
                 format!("{name}.zst"),
             )
+        };
+        let (stored, name) = match opts.sealed_to {
+            Some(r) => (r.seal(&stored).unwrap(), format!("{name}.age")),
+            None => (stored, name),
         };
         let archive_name = if server_gzip {
             format!("{archive_name}.gz")

@@ -34,6 +34,19 @@ pub struct BackupInfo {
     /// `--incremental`); `None` for a full backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub based_on: Option<String>,
+    /// Set when the objects are encrypted (`backup.json` itself never is:
+    /// listing and verifying the stored bytes need no key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+/// How a backup's objects are encrypted: never the keys, only how many
+/// recipients can read them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    /// `age` (age-encryption.org/v1, X25519 recipients).
+    pub method: String,
+    pub recipients: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +85,14 @@ pub struct BackupObject {
     pub sha256: String,
     /// `zstd` when walarch compressed it, `none` when stored as sent.
     pub compression: String,
+}
+
+impl BackupObject {
+    /// Stored encrypted (after compression): its name ends in `.age`. The
+    /// name, as for WAL files, is what says how the stored bytes are read.
+    pub fn is_sealed(&self) -> bool {
+        self.name.ends_with(crate::destination::sealed::SUFFIX)
+    }
 }
 
 impl BackupInfo {

@@ -169,7 +169,8 @@ pub fn dropped_after(info: &BackupInfo, markers: &[Marker]) -> Vec<Marker> {
         .collect()
 }
 
-/// The WAL files stored, by their plain names (compressed or not).
+/// The WAL files stored, by their plain names (whatever their form:
+/// compressed, encrypted or both).
 pub fn stored_wal<T: Destination + ?Sized>(dest: &T) -> Result<HashSet<String>, ArchiveError> {
     Ok(dest
         .list()?
@@ -216,7 +217,7 @@ pub fn needed_segments(info: &BackupInfo) -> Result<Vec<Vec<String>>, String> {
 const LOOKUPS_AT_MOST: usize = 32;
 
 /// The segments of `needed` (each: the names that would do, one per
-/// timeline, as `needed_segments` gives them) of which no name is stored, plain or compressed: a
+/// timeline, as `needed_segments` gives them) of which no name is stored, in any form: a
 /// lookup per name, or one listing for a long range.
 pub fn unstored_segments<T: Destination + ?Sized>(
     dest: &T,
@@ -233,8 +234,12 @@ pub fn unstored_segments<T: Destination + ?Sized>(
     for any in needed {
         let mut found = false;
         for w in &any {
-            let z = crate::wal::walname::compressed_name(w);
-            if dest.size(w)?.is_some() || z.map_or(Ok(None), |z| dest.size(&z))?.is_some() {
+            // In any form (compressed, encrypted): one lookup.
+            let forms: Vec<String> = crate::wal::walname::Form::ALL
+                .into_iter()
+                .filter_map(|f| crate::wal::walname::form_name(w, f))
+                .collect();
+            if dest.sizes_of(&forms)?.iter().any(Option::is_some) {
                 found = true;
                 break;
             }
@@ -405,5 +410,51 @@ mod tests {
         assert_eq!(wal_status(&i, &stored), WalStatus::Complete);
         i.stop_wal = "000000010000000000000009".into();
         assert!(needed_segments(&i).is_err());
+    }
+
+    /// The WAL a backup needs counts as stored in any form: compressed,
+    /// encrypted or both (by lookups for a short range, by the listing for
+    /// a long one).
+    #[test]
+    fn wal_in_any_form_counts_as_stored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = LocalDirectory::new(tmp.path(), 0o600);
+        let names: Vec<String> = (1..=40u64)
+            .map(|s| segment_file_name(1, s, 16 << 20))
+            .collect();
+        // Segment n (1-based) in form n % 5: plain, .zst, .age, .zst.age,
+        // or (0) missing.
+        let suffixes = ["", "", ".zst", ".age", ".zst.age"];
+        for (i, n) in names.iter().enumerate() {
+            let k = (i + 1) % 5;
+            if k == 0 {
+                continue;
+            }
+            d.store_new_bytes(&format!("{n}{}", suffixes[k]), b"x")
+                .unwrap();
+        }
+        let missing: Vec<String> = names
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| (i + 1) % 5 == 0)
+            .map(|(_, n)| n.clone())
+            .collect();
+        for range in [5usize, 40] {
+            let needed: Vec<Vec<String>> = names[..range].iter().map(|n| vec![n.clone()]).collect();
+            let unstored: Vec<String> = unstored_segments(&d, needed)
+                .unwrap()
+                .into_iter()
+                .flatten()
+                .collect();
+            let expect: Vec<String> = missing
+                .iter()
+                .filter(|m| names[..range].contains(m))
+                .cloned()
+                .collect();
+            assert_eq!(unstored, expect, "{range} segments");
+        }
+        let stored = stored_wal(&d).unwrap();
+        assert_eq!(stored.len(), 32);
+        assert!(stored.contains(&names[3]), "the .zst.age form counts");
     }
 }

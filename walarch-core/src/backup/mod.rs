@@ -12,7 +12,10 @@
 //!
 //! An object is stored zstd-compressed (`.zst` added) unless PostgreSQL
 //! already compressed it (`--compress=server-…`: the name ends in `.gz`,
-//! `.lz4` or `.zst`). `backup.json` ([`BackupInfo`]) names every object with
+//! `.lz4` or `.zst`), then, when the server encrypts (`walarch.encryption_recipients`),
+//! encrypted with age (`.age` added: `base.tar.zst.age`). `backup.json`
+//! and `backup.started` are never encrypted: listing, retention and checking
+//! the stored bytes need no key. `backup.json` ([`BackupInfo`]) names every object with
 //! its sizes and the SHA-256 of the stored bytes: it is the record restore
 //! and verify check against. Anything under a label without `backup.json` is
 //! an incomplete backup: never listed as restorable, removed by whoever

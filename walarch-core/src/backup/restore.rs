@@ -23,7 +23,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::backup::extract::{self, decodings, Decoding, Hashing, TarTarget};
 use crate::backup::list::{list_backups, read_info, stored_wal, wal_status, WalStatus};
@@ -31,6 +31,7 @@ use crate::backup::manifest;
 use crate::backup::{
     object_name, validate_label, BackupInfo, BackupObject, ObjectKind, BACKUPS_DIR,
 };
+use crate::destination::sealed::{Identities, OpenError};
 use crate::destination::Destination;
 use crate::wal::time::parse_iso_time;
 
@@ -105,6 +106,8 @@ pub struct Request {
     pub restore_command: String,
     /// Leave what was written when restore fails.
     pub keep_on_failure: bool,
+    /// What decrypts an encrypted backup (`--identity-file`).
+    pub identities: Option<Arc<Identities>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -487,6 +490,101 @@ fn check_objects(info: &BackupInfo) -> Result<Vec<(BackupObject, Vec<Decoding>)>
     Ok(out)
 }
 
+/// An encrypted backup needs an identity that opens it: tried on the header
+/// of its smallest encrypted object before anything is written, so that a
+/// missing or wrong key changes nothing.
+fn check_identity(dest: &dyn Destination, req: &Request, info: &BackupInfo) -> Result<(), Failure> {
+    let Some(o) = info
+        .objects
+        .iter()
+        .filter(|o| o.is_sealed())
+        .min_by_key(|o| o.stored_size)
+    else {
+        return Ok(());
+    };
+    let label = &info.label;
+    let hint = "Give the private key (age identity file) of one of the public keys in walarch.encryption_recipients when the backup was taken: --identity-file FILE (repeatable) or WALARCH_IDENTITY_FILE.";
+    let Some(ids) = &req.identities else {
+        return Err(Failure::new(
+            FailureKind::NotRestorable,
+            format!("backup \"{label}\" is encrypted, and no identity was given"),
+        )
+        .hint(hint));
+    };
+    let name = object_name(label, &o.name);
+    let at = dest.location(&name);
+    let reader = dest
+        .open_object(&name)
+        .map_err(|e| {
+            Failure::new(
+                FailureKind::Io,
+                format!("could not read \"{at}\": {}", e.message),
+            )
+        })?
+        .ok_or_else(|| {
+            Failure::new(
+                FailureKind::Integrity,
+                format!("object \"{at}\" of backup \"{label}\" is missing"),
+            )
+        })?;
+    match ids.open(reader) {
+        Ok(_) => Ok(()),
+        Err(OpenError::NoMatchingKey) => Err(Failure::new(
+            FailureKind::NotRestorable,
+            format!("backup \"{label}\" cannot be decrypted with the identities given"),
+        )
+        .detail(format!(
+            "None of the identities in {} is a recipient of \"{at}\".",
+            ids.sources
+                .iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .hint(hint)),
+        Err(e) => Err(Failure::new(
+            FailureKind::Integrity,
+            format!("object \"{at}\" of backup \"{label}\" is damaged: {e}"),
+        )
+        .hint("The backup cannot be restored as stored. Restore another backup (see walarch backup list).")),
+    }
+}
+
+/// The stored bytes as read, decrypted first when the object is encrypted
+/// (on the caller's thread: for a tar, the read-ahead one).
+fn opened<'r>(
+    h: &'r mut Hashing<'_>,
+    ids: Option<&Identities>,
+    o: &BackupObject,
+) -> io::Result<Box<dyn Read + Send + 'r>> {
+    if !o.is_sealed() {
+        return Ok(Box::new(h));
+    }
+    let ids = ids.ok_or_else(|| io::Error::other("it is encrypted, and no identity was given"))?;
+    let r = ids.open(h).map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(Box::new(Decrypting(r)))
+}
+
+/// Says which layer failed: age reports a chunk that fails authentication
+/// as bare "decryption error" (`InvalidData`), which the tar reader would
+/// pass on as its own.
+struct Decrypting<R>(R);
+
+impl<R: Read> Read for Decrypting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(|e| {
+            if e.kind() == io::ErrorKind::InvalidData {
+                io::Error::new(
+                    e.kind(),
+                    format!("the encrypted data is damaged or truncated ({e})"),
+                )
+            } else {
+                e
+            }
+        })
+    }
+}
+
 /// A directory restore writes into, and what it was before.
 struct OwnDir {
     path: PathBuf,
@@ -646,6 +744,7 @@ pub fn restore_backup(
     let info = choose(dest, req, log)?;
     let objects = check_objects(&info)?;
     let settings = recovery_settings(req, &info)?;
+    check_identity(dest, req, &info)?;
 
     // Where each tablespace goes.
     let mut links: HashMap<u32, PathBuf> = HashMap::new();
@@ -714,12 +813,17 @@ pub fn restore_backup(
     }
 
     log(&format!(
-        "restoring backup \"{}\" (taken {} to {}, {} object(s), {} bytes stored) into \"{}\"",
+        "restoring backup \"{}\" (taken {} to {}, {} object(s), {} bytes stored{}) into \"{}\"",
         info.label,
         info.start_time,
         info.stop_time,
         objects.len(),
         info.sizes().0,
+        if info.objects.iter().any(BackupObject::is_sealed) {
+            ", encrypted"
+        } else {
+            ""
+        },
         req.pgdata.display()
     ));
     let mut made = Made::default();
@@ -1264,11 +1368,13 @@ fn fetch_one(
             )
         })?;
     let mut hashing = Hashing::new(reader, cancel, o.stored_size);
+    let ids = req.identities.as_deref();
     let outcome = (|| -> Result<Option<Vec<u8>>, String> {
         match o.kind {
             ObjectKind::Manifest => {
                 let mut t = Vec::new();
-                extract::decoder(&mut hashing, steps)
+                opened(&mut hashing, ids, o)
+                    .and_then(|r| extract::decoder(r, steps))
                     .and_then(|r| extract::Capped::new(r, o.size).read_to_end(&mut t))
                     .map_err(|e| e.to_string())?;
                 Ok(Some(t))
@@ -1291,7 +1397,7 @@ fn fetch_one(
                 extract::read_ahead(
                     || {
                         Ok(extract::Capped::new(
-                            extract::decoder(&mut hashing, steps)?,
+                            extract::decoder(opened(&mut hashing, ids, o)?, steps)?,
                             o.size,
                         ))
                     },
@@ -1401,6 +1507,7 @@ mod tests {
                     &[],
                 ),
                 keep_on_failure: false,
+                identities: None,
             }
         }
         fn restore(&self, req: &Request) -> Result<Restored, Failure> {
@@ -1656,6 +1763,118 @@ mod tests {
         assert!(err.to_string().contains(text), "{err}");
         assert!(!e.p("data").exists(), "{err}");
         assert!(!e.p("ts-new").exists(), "{err}");
+    }
+
+    fn sealed(r: &crate::destination::sealed::Recipients) -> Options<'_> {
+        Options {
+            sealed_to: Some(r),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_encrypted_backup_is_restored_with_its_identity() {
+        let e = Env::new();
+        let (old_r, old_i) = crate::destination::sealed::tests::key_pair();
+        let old_r = crate::destination::sealed::Recipients::parse(&old_r, "r").unwrap();
+        let info = e.store("b1", sealed(&old_r));
+        assert!(info.objects.iter().all(BackupObject::is_sealed));
+        // An identity file with several keys, the backup's among them (key
+        // rotation).
+        let (_, other_i) = crate::destination::sealed::tests::key_pair();
+        let both = format!("{other_i}{old_i}");
+        let mut req = e.request("b1");
+        req.identities = Some(Arc::new(Identities::parse(&both, "keys.txt").unwrap()));
+        let lines = std::cell::RefCell::new(vec![]);
+        let r = restore_backup(&e.d, &req, &|l| lines.borrow_mut().push(l.to_string())).unwrap();
+        assert_eq!((r.objects, r.files_checked), (3, 5));
+        assert!(
+            lines.borrow()[0].contains("encrypted"),
+            "{:?}",
+            lines.borrow()
+        );
+        let data = e.p("data");
+        for (file, content) in [
+            ("PG_VERSION", &b"15\n"[..]),
+            ("global/pg_control", b"control file"),
+            ("base/1/1259", b"pg_class"),
+        ] {
+            assert_eq!(std::fs::read(data.join(file)).unwrap(), content, "{file}");
+        }
+        assert_eq!(
+            std::fs::read(e.p("ts-new").join(TS_FILE)).unwrap(),
+            b"tablespace table"
+        );
+        assert!(data.join("recovery.signal").exists());
+    }
+
+    #[test]
+    fn an_encrypted_backup_without_its_identity_is_refused_and_nothing_written() {
+        let e = Env::new();
+        let (r, _) = crate::destination::sealed::tests::keys();
+        e.store("b1", sealed(&r));
+        let err = e.restore(&e.request("b1")).unwrap_err();
+        assert_eq!(err.kind, FailureKind::NotRestorable, "{err}");
+        assert!(
+            err.message
+                .contains("is encrypted, and no identity was given"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--identity-file"), "{err}");
+        assert!(!e.p("data").exists() && !e.p("ts-new").exists());
+
+        let (_, wrong) = crate::destination::sealed::tests::keys();
+        let mut req = e.request("b1");
+        req.identities = Some(Arc::new(wrong));
+        let err = e.restore(&req).unwrap_err();
+        assert_eq!(err.kind, FailureKind::NotRestorable, "{err}");
+        assert!(
+            err.message
+                .contains("cannot be decrypted with the identities given"),
+            "{err}"
+        );
+        // The file's name, never its content.
+        assert!(err.to_string().contains("\"i\""), "{err}");
+        assert!(!err.to_string().contains("AGE-SECRET-KEY"), "{err}");
+        assert!(!e.p("data").exists() && !e.p("ts-new").exists());
+    }
+
+    #[test]
+    fn a_damaged_encrypted_object_is_refused() {
+        let e = Env::new();
+        let (r, i) = crate::destination::sealed::tests::keys();
+        let i = Arc::new(i);
+        e.store("b1", sealed(&r));
+        e.corrupt("b1", "base.tar.zst.age");
+        let mut req = e.request("b1");
+        req.identities = Some(Arc::clone(&i));
+        let err = e.restore(&req).unwrap_err();
+        assert_refused_cleanly(&e, &err, FailureKind::Integrity, "is damaged: SHA-256");
+
+        // Damaged, with backup.json made to match: age's authentication
+        // refuses it while it is read, and what was written is removed.
+        let e = Env::new();
+        let info = e.store("b2", sealed(&r));
+        e.corrupt("b2", "base.tar.zst.age");
+        let stored =
+            std::fs::read(e.archive().join(object_name("b2", "base.tar.zst.age"))).unwrap();
+        let mut forged = info.clone();
+        for o in &mut forged.objects {
+            if o.kind == ObjectKind::Base {
+                o.sha256 = crate::wal::checksum::to_hex(&crate::wal::checksum::sha256(&stored));
+            }
+        }
+        std::fs::write(
+            e.archive()
+                .join(object_name("b2", crate::backup::BACKUP_JSON)),
+            forged.to_json(),
+        )
+        .unwrap();
+        let mut req = e.request("b2");
+        req.identities = Some(i);
+        let err = e.restore(&req).unwrap_err();
+        assert_refused_cleanly(&e, &err, FailureKind::Integrity, "could not restore object");
+        assert!(err.to_string().contains("damaged or truncated"), "{err}");
     }
 
     #[test]

@@ -12,12 +12,15 @@
 use std::io::{self, Write};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::backup::info::Encryption;
 use crate::backup::{
     object_name, server_compressed, validate_label, BackupInfo, BackupObject, ObjectKind,
     Tablespace, BACKUPS_DIR, BACKUP_JSON, MANIFEST, STARTED,
 };
+use crate::destination::sealed::{Recipients, SealWriter, SUFFIX as SEALED_SUFFIX};
 use crate::destination::{Destination, ObjectWriter};
 use crate::support::error::{ArchiveError, ErrorKind};
 use crate::wal::checksum::{to_hex, Hasher};
@@ -194,9 +197,52 @@ impl Write for Sink {
     }
 }
 
+/// The end of an encrypting chain: the sink, shared with `Open`, which must
+/// reach it through age's writer (to abort it, to get the destination's
+/// error back whole).
+struct SharedSink(Arc<Mutex<Sink>>);
+
+fn lock(s: &Mutex<Sink>) -> MutexGuard<'_, Sink> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Write for SharedSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        lock(&self.0).write(data)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// age alone, or zstd then age, into a `SharedSink`.
+trait SealedChain: Write + Send {
+    /// Ends the stream: zstd's frame, then age's last chunk (without it the
+    /// object does not decrypt).
+    fn end(self: Box<Self>) -> io::Result<()>;
+}
+
+impl SealedChain for SealWriter<SharedSink> {
+    fn end(self: Box<Self>) -> io::Result<()> {
+        self.finish().map(drop)
+    }
+}
+
+impl SealedChain for zstd::stream::write::Encoder<'static, SealWriter<SharedSink>> {
+    fn end(self: Box<Self>) -> io::Result<()> {
+        (*self).finish()?.finish().map(drop)
+    }
+}
+
 enum Output {
     Plain(Sink),
     Zstd(zstd::stream::write::Encoder<'static, Sink>),
+    /// Compressed (or not) as above, then encrypted.
+    Sealed {
+        chain: Box<dyn SealedChain>,
+        sink: Arc<Mutex<Sink>>,
+    },
 }
 
 /// The object being written.
@@ -221,6 +267,9 @@ impl Open {
                     .take()
                     .unwrap_or_else(|| compress_error(&e))
             }),
+            Output::Sealed { chain, sink } => chain
+                .write_all(data)
+                .map_err(|e| lock(sink).failed.take().unwrap_or_else(|| seal_error(&e))),
         }
     }
 
@@ -237,6 +286,22 @@ impl Open {
                     return Err(err);
                 }
             },
+            Output::Sealed { chain, sink } => {
+                if let Err(e) = chain.end() {
+                    let mut s = lock(&sink);
+                    let err = s.failed.take().unwrap_or_else(|| seal_error(&e));
+                    s.abort();
+                    return Err(err);
+                }
+                // The chain, and its handle on the sink, is gone.
+                match Arc::try_unwrap(sink) {
+                    Ok(m) => m.into_inner().unwrap_or_else(|e| e.into_inner()),
+                    Err(sink) => {
+                        lock(&sink).abort();
+                        return Err(internal("the object's writer is still in use"));
+                    }
+                }
+            }
         };
         let (stored, sha) = sink.finish()?;
         entry.stored_size = stored;
@@ -248,12 +313,20 @@ impl Open {
         match self.out {
             Output::Plain(mut s) => s.abort(),
             Output::Zstd(mut z) => z.get_mut().abort(),
+            Output::Sealed { sink, .. } => lock(&sink).abort(),
         }
     }
 }
 
 fn compress_error(e: &io::Error) -> ArchiveError {
     ArchiveError::new(ErrorKind::Internal, format!("could not compress: {e}"))
+}
+
+fn seal_error(e: &io::Error) -> ArchiveError {
+    ArchiveError::new(
+        ErrorKind::Internal,
+        format!("could not compress and encrypt: {e}"),
+    )
 }
 
 fn internal(msg: &str) -> ArchiveError {
@@ -301,6 +374,8 @@ where
     /// base.tar, always the last tar, has ended: PostgreSQL stops the backup
     /// next and archives its `.backup` history file.
     base_ended: bool,
+    /// Objects are encrypted to these (after compression).
+    sealing: Option<Arc<Recipients>>,
 }
 
 impl<D> BackupWriter<D>
@@ -320,7 +395,16 @@ where
             tablespaces: Vec::new(),
             incremental: false,
             base_ended: false,
+            sealing: None,
         }
+    }
+
+    /// Encrypts every object to `recipients` (`None`: stored as is).
+    /// `backup.json` and `backup.started` stay plaintext: listing, retention
+    /// and verifying the stored bytes need no key.
+    pub fn sealed_to(mut self, recipients: Option<Arc<Recipients>>) -> Self {
+        self.sealing = recipients;
+        self
     }
 
     /// Whether the manifest received says this is an incremental backup.
@@ -509,14 +593,33 @@ where
     ) -> Result<(), ArchiveError> {
         let level = self.started()?.level;
         let compress = !server_compressed(&archive_name);
-        let file = if compress {
+        let mut file = if compress {
             format!("{archive_name}.zst")
         } else {
             archive_name.clone()
         };
+        if self.sealing.is_some() {
+            file.push_str(SEALED_SUFFIX);
+        }
         let name = object_name(self.label().unwrap_or_default(), &file);
         let sink = Sink::new(self.dest().create_object(&name)?);
-        let out = if compress {
+        let out = if let Some(r) = &self.sealing {
+            let sink = Arc::new(Mutex::new(sink));
+            // Nothing is written yet on an error: the writer is dropped
+            // unfinished with the chain (nothing visible).
+            let sealed = r
+                .seal_stream(SharedSink(Arc::clone(&sink)))
+                .map_err(|e| seal_error(&e))?;
+            let chain: Box<dyn SealedChain> = if compress {
+                Box::new(
+                    zstd::stream::write::Encoder::new(sealed, level)
+                        .map_err(|e| compress_error(&e))?,
+                )
+            } else {
+                Box::new(sealed)
+            };
+            Output::Sealed { chain, sink }
+        } else if compress {
             match zstd::stream::write::Encoder::new(sink, level) {
                 Ok(z) => Output::Zstd(z),
                 // The sink is gone with the encoder: nothing was written
@@ -597,6 +700,10 @@ where
             tablespaces: self.tablespaces.clone(),
             objects: self.objects.clone(),
             based_on: None,
+            encryption: self.sealing.as_ref().map(|r| Encryption {
+                method: "age".into(),
+                recipients: r.len(),
+            }),
         };
         self.wait_for_wal(&info, wal)?;
         self.check_objects(&info.label)?;
@@ -960,6 +1067,142 @@ mod tests {
         // After success, PostgreSQL's cleanup callback removes nothing.
         assert_eq!(w.abort(), AbortReport::default());
         assert_eq!(mem.objects().len(), 5);
+    }
+
+    #[test]
+    fn an_encrypted_backup_stores_age_objects_and_a_plaintext_record() {
+        let mem = MemoryDestination::default();
+        let dest: &dyn Destination = &mem;
+        let dir = data_dir_with_tablespace(16385);
+        let (recipients, ids) = crate::destination::sealed::tests::keys();
+        let base = pattern(3 << 20);
+        let mut w = BackupWriter::new(dest).sealed_to(Some(Arc::new(recipients)));
+        let info = full_backup(&mut w, dir.path(), &base);
+        let names: Vec<String> = mem.objects().keys().cloned().collect();
+        assert_eq!(
+            names,
+            [
+                "backups/L1/16385.tar.zst.age",
+                "backups/L1/backup.json",
+                "backups/L1/backup.started",
+                "backups/L1/backup_manifest.zst.age",
+                "backups/L1/base.tar.zst.age",
+            ]
+        );
+        // backup.json is plaintext, says so, and names no key.
+        let json = read(dest, "backups/L1/backup.json");
+        let text = String::from_utf8(json.clone()).unwrap();
+        assert!(!text.contains("age1"), "{text}");
+        let stored = BackupInfo::from_json(&json).unwrap();
+        assert_eq!(stored, info);
+        assert_eq!(
+            info.encryption,
+            Some(Encryption {
+                method: "age".into(),
+                recipients: 1
+            })
+        );
+        assert!(read(dest, "backups/L1/backup.started").starts_with(b"{"));
+        for o in &info.objects {
+            assert!(o.is_sealed(), "{}", o.name);
+            assert_eq!(o.compression, "zstd");
+            let bytes = read(dest, &format!("backups/L1/{}", o.name));
+            assert!(bytes.starts_with(b"age-encryption.org/v1\n"), "{}", o.name);
+            // The record is of the stored (encrypted) bytes: checked
+            // without a key.
+            assert_eq!(bytes.len() as u64, o.stored_size, "{}", o.name);
+            assert_eq!(to_hex(&sha256(&bytes)), o.sha256, "{}", o.name);
+            let plain = zstd::decode_all(&ids.open_bytes(&bytes).unwrap()[..]).unwrap();
+            assert_eq!(plain.len() as u64, o.size, "{}", o.name);
+            if o.kind == ObjectKind::Base {
+                assert_eq!(plain, base);
+                // Compressed before it was encrypted.
+                assert!(o.stored_size < o.size);
+            }
+        }
+        // An unencrypted backup's record has no such field.
+        let plain = full_backup(
+            &mut BackupWriter::new(&MemoryDestination::default() as &dyn Destination),
+            dir.path(),
+            b"x",
+        );
+        assert_eq!(plain.encryption, None);
+        assert!(!plain.to_json().contains("encryption"));
+    }
+
+    #[test]
+    fn server_compressed_archives_are_encrypted_as_sent() {
+        let mem = MemoryDestination::default();
+        let dest: &dyn Destination = &mem;
+        let dir = tempfile::tempdir().unwrap();
+        let (recipients, ids) = crate::destination::sealed::tests::keys();
+        let mut w = BackupWriter::new(dest).sealed_to(Some(Arc::new(recipients)));
+        w.begin(start("z", dir.path())).unwrap();
+        w.begin_archive("base.tar.zst").unwrap();
+        let sent = zstd::encode_all(&pattern(50_000)[..], 3).unwrap();
+        send(&mut w, &sent);
+        w.end_archive().unwrap();
+        w.begin_manifest().unwrap();
+        w.manifest_contents(b"{}").unwrap();
+        w.end_manifest().unwrap();
+        with_wal(dest);
+        let info = w.end_backup(0x2_0000_0100, 1, &WalWait::once()).unwrap();
+        let o = &info.objects[0];
+        assert_eq!(
+            (o.name.as_str(), o.compression.as_str()),
+            ("base.tar.zst.age", "none")
+        );
+        let stored = read(dest, "backups/z/base.tar.zst.age");
+        assert_eq!(ids.open_bytes(&stored).unwrap(), sent);
+        assert_eq!(o.stored_size, stored.len() as u64);
+    }
+
+    #[test]
+    fn an_encrypted_archive_s_store_failure_reaches_the_caller_and_abort_cleans_up() {
+        let mem = MemoryDestination::default();
+        let dest: &dyn Destination = &mem;
+        let dir = data_dir_with_tablespace(16385);
+        let (recipients, _) = crate::destination::sealed::tests::keys();
+        let mut w = BackupWriter::new(dest).sealed_to(Some(Arc::new(recipients)));
+        w.begin(start("F", dir.path())).unwrap();
+        w.begin_archive("16385.tar").unwrap();
+        send(&mut w, &pattern(10_000));
+        w.end_archive().unwrap();
+        *mem.fail_objects_after.lock().unwrap() = Some(2 << 20);
+        w.begin_archive("base.tar").unwrap();
+        let mut x = 1u64;
+        let data: Vec<u8> = (0..(8 << 20))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let err = data
+            .chunks(32 << 10)
+            .find_map(|c| w.archive_contents(c).err())
+            .expect("the store's failure reaches the caller");
+        // The destination's own error, not the encryptor's.
+        assert_eq!(err.kind, ErrorKind::Unavailable);
+        let r = w.abort();
+        assert_eq!(
+            r.removed,
+            ["backups/F/16385.tar.zst.age", "backups/F/backup.started"]
+        );
+        assert!(mem.objects().is_empty());
+        assert_eq!(mem.open_writers(), 0);
+
+        // Aborted with an encrypted object open: its writer is discarded.
+        let (recipients, _) = crate::destination::sealed::tests::keys();
+        let mut w = BackupWriter::new(dest).sealed_to(Some(Arc::new(recipients)));
+        w.begin(start("G", dir.path())).unwrap();
+        w.begin_archive("base.tar").unwrap();
+        send(&mut w, &pattern(100_000));
+        assert_eq!(mem.open_writers(), 1);
+        w.abort();
+        assert_eq!(mem.open_writers(), 0);
+        assert!(mem.objects().is_empty());
     }
 
     #[test]
@@ -1333,12 +1576,12 @@ mod tests {
         up_to_manifest(&mut w, dir.path(), "W");
         manifest(&mut w, b"{}");
         // 2/28 to 2/3000100: segments 2/00 to 2/03; 2/01 is stored
-        // compressed, 2/03 is missing.
+        // compressed, 2/02 compressed and encrypted, 2/03 is missing.
         dest.store_new_bytes("000000010000000200000000", b"w")
             .unwrap();
         dest.store_new_bytes("000000010000000200000001.zst", b"w")
             .unwrap();
-        dest.store_new_bytes("000000010000000200000002", b"w")
+        dest.store_new_bytes("000000010000000200000002.zst.age", b"w")
             .unwrap();
         let stop = 0x2_0300_0100;
         let wait = WalWait {

@@ -46,7 +46,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::backup::catalog::{removal_order, Catalog, StoredBackup};
 use crate::backup::{BACKUPS_DIR, INCOMPLETE_AFTER};
+use crate::destination::sealed::Identities;
 use crate::destination::{Destination, Entry};
+use crate::restore::reading::{open_stored, read_back_small, ReadFailure};
 use crate::support::error::{ArchiveError, ErrorKind};
 use crate::wal::timeline_history::Timelines;
 use crate::wal::walname::{WalFileKind, WalFileName};
@@ -127,8 +129,23 @@ const MAX_HISTORY_TEXT: u64 = 1 << 20;
 /// Reads the `.backup` and `.history` files among `entries` from `dest`,
 /// and the backups under `backups/`. One that vanished meanwhile is skipped
 /// (a `.backup` then counts as unreadable and `plan` refuses); one that
-/// cannot be read is an error.
+/// cannot be read is an error. An encrypted one is refused: see
+/// `read_facts_opening`.
 pub fn read_facts(dest: &dyn Destination, entries: &[Entry]) -> Result<Facts, ArchiveError> {
+    read_facts_opening(dest, None, entries)
+}
+
+/// `read_facts`, reading encrypted files with `ids`. `dest` is the archive
+/// as stored (not the `Compressing` view): `entries` may name WAL files by
+/// their own names, and each is read from whichever form holds it. An
+/// encrypted one is checked as restore checks it; without `ids` it is
+/// refused, since what it says decides what is removed, and a timeline or
+/// a backup is never guessed.
+pub fn read_facts_opening(
+    dest: &dyn Destination,
+    ids: Option<&Identities>,
+    entries: &[Entry],
+) -> Result<Facts, ArchiveError> {
     let mut facts = Facts {
         stored: Catalog::read(dest)?,
         ..Facts::default()
@@ -140,22 +157,55 @@ pub fn read_facts(dest: &dyn Destination, entries: &[Entry]) -> Result<Facts, Ar
         if !matches!(w.kind, WalFileKind::Backup | WalFileKind::History) {
             continue;
         }
-        let Some(r) = dest.open(&e.name)? else {
+        let Some((h, r)) = open_stored(dest, &e.name)? else {
             continue;
         };
-        let mut bytes = vec![];
-        r.take(MAX_HISTORY_TEXT)
-            .read_to_end(&mut bytes)
-            .map_err(|err| {
-                ArchiveError::new(
-                    ErrorKind::Io,
+        let bytes = if h.form.encrypted {
+            if ids.is_none() {
+                return Err(ArchiveError::new(
+                    ErrorKind::Configuration,
                     format!(
-                        "could not read \"{}\": {}",
-                        dest.location(&e.name),
-                        crate::support::error::os_message(&err)
+                        "archive file \"{}\" is encrypted and no identity was given to read it",
+                        dest.location(&h.stored)
                     ),
                 )
-            })?;
+                .with_detail(
+                    "Retention reads every timeline history and backup history file to know which WAL the base backups need; it never guesses. Nothing was removed.",
+                )
+                .with_hint(
+                    "Run \"walarch expire\" with --identity-file FILE (or WALARCH_IDENTITY_FILE) where the archive's private key is kept; the database server holds only the public key.",
+                ));
+            }
+            match read_back_small(dest, ids, &h, r, MAX_HISTORY_TEXT) {
+                Ok(b) => b,
+                Err(ReadFailure::Store(e)) => return Err(e),
+                Err(f) => {
+                    return Err(ArchiveError::new(
+                        ErrorKind::Conflict,
+                        format!("could not read \"{}\"", dest.location(&h.stored)),
+                    )
+                    .with_detail(format!(
+                        "{}. Nothing was removed.",
+                        f.describe(&h.stored, ids)
+                    )))
+                }
+            }
+        } else {
+            let mut bytes = vec![];
+            r.take(MAX_HISTORY_TEXT)
+                .read_to_end(&mut bytes)
+                .map_err(|err| {
+                    ArchiveError::new(
+                        ErrorKind::Io,
+                        format!(
+                            "could not read \"{}\": {}",
+                            dest.location(&h.stored),
+                            crate::support::error::os_message(&err)
+                        ),
+                    )
+                })?;
+            bytes
+        };
         let text = String::from_utf8_lossy(&bytes).into_owned();
         match w.kind {
             WalFileKind::Backup => {
@@ -1604,6 +1654,112 @@ pub(crate) mod tests {
         assert_eq!(left, [names[2], names[3], names[4]]);
     }
 
+    /// An encrypted history or backup history file decides what goes: read
+    /// with the key, refused without it, never guessed.
+    #[test]
+    fn encrypted_history_files_are_read_with_the_key_and_refused_without() {
+        use crate::archiving::archive_protocol::archive_file;
+        use crate::destination::compressing::{Compressing, Sealing};
+        use crate::destination::local_directory::LocalDirectory;
+        use crate::destination::sealed::tests::keys;
+        let tmp = tempfile::tempdir().unwrap();
+        let (arch, wal) = (tmp.path().join("arch"), tmp.path().join("wal"));
+        std::fs::create_dir(&arch).unwrap();
+        std::fs::create_dir(&wal).unwrap();
+        let (r, ids) = keys();
+        let inner = LocalDirectory::new(&arch, 0o600);
+        let view = Compressing::new(&inner, Some(1)).sealing(Sealing::To(std::sync::Arc::new(r)));
+        let names = [
+            "000000010000000000000001",
+            "000000010000000000000002",
+            "000000010000000000000003",
+            "000000010000000000000003.00000028.backup",
+            "00000002.history",
+        ];
+        let backup = backup_text(names[3], 5);
+        for n in names {
+            let data = match n {
+                _ if n.ends_with(".backup") => backup.clone(),
+                _ if n.ends_with(".history") => "1\t0/9000000\tr\n".to_string(),
+                _ => n.repeat(1000),
+            };
+            std::fs::write(wal.join(n), data).unwrap();
+            archive_file(&view, n, &wal.join(n)).unwrap();
+        }
+        assert!(arch.join("00000002.history.age").is_file());
+        assert!(arch.join("000000010000000000000001.zst.age").is_file());
+        let entries = view.entries().unwrap();
+        let listed = |d: &LocalDirectory| {
+            let mut l = d.list().unwrap();
+            l.sort();
+            l
+        };
+        let before = listed(&inner);
+
+        // Without the key: refused, saying how to give it; nothing removed.
+        let e = read_facts(&inner, &entries).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Configuration);
+        assert!(
+            e.message.contains("is encrypted and no identity was given"),
+            "{e}"
+        );
+        assert!(
+            e.hint.as_deref().unwrap().contains("--identity-file"),
+            "{e:?}"
+        );
+        assert_eq!(listed(&inner), before);
+        // With another key: refused too.
+        let (_, other) = keys();
+        let e = read_facts_opening(&inner, Some(&other), &entries).unwrap_err();
+        assert!(
+            e.detail
+                .as_deref()
+                .unwrap()
+                .contains("none of the identities given"),
+            "{e:?}"
+        );
+
+        // With the key: read as archived, and the plan is carried out on
+        // every form.
+        let f = read_facts_opening(&inner, Some(&ids), &entries).unwrap();
+        assert_eq!(f.backups[names[3]], backup);
+        assert_eq!(f.histories[&2], "1\t0/9000000\tr\n");
+        let p = plan(
+            &entries,
+            &f,
+            &Rule::KeepBackups(1),
+            at(T0),
+            BackupCheck::Required,
+        )
+        .unwrap();
+        assert_eq!(removed(&p), &names[..2]);
+        assert_eq!(execute(&view, &p, |_| {}).unwrap(), 2);
+        assert_eq!(
+            listed(&inner),
+            [
+                "000000010000000000000003.00000028.backup.age",
+                "000000010000000000000003.zst.age",
+                "00000002.history.age",
+            ]
+        );
+        assert!(!arch
+            .join("000000010000000000000001.zst.age.sha256")
+            .exists());
+
+        // An encrypted file damaged in the archive: refused, not guessed.
+        let h = arch.join("00000002.history.age");
+        let mut b = std::fs::read(&h).unwrap();
+        let last = b.len() - 1;
+        b[last] ^= 1;
+        std::fs::write(&h, b).unwrap();
+        let entries = view.entries().unwrap();
+        let e = read_facts_opening(&inner, Some(&ids), &entries).unwrap_err();
+        assert!(
+            e.detail.as_deref().unwrap().contains("checksum mismatch"),
+            "{e:?}"
+        );
+    }
+
     /// Backups taken through the walarch target, in a directory archive.
     pub(crate) mod target_backups {
         use super::*;
@@ -1643,6 +1799,7 @@ pub(crate) mod tests {
                 tablespaces: vec![],
                 objects: vec![],
                 based_on: None,
+                encryption: None,
             }
         }
 

@@ -19,11 +19,13 @@ use crate::backup::{object_name, BACKUPS_DIR, BACKUP_JSON, INCOMPLETE_AFTER};
 use crate::archiving::archive_protocol::read_error;
 use crate::archiving::budget::{marker_field, Marker};
 use crate::destination::compressed;
-use crate::destination::{Destination, Recorded};
+use crate::destination::sealed::Identities;
+use crate::destination::Destination;
+use crate::restore::reading::{read_back, read_back_small, record_of, Holder, ReadFailure};
 use crate::support::error::ArchiveError;
-use crate::wal::checksum::{hash_reader, sha256, to_hex};
+use crate::wal::checksum::{hash_reader, to_hex};
 use crate::wal::walname::{
-    archive_order, segment_file_name, stored_form, WalFileKind, WalFileName,
+    archive_order, segment_file_name, stored_form, Form, WalFileKind, WalFileName,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +47,12 @@ pub enum Status {
     /// Missing because `walarch.max_backlog` dropped it: a gap explained by
     /// a `DROPPED.` marker (still a gap recovery cannot pass).
     Dropped,
+    /// Encrypted, and verified without an identity: its stored bytes match
+    /// their record, what they decrypt to was not checked. Not a problem,
+    /// but said.
+    Unchecked,
+    /// Encrypted, and none of the identities given can decrypt it.
+    NoKey,
 }
 
 impl Status {
@@ -57,6 +65,8 @@ impl Status {
             Status::InProgress => "in_progress",
             Status::Incomplete => "incomplete",
             Status::Dropped => "dropped",
+            Status::Unchecked => "unchecked",
+            Status::NoKey => "no_key",
         }
     }
 }
@@ -80,6 +90,12 @@ pub struct Report {
     pub compressed_files: usize,
     pub stored_bytes: u64,
     pub wal_bytes: u64,
+    /// Of the files verified intact, how many are stored encrypted (and
+    /// were decrypted to check them).
+    pub encrypted_files: usize,
+    /// Encrypted files whose stored bytes were verified but which were not
+    /// decrypted (no identity given): `Status::Unchecked`.
+    pub encrypted_unchecked: usize,
 }
 
 impl Report {
@@ -87,9 +103,12 @@ impl Report {
         self.problems().next().is_none()
     }
     pub fn problems(&self) -> impl Iterator<Item = &Finding> {
-        self.findings
-            .iter()
-            .filter(|f| !matches!(f.status, Status::Ok | Status::InProgress))
+        self.findings.iter().filter(|f| {
+            !matches!(
+                f.status,
+                Status::Ok | Status::InProgress | Status::Unchecked
+            )
+        })
     }
 }
 
@@ -201,21 +220,40 @@ pub fn verify(
     verify_with(dest, from, to, &mut || Ok(()))
 }
 
-/// `verify`, running `check` between files and between reads.
+/// `verify`, running `check` between files and between reads. Encrypted
+/// files are checked as far as their stored bytes (`Status::Unchecked`):
+/// the server, which runs this, holds no identity.
 pub fn verify_with(
     dest: &dyn Destination,
     from: Option<&WalFileName>,
     to: Option<&WalFileName>,
     check: Check<'_>,
 ) -> Result<Report, ArchiveError> {
-    let mut report = verify_wal(dest, from, to, &mut *check)?;
+    verify_opening(dest, None, from, to, check)
+}
+
+/// `verify_with`, decrypting encrypted files with `ids` to check what they
+/// restore to, as restore would.
+pub fn verify_opening(
+    dest: &dyn Destination,
+    ids: Option<&Identities>,
+    from: Option<&WalFileName>,
+    to: Option<&WalFileName>,
+    check: Check<'_>,
+) -> Result<Report, ArchiveError> {
+    let mut report = verify_wal(dest, ids, from, to, &mut *check)?;
     verify_backups(dest, SystemTime::now(), check, &mut report)?;
     Ok(report)
 }
 
+/// The detail of an encrypted file verified without an identity.
+pub const NOT_DECRYPTED: &str =
+    "encrypted: stored bytes verified against their record; not decrypted (no --identity-file given)";
+
 /// The WAL files: checksums, then gaps.
 fn verify_wal(
     dest: &dyn Destination,
+    ids: Option<&Identities>,
     from: Option<&WalFileName>,
     to: Option<&WalFileName>,
     check: Check<'_>,
@@ -232,7 +270,11 @@ fn verify_wal(
         if WalFileName::parse(wal).is_some_and(|w| w.kind == WalFileKind::Segment) {
             check()?;
             let size = if form.encrypted {
-                None
+                // The original's length, as the record keeps it (the
+                // record is checked with the file below).
+                dest.recorded_original(n)?
+                    .map(|o| o.len)
+                    .filter(|s| s.is_power_of_two() && (1 << 20..=1 << 30).contains(s))
             } else if form.compressed {
                 compressed_segment_size(dest, n)?
             } else {
@@ -264,75 +306,9 @@ fn verify_wal(
             continue;
         }
         check()?;
-        let finding = match dest.recorded(n)? {
-            Recorded::Missing => Finding {
-                walfile: n.clone(),
-                status: Status::MissingChecksum,
-                detail: "no checksum recorded in the archive".to_string(),
-            },
-            Recorded::Malformed => Finding {
-                walfile: n.clone(),
-                status: Status::Corrupt,
-                detail: "the checksum record is not one for this file".to_string(),
-            },
-            Recorded::Digest(d) => {
-                let Some(r) = dest.open(n)? else {
-                    // Removed since it was listed (an expiry running).
-                    continue;
-                };
-                let mut r = Checked {
-                    inner: r,
-                    check: &mut *check,
-                    stopped: None,
-                };
-                let read = if form.encrypted {
-                    hash_reader(&mut r).map(|(len, actual)| (len, actual, Ok(len)))
-                } else if form.compressed {
-                    let mut data = Vec::new();
-                    r.read_to_end(&mut data).map(|_| {
-                        let decoded =
-                            compressed::decompress(&data[..], std::io::sink()).map(|o| o.len);
-                        (data.len() as u64, sha256(&data), decoded)
-                    })
-                } else {
-                    hash_reader(&mut r).map(|(len, actual)| (len, actual, Ok(len)))
-                };
-                if let Some(stopped) = r.stopped.take() {
-                    return Err(stopped);
-                }
-                let (len, actual, decoded) = read.map_err(|e| read_error(dest, n, &e))?;
-                if actual == d {
-                    match decoded {
-                        Ok(wal_len) => {
-                            report.compressed_files += usize::from(form.compressed);
-                            report.stored_bytes += len;
-                            report.wal_bytes += wal_len;
-                            Finding {
-                            walfile: n.clone(),
-                            status: Status::Ok,
-                            detail: String::new(),
-                            }
-                        }
-                        Err(e) => Finding {
-                            walfile: n.clone(),
-                            status: Status::Corrupt,
-                            detail: format!(
-                                "matches its checksum record but does not decompress to the WAL file it recorded: {e}"
-                            ),
-                        },
-                    }
-                } else {
-                    Finding {
-                        walfile: n.clone(),
-                        status: Status::Corrupt,
-                        detail: format!(
-                            "SHA-256 mismatch ({len} bytes): recorded {}, found {}",
-                            to_hex(&d),
-                            to_hex(&actual)
-                        ),
-                    }
-                }
-            }
+        let Some(finding) = check_file(dest, ids, n, form, &mut *check, &mut report)? else {
+            // Removed since it was listed (an expiry running).
+            continue;
         };
         report.findings.push(finding);
     }
@@ -368,22 +344,15 @@ fn verify_wal(
     let mut begins: BTreeMap<u32, u64> = BTreeMap::new();
     begins.insert(newest, 0);
     if newest > 1 {
-        let hist_name = format!("{newest:08X}.history");
-        match read_text(dest, &hist_name)? {
-            Some(text) => {
-                let entries = parse_history(&text);
-                let mut begin = 0;
-                for (tli, switch_lsn) in &entries {
-                    begins.insert(*tli, begin);
-                    begin = switch_lsn / size;
-                }
-                begins.insert(newest, begin);
+        // When it cannot be read, `history_text` says so in the report.
+        if let Some(text) = history_text(dest, ids, &names, newest, &mut report)? {
+            let entries = parse_history(&text);
+            let mut begin = 0;
+            for (tli, switch_lsn) in &entries {
+                begins.insert(*tli, begin);
+                begin = switch_lsn / size;
             }
-            None => report.findings.push(Finding {
-                walfile: hist_name,
-                status: Status::Missing,
-                detail: format!("timeline {newest} has no history file in the archive: its ancestry cannot be followed"),
-            }),
+            begins.insert(newest, begin);
         }
     }
     report.timelines = begins.keys().copied().collect();
@@ -654,6 +623,199 @@ fn load_markers<'m>(
     Ok(cache.as_deref().unwrap_or_default())
 }
 
+/// Checks one stored file `n` (of `form`) against its record and, when
+/// it can, what it restores to; counts it in `report`. `None` when it is
+/// gone since it was listed.
+fn check_file(
+    dest: &dyn Destination,
+    ids: Option<&Identities>,
+    n: &str,
+    form: Form,
+    check: Check<'_>,
+    report: &mut Report,
+) -> Result<Option<Finding>, ArchiveError> {
+    let finding = |status, detail: String| {
+        Some(Finding {
+            walfile: n.to_string(),
+            status,
+            detail,
+        })
+    };
+    let h = Holder {
+        stored: n.to_string(),
+        form,
+    };
+    let record = match record_of(dest, &h) {
+        Ok(r) => r,
+        Err(ReadFailure::Store(e)) => return Err(e),
+        Err(ReadFailure::NoRecord) => {
+            return Ok(finding(
+                Status::MissingChecksum,
+                "no checksum recorded in the archive".to_string(),
+            ))
+        }
+        Err(ReadFailure::BadRecord(why)) if why == "is malformed" => {
+            return Ok(finding(
+                Status::Corrupt,
+                "the checksum record is not one for this file".to_string(),
+            ))
+        }
+        Err(e) => return Ok(finding(Status::Corrupt, e.describe(n, ids))),
+    };
+    let Some(r) = dest.open(n)? else {
+        return Ok(None);
+    };
+    let mut r = Checked {
+        inner: r,
+        check,
+        stopped: None,
+    };
+    // The plain form, and an encrypted one without identities: the stored
+    // bytes, streamed.
+    if form == Form::PLAIN || (form.encrypted && ids.is_none()) {
+        let read = hash_reader(&mut r);
+        if let Some(stopped) = r.stopped.take() {
+            return Err(stopped);
+        }
+        let (len, actual) = read.map_err(|e| read_error(dest, n, &e))?;
+        if actual != record.digest {
+            return Ok(finding(
+                Status::Corrupt,
+                format!(
+                    "SHA-256 mismatch ({len} bytes): recorded {}, found {}",
+                    to_hex(&record.digest),
+                    to_hex(&actual)
+                ),
+            ));
+        }
+        report.stored_bytes += len;
+        return Ok(if form == Form::PLAIN {
+            report.wal_bytes += len;
+            finding(Status::Ok, String::new())
+        } else {
+            report.encrypted_unchecked += 1;
+            report.compressed_files += usize::from(form.compressed);
+            report.wal_bytes += record.original.map_or(0, |o| o.len);
+            finding(Status::Unchecked, NOT_DECRYPTED.to_string())
+        });
+    }
+    // Compressed or encrypted: read whole (about a segment at most), then
+    // restored as restore would, into nothing.
+    let mut data = Vec::new();
+    let read = r.read_to_end(&mut data);
+    if let Some(stopped) = r.stopped.take() {
+        return Err(stopped);
+    }
+    read.map_err(|e| read_error(dest, n, &e))?;
+    Ok(
+        match read_back(dest, ids, &h, &record, &data[..], &mut std::io::sink()) {
+            Ok(back) => {
+                report.compressed_files += usize::from(form.compressed);
+                report.encrypted_files += usize::from(form.encrypted);
+                report.stored_bytes += back.stored_len;
+                report.wal_bytes += back.original.len;
+                finding(Status::Ok, String::new())
+            }
+            Err(ReadFailure::Store(e)) => return Err(e),
+            Err(ReadFailure::Mismatch {
+                len,
+                recorded,
+                actual,
+            }) => finding(
+                Status::Corrupt,
+                format!(
+                    "SHA-256 mismatch ({len} bytes): recorded {}, found {}",
+                    to_hex(&recorded),
+                    to_hex(&actual)
+                ),
+            ),
+            Err(ReadFailure::Undecodable(why)) => finding(
+                Status::Corrupt,
+                format!("matches its checksum record but {why}"),
+            ),
+            Err(e @ ReadFailure::NoMatchingKey) => finding(
+                Status::NoKey,
+                format!("stored bytes verified; {}", e.describe(n, ids)),
+            ),
+            Err(e) => finding(Status::Corrupt, e.describe(n, ids)),
+        },
+    )
+}
+
+/// The text of timeline `tli`'s history file, to follow its ancestry;
+/// `None` when it cannot be read, which is said in `report` (missing, or
+/// encrypted and not decrypted: then only the newest timeline's gaps are
+/// looked for).
+fn history_text(
+    dest: &dyn Destination,
+    ids: Option<&Identities>,
+    names: &[String],
+    tli: u32,
+    report: &mut Report,
+) -> Result<Option<String>, ArchiveError> {
+    let hist_name = format!("{tli:08X}.history");
+    let stored = names
+        .iter()
+        .find(|n| stored_form(n).is_some_and(|(w, _)| w == hist_name));
+    let missing = |report: &mut Report| {
+        report.findings.push(Finding {
+            walfile: hist_name.clone(),
+            status: Status::Missing,
+            detail: format!(
+                "timeline {tli} has no history file in the archive: its ancestry cannot be followed"
+            ),
+        })
+    };
+    let Some(stored) = stored else {
+        missing(report);
+        return Ok(None);
+    };
+    let (_, form) = stored_form(stored).expect("found by it");
+    if !form.encrypted {
+        let text = read_text(dest, stored)?;
+        if text.is_none() {
+            missing(report);
+        }
+        return Ok(text);
+    }
+    let text = match ids {
+        None => None,
+        Some(ids) => match dest.open(stored)? {
+            None => None,
+            Some(src) => {
+                let h = Holder {
+                    stored: stored.clone(),
+                    form,
+                };
+                match read_back_small(dest, Some(ids), &h, src, MAX_HISTORY) {
+                    Ok(b) => String::from_utf8(b).ok(),
+                    Err(ReadFailure::Store(e)) => return Err(e),
+                    // Its own finding says what is wrong with it.
+                    Err(_) => None,
+                }
+            }
+        },
+    };
+    if text.is_none() {
+        let note = format!(
+            "timeline {tli}'s ancestry was not followed: gaps were looked for on timeline {tli} only"
+        );
+        match report.findings.iter_mut().find(|f| f.walfile == *stored) {
+            Some(f) if f.detail.is_empty() => f.detail = note,
+            Some(f) => f.detail = format!("{}; {note}", f.detail),
+            None => report.findings.push(Finding {
+                walfile: stored.clone(),
+                status: Status::Unchecked,
+                detail: format!("encrypted: {note}"),
+            }),
+        }
+    }
+    Ok(text)
+}
+
+/// History files are a few hundred bytes; anything much larger is not one.
+const MAX_HISTORY: u64 = 1 << 20;
+
 /// A small stored file as text; `None` when absent or not text.
 fn read_text(dest: &dyn Destination, name: &str) -> Result<Option<String>, ArchiveError> {
     let Some(mut r) = dest.open(name)? else {
@@ -672,6 +834,7 @@ mod tests {
     use super::*;
     use crate::archiving::archive_protocol::archive_file;
     use crate::destination::local_directory::LocalDirectory;
+    use crate::wal::checksum::sha256;
 
     const MB: u64 = 1 << 20;
 
@@ -1055,5 +1218,234 @@ mod tests {
             f.detail
         );
         assert_eq!(f.status.as_str(), "dropped");
+    }
+
+    mod encrypted {
+        use super::*;
+        use crate::destination::compressing::{Compressing, Sealing};
+        use crate::destination::local_directory::format_record;
+        use crate::destination::sealed::tests::keys;
+        use crate::destination::sealed::Recipients;
+        use std::path::Path;
+        use std::sync::Arc;
+
+        /// Archives `name` with `data` through the archive view, in the form
+        /// `form` asks for (encrypted to `r`), as the archiver does.
+        fn store(arch: &Path, r: &Recipients, name: &str, data: &[u8], form: Form) {
+            let wal = arch.parent().unwrap().join("wal");
+            std::fs::create_dir_all(&wal).unwrap();
+            std::fs::write(wal.join(name), data).unwrap();
+            let inner = LocalDirectory::new(arch, 0o600);
+            let sealing = if form.encrypted {
+                Sealing::To(Arc::new(r.clone()))
+            } else {
+                Sealing::Off
+            };
+            let view = Compressing::new(&inner, form.compressed.then_some(1)).sealing(sealing);
+            archive_file(&view, name, &wal.join(name)).unwrap();
+        }
+
+        fn full_segment(t: u32, s: u64, size: u64) -> Vec<u8> {
+            let mut data = segment(t, size, s as u8);
+            data.resize(size as usize, 0);
+            data
+        }
+
+        fn store_segment(
+            arch: &Path,
+            r: &Recipients,
+            t: u32,
+            s: u64,
+            size: u64,
+            form: Form,
+        ) -> String {
+            let name = segment_file_name(t, s, size);
+            store(arch, r, &name, &full_segment(t, s, size), form);
+            crate::wal::walname::form_name(&name, form).unwrap()
+        }
+
+        fn new_archive() -> (tempfile::TempDir, std::path::PathBuf) {
+            let d = tempfile::tempdir().unwrap();
+            let arch = d.path().join("arch");
+            std::fs::create_dir(&arch).unwrap();
+            (d, arch)
+        }
+
+        fn statuses(r: &Report) -> Vec<(String, Status)> {
+            r.findings
+                .iter()
+                .map(|f| (f.walfile.clone(), f.status))
+                .collect()
+        }
+
+        #[test]
+        fn a_mixed_archive_verifies_with_and_without_identity() {
+            let (_d, arch) = new_archive();
+            let (r, ids) = keys();
+            let stored: Vec<String> = Form::ALL
+                .into_iter()
+                .zip(1..)
+                .map(|(form, s)| store_segment(&arch, &r, 1, s, MB, form))
+                .collect();
+            let dest = LocalDirectory::new(&arch, 0o600);
+
+            // Without identity (as the server runs it): intact, and the
+            // encrypted files are said to be checked as stored bytes only.
+            let rep = verify(&dest, None, None).unwrap();
+            assert!(rep.intact(), "{:?}", rep.findings);
+            assert_eq!(rep.segment_size, Some(MB));
+            assert_eq!(
+                statuses(&rep),
+                vec![
+                    (stored[0].clone(), Status::Ok),
+                    (stored[1].clone(), Status::Ok),
+                    (stored[2].clone(), Status::Unchecked),
+                    (stored[3].clone(), Status::Unchecked),
+                ]
+            );
+            for f in rep
+                .findings
+                .iter()
+                .filter(|f| f.status == Status::Unchecked)
+            {
+                assert_eq!(f.detail, NOT_DECRYPTED);
+            }
+            assert_eq!((rep.encrypted_unchecked, rep.encrypted_files), (2, 0));
+            assert_eq!(Status::Unchecked.as_str(), "unchecked");
+
+            // With it: every file restored as restore would.
+            let rep = verify_opening(&dest, Some(&ids), None, None, &mut || Ok(())).unwrap();
+            assert!(rep.intact(), "{:?}", rep.findings);
+            assert!(rep.findings.iter().all(|f| f.status == Status::Ok));
+            assert_eq!((rep.encrypted_unchecked, rep.encrypted_files), (0, 2));
+            assert_eq!((rep.compressed_files, rep.wal_bytes), (2, 4 * MB));
+
+            // With another key: the encrypted files cannot be restored.
+            let (_, other) = keys();
+            let rep = verify_opening(&dest, Some(&other), None, None, &mut || Ok(())).unwrap();
+            assert_eq!(
+                problems(&rep),
+                vec![
+                    (stored[2].clone(), Status::NoKey),
+                    (stored[3].clone(), Status::NoKey),
+                ]
+            );
+            assert!(rep
+                .problems()
+                .all(|f| f.detail.contains("none of the identities given")));
+
+            // A gap where an encrypted segment was.
+            dest.remove(&stored[2]).unwrap();
+            let rep = verify(&dest, None, None).unwrap();
+            assert_eq!(
+                problems(&rep),
+                vec![(segment_file_name(1, 3, MB), Status::Missing)]
+            );
+        }
+
+        #[test]
+        fn an_encrypted_only_archive_gives_its_segment_size() {
+            let (_d, arch) = new_archive();
+            let (r, ids) = keys();
+            for s in 5..9 {
+                let form = if s % 2 == 0 { Form::AGE } else { Form::ZST_AGE };
+                store_segment(&arch, &r, 1, s, 2 * MB, form);
+            }
+            let dest = LocalDirectory::new(&arch, 0o600);
+            let rep = verify(&dest, None, None).unwrap();
+            assert_eq!(rep.segment_size, Some(2 * MB));
+            assert!(rep.intact(), "{:?}", rep.findings);
+            assert_eq!(rep.encrypted_unchecked, 4);
+            let rep = verify_opening(&dest, Some(&ids), None, None, &mut || Ok(())).unwrap();
+            assert_eq!(rep.segment_size, Some(2 * MB));
+            assert_eq!(rep.encrypted_files, 4);
+            assert!(rep.intact(), "{:?}", rep.findings);
+        }
+
+        #[test]
+        fn damage_to_an_encrypted_file_is_found_as_far_as_the_key_allows() {
+            let (_d, arch) = new_archive();
+            let (r, ids) = keys();
+            let name = store_segment(&arch, &r, 1, 1, MB, Form::ZST_AGE);
+            let dest = LocalDirectory::new(&arch, 0o600);
+            let original = dest.recorded_original(&name).unwrap().unwrap();
+            let mut bytes = std::fs::read(arch.join(&name)).unwrap();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0x20;
+            std::fs::write(arch.join(&name), &bytes).unwrap();
+            // Damaged after archiving: the stored bytes' record catches it,
+            // key or no key.
+            for ids in [None, Some(&ids)] {
+                let rep = verify_opening(&dest, ids, None, None, &mut || Ok(())).unwrap();
+                assert_eq!(problems(&rep), vec![(name.clone(), Status::Corrupt)]);
+                assert!(rep.findings[0].detail.contains("SHA-256 mismatch"));
+            }
+            // Damaged before the record was made: only the key can tell.
+            std::fs::write(
+                arch.join(format!("{name}.sha256")),
+                format_record(&sha256(&bytes), &name, Some(&original)),
+            )
+            .unwrap();
+            let rep = verify(&dest, None, None).unwrap();
+            assert!(rep.intact());
+            assert_eq!(statuses(&rep), vec![(name.clone(), Status::Unchecked)]);
+            let rep = verify_opening(&dest, Some(&ids), None, None, &mut || Ok(())).unwrap();
+            assert_eq!(problems(&rep), vec![(name.clone(), Status::Corrupt)]);
+            assert!(
+                rep.findings[0]
+                    .detail
+                    .contains("matches its checksum record but"),
+                "{}",
+                rep.findings[0].detail
+            );
+        }
+
+        #[test]
+        fn an_encrypted_history_is_followed_with_the_key_and_said_without() {
+            // Timeline 2 branched from 1 inside segment 3 (1 MB segments).
+            let (_d, arch) = new_archive();
+            let (r, ids) = keys();
+            for (t, s) in [(1, 1), (1, 2), (1, 3), (2, 3), (2, 4)] {
+                store_segment(&arch, &r, t, s, MB, Form::ZST_AGE);
+            }
+            store(
+                &arch,
+                &r,
+                "00000002.history",
+                b"1\t0/350000\tno recovery target specified\n",
+                Form::AGE,
+            );
+            assert!(arch.join("00000002.history.age").is_file());
+            let dest = LocalDirectory::new(&arch, 0o600);
+            let rep = verify_opening(&dest, Some(&ids), None, None, &mut || Ok(())).unwrap();
+            assert!(rep.intact(), "{:?}", rep.findings);
+            assert_eq!(rep.timelines, vec![1, 2]);
+            // A hole on timeline 1 is seen through the history.
+            dest.remove(&format!("{}.zst.age", segment_file_name(1, 2, MB)))
+                .unwrap();
+            let rep = verify_opening(&dest, Some(&ids), None, None, &mut || Ok(())).unwrap();
+            assert_eq!(
+                problems(&rep),
+                vec![(segment_file_name(1, 2, MB), Status::Missing)]
+            );
+
+            // Without the key the ancestry is not followed, and that is said
+            // on the history file's finding.
+            let rep = verify(&dest, None, None).unwrap();
+            assert_eq!(rep.timelines, vec![2]);
+            let h = rep
+                .findings
+                .iter()
+                .find(|f| f.walfile == "00000002.history.age")
+                .unwrap();
+            assert_eq!(h.status, Status::Unchecked);
+            assert!(h.detail.starts_with(NOT_DECRYPTED), "{}", h.detail);
+            assert!(
+                h.detail.contains("ancestry was not followed"),
+                "{}",
+                h.detail
+            );
+            assert!(rep.intact(), "{:?}", rep.findings);
+        }
     }
 }

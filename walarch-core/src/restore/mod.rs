@@ -13,21 +13,22 @@
 //! kill the server.
 
 pub mod prefetch;
+pub mod reading;
 pub mod spool;
 
 use std::fs::OpenOptions;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::archiving::archive_protocol::read_error;
-use crate::destination::compressed::{self, DecodeError};
-use crate::destination::{Destination, Recorded};
+use crate::destination::sealed::Identities;
+use crate::destination::Destination;
+use crate::restore::reading::{open_stored, read_back, record_of, ReadFailure};
 use crate::support::error::ArchiveError;
-use crate::support::fsutil::{fsync_dir, read_full};
-use crate::wal::checksum::{sha256, to_hex, Hasher, Sha256Digest};
-use crate::wal::walname::{compressed_name, is_archivable_name};
+use crate::support::fsutil::fsync_dir;
+use crate::wal::checksum::Sha256Digest;
+use crate::wal::walname::{form_name, is_archivable_name, Form};
 
 #[derive(Debug)]
 pub enum RestoreError {
@@ -138,6 +139,7 @@ impl Retry {
 /// archive (called once per attempt; it may cache).
 pub fn restore_retrying<'a>(
     archive: &dyn Fn() -> Result<&'a dyn Destination, RestoreError>,
+    ids: Option<&Identities>,
     walfile: &str,
     dest: &Path,
     retry: &Retry,
@@ -148,7 +150,7 @@ pub fn restore_retrying<'a>(
     let mut attempt = 1u32;
     loop {
         let attempt_result = archive().and_then(|a| {
-            restore_verified(a, walfile, dest).map_err(|e| match e {
+            restore_verified(a, ids, walfile, dest).map_err(|e| match e {
                 RestoreError::NotFound(m) => confirm_absent(a, walfile, m),
                 e => e,
             })
@@ -233,19 +235,20 @@ fn confirm_absent(archive: &dyn Destination, walfile: &str, not_found: String) -
         }
     }
     for next in later {
-        for form in [Some(next.clone()), compressed_name(&next)]
+        // In any form: one lookup.
+        let forms: Vec<String> = Form::ALL
             .into_iter()
-            .flatten()
-        {
-            match archive.size(&form) {
-                Ok(Some(_)) => {
+            .filter_map(|f| form_name(&next, f))
+            .collect();
+        match archive.sizes_of(&forms) {
+            Ok(sizes) => {
+                if let Some((form, _)) = forms.iter().zip(sizes).find(|(_, s)| s.is_some()) {
                     return RestoreError::Integrity(format!(
                         "\"{walfile}\" is missing from the archive although \"{form}\", later on the same timeline, is there: a hole in the archive, not its end"
-                    ))
+                    ));
                 }
-                Ok(None) => {}
-                Err(e) => return store_err(e),
             }
+            Err(e) => return store_err(e),
         }
     }
     RestoreError::NotFound(not_found)
@@ -307,16 +310,22 @@ pub struct Restored {
     pub sha256: Sha256Digest,
 }
 
-/// Restores `walfile` from `archive` to `dest`, from its plain or its
-/// compressed form; returns the bytes written (the WAL file's length).
+/// Restores `walfile` from `archive` to `dest`, from whichever form holds
+/// it (an encrypted one needs `restore_verified` with identities); returns
+/// the bytes written (the WAL file's length).
 pub fn restore(archive: &dyn Destination, walfile: &str, dest: &Path) -> Result<u64, RestoreError> {
-    restore_verified(archive, walfile, dest).map(|r| r.len)
+    restore_verified(archive, None, walfile, dest).map(|r| r.len)
 }
 
-/// `restore`, also returning the SHA-256 of what was written (checked
-/// against the record, or against the original's in a compressed form).
+/// `restore`, decrypting encrypted forms with `ids`, and returning the
+/// SHA-256 of what was written (checked against the record, and for a
+/// compressed or encrypted form against the original's). Nothing reaches
+/// `dest` unless every check passed. An encrypted form without identities,
+/// or none that can decrypt it, is a failure that stops recovery, never
+/// "not in the archive".
 pub fn restore_verified(
     archive: &dyn Destination,
+    ids: Option<&Identities>,
     walfile: &str,
     dest: &Path,
 ) -> Result<Restored, RestoreError> {
@@ -325,35 +334,17 @@ pub fn restore_verified(
             "\"{walfile}\" is not a WAL file name"
         )));
     }
-    let not_found = || RestoreError::NotFound(format!("\"{walfile}\" is not in the archive"));
-    // The plain form first: a file is archived in one form only.
-    let (stored, compressed, src) = match archive.open(walfile).map_err(store_err)? {
-        Some(src) => (walfile.to_string(), false, src),
-        None => {
-            let zst = compressed_name(walfile).ok_or_else(not_found)?;
-            let src = archive
-                .open(&zst)
-                .map_err(store_err)?
-                .ok_or_else(not_found)?;
-            (zst, true, src)
-        }
+    let Some((holder, src)) = open_stored(archive, walfile).map_err(store_err)? else {
+        return Err(RestoreError::NotFound(format!(
+            "\"{walfile}\" is not in the archive"
+        )));
     };
-    let expected = match archive.recorded(&stored).map_err(store_err)? {
-        Recorded::Digest(d) => d,
-        // A directory archive renames the file into place before its record:
-        // a record missing may be one on its way (retried), and if it stays
-        // missing the file is refused as unverifiable.
-        Recorded::Missing => {
-            return Err(RestoreError::Unavailable(format!(
-                "no checksum recorded for \"{stored}\": refusing to restore an unverifiable file"
-            )))
-        }
-        Recorded::Malformed => {
-            return Err(RestoreError::Integrity(format!(
-                "the checksum record of \"{stored}\" is malformed"
-            )))
-        }
-    };
+    // Without identities an encrypted form is refused before anything is
+    // written.
+    if holder.form.encrypted && ids.is_none() {
+        return Err(refused(&holder.stored, ids, ReadFailure::NoIdentity));
+    }
+    let record = record_of(archive, &holder).map_err(|e| refused(&holder.stored, ids, e))?;
 
     let dir = dest
         .parent()
@@ -369,23 +360,23 @@ pub fn restore_verified(
             .custom_flags(libc::O_CLOEXEC)
             .open(&temp)
             .map_err(|e| io_err("create file", &temp, &e))?;
-        let fetch = Fetch {
-            archive,
-            stored: &stored,
-            expected,
-            temp: &temp,
-        };
-        let restored = if compressed {
-            fetch.decompress(src, &mut out)?
-        } else {
-            Restored {
-                len: fetch.copy(src, &mut out)?,
-                sha256: expected,
-            }
-        };
+        let mut buffered =
+            io::BufWriter::with_capacity(crate::support::fsutil::IO_BUFFER, &mut out);
+        let back =
+            read_back(archive, ids, &holder, &record, src, &mut buffered).map_err(|e| match e {
+                ReadFailure::Write(e) => io_err("write file", &temp, &e),
+                e => refused(&holder.stored, ids, e),
+            })?;
+        buffered
+            .flush()
+            .map_err(|e| io_err("write file", &temp, &e))?;
+        drop(buffered);
         out.sync_all()
             .map_err(|e| io_err("fsync file", &temp, &e))?;
-        Ok(restored)
+        Ok(Restored {
+            len: back.original.len,
+            sha256: back.original.sha256,
+        })
     })();
     let restored = match result {
         Ok(t) => t,
@@ -402,81 +393,24 @@ pub fn restore_verified(
     Ok(restored)
 }
 
-/// One stored file on its way to `temp`: what it is checked against, and
-/// the names the errors give.
-struct Fetch<'a> {
-    archive: &'a dyn Destination,
-    stored: &'a str,
-    expected: Sha256Digest,
-    temp: &'a Path,
-}
-
-impl Fetch<'_> {
-    fn read_failed(&self, e: &io::Error) -> RestoreError {
-        store_err(read_error(self.archive, self.stored, e))
-    }
-
-    fn write_failed(&self, e: &io::Error) -> RestoreError {
-        io_err("write file", self.temp, e)
-    }
-
-    fn mismatch(&self, actual: &Sha256Digest, len: u64) -> RestoreError {
-        RestoreError::Integrity(format!(
-            "checksum mismatch for \"{}\": recorded {}, archived file ({len} bytes) has {}; refusing to restore it",
-            self.stored,
-            to_hex(&self.expected),
-            to_hex(actual)
-        ))
-    }
-
-    /// Copies a plain archived file to `out`, hashing while copying.
-    fn copy(&self, mut src: impl Read, out: &mut impl Write) -> Result<u64, RestoreError> {
-        let mut h = Hasher::new();
-        let mut buf = vec![0u8; crate::support::fsutil::IO_BUFFER];
-        let mut total = 0u64;
-        loop {
-            let n = read_full(&mut src, &mut buf).map_err(|e| self.read_failed(&e))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            out.write_all(&buf[..n])
-                .map_err(|e| self.write_failed(&e))?;
-            total += n as u64;
+/// The restore error for a stored file that was not read back.
+fn refused(stored: &str, ids: Option<&Identities>, e: ReadFailure) -> RestoreError {
+    let text = e.describe(stored, ids);
+    match e {
+        ReadFailure::Store(e) => store_err(e),
+        // A directory archive renames the file into place before its record:
+        // a record missing may be one on its way (retried), and if it stays
+        // missing the file is refused as unverifiable.
+        ReadFailure::NoRecord => {
+            RestoreError::Unavailable(format!("{text}: refusing to restore an unverifiable file"))
         }
-        let actual = h.finish();
-        if actual != self.expected {
-            return Err(self.mismatch(&actual, total));
-        }
-        Ok(total)
-    }
-
-    /// Checks a compressed archived file against its record (it is read
-    /// whole: a compressed segment is at most about a segment), then
-    /// decompresses it to `out`, checking the result against the original's
-    /// SHA-256 it carries.
-    fn decompress(
-        &self,
-        mut src: impl Read,
-        out: &mut impl Write,
-    ) -> Result<Restored, RestoreError> {
-        let mut data = Vec::new();
-        src.read_to_end(&mut data)
-            .map_err(|e| self.read_failed(&e))?;
-        let actual = sha256(&data);
-        if actual != self.expected {
-            return Err(self.mismatch(&actual, data.len() as u64));
-        }
-        match compressed::decompress(&data[..], out) {
-            Ok(original) => Ok(Restored {
-                len: original.len,
-                sha256: original.sha256,
-            }),
-            Err(DecodeError::Write(e)) => Err(self.write_failed(&e)),
-            Err(e) => Err(RestoreError::Integrity(format!(
-                "\"{}\" matches its checksum record but does not decompress to the WAL file it recorded: {e}; refusing to restore it",
-                self.stored
-            ))),
+        ReadFailure::Write(_) => RestoreError::Io(text),
+        ReadFailure::BadRecord(_)
+        | ReadFailure::Mismatch { .. }
+        | ReadFailure::NoIdentity
+        | ReadFailure::NoMatchingKey
+        | ReadFailure::Undecodable(_) => {
+            RestoreError::Integrity(format!("{text}; refusing to restore it"))
         }
     }
 }
@@ -486,6 +420,9 @@ mod tests {
     use super::*;
     use crate::archiving::archive_protocol::archive_file;
     use crate::destination::local_directory::LocalDirectory;
+    use crate::destination::{compressed, Recorded};
+    use crate::wal::checksum::sha256;
+    use std::io::Read;
 
     const SEG: &str = "000000010000000000000007";
 
@@ -654,7 +591,7 @@ mod tests {
             failures: 3.into(),
         };
         let logged = std::cell::RefCell::new(vec![]);
-        let r = restore_retrying(&|| Ok(&flaky), SEG, &dest, &quick(5_000), &|m| {
+        let r = restore_retrying(&|| Ok(&flaky), None, SEG, &dest, &quick(5_000), &|m| {
             logged.borrow_mut().push(m.to_string())
         })
         .unwrap();
@@ -680,14 +617,15 @@ mod tests {
             inner: LocalDirectory::new(&arch, 0o600),
             failures: 1_000.into(),
         };
-        let e = restore_retrying(&|| Ok(&flaky), SEG, &dest, &quick(100), &|_| {}).unwrap_err();
+        let e =
+            restore_retrying(&|| Ok(&flaky), None, SEG, &dest, &quick(100), &|_| {}).unwrap_err();
         assert!(
             matches!(e, RestoreError::Unavailable(ref m) if m.contains("attempts")),
             "{e}"
         );
         assert!(!dest.exists());
         // Without retries: one attempt, the same answer.
-        let e = restore_retrying(&|| Ok(&flaky), SEG, &dest, &Retry::never(), &|_| {
+        let e = restore_retrying(&|| Ok(&flaky), None, SEG, &dest, &Retry::never(), &|_| {
             panic!("no retry")
         })
         .unwrap_err();
@@ -698,7 +636,7 @@ mod tests {
             inner: LocalDirectory::new(&arch, 0o600),
             failures: 0.into(),
         };
-        let e = restore_retrying(&|| Ok(&flaky), missing, &dest, &quick(5_000), &|_| {
+        let e = restore_retrying(&|| Ok(&flaky), None, missing, &dest, &quick(5_000), &|_| {
             panic!("no retry")
         })
         .unwrap_err();
@@ -706,7 +644,7 @@ mod tests {
         let mut b = std::fs::read(arch.join(SEG)).unwrap();
         b[7] ^= 1;
         std::fs::write(arch.join(SEG), b).unwrap();
-        let e = restore_retrying(&|| Ok(&flaky), SEG, &dest, &quick(5_000), &|_| {
+        let e = restore_retrying(&|| Ok(&flaky), None, SEG, &dest, &quick(5_000), &|_| {
             panic!("no retry")
         })
         .unwrap_err();
@@ -743,7 +681,7 @@ mod tests {
         let dest = d.path().join("RECOVERYXLOG");
         let next = "000000010000000000000008";
         let after = "000000010000000000000009";
-        let r = |w: &str| restore_retrying(&|| Ok(&a), w, &dest, &Retry::never(), &|_| {});
+        let r = |w: &str| restore_retrying(&|| Ok(&a), None, w, &dest, &Retry::never(), &|_| {});
         // The end of the archive: not found.
         assert!(matches!(r(next), Err(RestoreError::NotFound(_))));
         // A later segment on the same timeline: a hole, never the end.
@@ -795,7 +733,8 @@ mod tests {
         let empty = d.path().join("empty");
         std::fs::create_dir(&empty).unwrap();
         let e = LocalDirectory::new(&empty, 0o600);
-        let err = restore_retrying(&|| Ok(&e), next, &dest, &Retry::never(), &|_| {}).unwrap_err();
+        let err =
+            restore_retrying(&|| Ok(&e), None, next, &dest, &Retry::never(), &|_| {}).unwrap_err();
         assert!(
             matches!(err, RestoreError::Io(ref m) if m.contains("is empty")),
             "{err}"
@@ -815,7 +754,7 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(50));
                 std::fs::write(&record, &saved).unwrap();
             });
-            restore_retrying(&|| Ok(&a), SEG, &dest, &quick(5_000), &|_| {}).unwrap();
+            restore_retrying(&|| Ok(&a), None, SEG, &dest, &quick(5_000), &|_| {}).unwrap();
         });
         assert!(dest.exists());
     }
@@ -884,5 +823,330 @@ mod tests {
             Err(RestoreError::Integrity(_))
         ));
         assert!(!dest.exists());
+    }
+
+    mod encrypted {
+        use super::*;
+        use crate::destination::compressing::{Compressing, Sealing};
+        use crate::destination::local_directory::format_record;
+        use crate::destination::sealed::tests::{key_pair, keys};
+        use crate::destination::sealed::Recipients;
+        use crate::wal::checksum::sha256;
+        use std::sync::Arc;
+
+        /// A 1 MB WAL-like segment: records, then zeros.
+        fn segment() -> Vec<u8> {
+            let mut v = vec![0u8; 1 << 20];
+            for (i, b) in v.iter_mut().take(150_000).enumerate() {
+                *b = (i.wrapping_mul(2_654_435_761) >> 13) as u8;
+            }
+            v
+        }
+
+        struct Archive {
+            d: tempfile::TempDir,
+            arch: PathBuf,
+            original: Vec<u8>,
+            ids: Identities,
+            recipients: Recipients,
+            /// The identity file's text.
+            identity: String,
+        }
+
+        impl Archive {
+            fn dir(&self) -> LocalDirectory {
+                LocalDirectory::new(&self.arch, 0o600)
+            }
+            fn dest(&self) -> PathBuf {
+                self.d.path().join("RECOVERYXLOG")
+            }
+            fn stored(&self, form: Form) -> PathBuf {
+                self.arch.join(form_name(SEG, form).unwrap())
+            }
+        }
+
+        /// An archive holding SEG in `form`, stored as the archiver stores
+        /// it (through the archive view, encrypted to a fresh key).
+        fn archive_in(form: Form) -> Archive {
+            let d = tempfile::tempdir().unwrap();
+            let (wal, arch) = (d.path().join("wal"), d.path().join("arch"));
+            std::fs::create_dir(&wal).unwrap();
+            std::fs::create_dir(&arch).unwrap();
+            let original = segment();
+            std::fs::write(wal.join(SEG), &original).unwrap();
+            let (r, identity) = key_pair();
+            let recipients = Recipients::parse(&r, "r").unwrap();
+            let ids = Identities::parse(&identity, "i").unwrap();
+            let inner = LocalDirectory::new(&arch, 0o600);
+            let sealing = if form.encrypted {
+                Sealing::To(Arc::new(recipients.clone()))
+            } else {
+                Sealing::Off
+            };
+            let level = form.compressed.then_some(3);
+            let view = Compressing::new(&inner, level).sealing(sealing);
+            archive_file(&view, SEG, &wal.join(SEG)).unwrap();
+            let a = Archive {
+                d,
+                arch,
+                original,
+                ids,
+                recipients,
+                identity,
+            };
+            assert!(a.stored(form).is_file(), "{form:?}");
+            a
+        }
+
+        fn encrypted_forms() -> [Form; 2] {
+            [Form::AGE, Form::ZST_AGE]
+        }
+
+        /// Rewrites the record of an encrypted form so that it agrees with
+        /// the stored bytes as they are now (damage before the record was
+        /// made), keeping what it says of the original.
+        fn record_agreeing(a: &Archive, form: Form, original: &compressed::Original) {
+            let name = form_name(SEG, form).unwrap();
+            let bytes = std::fs::read(a.arch.join(&name)).unwrap();
+            std::fs::write(
+                a.arch.join(format!("{name}.sha256")),
+                format_record(&sha256(&bytes), &name, Some(original)),
+            )
+            .unwrap();
+        }
+
+        fn no_leftovers(a: &Archive) {
+            assert!(!a.dest().exists());
+            let left: Vec<_> = std::fs::read_dir(a.d.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".walarch-restore"))
+                .collect();
+            assert!(left.is_empty(), "{left:?}");
+        }
+
+        #[test]
+        fn every_form_restores_the_original() {
+            for form in Form::ALL {
+                let a = archive_in(form);
+                // Only the one form is stored.
+                for other in Form::ALL.into_iter().filter(|f| *f != form) {
+                    assert!(!a.stored(other).exists(), "{form:?} and {other:?}");
+                }
+                let r = restore_verified(&a.dir(), Some(&a.ids), SEG, &a.dest()).unwrap();
+                assert_eq!(r.len, a.original.len() as u64, "{form:?}");
+                assert_eq!(r.sha256, sha256(&a.original), "{form:?}");
+                assert!(std::fs::read(a.dest()).unwrap() == a.original, "{form:?}");
+                std::fs::remove_file(a.dest()).unwrap();
+                // The forms that are not encrypted need no identity.
+                let without = restore_verified(&a.dir(), None, SEG, &a.dest());
+                if form.encrypted {
+                    assert!(
+                        matches!(without, Err(RestoreError::Integrity(ref m))
+                            if m.contains("is encrypted and no identity was given")
+                                && m.contains("--identity-file")),
+                        "{form:?}: {without:?}"
+                    );
+                    no_leftovers(&a);
+                } else {
+                    assert_eq!(without.unwrap().len, a.original.len() as u64);
+                }
+            }
+        }
+
+        #[test]
+        fn without_identity_or_with_the_wrong_one_recovery_stops_it_is_never_not_found() {
+            for form in encrypted_forms() {
+                let a = archive_in(form);
+                let dir = a.dir();
+                let retry = Retry::never();
+                let e = restore_retrying(&|| Ok(&dir), None, SEG, &a.dest(), &retry, &|_| {
+                    panic!("no retry")
+                })
+                .unwrap_err();
+                assert!(matches!(e, RestoreError::Integrity(_)), "{form:?}: {e}");
+                no_leftovers(&a);
+                let (_, other) = keys();
+                let e =
+                    restore_retrying(&|| Ok(&dir), Some(&other), SEG, &a.dest(), &retry, &|_| {
+                        panic!("no retry")
+                    })
+                    .unwrap_err();
+                assert!(
+                    matches!(e, RestoreError::Integrity(ref m)
+                        if m.contains("none of the identities given") && m.contains("refusing")),
+                    "{form:?}: {e}"
+                );
+                no_leftovers(&a);
+                // Several identity files (a key rotation): the one that
+                // matches is used, whichever comes first.
+                let (_, old) = key_pair();
+                let files: Vec<String> = [("old", old), ("new", a.identity.clone())]
+                    .into_iter()
+                    .map(|(n, text)| {
+                        let p = a.d.path().join(n);
+                        std::fs::write(&p, text).unwrap();
+                        std::fs::set_permissions(
+                            &p,
+                            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                        )
+                        .unwrap();
+                        p.to_string_lossy().into_owned()
+                    })
+                    .collect();
+                let both = Identities::read_files(&files).unwrap();
+                let r =
+                    restore_retrying(&|| Ok(&dir), Some(&both), SEG, &a.dest(), &retry, &|_| {})
+                        .unwrap();
+                assert_eq!(r.sha256, sha256(&a.original));
+            }
+        }
+
+        #[test]
+        fn a_flipped_byte_anywhere_is_refused_and_leaves_nothing() {
+            for form in encrypted_forms() {
+                let a = archive_in(form);
+                let path = a.stored(form);
+                let good = std::fs::read(&path).unwrap();
+                let original = a
+                    .dir()
+                    .recorded_original(&form_name(SEG, form).unwrap())
+                    .unwrap()
+                    .unwrap();
+                let step = (good.len() / 37).max(1);
+                for pos in (0..good.len()).step_by(step).chain([good.len() - 1]) {
+                    let mut bad = good.clone();
+                    bad[pos] ^= 0x08;
+                    std::fs::write(&path, &bad).unwrap();
+                    // Damaged after archiving: the record of the stored
+                    // bytes catches it.
+                    let e = restore_verified(&a.dir(), Some(&a.ids), SEG, &a.dest()).unwrap_err();
+                    assert!(
+                        matches!(e, RestoreError::Integrity(ref m) if m.contains("checksum mismatch")),
+                        "{form:?} at {pos}: {e}"
+                    );
+                    no_leftovers(&a);
+                    // Damaged before its record was made (the record
+                    // agrees): the decryption catches it.
+                    record_agreeing(&a, form, &original);
+                    let e = restore_verified(&a.dir(), Some(&a.ids), SEG, &a.dest()).unwrap_err();
+                    assert!(
+                        matches!(e, RestoreError::Integrity(ref m) if m.contains("matches its checksum record but")),
+                        "{form:?} at {pos}: {e}"
+                    );
+                    no_leftovers(&a);
+                    std::fs::write(&path, &good).unwrap();
+                    record_agreeing(&a, form, &original);
+                }
+                restore_verified(&a.dir(), Some(&a.ids), SEG, &a.dest()).unwrap();
+            }
+        }
+
+        #[test]
+        fn a_truncated_file_is_refused() {
+            for form in encrypted_forms() {
+                let a = archive_in(form);
+                let path = a.stored(form);
+                let good = std::fs::read(&path).unwrap();
+                let original = a
+                    .dir()
+                    .recorded_original(&form_name(SEG, form).unwrap())
+                    .unwrap()
+                    .unwrap();
+                for cut in [0, 20, good.len() / 2, good.len() - 17, good.len() - 1] {
+                    std::fs::write(&path, &good[..cut]).unwrap();
+                    let e = restore_verified(&a.dir(), Some(&a.ids), SEG, &a.dest()).unwrap_err();
+                    assert!(
+                        matches!(e, RestoreError::Integrity(ref m) if m.contains("checksum mismatch")),
+                        "{form:?} cut at {cut}: {e}"
+                    );
+                    record_agreeing(&a, form, &original);
+                    let e = restore_verified(&a.dir(), Some(&a.ids), SEG, &a.dest()).unwrap_err();
+                    assert!(
+                        matches!(e, RestoreError::Integrity(_)),
+                        "{form:?} cut at {cut}: {e}"
+                    );
+                    no_leftovers(&a);
+                }
+            }
+        }
+
+        /// Anyone with the public key can make a valid encrypted file: the
+        /// original the record keeps decides, not the decryption.
+        #[test]
+        fn a_valid_encryption_of_other_bytes_is_refused_by_the_record_of_the_original() {
+            for form in encrypted_forms() {
+                let a = archive_in(form);
+                let name = form_name(SEG, form).unwrap();
+                let original = a.dir().recorded_original(&name).unwrap().unwrap();
+                // Another WAL file, encrypted to the same key, the record of
+                // its stored bytes made to agree.
+                let mut other = a.original.clone();
+                other[100] ^= 1;
+                let packed = if form.compressed {
+                    compressed::compress(&other, 1).unwrap()
+                } else {
+                    other.clone()
+                };
+                let sealed = a.recipients.seal(&packed).unwrap();
+                std::fs::write(a.arch.join(&name), &sealed).unwrap();
+                record_agreeing(&a, form, &original);
+                let e = restore_verified(&a.dir(), Some(&a.ids), SEG, &a.dest()).unwrap_err();
+                assert!(
+                    matches!(e, RestoreError::Integrity(ref m) if m.contains("not to the original its record keeps")),
+                    "{form:?}: {e}"
+                );
+                no_leftovers(&a);
+                // A record without the original's digest: refused, not
+                // restored unverified.
+                let bytes = std::fs::read(a.arch.join(&name)).unwrap();
+                std::fs::write(
+                    a.arch.join(format!("{name}.sha256")),
+                    format_record(&sha256(&bytes), &name, None),
+                )
+                .unwrap();
+                let e = restore_verified(&a.dir(), Some(&a.ids), SEG, &a.dest()).unwrap_err();
+                assert!(
+                    matches!(e, RestoreError::Integrity(ref m) if m.contains("keeps no SHA-256 of the original")),
+                    "{form:?}: {e}"
+                );
+                no_leftovers(&a);
+            }
+        }
+
+        #[test]
+        fn a_hole_is_seen_whatever_form_the_next_segment_is_in() {
+            for form in encrypted_forms() {
+                let a = archive_in(form);
+                let dir = a.dir();
+                // SEG is there, encrypted: the one before it is a hole.
+                let before = "000000010000000000000006";
+                let e = restore_retrying(
+                    &|| Ok(&dir),
+                    Some(&a.ids),
+                    before,
+                    &a.dest(),
+                    &Retry::never(),
+                    &|_| {},
+                )
+                .unwrap_err();
+                assert!(
+                    matches!(e, RestoreError::Integrity(ref m) if m.contains("a hole")),
+                    "{form:?}: {e}"
+                );
+                // The one after it: the end of the archive.
+                let after = "000000010000000000000008";
+                let e = restore_retrying(
+                    &|| Ok(&dir),
+                    Some(&a.ids),
+                    after,
+                    &a.dest(),
+                    &Retry::never(),
+                    &|_| {},
+                )
+                .unwrap_err();
+                assert!(matches!(e, RestoreError::NotFound(_)), "{form:?}: {e}");
+            }
+        }
     }
 }

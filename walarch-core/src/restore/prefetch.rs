@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::destination::sealed::Identities;
 use crate::destination::Destination;
 use crate::restore::spool::{identity, Request, Serving, Spool, Taken, FETCHING};
 use crate::restore::{restore_retrying, restore_verified, RestoreError, Retry};
@@ -45,10 +46,12 @@ pub struct Outcome {
 /// opens the archive: only called when the file is not taken from the
 /// spool (opening a bucket's client costs more than taking a file). A file
 /// fetched here is retried as `restore_retrying` does: whatever the helper
-/// met, the answer is the archive's, never a failed prefetch.
+/// met, the answer is the archive's, never a failed prefetch. `ids`
+/// decrypt encrypted forms.
 #[allow(clippy::too_many_arguments)]
 pub fn restore_through_spool<'a>(
     archive: &dyn Fn() -> Result<&'a dyn Destination, RestoreError>,
+    ids: Option<&Identities>,
     spool: &Spool,
     owner: &str,
     walfile: &str,
@@ -65,7 +68,7 @@ pub fn restore_through_spool<'a>(
             "the prefetch spool \"{}\" serves another recovery; fetching \"{walfile}\" without prefetching",
             spool.dir.display()
         ));
-        let len = restore_retrying(archive, walfile, dest, retry, log)?.len;
+        let len = restore_retrying(archive, ids, walfile, dest, retry, log)?.len;
         return Ok(Outcome {
             len,
             from_spool: false,
@@ -92,7 +95,7 @@ pub fn restore_through_spool<'a>(
             )),
         }
     }
-    let restored = restore_retrying(archive, walfile, dest, retry, log)?;
+    let restored = restore_retrying(archive, ids, walfile, dest, retry, log)?;
     let mut start_helper = false;
     match kind {
         Some(WalFileKind::Segment) => {
@@ -130,6 +133,9 @@ pub struct HelperOptions {
     /// Who the helper serves (data directory and archive), written to the
     /// spool so that no other recovery uses it.
     pub owner: String,
+    /// What decrypts encrypted forms: they are spooled only as the WAL
+    /// file they verify to, like any other.
+    pub identities: Option<std::sync::Arc<Identities>>,
 }
 
 /// What a helper did, for its last words in the server log.
@@ -169,6 +175,7 @@ struct State {
 
 struct Shared<'a> {
     archive: &'a dyn Destination,
+    ids: Option<&'a Identities>,
     /// Downloads at a time, at most.
     jobs: usize,
     spool: &'a Spool,
@@ -213,7 +220,7 @@ impl Shared<'_> {
             // is dropped after the publishing below, so restore, waiting
             // for it, sees one or the other.
             let _unmark = Unmark(self.spool, &name);
-            let r = restore_verified(self.archive, &name, &fetched);
+            let r = restore_verified(self.archive, self.ids, &name, &fetched);
             let mut st = self.lock();
             st.in_flight.remove(&name);
             st.ended += 1;
@@ -333,6 +340,7 @@ pub fn run_helper(
     let depth = opts.depth.max(1);
     let shared = Shared {
         archive,
+        ids: opts.identities.as_deref(),
         jobs: depth.min(MAX_JOBS),
         spool,
         state: Mutex::new(State::default()),
@@ -414,6 +422,7 @@ mod tests {
     ) -> Result<Outcome, RestoreError> {
         restore_through_spool(
             archive,
+            None,
             spool,
             owner,
             walfile,
@@ -495,6 +504,7 @@ mod tests {
             idle: Duration::from_millis(idle_ms),
             data_dir: Some(s.data.clone()),
             owner: "data\narchive\n".into(),
+            identities: None,
         }
     }
 
@@ -564,6 +574,95 @@ mod tests {
         );
         assert!(!s.spool.helper_running());
         assert!(logged.lock().unwrap().is_empty());
+    }
+
+    /// Encrypted segments are prefetched with the identities restore was
+    /// given, and spooled only as the WAL files they verify to; a helper
+    /// without them spools nothing.
+    #[test]
+    fn encrypted_segments_are_prefetched_only_with_the_identities() {
+        use crate::destination::compressing::{Compressing, Sealing};
+        let s = setup(0);
+        let (r, ids) = crate::destination::sealed::tests::keys();
+        let ids = std::sync::Arc::new(ids);
+        let view = Compressing::new(&s.arch, Some(1)).sealing(Sealing::To(std::sync::Arc::new(r)));
+        for seg in 1..=8 {
+            let name = segment_file_name(1, seg, SEG);
+            let f = s._d.path().join(&name);
+            fs::write(&f, content(1, seg)).unwrap();
+            archive_file(&view, &name, &f).unwrap();
+        }
+        assert!(s
+            ._d
+            .path()
+            .join("arch")
+            .join(format!("{}.zst.age", segment_file_name(1, 1, SEG)))
+            .is_file());
+        let dest = s.data.join("pg_wal/RECOVERYXLOG");
+        let owner = "data\narchive\n";
+        let restore = |seg: u64, ids: Option<&Identities>| {
+            restore_through_spool(
+                &|| Ok(&s.arch),
+                ids,
+                &s.spool,
+                owner,
+                &segment_file_name(1, seg, SEG),
+                &dest,
+                Duration::from_secs(10),
+                &Retry::never(),
+                &|_| {},
+            )
+        };
+        // Without identities restore refuses (recovery stops), and so does
+        // the helper: nothing reaches the spool.
+        let e = restore(1, None).unwrap_err();
+        assert!(matches!(e, RestoreError::Integrity(_)), "{e}");
+        let logged = Mutex::new(vec![]);
+        let log = |m: &str| logged.lock().unwrap().push(m.to_string());
+        std::thread::scope(|sc| {
+            let helper = sc.spawn(|| run_helper(&s.arch, &s.spool, &opts(&s, 3, 300), &log));
+            wait_until("the helper's lock", || s.spool.helper_running());
+            let o = restore(1, Some(&ids)).unwrap();
+            assert!(!o.from_spool);
+            wait_until("the helper's failures", || {
+                logged.lock().unwrap().len() >= 3
+            });
+            assert!(ready(&s.spool).is_empty());
+            let summary = helper.join().unwrap().unwrap().unwrap();
+            assert!(summary.failed >= 3, "{summary:?}");
+        });
+        let said = logged.lock().unwrap().join("\n");
+        assert!(said.contains("no identity was given"), "{said}");
+
+        // With them: prefetched, decrypted and verified.
+        let logged = Mutex::new(vec![]);
+        let log = |m: &str| logged.lock().unwrap().push(m.to_string());
+        let mut o = opts(&s, 3, 1500);
+        o.identities = Some(ids.clone());
+        std::thread::scope(|sc| {
+            let helper = sc.spawn(|| run_helper(&s.arch, &s.spool, &o, &log));
+            wait_until("the helper's lock", || s.spool.helper_running());
+            let mut from_spool = 0;
+            for seg in 1..=8 {
+                let out = restore(seg, Some(&ids)).unwrap();
+                assert_eq!(fs::read(&dest).unwrap(), content(1, seg));
+                from_spool += out.from_spool as u32;
+                if seg == 2 {
+                    wait_until("segments 3-5 prefetched", || ready(&s.spool).len() == 3);
+                }
+            }
+            assert!(
+                from_spool >= 3,
+                "only {from_spool} of 8 came from the spool"
+            );
+            let summary = helper.join().unwrap().unwrap().unwrap();
+            assert_eq!(summary.failed, 0, "{summary:?}");
+        });
+        assert!(
+            logged.lock().unwrap().is_empty(),
+            "{:?}",
+            logged.lock().unwrap()
+        );
     }
 
     #[test]
