@@ -100,6 +100,15 @@ class CpuSampler(threading.Thread):
 
 
 class CompressionHarness(sb.S3Harness):
+    # the names of archived segments in the store (the encryption suite adds .age)
+    stored_re = ZST_RE
+    # server log lines that end a drain early (three of them)
+    fail_re = wb.FAIL_RE
+
+    def method_conf(self, m):
+        """The postgresql.conf lines m adds to the archiver's (its compression)."""
+        return compression_conf(m)
+
     def template(self, n):
         t = Cluster(self, "template")
         # Checkpoints every 30 s, so the WAL has full-page images as a busy server's does.
@@ -132,7 +141,7 @@ class CompressionHarness(sb.S3Harness):
             conf += ["archive_library = 'basic_archive'", "basic_archive.archive_directory = ''"]
         else:
             conf += ["archive_command = ''"]
-        conf += compression_conf(m)
+        conf += self.method_conf(m)
         with open(c.data / "postgresql.conf", "a") as f:
             f.write("\n".join(conf) + "\n")
         dest = self.dest_dir(c)
@@ -155,21 +164,33 @@ class CompressionHarness(sb.S3Harness):
             files = [Path(e.path) for e in os.scandir(self.dest_dir(c)) if ZST_RE.match(e.name)]
         return len(files), sum(p.stat().st_size for p in files)
 
+    def open_store(self, name, rtt):
+        """The store of one run into S3: a fresh one per run."""
+        self.store = sb.Store(self, name, rtt)
+
+    def close_store(self):
+        if self.store:
+            self.store.stop()
+            self.store = None
+
     def stored_s3(self, m, rep, rtt):
         objs = self.store.objects(self.prefix(m, rep, rtt) + "/")
-        pat = wb.PGBR_SEG_RE if m.kind == "pgbr" else ZST_RE
+        pat = wb.PGBR_SEG_RE if m.kind == "pgbr" else self.stored_re
         sizes = [s for k, s in objs.items() if pat.match(k.rsplit("/", 1)[-1])]
         return len(sizes), sum(sizes)
 
     def one_run(self, m, dest, rep, rtt, tmpl, names):
         if dest == "s3":
-            self.store = sb.Store(self, f"store-{m.key}-{rep}", rtt)
+            self.open_store(f"store-{m.key}-{rep}", rtt)
         c = self.clone(tmpl, f"{dest}-{m.key}-{rep}")
+        sess = sampler = None
         try:
             nbytes = sum((c.data / "pg_wal" / s).stat().st_size for s in names)
+            if m.kind == "put":
+                return self.put_run(m, c, names, nbytes, rep, rtt)
             if dest == "s3":
                 with open(c.data / "postgresql.conf", "a") as f:
-                    f.write("\n".join(compression_conf(m)) + "\n")
+                    f.write("\n".join(self.method_conf(m)) + "\n")
                 self.setup_s3(m, c, rep, rtt)
                 enable = self.enable_s3_sql(m, c, rep, rtt)
             else:
@@ -181,10 +202,13 @@ class CompressionHarness(sb.S3Harness):
             sampler = CpuSampler(f"--config={c.dir}/", b"pgbackrest") if m.kind == "pgbr" else None
             if sampler:
                 sampler.start()
-            elapsed, cpu, logpos = wb.timed_drain(c, sess, pids, 300 + 10 * len(names))
+            elapsed, cpu, logpos = wb.timed_drain(c, sess, pids, 300 + 10 * len(names),
+                                                  self.fail_re)
             if sampler:
                 cpu = {"pgbackrest": sampler.stop()}
+                sampler = None
             sess.close()
+            sess = None
             count, stored = self.stored_s3(m, rep, rtt) if dest == "s3" else self.stored_dir(m, c)
             if count < len(names):
                 raise BenchError(f"only {count} of {len(names)} segments are in the archive")
@@ -192,10 +216,13 @@ class CompressionHarness(sb.S3Harness):
             return {"segments": len(names), "bytes": nbytes, "stored": stored, "seconds": elapsed,
                     "cpu_s": cpu, "log_problems": problems[:5]}
         finally:
+            # after a failure too: a sampler left running would take CPU from the next runs
+            if sampler:
+                sampler.stop()
+            if sess:
+                sess.close()
             c.destroy()
-            if self.store:
-                self.store.stop()
-                self.store = None
+            self.close_store()
 
     def main(self):
         a = self.a

@@ -479,8 +479,13 @@ def markdown(h, rows, errors, mach, png_name, command):
     return "\n".join(out)
 
 
-def plot(rows, rtts, segments, png, python):
-    data = json.dumps({"rows": rows, "rtts": rtts, "segments": segments})
+def plot(rows, rtts, segments, png, python, series="rtt", legend="RTT {} ms", title=None):
+    """Throughput bars per method, one bar per value of row[series] (the RTTs here; the
+    encryption suite's workloads)."""
+    title = title or (f"{segments}-segment backlog into a SeaweedFS cluster through a TLS + "
+                      "RTT proxy")
+    data = json.dumps({"rows": rows, "rtts": rtts, "series": series, "legend": legend,
+                       "title": title})
     code = r'''
 import json, sys
 import matplotlib
@@ -497,17 +502,17 @@ width = 0.8 / len(rtts)
 for i, rtt in enumerate(rtts):
     vals, los, his = [], [], []
     for lab in labels:
-        r = next((x for x in rows if x["label"] == lab and x["rtt"] == rtt), None)
+        r = next((x for x in rows if x["label"] == lab and x[d["series"]] == rtt), None)
         vals.append(r["mib_s"] if r else 0)
         los.append(r["mib_s"] - r["min"] if r else 0)
         his.append(r["max"] - r["mib_s"] if r else 0)
     xs = [j + (i - (len(rtts) - 1) / 2) * width for j in range(len(labels))]
-    ax.barh(xs, vals, height=width, xerr=[los, his], label=f"RTT {rtt} ms", capsize=2)
+    ax.barh(xs, vals, height=width, xerr=[los, his], label=d["legend"].format(rtt), capsize=2)
 ax.set_yticks(range(len(labels)))
 ax.set_yticklabels(labels, fontsize=8)
 ax.invert_yaxis()
 ax.set_xlabel("drain throughput, MiB/s (median, min-max)")
-ax.set_title(f"{d['segments']}-segment backlog into a SeaweedFS cluster through a TLS + RTT proxy")
+ax.set_title(d["title"])
 ax.legend()
 fig.tight_layout()
 fig.savefig(sys.argv[1], dpi=110)

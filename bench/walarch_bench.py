@@ -347,9 +347,10 @@ class StatusWatcher(threading.Thread):
 
 # ---------------------------------------------------------------- harness
 
-def timed_drain(c, sess, pids, limit_s):
+def timed_drain(c, sess, pids, limit_s, fail_re=FAIL_RE):
     """Starts archiving (pg_reload_conf() on the open session, the setting already made) and
-    waits until no .ready file is left: (seconds, CPU seconds of each of pids, log position)."""
+    waits until no .ready file is left: (seconds, CPU seconds of each of pids, log position).
+    Three log lines matching fail_re end it early."""
     os.sync()  # the backlog's dirty pages must not be written back during the timing
     cpu0 = {k: proc_cpu_ticks(p) for k, p in pids.items()}
     logpos = c.log_size()
@@ -361,7 +362,7 @@ def timed_drain(c, sess, pids, limit_s):
         now = time.monotonic()
         if now > next_check:
             next_check = now + 0.5
-            bad = [ln for ln in c.log_since(logpos).splitlines() if FAIL_RE.search(ln)]
+            bad = [ln for ln in c.log_since(logpos).splitlines() if fail_re.search(ln)]
             if len(bad) >= 3:
                 raise BenchError("archiving fails:\n" + "\n".join(bad[-8:]))
             if now > deadline:

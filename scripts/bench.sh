@@ -35,6 +35,15 @@
 #          (the floor). Time, CPU, stored size, peak RSS; each restored
 #          cluster started and checked once. Writes benchmark-backup.md, .png
 #          and .json.
+#   encryption: two backlogs of WALARCH_BENCH_SEGMENTS segments (the s3
+#          suite's heap inserts and the compression suite's pgbench WAL)
+#          drained into the S3 store at the first of WALARCH_BENCH_RTTS
+#          (default 20 ms here) by walarch_ext zstd 1 without and with
+#          walarch.encryption_recipients (an age key pair made for the run),
+#          pgBackRest async zst 1 without and with repo1-cipher-type=
+#          aes-256-cbc, and the store's ceiling (4 parallel PUTs): drain
+#          time, MiB/s, CPU per segment, and the two targets checked.
+#          Writes benchmark-encryption.md, .png and .json.
 #
 # Installs what it needs, idempotently: scripts/setup.sh, pgbackrest (apt),
 # matplotlib (a venv under /var/cache/walarch/bench-venv), and the release
@@ -49,7 +58,8 @@
 #   WALARCH_BENCH_OUT           output directory (default docs/)
 #   WALARCH_BENCH_DIR           where the clusters and archives live (default /var/tmp)
 #   WALARCH_BENCH_METHODS       comma-separated subset of methods (default: all)
-#   WALARCH_BENCH_SUITES        any of "local s3 compression recovery backup" (default: all five)
+#   WALARCH_BENCH_SUITES        any of "local s3 compression recovery backup encryption"
+#                               (default: all six)
 #   WALARCH_BENCH_RTTS          round-trip times of the s3 and recovery suites, ms (default
 #                               0,20; the compression suite uses the first, default 20)
 #   WALARCH_BENCH_WALARCH       the walarch command the recovery suite restores with
@@ -81,10 +91,10 @@ done
 [ "$REPS" -ge 1 ] || die "WALARCH_BENCH_REPS must be at least 1"
 [ -d "$PARENT" ] || die "WALARCH_BENCH_DIR $PARENT is not a directory"
 [ "$(id -u)" = 0 ] || die "run as root (the clusters run as the postgres user)"
-SUITES=${WALARCH_BENCH_SUITES:-local s3 compression recovery backup}
+SUITES=${WALARCH_BENCH_SUITES:-local s3 compression recovery backup encryption}
 RTTS=${WALARCH_BENCH_RTTS:-0,20}
 for suite in $SUITES; do
-  case "$suite" in local|s3|compression|recovery|backup) ;; *) die "WALARCH_BENCH_SUITES: unknown suite $suite (local, s3, compression, recovery, backup)" ;; esac
+  case "$suite" in local|s3|compression|recovery|backup|encryption) ;; *) die "WALARCH_BENCH_SUITES: unknown suite $suite (local, s3, compression, recovery, backup, encryption)" ;; esac
 done
 [[ $RTTS =~ ^[0-9]+(,[0-9]+)*$ ]] || die "WALARCH_BENCH_RTTS must be comma-separated whole numbers of ms"
 
@@ -206,6 +216,17 @@ if [[ " $SUITES " == *" backup "* ]]; then
     --port-base $((28000 + (V - 15) * 100)) --s3-port-base $((25500 + (V - 15) * 100)) \
     --proxy "$PROXY" --walarch "$WALARCH" \
     --python "$VENV/bin/python" \
+    --methods "${WALARCH_BENCH_METHODS:-}" --command "$CMDLINE" || RC=$?
+fi
+if [[ " $SUITES " == *" encryption "* ]]; then
+  bash scripts/seaweed.sh install
+  ERTT=${WALARCH_BENCH_RTTS:-20}
+  log "benchmark, encryption suite: PostgreSQL $V, $SEGMENTS segments x $REPS reps, RTT ${ERTT%%,*} ms, into $OUT (work dir $WORK)"
+  python3 bench/encryption_bench.py \
+    --pg-bin "$BIN" --workdir "$WORK" --out "$OUT" \
+    --segments "$SEGMENTS" --reps "$REPS" --rtts "${ERTT%%,*}" \
+    --port-base $((28150 + (V - 15) * 100)) --s3-port-base $((26000 + (V - 15) * 100)) \
+    --proxy "$PROXY" --python "$VENV/bin/python" \
     --methods "${WALARCH_BENCH_METHODS:-}" --command "$CMDLINE" || RC=$?
 fi
 exit "$RC"
