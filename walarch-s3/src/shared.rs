@@ -304,10 +304,7 @@ mod tests {
         );
         // At the bucket's root.
         let root = keys(&["00000002.history", "00000002.history.age"]);
-        assert_eq!(
-            listed_prefix("", &root).as_deref(),
-            Some("00000002.histor")
-        );
+        assert_eq!(listed_prefix("", &root).as_deref(), Some("00000002.histor"));
         // One name, names sharing too little, or only the directory: HEADs.
         assert_eq!(listed_prefix("a/wal", &keys(&[seg])), None);
         assert_eq!(listed_prefix("a/wal", &[]), None);
