@@ -523,7 +523,7 @@ mod tests {
     const SEG: &str = "000000010000000000000003";
 
     /// WAL-like bytes: records, then the zeros of a switched segment.
-    fn wal_bytes(seed: u8) -> Vec<u8> {
+    pub(super) fn wal_bytes(seed: u8) -> Vec<u8> {
         let mut v = vec![0u8; 1 << 20];
         for (i, b) in v.iter_mut().take(50_000).enumerate() {
             *b = (i as u8).wrapping_mul(31).wrapping_add(seed);
@@ -533,7 +533,7 @@ mod tests {
 
     /// Runs `check` against a directory and an in-memory destination:
     /// (destination, directory holding the WAL files).
-    fn each_destination(check: impl Fn(&dyn Destination, &Path)) {
+    pub(super) fn each_destination(check: impl Fn(&dyn Destination, &Path)) {
         let d = tempfile::tempdir().unwrap();
         let arch = d.path().join("archive");
         std::fs::create_dir(&arch).unwrap();
@@ -542,7 +542,7 @@ mod tests {
         check(&MemoryDestination::default(), d.path());
     }
 
-    fn wal(dir: &Path, name: &str, data: &[u8]) -> std::path::PathBuf {
+    pub(super) fn wal(dir: &Path, name: &str, data: &[u8]) -> std::path::PathBuf {
         let p = dir.join(name);
         std::fs::write(&p, data).unwrap();
         p
@@ -690,35 +690,11 @@ mod tests {
 mod sealed_tests {
     use super::*;
     use crate::archiving::archive_protocol::{archive_file, ArchiveOutcome};
-    use crate::destination::local_directory::LocalDirectory;
+    use super::tests::{each_destination, wal, wal_bytes};
     use crate::destination::sealed::tests::keys;
-    use crate::support::testing::MemoryDestination;
 
     const SEG: &str = "000000010000000000000007";
     const HISTORY: &str = "00000002.history";
-
-    fn wal_bytes(seed: u8) -> Vec<u8> {
-        let mut v = vec![0u8; 1 << 20];
-        for (i, b) in v.iter_mut().take(60_000).enumerate() {
-            *b = (i as u8).wrapping_mul(29).wrapping_add(seed);
-        }
-        v
-    }
-
-    fn each_destination(check: impl Fn(&dyn Destination, &Path)) {
-        let d = tempfile::tempdir().unwrap();
-        let arch = d.path().join("archive");
-        std::fs::create_dir(&arch).unwrap();
-        check(&LocalDirectory::new(&arch, 0o600), d.path());
-        let d = tempfile::tempdir().unwrap();
-        check(&MemoryDestination::default(), d.path());
-    }
-
-    fn wal(dir: &Path, name: &str, data: &[u8]) -> std::path::PathBuf {
-        let p = dir.join(name);
-        std::fs::write(&p, data).unwrap();
-        p
-    }
 
     fn read_all(mut r: Box<dyn Read + Send + '_>) -> Vec<u8> {
         let mut v = Vec::new();
