@@ -688,9 +688,9 @@ mod tests {
 
 #[cfg(test)]
 mod sealed_tests {
+    use super::tests::{each_destination, wal, wal_bytes};
     use super::*;
     use crate::archiving::archive_protocol::{archive_file, ArchiveOutcome};
-    use super::tests::{each_destination, wal, wal_bytes};
     use crate::destination::sealed::tests::keys;
 
     const SEG: &str = "000000010000000000000007";
