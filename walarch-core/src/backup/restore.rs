@@ -511,22 +511,7 @@ fn check_identity(dest: &dyn Destination, req: &Request, info: &BackupInfo) -> R
         )
         .hint(hint));
     };
-    let name = object_name(label, &o.name);
-    let at = dest.location(&name);
-    let reader = dest
-        .open_object(&name)
-        .map_err(|e| {
-            Failure::new(
-                FailureKind::Io,
-                format!("could not read \"{at}\": {}", e.message),
-            )
-        })?
-        .ok_or_else(|| {
-            Failure::new(
-                FailureKind::Integrity,
-                format!("object \"{at}\" of backup \"{label}\" is missing"),
-            )
-        })?;
+    let (reader, at) = open_object(dest, label, &o.name)?;
     match ids.open(reader) {
         Ok(_) => Ok(()),
         Err(OpenError::NoMatchingKey) => Err(Failure::new(
@@ -1342,16 +1327,14 @@ fn fetch_all(
 }
 
 /// One object: returns the manifest's text for the manifest, else `None`.
-fn fetch_one(
-    dest: &dyn Destination,
-    req: &Request,
-    info: &BackupInfo,
-    o: &BackupObject,
-    steps: &[Decoding],
-    links: &HashMap<u32, PathBuf>,
-    cancel: &AtomicBool,
-) -> Result<Option<Vec<u8>>, Failure> {
-    let name = object_name(&info.label, &o.name);
+/// A backup object for reading, and where it is (for messages); a missing
+/// one is an integrity failure.
+fn open_object<'d>(
+    dest: &'d dyn Destination,
+    label: &str,
+    object: &str,
+) -> Result<(Box<dyn Read + Send + 'd>, String), Failure> {
+    let name = object_name(label, object);
     let at = dest.location(&name);
     let reader = dest
         .open_object(&name)
@@ -1364,9 +1347,22 @@ fn fetch_one(
         .ok_or_else(|| {
             Failure::new(
                 FailureKind::Integrity,
-                format!("object \"{at}\" of backup \"{}\" is missing", info.label),
+                format!("object \"{at}\" of backup \"{label}\" is missing"),
             )
         })?;
+    Ok((reader, at))
+}
+
+fn fetch_one(
+    dest: &dyn Destination,
+    req: &Request,
+    info: &BackupInfo,
+    o: &BackupObject,
+    steps: &[Decoding],
+    links: &HashMap<u32, PathBuf>,
+    cancel: &AtomicBool,
+) -> Result<Option<Vec<u8>>, Failure> {
+    let (reader, at) = open_object(dest, &info.label, &o.name)?;
     let mut hashing = Hashing::new(reader, cancel, o.stored_size);
     let ids = req.identities.as_deref();
     let outcome = (|| -> Result<Option<Vec<u8>>, String> {
